@@ -1,0 +1,106 @@
+"""RewardLab: label preferences, train reward models on them, and inspect what they reward.
+
+    python app.py                      serve the app on http://127.0.0.1:7860 (demo data if empty)
+    python app.py import FILE          import preference pairs or candidates to label
+    python app.py export OUT           write a TRL-ready preference dataset
+    python app.py --help               all subcommands
+
+Every subcommand takes ``--db URL`` (default: ``$REWARDLAB_DB`` or ``data/rewardlab.db``).
+This file only parses arguments and reports; the work is done in ``core/`` and ``storage/``.
+Gradio is imported only by ``serve``, so the other commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.config_fields import ConfigError, add_config_arguments, config_from_args
+from core.exporter import ExportConfig, NothingToExport, export_dataset
+from core.importer import ImportConfig, ImportRejected, import_file
+from storage.engine import DB_URL_ENV, Store, StoreConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_db_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        default=None,
+        help=f"SQLAlchemy URL of the store, e.g. sqlite:///data/rewardlab.db or postgresql+psycopg://user@host/db "
+        f"(default: ${DB_URL_ENV} or data/rewardlab.db)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="RewardLab: label preferences, train reward models, inspect their rewards. "
+        "Without a subcommand, serves the app.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the web app (the default)")
+    _add_db_argument(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    serve.add_argument("--no-demo", action="store_true", help="do not load the demo dataset into an empty store")
+
+    importer = commands.add_parser(
+        "import", help="import preference pairs or candidates (jsonl, json, csv, parquet, .gz, save_to_disk folder)"
+    )
+    _add_db_argument(importer)
+    add_config_arguments(importer, ImportConfig, positional=("path",))
+
+    exporter = commands.add_parser("export", help="write a TRL-ready preference dataset")
+    _add_db_argument(exporter)
+    add_config_arguments(exporter, ExportConfig, positional=("out",))
+    return parser
+
+
+def run_import(args: argparse.Namespace) -> int:
+    config = config_from_args(ImportConfig, args)
+    try:
+        report = import_file(Store(args.db), config)
+    except ImportRejected as rejected:
+        print(f"import refused, nothing written ({rejected.total} problem(s)):", file=sys.stderr)
+        print(str(rejected), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(report.summary())
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    config = config_from_args(ExportConfig, args)
+    try:
+        report = export_dataset(Store(args.db), config)
+    except NothingToExport as error:
+        print(f"export refused: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(report.summary())
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from app.server import serve
+
+    serve(db_url=args.db, host=args.host, port=args.port, load_demo=not args.no_demo)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # No subcommand (nothing, or serve's own flags first) means serve.
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": run_serve, "import": run_import, "export": run_export}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, StoreConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

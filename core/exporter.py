@@ -1,0 +1,256 @@
+"""Exporting labels as a TRL-ready preference dataset.
+
+One row per comparison: ``prompt``, ``chosen``, ``rejected`` (conversational when the prompt was
+chat messages) and ``margin`` when any label carries a strength or a source margin. Several
+annotators are folded by majority vote; ties, both-bad, skip-only and split votes are left out and
+counted. The output is deterministic: the same store and config give the same bytes.
+
+Training takes its data snapshot through ``build_preference_rows``, so what trains is exactly what
+an export would write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from core.config_fields import ConfigError, config_field
+from storage.engine import Store
+from storage.queries import Vote, comparison_contents, store_counts, votes_by_comparison
+
+EXPORT_FORMATS = ("jsonl", "parquet", "hf")
+PROMPT_FORMATS = ("auto", "text", "chat")
+# Label strength -> TRL margin. The values are Llama 2's "small" margins (Touvron et al. 2023,
+# Table 28): "slightly better" 1/3, "significantly better" 1, so a margin never dominates the
+# Bradley-Terry logit early in training.
+STRENGTH_MARGIN = {1: 1 / 3, 2: 1.0}
+
+
+@dataclass
+class ExportConfig:
+    """What to export and where."""
+
+    out: Path = config_field(help="output file (jsonl, parquet) or folder (hf, or any format with --test-size)")
+    format: str = config_field("jsonl", help="jsonl, parquet, or hf (datasets.save_to_disk folder)", choices=EXPORT_FORMATS)
+    test_size: float = config_field(0.0, help="fraction of rows held out as a 'test' split, 0 to 0.5")
+    seed: int = config_field(0, help="seed of the train/test split")
+    prompt_format: str = config_field(
+        "auto", help="auto (refuse a mix of text and chat prompts), text or chat (only those)", choices=PROMPT_FORMATS
+    )
+    since: datetime | None = config_field(None, help="only labels created or changed at or after this time (ISO date)")
+    annotators: list[str] | None = config_field(
+        None, help="only labels by these user names (import sources like import:file.jsonl included)"
+    )
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.format not in EXPORT_FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+        if not 0.0 <= self.test_size <= 0.5:
+            raise ConfigError(f"test_size must be between 0 and 0.5 (a fraction of the rows), got {self.test_size}")
+
+
+class NothingToExport(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # "a" | "b" | "tie" | "both_bad" | "skipped" | "no_majority"
+    margin: float | None = None
+
+
+def _vote_margin(vote: Vote) -> float | None:
+    if vote.margin is not None:
+        return vote.margin
+    return STRENGTH_MARGIN.get(vote.strength) if vote.strength is not None else None
+
+
+def fold_votes(votes: list[Vote]) -> Verdict:
+    """Majority vote over non-skip labels; a shared top count is ``no_majority``.
+
+    The margin is the mean of the winning votes' margins (None when none has one).
+    """
+    counted = [vote for vote in votes if vote.choice != "skip"]
+    if not counted:
+        return Verdict("skipped")
+    tally = Counter(vote.choice for vote in counted).most_common()
+    if len(tally) > 1 and tally[0][1] == tally[1][1]:
+        return Verdict("no_majority")
+    winner = tally[0][0]
+    margins = [m for m in (_vote_margin(v) for v in counted if v.choice == winner) if m is not None]
+    return Verdict(winner, sum(margins) / len(margins) if margins else None)
+
+
+@dataclass
+class PreferenceRows:
+    """The rows an export writes, and what was left out (by reason)."""
+
+    rows: list[dict[str, Any]]
+    left_out: Counter = field(default_factory=Counter)
+    comparison_ids: list[int] = field(default_factory=list)
+
+    @property
+    def content_hash(self) -> str:
+        digest = hashlib.sha256()
+        for row in self.rows:
+            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+        return digest.hexdigest()
+
+
+def build_preference_rows(
+    store: Store, *, prompt_format: str = "auto", since: datetime | None = None, annotators: list[str] | None = None
+) -> PreferenceRows:
+    """Fold the store's labels into TRL preference rows, ordered by comparison id.
+
+    Raises ``NothingToExport`` when a store mixes text and chat prompts under ``prompt_format='auto'``.
+    """
+    with store.read() as session:
+        votes = votes_by_comparison(session, since=since, annotators=annotators)
+        contents = comparison_contents(session, list(votes))
+        total = store_counts(session).comparisons
+    result = PreferenceRows(rows=[])
+    if total > len(votes):
+        result.left_out["without labels"] = total - len(votes)
+    decided: list[tuple[int, Verdict]] = []
+    for comparison_id in sorted(votes):
+        verdict = fold_votes(votes[comparison_id])
+        if verdict.outcome in ("a", "b"):
+            decided.append((comparison_id, verdict))
+        else:
+            result.left_out[verdict.outcome] += 1
+    styles = Counter("chat" if contents[cid].prompt_messages is not None else "text" for cid, _ in decided)
+    if prompt_format == "auto" and len(styles) > 1:
+        raise NothingToExport(
+            f"the labels cover {styles['text']} plain-text and {styles['chat']} chat prompts, and one dataset "
+            "holds one kind; export them separately with prompt_format 'text' and 'chat' (--prompt-format)"
+        )
+    with_margin = any(verdict.margin is not None for _, verdict in decided)
+    for comparison_id, verdict in decided:
+        content = contents[comparison_id]
+        chat = content.prompt_messages is not None
+        if prompt_format != "auto" and prompt_format != ("chat" if chat else "text"):
+            result.left_out[f"not {prompt_format}"] += 1
+            continue
+        chosen, rejected = (content.a_text, content.b_text) if verdict.outcome == "a" else (content.b_text, content.a_text)
+        if chat:
+            row: dict[str, Any] = {
+                "prompt": content.prompt_messages,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        else:
+            row = {"prompt": content.prompt_text, "chosen": chosen, "rejected": rejected}
+        if with_margin:
+            # TRL applies a margin column to every row; a row without one gets 0 (plain Bradley-Terry).
+            row["margin"] = verdict.margin if verdict.margin is not None else 0.0
+        result.rows.append(row)
+        result.comparison_ids.append(comparison_id)
+    return result
+
+
+def split_rows(rows: list[dict[str, Any]], test_size: float, seed: int) -> tuple[list, list]:
+    """Deterministic train/test split: shuffle indices with ``seed``, hold out ``test_size`` of them."""
+    if test_size <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_test = min(len(rows) - 1, max(1, round(len(rows) * test_size)))
+    test_ids = set(order[:n_test])
+    train = [row for i, row in enumerate(rows) if i not in test_ids]
+    test = [row for i, row in enumerate(rows) if i in test_ids]
+    return train, test
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    out: Path
+    train_rows: int
+    test_rows: int
+    left_out: dict[str, int]
+    content_hash: str
+
+    def summary(self) -> str:
+        left = ", ".join(f"{n} {reason}" for reason, n in sorted(self.left_out.items())) or "none"
+        split = f" + {self.test_rows} test" if self.test_rows else ""
+        return f"wrote {self.train_rows} train{split} rows to {self.out}; left out: {left}"
+
+
+def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+
+
+def _write_outputs(config: ExportConfig, train: list, test: list, staging: Path) -> Path:
+    """Write into ``staging`` and return the file or folder to move into place."""
+    if config.format == "hf":
+        import datasets
+
+        datasets.disable_progress_bars()
+        splits = {"train": datasets.Dataset.from_list(train)}
+        if test:
+            splits["test"] = datasets.Dataset.from_list(test)
+        target = staging / "dataset"
+        datasets.DatasetDict(splits).save_to_disk(str(target))
+        return target
+    writer = _write_jsonl if config.format == "jsonl" else _write_parquet
+    if config.test_size == 0:
+        target = staging / "export"
+        writer(train, target)
+        return target
+    target = staging / "dataset"
+    target.mkdir()
+    writer(train, target / f"train.{config.format}")
+    writer(test, target / f"test.{config.format}")
+    return target
+
+
+def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
+    """Write the preference dataset described by ``config``; the output appears whole or not at all.
+
+    Raises ``NothingToExport`` when no comparison has a majority preference.
+    """
+    prepared = build_preference_rows(
+        store, prompt_format=config.prompt_format, since=config.since, annotators=config.annotators
+    )
+    if not prepared.rows:
+        left = ", ".join(f"{n} {reason}" for reason, n in sorted(prepared.left_out.items())) or "no labels at all"
+        raise NothingToExport(f"nothing to export: no comparison has a majority preference ({left})")
+    train, test = split_rows(prepared.rows, config.test_size, config.seed)
+    if config.test_size > 0 and not test:
+        raise NothingToExport("only one row to export: a test split needs at least two (use --test-size 0)")
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".rewardlab-export-", dir=config.out.parent) as staging:
+        written = _write_outputs(config, train, test, Path(staging))
+        if config.out.is_dir() and not config.out.is_symlink():
+            shutil.rmtree(config.out)
+        os.replace(written, config.out)
+    return ExportReport(config.out, len(train), len(test), dict(prepared.left_out), prepared.content_hash)
+
+
+def export_for_download(store: Store, config: ExportConfig) -> tuple[Path, ExportReport]:
+    """Export, then give one file a browser can download: the file itself, or a .zip of a folder."""
+    report = export_dataset(store, config)
+    if not config.out.is_dir():
+        return config.out, report
+    archive = shutil.make_archive(str(config.out), "zip", root_dir=config.out)
+    return Path(archive), report

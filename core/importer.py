@@ -1,0 +1,176 @@
+"""Importing preference data into a store: all rows or none.
+
+Every row is read and validated before anything is written; a single bad row rejects the whole
+file with one line per problem (``file:line: field 'chosen' is missing``). The write is one
+transaction, and every insert is idempotent, so importing the same rows again adds nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Iterable
+
+from core.config_fields import ConfigError, config_field
+from core.import_readers import RawRow, UnreadableFile, read_rows
+from core.preference_formats import ParsedRow, RowError, completion_content_hash, parse_row
+from storage.engine import Store
+from storage.ingest import CompletionRecord, IngestBatch, IngestCounts, PairRecord, PromptRecord, write_batch
+
+
+@dataclass
+class ImportConfig:
+    """How to import one file or folder."""
+
+    path: Path = config_field(
+        help="file (.jsonl, .json, .csv, .parquet, optionally .gz) or a folder written by datasets.save_to_disk"
+    )
+    source: str = config_field(
+        "", help="name recorded on new comparisons and as the annotator of imported labels; empty = import:<file name>"
+    )
+    priority: int = config_field(0, help="queue priority of the new comparisons (higher is labeled first)")
+    dry_run: bool = config_field(False, help="validate and count, but write nothing")
+    max_problems_shown: int = config_field(50, help="how many problems to list before summarising the rest")
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if not self.source:
+            self.source = f"import:{self.path.name}"
+        if len(self.source) > 200:
+            raise ConfigError(f"source name is {len(self.source)} characters long; use at most 200")
+        if self.max_problems_shown < 1:
+            raise ConfigError("max_problems_shown must be at least 1")
+
+
+class ImportRejected(Exception):
+    """The file was refused; nothing was written. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str], total: int | None = None) -> None:
+        self.problems = problems
+        self.total = total if total is not None else len(problems)
+        hidden = self.total - len(problems)
+        lines = problems + ([f"... and {hidden} more problem(s)"] if hidden > 0 else [])
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    source: str
+    rows: int
+    kind: str  # "preference" | "candidates" | "empty"
+    style: str  # "text" | "chat" | ""
+    counts: IngestCounts | None  # None on a dry run
+    dry_run: bool = False
+
+    def summary(self) -> str:
+        what = f"{self.rows} {self.kind} rows" + (f" ({self.style})" if self.style else "")
+        if self.counts is None:
+            return f"{what} valid; dry run, nothing written"
+        c = self.counts
+        return (
+            f"{what}: {c.comparisons_added} new comparisons ({c.comparisons_in_batch - c.comparisons_added} already "
+            f"present), {c.prompts_added} new prompts, {c.completions_added} new completions, "
+            f"{c.labels_added} new labels"
+        )
+
+
+@dataclass
+class _Collected:
+    rows: list[ParsedRow] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+    first_kind: tuple[str, str, str] | None = None  # (kind, style, location)
+
+
+def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int) -> _Collected:
+    collected = _Collected()
+
+    def problem(message: str) -> None:
+        collected.problem_count += 1
+        if len(collected.problems) < max_problems_shown:
+            collected.problems.append(message)
+
+    try:
+        for raw in raw_rows:
+            if raw.error:
+                problem(f"{raw.location}: {raw.error}")
+                continue
+            try:
+                parsed = parse_row(raw.value)
+            except RowError as error:
+                problem(f"{raw.location}: {error}")
+                continue
+            if collected.first_kind is None:
+                collected.first_kind = (parsed.kind, parsed.style, raw.location)
+            elif collected.first_kind[:2] != (parsed.kind, parsed.style):
+                kind, style, where = collected.first_kind
+                problem(
+                    f"{raw.location}: a {parsed.kind} row ({parsed.style}) in a file whose first row "
+                    f"({where}) is a {kind} row ({style}); import one format per file"
+                )
+                continue
+            collected.rows.append(parsed)
+    except UnreadableFile as error:
+        problem(str(error))
+    return collected
+
+
+def _batch(source: str, rows: list[ParsedRow]) -> IngestBatch:
+    batch = IngestBatch(source=source)
+    for row in rows:
+        prompt_hash = row.prompt_hash
+        batch.prompts.setdefault(prompt_hash, PromptRecord(prompt_hash, row.prompt_text, row.prompt_messages))
+        hashes = []
+        for candidate in row.completions:
+            content_hash = completion_content_hash(candidate.text)
+            hashes.append(content_hash)
+            batch.completions.setdefault(
+                (prompt_hash, content_hash),
+                CompletionRecord(prompt_hash, content_hash, candidate.text, candidate.model),
+            )
+        if row.kind == "preference":
+            chosen, rejected = hashes
+            batch.pairs.append(PairRecord(prompt_hash, chosen, rejected, winner_hash=chosen, margin=row.margin))
+        else:
+            batch.pairs.extend(PairRecord(prompt_hash, first, second) for first, second in combinations(hashes, 2))
+    return batch
+
+
+def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, priority: int, dry_run: bool,
+            max_problems_shown: int, empty_message: str) -> ImportReport:
+    collected = _collect(raw_rows, max_problems_shown)
+    if collected.problem_count:
+        raise ImportRejected(collected.problems, collected.problem_count)
+    if not collected.rows:
+        raise ImportRejected([empty_message])
+    kind, style, _ = collected.first_kind
+    if dry_run:
+        return ImportReport(source, len(collected.rows), kind, style, None, dry_run=True)
+    batch = _batch(source, collected.rows)
+    with store.write() as session:
+        counts = write_batch(session, batch, priority=priority)
+    return ImportReport(source, len(collected.rows), kind, style, counts)
+
+
+def import_file(store: Store, config: ImportConfig) -> ImportReport:
+    """Validate every row of ``config.path``, then write them in one transaction.
+
+    Raises ``ImportRejected`` (nothing written) when any row or the file itself is bad.
+    """
+    return _import(
+        store,
+        read_rows(config.path),
+        source=config.source,
+        priority=config.priority,
+        dry_run=config.dry_run,
+        max_problems_shown=config.max_problems_shown,
+        empty_message=f"{config.path}: no rows to import (the file is empty)",
+    )
+
+
+def import_rows(store: Store, rows: Iterable[Any], *, source: str, priority: int = 0) -> ImportReport:
+    """Import rows already in memory (demo data, API callers) with the same checks as a file."""
+    raw_rows = (RawRow(f"{source}:{number}", value=row) for number, row in enumerate(rows, start=1))
+    return _import(store, raw_rows, source=source, priority=priority, dry_run=False,
+                   max_problems_shown=50, empty_message=f"{source}: no rows to import")

@@ -1,0 +1,198 @@
+"""The tables of a RewardLab store.
+
+One data model serves the three jobs:
+
+* labeling reads ``Prompt``, ``Completion`` and ``Comparison`` and writes ``Label``;
+* training reads labels through the export path and writes ``TrainingJob``, ``TrainingMetric``
+  and ``RewardModel``;
+* inspection reads ``RewardModel`` and caches ``CachedScore``.
+
+Content is addressed by hash (``Prompt.content_hash``, ``Completion.content_hash``) so that
+importing the same rows twice adds nothing, and uniqueness lives in constraints rather than in
+application checks: one label per (comparison, annotator), one comparison per pair of completions.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, CheckConstraint, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Choice(str, enum.Enum):
+    """What an annotator said about a comparison, in stored order (A = ``completion_a``)."""
+
+    A = "a"
+    B = "b"
+    TIE = "tie"
+    BOTH_BAD = "both_bad"
+    SKIP = "skip"
+
+
+class Role(str, enum.Enum):
+    ANNOTATOR = "annotator"
+    ENGINEER = "engineer"
+    ADMIN = "admin"
+    # Imported labels are attributed to a source user (``import:<file name>``) that cannot log in.
+    SOURCE = "source"
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+def _one_of(column: str, values: type[enum.Enum]) -> str:
+    # Enums are stored as their string values with a CHECK, not as SQLAlchemy Enum columns:
+    # those store member *names* and become native ENUM types on PostgreSQL, awkward to migrate.
+    allowed = ", ".join(f"'{member.value}'" for member in values)
+    return f"{column} IN ({allowed})"
+
+
+class Prompt(SQLModel, table=True):
+    """A prompt: plain text (``text``) or chat messages (``messages``), never both."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    content_hash: str = Field(max_length=64, unique=True, description="sha256 of the content")
+    text: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    messages: Optional[list[dict[str, Any]]] = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
+    created_at: datetime = Field(default_factory=utc_now)
+
+    __table_args__ = (
+        CheckConstraint("(text IS NULL) <> (messages IS NULL)", name="prompt_text_xor_messages"),
+    )
+
+
+class Completion(SQLModel, table=True):
+    """One response to a prompt, with the model or source that produced it."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    content_hash: str = Field(max_length=64, description="sha256 of the text (unique per prompt)")
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    model: Optional[str] = Field(default=None, max_length=200)
+    created_at: datetime = Field(default_factory=utc_now)
+
+    __table_args__ = (UniqueConstraint("prompt_id", "content_hash", name="completion_once_per_prompt"),)
+
+
+class Comparison(SQLModel, table=True):
+    """Two completions of one prompt, to be labeled. Stored with ``completion_a_id < completion_b_id``
+    so that a pair has exactly one row whichever order it arrived in."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    completion_a_id: int = Field(foreign_key="completion.id")
+    completion_b_id: int = Field(foreign_key="completion.id")
+    priority: int = Field(default=0, description="higher is labeled first")
+    source: str = Field(default="", max_length=300, description="where the pair came from")
+    created_at: datetime = Field(default_factory=utc_now)
+
+    __table_args__ = (
+        UniqueConstraint("completion_a_id", "completion_b_id", name="comparison_once_per_pair"),
+        CheckConstraint("completion_a_id < completion_b_id", name="comparison_pair_ordered"),
+        Index("comparison_queue_order", "priority", "id"),
+    )
+
+
+class User(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    role: str = Field(default=Role.ANNOTATOR.value, max_length=20)
+    password_hash: Optional[str] = Field(default=None, max_length=300)
+    created_at: datetime = Field(default_factory=utc_now)
+
+    __table_args__ = (CheckConstraint(_one_of("role", Role), name="user_role_known"),)
+
+
+class Label(SQLModel, table=True):
+    """One annotator's judgement of one comparison (at most one, by constraint)."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    comparison_id: int = Field(foreign_key="comparison.id", index=True)
+    annotator_id: int = Field(foreign_key="user.id", index=True)
+    choice: str = Field(max_length=10, description="a Choice value")
+    strength: Optional[int] = Field(default=None, description="1 = slightly better, 2 = clearly better")
+    margin: Optional[float] = Field(default=None, description="margin given by an imported source")
+    shown_left: Optional[str] = Field(default=None, max_length=1, description="'a' or 'b': the side shown left")
+    comment: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    seconds_spent: Optional[float] = None
+    created_at: datetime = Field(default_factory=utc_now)
+    updated_at: datetime = Field(default_factory=utc_now)
+
+    __table_args__ = (
+        UniqueConstraint("comparison_id", "annotator_id", name="label_once_per_annotator"),
+        CheckConstraint(_one_of("choice", Choice), name="label_choice_known"),
+        CheckConstraint("strength IS NULL OR strength IN (1, 2)", name="label_strength_known"),
+        CheckConstraint("shown_left IS NULL OR shown_left IN ('a', 'b')", name="label_shown_left_known"),
+    )
+
+
+class TrainingJob(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    status: str = Field(default=JobStatus.QUEUED.value, max_length=20, index=True)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    pid: Optional[int] = None
+    heartbeat_at: Optional[datetime] = None
+    log_path: Optional[str] = None
+    output_dir: Optional[str] = None
+    error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(default_factory=utc_now)
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+
+    __table_args__ = (CheckConstraint(_one_of("status", JobStatus), name="job_status_known"),)
+
+
+class TrainingMetric(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="trainingjob.id", index=True)
+    step: int
+    name: str = Field(max_length=100)
+    value: float
+
+    __table_args__ = (UniqueConstraint("job_id", "step", "name", name="metric_once_per_step"),)
+
+
+class RewardModel(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    path: str
+    base_model: Optional[str] = None
+    job_id: Optional[int] = Field(default=None, foreign_key="trainingjob.id")
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    data_hash: Optional[str] = Field(default=None, max_length=64)
+    n_pairs: Optional[int] = None
+    eval_accuracy: Optional[float] = None
+    eval_margin: Optional[float] = None
+    created_at: datetime = Field(default_factory=utc_now)
+
+
+class CachedScore(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    reward_model_id: int = Field(foreign_key="rewardmodel.id", index=True)
+    completion_id: int = Field(foreign_key="completion.id", index=True)
+    reward: float
+    thinking_reward: Optional[float] = None
+    answer_reward: Optional[float] = None
+    created_at: datetime = Field(default_factory=utc_now)
+
+    __table_args__ = (UniqueConstraint("reward_model_id", "completion_id", name="score_once_per_model"),)
+
+
+class Setting(SQLModel, table=True):
+    """Store-wide settings that admins change at run time (overlap, guidelines)."""
+
+    key: str = Field(primary_key=True, max_length=100)
+    value: str = Field(sa_column=Column(Text, nullable=False))
