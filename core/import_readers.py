@@ -157,7 +157,7 @@ def _read_csv(path: Path, data: bytes) -> Iterator[RawRow]:
             yield RawRow(location, error=f"has {len(cells)} cells but the header has {len(header)} columns")
             continue
         # Empty cells are absent values, as in every spreadsheet export.
-        yield RawRow(location, value={name: cell for name, cell in zip(header, cells) if cell != ""})
+        yield RawRow(location, value={name: cell for name, cell in zip(header, cells, strict=True) if cell != ""})
 
 
 def _read_arrow_rows(label: str, dataset) -> Iterator[RawRow]:  # noqa: ANN001

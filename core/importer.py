@@ -131,7 +131,7 @@ def _batch(source: str, rows: list[ParsedRow]) -> IngestBatch:
             )
         if row.kind == "preference":
             chosen, rejected = hashes
-            batch.pairs.append(PairRecord(prompt_hash, chosen, rejected, winner_hash=chosen, margin=row.margin))
+            batch.pairs.append(PairRecord(prompt_hash, chosen, rejected, first_wins=True, margin=row.margin))
         else:
             batch.pairs.extend(PairRecord(prompt_hash, first, second) for first, second in combinations(hashes, 2))
     return batch

@@ -18,8 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_TEXT_CHARS = 1_000_000
 MAX_MODEL_NAME_CHARS = 200
@@ -33,14 +32,12 @@ class RowError(ValueError):
     """A row that cannot be imported; the message names the field and the fix."""
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     text: str
     model: str | None = None
 
 
-@dataclass(frozen=True)
-class ParsedRow:
+class ParsedRow(NamedTuple):
     kind: str  # "preference" | "candidates"
     style: str  # "text" | "chat"
     prompt_text: str | None
@@ -55,8 +52,12 @@ class ParsedRow:
 
 
 def prompt_content_hash(text: str | None, messages: list[dict[str, str]] | None) -> str:
-    content = {"text": text} if messages is None else {"messages": messages}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    # A kind prefix keeps a text prompt from ever hashing like a chat prompt.
+    if messages is None:
+        content = "text\n" + text
+    else:
+        content = "chat\n" + json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def completion_content_hash(text: str) -> str:

@@ -28,6 +28,7 @@ from storage import models  # noqa: F401  (registers the tables on SQLModel.meta
 DB_URL_ENV = "REWARDLAB_DB"
 DEFAULT_DATA_DIR = Path("data")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_CACHE_KIB = 64 * 1024
 
 
 class StoreConfigError(ValueError):
@@ -50,6 +51,9 @@ def _configure_sqlite(engine: Engine, *, begin_statement: str) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=FULL")
+        # Content hashes are random keys, so an import seeks all over their indexes: with SQLite's
+        # default 2 MiB page cache, every miss is a read() call. The cache grows only as it is used.
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

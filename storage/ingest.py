@@ -9,9 +9,11 @@ same file on PostgreSQL cannot create twins.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import Float, String, Text, bindparam, case, func, literal, select, true
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel
 
@@ -21,29 +23,27 @@ from storage.models import Comparison, Completion, Label, Prompt, Role, User, ut
 _MAX_PARAMS_PER_STATEMENT = 30_000
 
 
-@dataclass(frozen=True)
-class PromptRecord:
+class PromptRecord(NamedTuple):
     content_hash: str
     text: str | None
     messages: list[dict[str, Any]] | None
 
 
-@dataclass(frozen=True)
-class CompletionRecord:
+class CompletionRecord(NamedTuple):
     prompt_hash: str
     content_hash: str
     text: str
     model: str | None
 
 
-@dataclass(frozen=True)
-class PairRecord:
-    """Two completions (by hash) of one prompt, optionally with a known winner from the source."""
+class PairRecord(NamedTuple):
+    """Two completions (by hash) of one prompt; ``first_wins`` when the source preferred the first
+    (an imported chosen/rejected pair), else the pair waits to be labeled."""
 
     prompt_hash: str
     first_hash: str
     second_hash: str
-    winner_hash: str | None = None
+    first_wins: bool = False
     margin: float | None = None
 
 
@@ -70,6 +70,45 @@ def chunked(items: Sequence, params_per_item: int) -> Iterable[Sequence]:
         yield items[start : start + size]
 
 
+def dialect_insert(session: Session):  # noqa: ANN202
+    """The INSERT construct of the session's database, which knows ON CONFLICT."""
+    name = session.get_bind().dialect.name
+    if name not in ("sqlite", "postgresql"):
+        raise NotImplementedError(f"RewardLab supports SQLite and PostgreSQL stores, not {name}")
+    return sqlite.insert if name == "sqlite" else postgresql.insert
+
+
+def execute_many(session: Session, statement: Executable, rows: list[dict[str, Any]]) -> None:
+    """Run ``statement`` once per row of ``rows`` (dicts keyed by bind name), as an executemany.
+
+    On SQLite the rows bypass SQLAlchemy's per-row parameter building, which on a large import
+    costs as much as SQLite's own inserting: each bind's type processor runs only where the type
+    has one (JSON, datetimes), a bind absent from the rows takes its own ``value`` once, and the
+    tuples go straight to the driver. Every row must have the same keys.
+    """
+    if not rows:
+        return
+    dialect = session.get_bind().dialect
+    if dialect.name != "sqlite":
+        for chunk in chunked(rows, len(rows[0])):
+            session.execute(statement, list(chunk))
+        return
+    compiled = statement.compile(dialect=dialect, column_keys=list(rows[0]))
+    converters = []
+    for name in compiled.positiontup:
+        bind = compiled.binds[name]
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if name not in rows[0]:
+            value = bind.effective_value
+            constant = process(value) if process else value
+            converters.append(lambda row, constant=constant: constant)
+        elif process is not None:
+            converters.append(lambda row, name=name, process=process: process(row[name]))
+        else:
+            converters.append(lambda row, name=name: row[name])
+    session.connection().exec_driver_sql(str(compiled), [tuple(convert(row) for convert in converters) for row in rows])
+
+
 def insert_ignoring_conflicts(
     session: Session, model: type[SQLModel], rows: list[dict[str, Any]], *, conflict_columns: list[str]
 ) -> None:
@@ -77,36 +116,20 @@ def insert_ignoring_conflicts(
     if not rows:
         return
     table = model.__table__
-    dialect = session.get_bind().dialect.name
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(dialect)
-    if insert is None:
-        raise NotImplementedError(f"RewardLab supports SQLite and PostgreSQL stores, not {dialect}")
-    for chunk in chunked(rows, len(rows[0])):
-        statement = insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
-        session.execute(statement, list(chunk))
+    # Columns the rows leave out (timestamps) take their Python default once for the whole batch.
+    values = {
+        column.name: bindparam(column.name, type_=column.type, value=column.default.arg(None))
+        for column in table.columns
+        if column.name not in rows[0] and column.default is not None and callable(column.default.arg)
+    }
+    statement = dialect_insert(session)(table)
+    if values:
+        statement = statement.values({**{name: bindparam(name, type_=table.c[name].type) for name in rows[0]}, **values})
+    execute_many(session, statement.on_conflict_do_nothing(index_elements=conflict_columns), rows)
 
 
 def _count(session: Session, model: type[SQLModel]) -> int:
     return session.execute(select(func.count()).select_from(model)).scalar_one()
-
-
-def _ids_by(session: Session, columns: list, keys: list[tuple]) -> dict[tuple, int]:
-    """Map each key tuple (values of ``columns``) to the row id, in chunks."""
-    model_id = columns[0].table.c.id
-    found: dict[tuple, int] = {}
-    if len(columns) == 1:
-        for chunk in chunked([k[0] for k in keys], 1):
-            for value, row_id in session.execute(select(columns[0], model_id).where(columns[0].in_(chunk))):
-                found[(value,)] = row_id
-        return found
-    # Composite keys: filter on the first column, then match the tuple in Python.
-    wanted = set(keys)
-    for chunk in chunked(sorted({k[0] for k in keys}), 1):
-        for row in session.execute(select(*columns, model_id).where(columns[0].in_(chunk))):
-            key = tuple(row[:-1])
-            if key in wanted:
-                found[key] = row[-1]
-    return found
 
 
 def ensure_source_user(session: Session, name: str) -> int:
@@ -114,105 +137,117 @@ def ensure_source_user(session: Session, name: str) -> int:
     insert_ignoring_conflicts(
         session,
         User,
-        [{"name": name, "role": Role.SOURCE.value, "password_hash": None, "created_at": utc_now()}],
+        [{"name": name, "role": Role.SOURCE.value, "password_hash": None}],
         conflict_columns=["name"],
     )
     return session.execute(select(User.id).where(User.name == name)).scalar_one()
 
 
+def _pair_lookup():  # noqa: ANN202
+    """A SELECT that finds, from bound hashes, the prompt and both completions of a pair, with the
+    pair's ids in stored order (lower id first)."""
+    first, second = aliased(Completion, name="first"), aliased(Completion, name="second")
+    low = case((first.id < second.id, first.id), else_=second.id)
+    high = case((first.id < second.id, second.id), else_=first.id)
+    joined = (
+        select(Prompt.id.label("prompt_id"), low.label("low"), high.label("high"), first.id.label("first_id"))
+        .join(first, first.prompt_id == Prompt.id)
+        .join(second, second.prompt_id == Prompt.id)
+        .where(
+            Prompt.content_hash == bindparam("prompt_hash", type_=String),
+            first.content_hash == bindparam("first_hash", type_=String),
+            second.content_hash == bindparam("second_hash", type_=String),
+        )
+    )
+    return joined.subquery("pair")
+
+
 def write_batch(session: Session, batch: IngestBatch, *, priority: int = 0) -> IngestCounts:
     """Write ``batch`` inside the caller's (write) transaction and return what was new.
 
-    New comparisons get ``priority``; existing ones keep theirs.
+    Ids are resolved by the database (``INSERT ... SELECT`` through the content-hash indexes), so
+    no id travels back to Python. New comparisons get ``priority``; existing ones keep theirs.
     """
-    now = utc_now()
+    insert = dialect_insert(session)
     before = {m: _count(session, m) for m in (Prompt, Completion, Comparison, Label)}
+    now = utc_now()
+    timestamp = bindparam("created_at", value=now, type_=Prompt.__table__.c.created_at.type)
 
     insert_ignoring_conflicts(
         session,
         Prompt,
-        [
-            {"content_hash": p.content_hash, "text": p.text, "messages": p.messages, "created_at": now}
-            for p in batch.prompts.values()
-        ],
+        [{"content_hash": p.content_hash, "text": p.text, "messages": p.messages} for p in batch.prompts.values()],
         conflict_columns=["content_hash"],
     )
-    prompt_keys = [(content_hash,) for content_hash in batch.prompts]
-    prompt_ids = {key[0]: row_id for key, row_id in _ids_by(session, [Prompt.__table__.c.content_hash], prompt_keys).items()}
 
-    completion_rows = [
-        {
-            "prompt_id": prompt_ids[c.prompt_hash],
-            "content_hash": c.content_hash,
-            "text": c.text,
-            "model": c.model,
-            "created_at": now,
-        }
-        for c in batch.completions.values()
-    ]
-    insert_ignoring_conflicts(session, Completion, completion_rows, conflict_columns=["prompt_id", "content_hash"])
-    table = Completion.__table__
-    completion_ids = _ids_by(
+    completion_source = select(
+        Prompt.id,
+        bindparam("content_hash", type_=String),
+        bindparam("text", type_=Text),
+        bindparam("model", type_=String),
+        timestamp,
+    ).where(Prompt.content_hash == bindparam("prompt_hash", type_=String))
+    execute_many(
         session,
-        [table.c.prompt_id, table.c.content_hash],
-        [(row["prompt_id"], row["content_hash"]) for row in completion_rows],
+        insert(Completion)
+        .from_select(["prompt_id", "content_hash", "text", "model", "created_at"], completion_source)
+        .on_conflict_do_nothing(index_elements=["prompt_id", "content_hash"]),
+        [
+            {"content_hash": c.content_hash, "text": c.text, "model": c.model, "prompt_hash": c.prompt_hash}
+            for c in batch.completions.values()
+        ],
     )
 
-    def completion_id(prompt_hash: str, content_hash: str) -> int:
-        return completion_ids[(prompt_ids[prompt_hash], content_hash)]
-
-    comparison_rows: dict[tuple[int, int], dict[str, Any]] = {}
-    for pair in batch.pairs:
-        low, high = sorted((completion_id(pair.prompt_hash, pair.first_hash), completion_id(pair.prompt_hash, pair.second_hash)))
-        comparison_rows.setdefault(
-            (low, high),
-            {
-                "prompt_id": prompt_ids[pair.prompt_hash],
-                "completion_a_id": low,
-                "completion_b_id": high,
-                "priority": priority,
-                "source": batch.source,
-                "created_at": now,
-            },
+    pair_rows = [
+        {"prompt_hash": pair.prompt_hash, "first_hash": pair.first_hash, "second_hash": pair.second_hash}
+        for pair in batch.pairs
+    ]
+    pair = _pair_lookup()
+    # SQLite needs a WHERE on an INSERT ... SELECT that has an ON CONFLICT clause, or it reads the
+    # ON as a join constraint (https://www.sqlite.org/lang_upsert.html, "Parsing Ambiguity").
+    comparison_source = select(
+        pair.c.prompt_id, pair.c.low, pair.c.high, literal(priority), literal(batch.source), timestamp
+    ).where(true())
+    execute_many(
+        session,
+        insert(Comparison)
+        .from_select(
+            ["prompt_id", "completion_a_id", "completion_b_id", "priority", "source", "created_at"], comparison_source
         )
-    insert_ignoring_conflicts(
-        session, Comparison, list(comparison_rows.values()), conflict_columns=["completion_a_id", "completion_b_id"]
+        .on_conflict_do_nothing(index_elements=["completion_a_id", "completion_b_id"]),
+        pair_rows,
     )
-    table = Comparison.__table__
-    comparison_ids = _ids_by(session, [table.c.completion_a_id, table.c.completion_b_id], list(comparison_rows))
 
-    labeled = [pair for pair in batch.pairs if pair.winner_hash is not None]
+    labeled = [(pair_row, pair) for pair_row, pair in zip(pair_rows, batch.pairs, strict=True) if pair.first_wins]
     if labeled:
         annotator_id = ensure_source_user(session, batch.source)
-        label_rows: dict[int, dict[str, Any]] = {}
-        for pair in labeled:
-            low, high = sorted((completion_id(pair.prompt_hash, pair.first_hash), completion_id(pair.prompt_hash, pair.second_hash)))
-            winner = completion_id(pair.prompt_hash, pair.winner_hash)
-            # The first occurrence of a pair in a file wins; later duplicates add nothing.
-            label_rows.setdefault(
-                comparison_ids[(low, high)],
-                {
-                    "comparison_id": comparison_ids[(low, high)],
-                    "annotator_id": annotator_id,
-                    "choice": "a" if winner == low else "b",
-                    "strength": None,
-                    "margin": pair.margin,
-                    "shown_left": None,
-                    "comment": None,
-                    "seconds_spent": None,
-                    "created_at": now,
-                    "updated_at": now,
-                },
+        pair = _pair_lookup()
+        label_source = select(
+            Comparison.id,
+            literal(annotator_id),
+            case((pair.c.first_id == pair.c.low, literal("a")), else_=literal("b")),
+            bindparam("margin", type_=Float),
+            timestamp,
+            timestamp,
+        ).join(pair, (Comparison.completion_a_id == pair.c.low) & (Comparison.completion_b_id == pair.c.high))
+        # The first occurrence of a pair in a file wins; later duplicates add nothing.
+        execute_many(
+            session,
+            insert(Label)
+            .from_select(
+                ["comparison_id", "annotator_id", "choice", "margin", "created_at", "updated_at"],
+                label_source.where(true()),
             )
-        insert_ignoring_conflicts(
-            session, Label, list(label_rows.values()), conflict_columns=["comparison_id", "annotator_id"]
+            .on_conflict_do_nothing(index_elements=["comparison_id", "annotator_id"]),
+            [{**pair_row, "margin": pair.margin} for pair_row, pair in labeled],
         )
 
     after = {m: _count(session, m) for m in (Prompt, Completion, Comparison, Label)}
+    distinct_pairs = {(p.prompt_hash, frozenset((p.first_hash, p.second_hash))) for p in batch.pairs}
     return IngestCounts(
         prompts_added=after[Prompt] - before[Prompt],
         completions_added=after[Completion] - before[Completion],
         comparisons_added=after[Comparison] - before[Comparison],
         labels_added=after[Label] - before[Label],
-        comparisons_in_batch=len(comparison_rows),
+        comparisons_in_batch=len(distinct_pairs),
     )

@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from storage.ingest import insert_ignoring_conflicts
+from storage.ingest import dialect_insert, insert_ignoring_conflicts
 from storage.models import Choice, Label, Role, User, utc_now
 
 VALID_CHOICES = tuple(choice.value for choice in Choice)
@@ -27,7 +26,7 @@ def ensure_user(session: Session, name: str, *, role: Role = Role.ANNOTATOR) -> 
     insert_ignoring_conflicts(
         session,
         User,
-        [{"name": name, "role": role.value, "password_hash": None, "created_at": utc_now()}],
+        [{"name": name, "role": role.value, "password_hash": None}],
         conflict_columns=["name"],
     )
     return session.execute(select(User.id).where(User.name == name)).scalar_one()
@@ -71,8 +70,7 @@ def upsert_label(session: Session, label: LabelInput) -> int:
         "created_at": now,
         "updated_at": now,
     }
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[session.get_bind().dialect.name]
-    statement = insert(Label).values(values)
+    statement = dialect_insert(session)(Label).values(values)
     changed = {key: statement.excluded[key] for key in ("choice", "strength", "shown_left", "comment", "seconds_spent", "updated_at")}
     statement = statement.on_conflict_do_update(
         index_elements=["comparison_id", "annotator_id"], set_=changed

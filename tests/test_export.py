@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -121,7 +119,7 @@ def test_export_is_deterministic(store, tmp_path, format_name):
     pairs = [{"prompt": f"Q{i}?", "chosen": f" good {i}", "rejected": f" bad {i}"} for i in range(30)]
     import_file(store, ImportConfig(write_jsonl(tmp_path / "p.jsonl", pairs)))
     first = export_dataset(store, ExportConfig(tmp_path / "one", format=format_name, test_size=0.2, seed=7))
-    second = export_dataset(store, ExportConfig(tmp_path / "two", format=format_name, test_size=0.2, seed=7))
+    export_dataset(store, ExportConfig(tmp_path / "two", format=format_name, test_size=0.2, seed=7))
     assert (first.train_rows, first.test_rows) == (24, 6)
     for split in ("train", "test"):
         name = f"{split}.{format_name}"

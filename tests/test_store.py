@@ -1,0 +1,92 @@
+"""The store itself: schema on first use, connection settings, constraints, concurrent writers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from core.importer import ImportConfig, import_file
+from storage.engine import Store, StoreConfigError
+from storage.labels import LabelInput, ensure_user, upsert_label
+from storage.models import Setting
+from test_import import write_jsonl
+
+
+def test_schema_is_created_on_first_use(tmp_path):
+    path = tmp_path / "nested" / "folder" / "store.db"
+    store = Store(f"sqlite:///{path}")
+    assert path.exists()
+    with store.read() as session:
+        tables = {row[0] for row in session.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
+    assert {"prompt", "completion", "comparison", "label", "user", "trainingjob", "trainingmetric",
+            "rewardmodel", "cachedscore", "setting"} <= tables
+
+
+def test_every_connection_uses_wal_busy_timeout_and_foreign_keys(store):
+    for open_session in (store.read, store.write):
+        with open_session() as session:
+            assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+            assert session.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+            assert session.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+
+
+def test_an_in_memory_database_is_refused_with_the_fix():
+    with pytest.raises(StoreConfigError, match="needs a SQLite \\*file\\*"):
+        Store("sqlite://")
+
+
+def test_a_label_for_a_missing_comparison_is_refused_by_the_foreign_key(store):
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+        with store.write() as session:
+            annotator = ensure_user(session, "ann")
+            upsert_label(session, LabelInput(comparison_id=999, annotator_id=annotator, choice="a"))
+
+
+def test_a_failed_write_leaves_nothing_behind(store):
+    with pytest.raises(RuntimeError):
+        with store.write() as session:
+            session.add(Setting(key="guidelines", value="Be kind."))
+            session.flush()
+            raise RuntimeError("crash mid-transaction")
+    with store.read() as session:
+        assert session.get(Setting, "guidelines") is None
+
+
+def test_concurrent_read_then_write_transactions_neither_fail_nor_duplicate(store, tmp_path):
+    """Eight threads each claim-and-label the next unlabeled comparison: the read-then-write pattern
+    that fails with 'database is locked' (or hands one item to two writers) under a plain BEGIN."""
+    rows = [{"prompt": f"Q{i}?", "completions": [f" a{i}", f" b{i}"]} for i in range(80)]
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "c.jsonl", rows)))
+    names = [f"annotator{n}" for n in range(8)]
+    with store.write() as session:
+        annotator_ids = {name: ensure_user(session, name) for name in names}
+    errors: list[BaseException] = []
+
+    def annotate(name: str) -> None:
+        try:
+            while True:
+                with store.write() as session:
+                    # Read first, then write: the order that needs BEGIN IMMEDIATE.
+                    next_id = session.execute(
+                        text("SELECT id FROM comparison WHERE id NOT IN (SELECT comparison_id FROM label) ORDER BY id LIMIT 1")
+                    ).scalar()
+                    if next_id is None:
+                        return
+                    upsert_label(session, LabelInput(next_id, annotator_ids[name], "a"))
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=annotate, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with store.read() as session:
+        per_comparison = session.execute(text("SELECT comparison_id, COUNT(*) FROM label GROUP BY comparison_id")).all()
+    assert len(per_comparison) == 80
+    assert all(count == 1 for _, count in per_comparison)
