@@ -110,13 +110,15 @@ def main() -> None:
             baseline.append(time_executemany(work / f"baseline{repeat}.db", rows))
             ours.append(time_import(work / f"import{repeat}.db", source))
     best_baseline, best_ours = min(baseline), min(ours)
-    print(f"rows: {args.rows:,} preference rows, best of {args.repeats}")
-    print("| path | seconds | rows/s |")
-    print("|---|---:|---:|")
-    print(f"| plain sqlite3 executemany (prepared tuples, no validation) | {best_baseline:.2f} | {args.rows / best_baseline:,.0f} |")
-    print(f"| rewardlab import (read + validate + hash + idempotent write) | {best_ours:.2f} | {args.rows / best_ours:,.0f} |")
-    print(f"ratio import / executemany throughput: {best_baseline / best_ours:.2f}")
-
+    stored = 5 * args.rows  # prompt, two completions, comparison, label
+    print(f"{args.rows:,} preference pairs ({stored:,} stored rows), best of {args.repeats}")
+    print("| path | seconds | pairs/s | stored rows/s | throughput vs baseline |")
+    print("|---|---:|---:|---:|---:|")
+    for name, seconds in (
+        ("plain sqlite3 executemany (baseline: prepared tuples, no validation)", best_baseline),
+        ("rewardlab import (read + validate + hash + idempotent write)", best_ours),
+    ):
+        print(f"| {name} | {seconds:.2f} | {args.rows / seconds:,.0f} | {stored / seconds:,.0f} | {best_baseline / seconds:.2f} |")
 
 if __name__ == "__main__":
     main()
