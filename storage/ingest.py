@@ -9,19 +9,16 @@ same file on PostgreSQL cannot create twins.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from sqlalchemy import Float, String, Text, bindparam, case, func, literal, select, true
 from sqlalchemy.orm import aliased
-from sqlalchemy.sql.base import Executable
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel
 
+from storage.bulk import dialect_insert, execute_many, insert_ignoring_conflicts
+
 from storage.models import Comparison, Completion, Label, Prompt, Role, User, utc_now
-
-# SQLite allows 32766 bound parameters per statement; PostgreSQL 65535. Stay well under both.
-_MAX_PARAMS_PER_STATEMENT = 30_000
-
+from storage.queue import refresh_comparison_counts
 
 class PromptRecord(NamedTuple):
     content_hash: str
@@ -62,70 +59,6 @@ class IngestCounts:
     comparisons_added: int
     labels_added: int
     comparisons_in_batch: int
-
-
-def chunked(items: Sequence, params_per_item: int) -> Iterable[Sequence]:
-    size = max(1, _MAX_PARAMS_PER_STATEMENT // max(1, params_per_item))
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def dialect_insert(session: Session):  # noqa: ANN202
-    """The INSERT construct of the session's database, which knows ON CONFLICT."""
-    name = session.get_bind().dialect.name
-    if name not in ("sqlite", "postgresql"):
-        raise NotImplementedError(f"RewardLab supports SQLite and PostgreSQL stores, not {name}")
-    return sqlite.insert if name == "sqlite" else postgresql.insert
-
-
-def execute_many(session: Session, statement: Executable, rows: list[dict[str, Any]]) -> None:
-    """Run ``statement`` once per row of ``rows`` (dicts keyed by bind name), as an executemany.
-
-    On SQLite the rows bypass SQLAlchemy's per-row parameter building, which on a large import
-    costs as much as SQLite's own inserting: each bind's type processor runs only where the type
-    has one (JSON, datetimes), a bind absent from the rows takes its own ``value`` once, and the
-    tuples go straight to the driver. Every row must have the same keys.
-    """
-    if not rows:
-        return
-    dialect = session.get_bind().dialect
-    if dialect.name != "sqlite":
-        for chunk in chunked(rows, len(rows[0])):
-            session.execute(statement, list(chunk))
-        return
-    compiled = statement.compile(dialect=dialect, column_keys=list(rows[0]))
-    converters = []
-    for name in compiled.positiontup:
-        bind = compiled.binds[name]
-        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        if name not in rows[0]:
-            value = bind.effective_value
-            constant = process(value) if process else value
-            converters.append(lambda row, constant=constant: constant)
-        elif process is not None:
-            converters.append(lambda row, name=name, process=process: process(row[name]))
-        else:
-            converters.append(lambda row, name=name: row[name])
-    session.connection().exec_driver_sql(str(compiled), [tuple(convert(row) for convert in converters) for row in rows])
-
-
-def insert_ignoring_conflicts(
-    session: Session, model: type[SQLModel], rows: list[dict[str, Any]], *, conflict_columns: list[str]
-) -> None:
-    """Insert ``rows`` into ``model``'s table, silently skipping rows that hit ``conflict_columns``."""
-    if not rows:
-        return
-    table = model.__table__
-    # Columns the rows leave out (timestamps) take their Python default once for the whole batch.
-    values = {
-        column.name: bindparam(column.name, type_=column.type, value=column.default.arg(None))
-        for column in table.columns
-        if column.name not in rows[0] and column.default is not None and callable(column.default.arg)
-    }
-    statement = dialect_insert(session)(table)
-    if values:
-        statement = statement.values({**{name: bindparam(name, type_=table.c[name].type) for name in rows[0]}, **values})
-    execute_many(session, statement.on_conflict_do_nothing(index_elements=conflict_columns), rows)
 
 
 def _count(session: Session, model: type[SQLModel]) -> int:
@@ -190,7 +123,7 @@ def write_batch(session: Session, batch: IngestBatch, *, priority: int = 0) -> I
     execute_many(
         session,
         insert(Completion)
-        .from_select(["prompt_id", "content_hash", "text", "model", "created_at"], completion_source)
+        .from_select(["prompt_id", "content_hash", "text", "model", "created_at"], completion_source, include_defaults=False)
         .on_conflict_do_nothing(index_elements=["prompt_id", "content_hash"]),
         [
             {"content_hash": c.content_hash, "text": c.text, "model": c.model, "prompt_hash": c.prompt_hash}
@@ -206,13 +139,16 @@ def write_batch(session: Session, batch: IngestBatch, *, priority: int = 0) -> I
     # SQLite needs a WHERE on an INSERT ... SELECT that has an ON CONFLICT clause, or it reads the
     # ON as a join constraint (https://www.sqlite.org/lang_upsert.html, "Parsing Ambiguity").
     comparison_source = select(
-        pair.c.prompt_id, pair.c.low, pair.c.high, literal(priority), literal(batch.source), timestamp
+        pair.c.prompt_id, pair.c.low, pair.c.high, literal(priority), literal(batch.source), timestamp,
+        literal(0), literal(False),
     ).where(true())
     execute_many(
         session,
         insert(Comparison)
         .from_select(
-            ["prompt_id", "completion_a_id", "completion_b_id", "priority", "source", "created_at"], comparison_source
+            ["prompt_id", "completion_a_id", "completion_b_id", "priority", "source", "created_at", "label_count", "done"],
+            comparison_source,
+            include_defaults=False,
         )
         .on_conflict_do_nothing(index_elements=["completion_a_id", "completion_b_id"]),
         pair_rows,
@@ -237,10 +173,12 @@ def write_batch(session: Session, batch: IngestBatch, *, priority: int = 0) -> I
             .from_select(
                 ["comparison_id", "annotator_id", "choice", "margin", "created_at", "updated_at"],
                 label_source.where(true()),
+                include_defaults=False,
             )
             .on_conflict_do_nothing(index_elements=["comparison_id", "annotator_id"]),
             [{**pair_row, "margin": pair.margin} for pair_row, pair in labeled],
         )
+        refresh_comparison_counts(session, labeled_by=annotator_id)
 
     after = {m: _count(session, m) for m in (Prompt, Completion, Comparison, Label)}
     distinct_pairs = {(p.prompt_hash, frozenset((p.first_hash, p.second_hash))) for p in batch.pairs}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlmodel import Session
 
-from storage.ingest import dialect_insert, insert_ignoring_conflicts
+from storage.bulk import dialect_insert, insert_ignoring_conflicts
 from storage.models import Choice, Label, Role, User, utc_now
 
 VALID_CHOICES = tuple(choice.value for choice in Choice)

@@ -18,7 +18,7 @@ import enum
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, CheckConstraint, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -97,13 +97,26 @@ class Comparison(SQLModel, table=True):
     completion_b_id: int = Field(foreign_key="completion.id")
     priority: int = Field(default=0, description="higher is labeled first")
     source: str = Field(default="", max_length=300, description="where the pair came from")
+    label_count: int = Field(default=0, description="labels other than skip, kept by storage.queue")
+    done: bool = Field(default=False, description="label_count has reached labels_per_comparison")
     created_at: datetime = Field(default_factory=utc_now)
 
     __table_args__ = (
         UniqueConstraint("completion_a_id", "completion_b_id", name="comparison_once_per_pair"),
         CheckConstraint("completion_a_id < completion_b_id", name="comparison_pair_ordered"),
-        Index("comparison_queue_order", "priority", "id"),
+        # The queue reads open comparisons in this order and stops at the first it may hand out,
+        # so finished ones never have to be scanned past.
+        Index("comparison_queue_order", "done", text("priority DESC"), "id"),
     )
+
+
+class Lease(SQLModel, table=True):
+    """A comparison reserved for one annotator until ``expires_at``, so that two people are not
+    handed the same item beyond the overlap. An expired lease frees it."""
+
+    comparison_id: int = Field(foreign_key="comparison.id", primary_key=True)
+    annotator_id: int = Field(foreign_key="user.id", primary_key=True, index=True)
+    expires_at: datetime
 
 
 class User(SQLModel, table=True):

@@ -10,7 +10,7 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
-from storage.ingest import chunked
+from storage.bulk import chunked
 from storage.models import Comparison, Completion, Label, Prompt, Role, User
 
 

@@ -1,0 +1,262 @@
+"""The labeling queue: who gets which comparison next, and storing what they said.
+
+* A comparison is **open** while fewer than ``labels_per_comparison`` people have labeled it
+  (skips do not count: a skip asks someone else to judge). ``Comparison.label_count`` and
+  ``Comparison.done`` keep that state so the queue never scans finished items.
+* ``claim_next_comparison`` hands an annotator the highest-priority open comparison they have not
+  labeled and that is not reserved by enough others, and reserves it for them with a lease. A
+  refresh returns the same item while the lease holds; an expired lease frees it.
+* ``submit_label`` is idempotent (the same label twice changes nothing) and refuses a new label on
+  a comparison that already has its labels, so an expired lease can never produce a twin.
+
+Every function runs inside the caller's write transaction (``BEGIN IMMEDIATE`` on SQLite), so a
+claim's read and write are one atomic step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy.orm import aliased
+from sqlmodel import Session
+
+from storage.bulk import chunked, dialect_insert
+from storage.labels import LabelInput, upsert_label
+from storage.models import Comparison, Completion, Label, Lease, Prompt, utc_now
+from storage.settings import get_setting
+
+
+class QueueError(ValueError):
+    """A label the queue cannot take; the message says why and what to do."""
+
+
+def refresh_comparison_counts(
+    session: Session, comparison_ids: list[int] | None = None, *, labeled_by: int | None = None
+) -> None:
+    """Recompute ``label_count`` and ``done`` from the labels: of the given comparisons, of those
+    labeled by user ``labeled_by`` (after an import), or of all (when the overlap changes)."""
+    overlap = get_setting(session, "labels_per_comparison")
+    counted = (
+        select(func.count())
+        .where(Label.comparison_id == Comparison.id, Label.choice != "skip")
+        .correlate(Comparison)
+        .scalar_subquery()
+    )
+    statement = update(Comparison).values(label_count=counted, done=counted >= overlap)
+    if labeled_by is not None:
+        session.execute(
+            statement.where(Comparison.id.in_(select(Label.comparison_id).where(Label.annotator_id == labeled_by)))
+        )
+        return
+    if comparison_ids is None:
+        session.execute(statement)
+        return
+    for chunk in chunked(list(comparison_ids), 1):
+        session.execute(statement.where(Comparison.id.in_(chunk)))
+
+
+def _lease(session: Session, comparison_id: int, annotator_id: int, expires_at: datetime) -> None:
+    statement = dialect_insert(session)(Lease).values(
+        comparison_id=comparison_id, annotator_id=annotator_id, expires_at=expires_at
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["comparison_id", "annotator_id"], set_={"expires_at": statement.excluded.expires_at}
+        )
+    )
+
+
+def _labeled_by(annotator_id: int):  # noqa: ANN202
+    return exists().where(Label.comparison_id == Comparison.id, Label.annotator_id == annotator_id)
+
+
+def claim_next_comparison(session: Session, *, annotator_id: int, now: datetime | None = None) -> int | None:
+    """Reserve and return the id of the next comparison for this annotator, or None when none is left."""
+    now = now or utc_now()
+    overlap = get_setting(session, "labels_per_comparison")
+    expires = now + timedelta(seconds=get_setting(session, "lease_seconds"))
+    session.execute(delete(Lease).where(Lease.expires_at <= now))
+
+    held = session.execute(
+        select(Lease.comparison_id)
+        .join(Comparison, Comparison.id == Lease.comparison_id)
+        .where(Lease.annotator_id == annotator_id, ~_labeled_by(annotator_id))
+        .order_by(Lease.comparison_id)
+        .limit(1)
+    ).scalar()
+    if held is not None:
+        _lease(session, held, annotator_id, expires)
+        return held
+
+    reserved_by_others = (
+        select(func.count())
+        .where(Lease.comparison_id == Comparison.id, Lease.annotator_id != annotator_id)
+        .correlate(Comparison)
+        .scalar_subquery()
+    )
+    next_id = session.execute(
+        select(Comparison.id)
+        .where(
+            Comparison.done.is_(False),
+            ~_labeled_by(annotator_id),
+            Comparison.label_count + reserved_by_others < overlap,
+        )
+        .order_by(Comparison.done, Comparison.priority.desc(), Comparison.id)
+        .limit(1)
+    ).scalar()
+    session.execute(delete(Lease).where(Lease.annotator_id == annotator_id))
+    if next_id is not None:
+        _lease(session, next_id, annotator_id, expires)
+    return next_id
+
+
+def reserve_for(session: Session, *, annotator_id: int, comparison_id: int, now: datetime | None = None) -> None:
+    """Reserve one comparison for this annotator (after undo, or to change a label from history)."""
+    now = now or utc_now()
+    session.execute(delete(Lease).where(Lease.annotator_id == annotator_id))
+    _lease(session, comparison_id, annotator_id, now + timedelta(seconds=get_setting(session, "lease_seconds")))
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    label_id: int
+    changed: bool  # False for a repeated identical submit
+
+
+def submit_label(session: Session, label: LabelInput, *, now: datetime | None = None) -> SubmitResult:
+    """Store ``label`` for its annotator, update the comparison's counts and release the lease.
+
+    Raises ``QueueError`` for an unknown comparison, or for a new label on a comparison that
+    already has ``labels_per_comparison`` labels (or is reserved by others up to that number).
+    """
+    now = now or utc_now()
+    comparison = session.get(Comparison, label.comparison_id)
+    if comparison is None:
+        raise QueueError(f"comparison {label.comparison_id} does not exist")
+    mine = session.execute(
+        select(Label).where(Label.comparison_id == label.comparison_id, Label.annotator_id == label.annotator_id)
+    ).scalar_one_or_none()
+    if mine is not None and (mine.choice, mine.strength, mine.comment, mine.shown_left) == (
+        label.choice,
+        label.strength,
+        label.comment,
+        label.shown_left,
+    ):
+        return SubmitResult(mine.id, changed=False)
+    if mine is None and label.choice != "skip":
+        overlap = get_setting(session, "labels_per_comparison")
+        i_hold_lease = session.execute(
+            select(Lease.comparison_id).where(
+                Lease.comparison_id == label.comparison_id,
+                Lease.annotator_id == label.annotator_id,
+                Lease.expires_at > now,
+            )
+        ).first() is not None
+        others = session.execute(
+            select(func.count()).where(
+                Lease.comparison_id == label.comparison_id,
+                Lease.annotator_id != label.annotator_id,
+                Lease.expires_at > now,
+            )
+        ).scalar_one()
+        taken = comparison.label_count + (0 if i_hold_lease else others)
+        if taken >= overlap:
+            raise QueueError(
+                f"comparison {label.comparison_id} already has the {overlap} label(s) it needs"
+                + ("" if comparison.label_count >= overlap else " reserved by other annotators")
+                + "; your reservation had expired. Take the next one."
+            )
+    label_id = upsert_label(session, label)
+    session.execute(delete(Lease).where(Lease.annotator_id == label.annotator_id, Lease.comparison_id == label.comparison_id))
+    refresh_comparison_counts(session, [label.comparison_id])
+    return SubmitResult(label_id, changed=True)
+
+
+def undo_last_label(session: Session, *, annotator_id: int) -> int | None:
+    """Delete this annotator's most recent label, reserve that comparison for them again, and
+    return its id (None when they have no label)."""
+    last = session.execute(
+        select(Label.id, Label.comparison_id)
+        .where(Label.annotator_id == annotator_id)
+        .order_by(Label.updated_at.desc(), Label.id.desc())
+        .limit(1)
+    ).first()
+    if last is None:
+        return None
+    session.execute(delete(Label).where(Label.id == last.id))
+    refresh_comparison_counts(session, [last.comparison_id])
+    reserve_for(session, annotator_id=annotator_id, comparison_id=last.comparison_id)
+    return last.comparison_id
+
+
+@dataclass(frozen=True)
+class ComparisonRecord:
+    id: int
+    prompt_text: str | None
+    prompt_messages: list[dict[str, Any]] | None
+    a_text: str
+    a_model: str | None
+    b_text: str
+    b_model: str | None
+
+
+def load_comparison(session: Session, comparison_id: int) -> ComparisonRecord | None:
+    a, b = aliased(Completion), aliased(Completion)
+    row = session.execute(
+        select(Comparison.id, Prompt.text, Prompt.messages, a.text, a.model, b.text, b.model)
+        .join(Prompt, Prompt.id == Comparison.prompt_id)
+        .join(a, a.id == Comparison.completion_a_id)
+        .join(b, b.id == Comparison.completion_b_id)
+        .where(Comparison.id == comparison_id)
+    ).first()
+    return ComparisonRecord(*row) if row else None
+
+
+def label_of(session: Session, *, annotator_id: int, comparison_id: int) -> Label | None:
+    return session.execute(
+        select(Label).where(Label.annotator_id == annotator_id, Label.comparison_id == comparison_id)
+    ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    comparison_id: int
+    choice: str
+    strength: int | None
+    shown_left: str | None
+    comment: str | None
+    updated_at: datetime
+    prompt_excerpt: str
+
+
+def label_history(session: Session, *, annotator_id: int, limit: int = 50) -> list[HistoryItem]:
+    """This annotator's labels, most recent first."""
+    rows = session.execute(
+        select(Label.comparison_id, Label.choice, Label.strength, Label.shown_left, Label.comment, Label.updated_at,
+               Prompt.text, Prompt.messages)
+        .join(Comparison, Comparison.id == Label.comparison_id)
+        .join(Prompt, Prompt.id == Comparison.prompt_id)
+        .where(Label.annotator_id == annotator_id)
+        .order_by(Label.updated_at.desc(), Label.id.desc())
+        .limit(limit)
+    ).all()
+    items = []
+    for comparison_id, choice, strength, shown_left, comment, updated_at, text, messages in rows:
+        prompt = text if messages is None else " / ".join(m["content"] for m in messages if m["role"] == "user")
+        items.append(HistoryItem(comparison_id, choice, strength, shown_left, comment, updated_at, prompt[:120]))
+    return items
+
+
+@dataclass(frozen=True)
+class Progress:
+    labeled_by_me: int
+    open_comparisons: int  # team-wide: still need labels
+
+
+def progress_of(session: Session, *, annotator_id: int) -> Progress:
+    mine = session.execute(select(func.count()).where(Label.annotator_id == annotator_id)).scalar_one()
+    open_count = session.execute(select(func.count()).where(Comparison.done.is_(False))).scalar_one()
+    return Progress(mine, open_count)
