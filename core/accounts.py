@@ -1,0 +1,137 @@
+"""Accounts, roles and what each role may do.
+
+Passwords are hashed with Argon2id (``argon2-cffi``, the winner of the Password Hashing
+Competition and OWASP's first recommendation). With no account in the store the app runs as one
+local admin and may listen on the loopback address only; as soon as one account exists, every
+page and API call needs a login, and the user is known from the session, never from a text box.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, select
+
+from storage.engine import Store
+from storage.labels import ensure_user
+from storage.models import Role, User
+
+LOCAL_USER = "local"
+LOGIN_ROLES = (Role.ANNOTATOR, Role.ENGINEER, Role.ADMIN)
+MIN_PASSWORD_LENGTH = 8
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_hasher = PasswordHasher()
+
+
+class AccountError(ValueError):
+    """An account that cannot be created; the message says how to fix it."""
+
+
+class PermissionDenied(PermissionError):
+    """The user's role does not allow this action."""
+
+
+class Permission(enum.Enum):
+    LABEL = "label comparisons"
+    IMPORT = "import data"
+    EXPORT = "export data"
+    TRAIN = "start or cancel training"
+    VIEW_TEAM = "see the team's labeling statistics"
+    EDIT_GUIDELINES = "edit the labeling guidelines"
+    CHANGE_SETTINGS = "change labeling settings"
+
+
+ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    Role.ANNOTATOR.value: frozenset({Permission.LABEL}),
+    Role.ENGINEER.value: frozenset(
+        {Permission.LABEL, Permission.IMPORT, Permission.EXPORT, Permission.TRAIN, Permission.VIEW_TEAM}
+    ),
+    Role.ADMIN.value: frozenset(Permission),
+}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting: a stored user with a login role."""
+
+    user_id: int
+    name: str
+    role: str
+
+    def can(self, permission: Permission) -> bool:
+        return permission in ROLE_PERMISSIONS.get(self.role, frozenset())
+
+    def require(self, permission: Permission) -> None:
+        if not self.can(permission):
+            raise PermissionDenied(f"{self.name} is {self.role_article} {self.role} and may not {permission.value}")
+
+    @property
+    def role_article(self) -> str:
+        return "an" if self.role[0] in "aeiou" else "a"
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def add_user(store: Store, name: str, role: str, password: str) -> None:
+    """Create a login account. Raises ``AccountError`` for a bad name, role, weak password or a
+    name that is taken."""
+    if not _NAME_PATTERN.fullmatch(name or ""):
+        raise AccountError(
+            "a user name is 1 to 64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
+        )
+    if role not in {r.value for r in LOGIN_ROLES}:
+        raise AccountError(f"role must be one of {', '.join(r.value for r in LOGIN_ROLES)}, got {role!r}")
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
+    with store.write() as session:
+        if session.execute(select(User.id).where(User.name == name)).first() is not None:
+            raise AccountError(f"user {name!r} already exists")
+        session.add(User(name=name, role=role, password_hash=hash_password(password)))
+
+
+def accounts_exist(store: Store) -> bool:
+    with store.read() as session:
+        return session.execute(select(func.count()).where(User.password_hash.is_not(None))).scalar_one() > 0
+
+
+def authenticate(store: Store, name: str, password: str) -> bool:
+    """Whether ``name``/``password`` is a login account (Gradio's ``auth`` callable)."""
+    with store.read() as session:
+        stored = session.execute(
+            select(User.password_hash).where(User.name == name, User.password_hash.is_not(None))
+        ).scalar_one_or_none()
+    if stored is None:
+        # Spend the same time as a real check, so timing does not tell which names exist.
+        stored = _DUMMY_HASH
+        name = ""
+    try:
+        return _hasher.verify(stored, password) and bool(name)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+_DUMMY_HASH = _hasher.hash("rewardlab-no-such-user")
+
+
+def actor_for(store: Store, username: str | None) -> Actor:
+    """The actor behind a request: the logged-in account, or the single local user when the store
+    has no accounts (then the app listens on 127.0.0.1 only). Raises ``PermissionDenied``."""
+    if username is None:
+        if accounts_exist(store):
+            raise PermissionDenied("log in first")
+        with store.write() as session:
+            user_id = ensure_user(session, LOCAL_USER, role=Role.ADMIN)
+        return Actor(user_id, LOCAL_USER, Role.ADMIN.value)
+    with store.read() as session:
+        user = session.execute(
+            select(User).where(User.name == username, User.password_hash.is_not(None))
+        ).scalar_one_or_none()
+    if user is None:
+        raise PermissionDenied(f"no account named {username!r}")
+    return Actor(user.id, user.name, user.role)

@@ -1,0 +1,212 @@
+"""What an annotator sees and does: the next comparison, sides randomized, thinking apart from the
+answer; labels from screen sides (left/right) or stored sides (a/b); undo, history, guidelines.
+
+Every function takes the acting user and checks their permission first, so the UI and the API
+share one set of rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from core.accounts import Actor, Permission
+from core.segments import split_thinking
+from storage.engine import Store
+from storage.labels import LabelInput
+from storage.queue import (
+    HistoryItem,
+    Progress,
+    QueueError,
+    SubmitResult,
+    claim_next_comparison,
+    label_history,
+    label_of,
+    load_comparison,
+    progress_of,
+    reserve_for,
+    submit_label,
+    undo_last_label,
+)
+from storage.settings import get_setting, set_setting
+
+SCREEN_CHOICES = ("left", "right", "tie", "both_bad", "skip")
+STRENGTHS = {"slightly": 1, "clearly": 2}
+
+
+@dataclass(frozen=True)
+class ResponseView:
+    side: str  # "a" or "b": which stored completion this is
+    model: str | None
+    thinking: str | None
+    answer: str
+
+
+@dataclass(frozen=True)
+class ComparisonView:
+    comparison_id: int
+    prompt_text: str | None
+    prompt_messages: list[dict[str, Any]] | None
+    left: ResponseView
+    right: ResponseView
+    existing_choice: str | None = None  # the actor's label, in screen terms, when changing one
+
+    @property
+    def shown_left(self) -> str:
+        return self.left.side
+
+
+def left_side_for(annotator_id: int, comparison_id: int) -> str:
+    """Which stored completion ("a" or "b") this annotator sees on the left of this comparison.
+
+    Random per (annotator, comparison) so that position bias averages out, and stable so that a
+    refresh or a later change shows the same layout.
+    """
+    digest = hashlib.sha256(f"{annotator_id}:{comparison_id}".encode()).digest()
+    return "a" if digest[0] % 2 == 0 else "b"
+
+
+def _view(store: Store, actor: Actor, comparison_id: int) -> ComparisonView | None:
+    with store.read() as session:
+        record = load_comparison(session, comparison_id)
+        existing = label_of(session, annotator_id=actor.user_id, comparison_id=comparison_id)
+    if record is None:
+        return None
+    left = existing.shown_left if existing is not None and existing.shown_left else left_side_for(actor.user_id, comparison_id)
+    responses = {
+        "a": ResponseView("a", record.a_model, *split_thinking(record.a_text)),
+        "b": ResponseView("b", record.b_model, *split_thinking(record.b_text)),
+    }
+    right = "b" if left == "a" else "a"
+    return ComparisonView(
+        comparison_id,
+        record.prompt_text,
+        record.prompt_messages,
+        responses[left],
+        responses[right],
+        existing_choice=_to_screen(existing.choice, left) if existing is not None else None,
+    )
+
+
+def _to_screen(choice: str, shown_left: str) -> str:
+    if choice in ("a", "b"):
+        return "left" if choice == shown_left else "right"
+    return choice
+
+
+def _to_stored(screen_choice: str, shown_left: str) -> str:
+    if screen_choice == "left":
+        return shown_left
+    if screen_choice == "right":
+        return "b" if shown_left == "a" else "a"
+    return screen_choice
+
+
+def next_comparison(store: Store, actor: Actor) -> ComparisonView | None:
+    """Reserve and show the actor's next comparison; None when nothing is left for them."""
+    actor.require(Permission.LABEL)
+    with store.write() as session:
+        comparison_id = claim_next_comparison(session, annotator_id=actor.user_id)
+    return None if comparison_id is None else _view(store, actor, comparison_id)
+
+
+def open_for_change(store: Store, actor: Actor, comparison_id: int) -> ComparisonView:
+    """Show a comparison the actor labeled before, laid out as they saw it, to change the label."""
+    actor.require(Permission.LABEL)
+    with store.write() as session:
+        if label_of(session, annotator_id=actor.user_id, comparison_id=comparison_id) is None:
+            raise QueueError(f"you have not labeled comparison {comparison_id}")
+        reserve_for(session, annotator_id=actor.user_id, comparison_id=comparison_id)
+    return _view(store, actor, comparison_id)
+
+
+def label_on_screen(
+    store: Store,
+    actor: Actor,
+    view: ComparisonView,
+    screen_choice: str,
+    *,
+    strength: str | None = None,
+    comment: str | None = None,
+    seconds_spent: float | None = None,
+) -> SubmitResult:
+    """Store a label given in screen terms (left/right/tie/both_bad/skip)."""
+    if screen_choice not in SCREEN_CHOICES:
+        raise QueueError(f"choice must be one of {', '.join(SCREEN_CHOICES)}, got {screen_choice!r}")
+    return label_stored(
+        store,
+        actor,
+        view.comparison_id,
+        _to_stored(screen_choice, view.shown_left),
+        strength=strength,
+        comment=comment,
+        shown_left=view.shown_left,
+        seconds_spent=seconds_spent,
+    )
+
+
+def label_stored(
+    store: Store,
+    actor: Actor,
+    comparison_id: int,
+    choice: str,
+    *,
+    strength: str | None = None,
+    comment: str | None = None,
+    shown_left: str | None = None,
+    seconds_spent: float | None = None,
+) -> SubmitResult:
+    """Store a label in stored terms (a/b/tie/both_bad/skip), as scripts give it.
+
+    ``strength`` is "slightly" or "clearly" and applies to a or b only. Raises ``QueueError``
+    (and ``LabelError``) with the reason.
+    """
+    actor.require(Permission.LABEL)
+    if strength not in (None, "", *STRENGTHS):
+        raise QueueError(f"strength must be one of {', '.join(STRENGTHS)}, got {strength!r}")
+    label = LabelInput(
+        comparison_id=int(comparison_id),
+        annotator_id=actor.user_id,
+        choice=choice,
+        strength=STRENGTHS.get(strength) if choice in ("a", "b") else None,
+        shown_left=shown_left,
+        comment=(comment or "").strip() or None,
+        seconds_spent=seconds_spent,
+    )
+    with store.write() as session:
+        return submit_label(session, label)
+
+
+def undo_last(store: Store, actor: Actor) -> ComparisonView | None:
+    """Remove the actor's last label and show that comparison again."""
+    actor.require(Permission.LABEL)
+    with store.write() as session:
+        comparison_id = undo_last_label(session, annotator_id=actor.user_id)
+    return None if comparison_id is None else _view(store, actor, comparison_id)
+
+
+def history(store: Store, actor: Actor, limit: int = 50) -> list[HistoryItem]:
+    actor.require(Permission.LABEL)
+    with store.read() as session:
+        return label_history(session, annotator_id=actor.user_id, limit=limit)
+
+
+def screen_choice_of(item: HistoryItem) -> str:
+    return _to_screen(item.choice, item.shown_left) if item.shown_left else item.choice
+
+
+def progress(store: Store, actor: Actor) -> Progress:
+    with store.read() as session:
+        return progress_of(session, annotator_id=actor.user_id)
+
+
+def guidelines(store: Store) -> str:
+    with store.read() as session:
+        return get_setting(session, "guidelines")
+
+
+def update_guidelines(store: Store, actor: Actor, markdown: str) -> None:
+    actor.require(Permission.EDIT_GUIDELINES)
+    with store.write() as session:
+        set_setting(session, "guidelines", markdown)
