@@ -3,6 +3,7 @@
     python app.py                      serve the app on http://127.0.0.1:7860 (demo data if empty)
     python app.py import FILE          import preference pairs or candidates to label
     python app.py export OUT           write a TRL-ready preference dataset
+    python app.py adduser NAME --role annotator|engineer|admin   create a login (password from stdin)
     python app.py --help               all subcommands
 
 Every subcommand takes ``--db URL`` (default: ``$REWARDLAB_DB`` or ``data/rewardlab.db``).
@@ -13,8 +14,10 @@ Gradio is imported only by ``serve``, so the other commands start fast.
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 
+from core.accounts import LOGIN_ROLES, AccountError, add_user
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
 from core.exporter import ExportConfig, NothingToExport, export_dataset
 from core.importer import ImportConfig, ImportRejected, import_file
@@ -55,7 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
     exporter = commands.add_parser("export", help="write a TRL-ready preference dataset")
     _add_db_argument(exporter)
     add_config_arguments(exporter, ExportConfig, positional=("out",))
+
+    adduser = commands.add_parser("adduser", help="create a login account (the app then requires logins)")
+    _add_db_argument(adduser)
+    adduser.add_argument("name", help="user name: letters, digits, '.', '_', '@', '-'")
+    adduser.add_argument("--role", required=True, choices=[role.value for role in LOGIN_ROLES],
+                         help="annotator: label; engineer: also import, export, train, team view; admin: everything")
+    adduser.add_argument("--password", help="the password (default: read from standard input, or asked for)")
     return parser
+
+
+def run_adduser(args: argparse.Namespace) -> int:
+    password = args.password
+    if password is None:
+        if sys.stdin.isatty():
+            password = getpass.getpass(f"password for {args.name}: ")
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+    try:
+        add_user(Store(args.db), args.name, args.role, password)
+    except AccountError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"created {args.role} {args.name!r}; a running app must be restarted to require logins")
+    return 0
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -82,9 +108,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from app.server import serve
+    from app.server import UnsafeListenAddress, serve
 
-    serve(db_url=args.db, host=args.host, port=args.port, load_demo=not args.no_demo)
+    try:
+        serve(db_url=args.db, host=args.host, port=args.port, load_demo=not args.no_demo)
+    except UnsafeListenAddress as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 
@@ -94,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
-    handlers = {"serve": run_serve, "import": run_import, "export": run_export}
+    handlers = {"serve": run_serve, "import": run_import, "export": run_export, "adduser": run_adduser}
     try:
         return handlers[args.command](args)
     except (ConfigError, StoreConfigError) as error:

@@ -9,7 +9,8 @@ import gradio as gr
 
 from app.formatting import code_block, counts_markdown
 from core.exporter import EXPORT_FORMATS, PROMPT_FORMATS, ExportConfig, NothingToExport, export_for_download
-from core.importer import ImportConfig, ImportRejected, import_file
+from app.session import USER_ERRORS, current_actor
+from core.importer import ImportConfig, ImportRejected, import_upload
 from storage.engine import Store
 from storage.queries import store_counts
 
@@ -48,11 +49,14 @@ def render_data_tab(store: Store) -> gr.Markdown:
             export_file = gr.File(label="Download", interactive=False)
 
     # Each import clears the upload box, so the next file (or the fixed one) can be dropped in.
-    def run_import(path: str | None, check_only: bool) -> tuple[str, str, None]:
+    def run_import(path: str | None, check_only: bool, request: gr.Request) -> tuple[str, str, None]:
         if not path:
             return "Choose a file first.", current_counts(), None
         try:
-            report = import_file(store, ImportConfig(Path(path), source=f"import:{Path(path).name}", dry_run=check_only))
+            config = ImportConfig(Path(path), source=f"import:{Path(path).name}", dry_run=check_only)
+            report = import_upload(store, current_actor(store, request), config)
+        except USER_ERRORS as error:
+            return f"**Not allowed.** {error}", current_counts(), None
         except ImportRejected as rejected:
             # Problems name the uploaded file's temporary path; show the user's file name instead.
             message = str(rejected).replace(str(Path(path).parent) + "/", "")
@@ -62,14 +66,18 @@ def render_data_tab(store: Store) -> gr.Markdown:
 
     import_button.click(run_import, inputs=[upload, dry_run], outputs=[import_result, counts, upload], api_visibility="private")
 
-    def run_export(format_name: str, prompts: str, test_fraction: float) -> tuple[str, str | None]:
+    def run_export(format_name: str, prompts: str, test_fraction: float, request: gr.Request) -> tuple[str, str | None]:
         out = Path(tempfile.mkdtemp(prefix="rewardlab-export-")) / (
             "preferences" if format_name == "hf" or test_fraction > 0 else f"preferences.{format_name}"
         )
         try:
             download, report = export_for_download(
-                store, ExportConfig(out, format=format_name, prompt_format=prompts, test_size=float(test_fraction))
+                store,
+                ExportConfig(out, format=format_name, prompt_format=prompts, test_size=float(test_fraction)),
+                actor=current_actor(store, request),
             )
+        except USER_ERRORS as error:
+            return f"**Not allowed.** {error}", None
         except NothingToExport as error:
             return f"**Nothing exported.** {error}", None
         return f"**Exported.** {report.summary().replace(str(out), download.name)}", str(download)

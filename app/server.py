@@ -7,17 +7,55 @@ import os
 # Before gradio is imported: no usage analytics leave the machine.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import ipaddress  # noqa: E402
+
+from core.accounts import accounts_exist, authenticate  # noqa: E402
 from core.demo_data import load_demo_data_if_empty  # noqa: E402
 from storage.engine import Store  # noqa: E402
 
 
+class UnsafeListenAddress(RuntimeError):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(*, db_url: str | None, host: str, port: int, load_demo: bool) -> None:
+    """Serve the app. Raises ``UnsafeListenAddress`` for a non-loopback host without accounts."""
+    from app.label_tab import shortcuts_script
+    from app.rendering import LABEL_CSS
     from app.ui import build_ui
 
     store = Store(db_url)
+    with_logins = accounts_exist(store)
+    if not with_logins and not is_loopback(host):
+        raise UnsafeListenAddress(
+            f"refusing to listen on {host}: without user accounts anyone who reaches the port would act as the "
+            "admin. Add an account first (python app.py adduser NAME --role admin), or listen on 127.0.0.1."
+        )
     if load_demo and load_demo_data_if_empty(store):
         print(f"loaded the demo dataset into the empty store {store.url}")
     print(f"RewardLab store: {store.url}")
+    print("logins required (user accounts exist)" if with_logins else
+          "no user accounts: single local user on this machine; add one with `python app.py adduser` and restart")
     blocks = build_ui(store)
     blocks.queue(default_concurrency_limit=8)
-    blocks.launch(server_name=host, server_port=port, ssr_mode=False, show_error=True, footer_links=[], enable_monitoring=False)
+    blocks.launch(
+        server_name=host,
+        server_port=port,
+        auth=(lambda name, password: authenticate(store, name, password)) if with_logins else None,
+        auth_message="RewardLab: log in with the account an admin created for you.",
+        ssr_mode=False,
+        show_error=True,
+        footer_links=[],
+        enable_monitoring=False,
+        css=LABEL_CSS,
+        head=shortcuts_script(),
+    )

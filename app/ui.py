@@ -1,10 +1,15 @@
-"""The RewardLab page: one Blocks with the Label, Data, Train and Inspect tabs."""
+"""The RewardLab page: one Blocks with the Label, Data, Train, Inspect and Team tabs, and the API."""
 
 from __future__ import annotations
 
 import gradio as gr
 
+from app.api import register_api
 from app.data_tab import render_data_tab
+from app.label_tab import render_label_tab
+from app.session import USER_ERRORS, current_actor
+from app.team_tab import render_team_tab
+from core.accounts import Permission
 from storage.engine import Store
 
 TITLE = "RewardLab"
@@ -15,17 +20,31 @@ def build_ui(store: Store) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nLabel preferences, train reward models on them, and inspect what they reward.")
         with gr.Tabs():
             with gr.Tab("Label", id="label"):
-                gr.Markdown(
-                    "The labeling workflow (queue, side-by-side comparison, shortcuts, history) is not built yet. "
-                    "Comparisons waiting for a label are counted on the Data tab."
-                )
-            with gr.Tab("Data", id="data"):
+                render_label_tab(store, blocks)
+            with gr.Tab("Data", id="data") as data_tab:
                 render_data_tab(store)
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train") as train_tab:
                 gr.Markdown(
                     "Background reward-model training is not built yet. Meanwhile, export a TRL dataset from the "
                     "Data tab (or `python app.py export OUT`) and train it with TRL's `RewardTrainer`."
                 )
             with gr.Tab("Inspect", id="inspect"):
                 gr.Markdown("Reward inspection (thinking vs answer, per-token rewards) is not built yet.")
+            with gr.Tab("Team", id="team") as team_tab:
+                render_team_tab(store)
+        register_api(store)
+
+        # Show each person the tabs their role may use; the handlers check the role again.
+        def tabs_for(request: gr.Request) -> dict:
+            try:
+                actor = current_actor(store, request)
+            except USER_ERRORS:
+                return {data_tab: gr.Tab(visible=False), train_tab: gr.Tab(visible=False), team_tab: gr.Tab(visible=False)}
+            return {
+                data_tab: gr.Tab(visible=actor.can(Permission.IMPORT) or actor.can(Permission.EXPORT)),
+                train_tab: gr.Tab(visible=actor.can(Permission.TRAIN)),
+                team_tab: gr.Tab(visible=actor.can(Permission.VIEW_TEAM)),
+            }
+
+        blocks.load(tabs_for, outputs=[data_tab, train_tab, team_tab], api_visibility="private")
     return blocks

@@ -124,7 +124,9 @@ def actor_for(store: Store, username: str | None) -> Actor:
     has no accounts (then the app listens on 127.0.0.1 only). Raises ``PermissionDenied``."""
     if username is None:
         if accounts_exist(store):
-            raise PermissionDenied("log in first")
+            raise PermissionDenied(
+                "log in first (user accounts were added after the app started: restart it so that it asks for logins)"
+            )
         with store.write() as session:
             user_id = ensure_user(session, LOCAL_USER, role=Role.ADMIN)
         return Actor(user_id, LOCAL_USER, Role.ADMIN.value)

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
 from storage.engine import Store
 from storage.queries import Vote, comparison_contents, store_counts, votes_by_comparison
@@ -247,8 +248,10 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
     return ExportReport(config.out, len(train), len(test), dict(prepared.left_out), prepared.content_hash)
 
 
-def export_for_download(store: Store, config: ExportConfig) -> tuple[Path, ExportReport]:
-    """Export, then give one file a browser can download: the file itself, or a .zip of a folder."""
+def export_for_download(store: Store, config: ExportConfig, *, actor: Actor) -> tuple[Path, ExportReport]:
+    """Export for a user of the web app (who needs the export permission), then give one file a
+    browser can download: the file itself, or a .zip of a folder."""
+    actor.require(Permission.EXPORT)
     report = export_dataset(store, config)
     if not config.out.is_dir():
         return config.out, report

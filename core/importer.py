@@ -12,6 +12,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Iterable
 
+from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
 from core.import_readers import RawRow, UnreadableFile, read_rows
 from core.preference_formats import ParsedRow, RowError, completion_content_hash, parse_row
@@ -174,3 +175,9 @@ def import_rows(store: Store, rows: Iterable[Any], *, source: str, priority: int
     raw_rows = (RawRow(f"{source}:{number}", value=row) for number, row in enumerate(rows, start=1))
     return _import(store, raw_rows, source=source, priority=priority, dry_run=False,
                    max_problems_shown=50, empty_message=f"{source}: no rows to import")
+
+
+def import_upload(store: Store, actor: Actor, config: ImportConfig) -> ImportReport:
+    """``import_file`` for a user of the web app, who needs the import permission."""
+    actor.require(Permission.IMPORT)
+    return import_file(store, config)

@@ -25,6 +25,7 @@ from storage.queue import (
     label_of,
     load_comparison,
     progress_of,
+    refresh_comparison_counts,
     reserve_for,
     submit_label,
     undo_last_label,
@@ -39,6 +40,7 @@ STRENGTHS = {"slightly": 1, "clearly": 2}
 class ResponseView:
     side: str  # "a" or "b": which stored completion this is
     model: str | None
+    text: str  # the whole completion as stored
     thinking: str | None
     answer: str
 
@@ -75,8 +77,8 @@ def _view(store: Store, actor: Actor, comparison_id: int) -> ComparisonView | No
         return None
     left = existing.shown_left if existing is not None and existing.shown_left else left_side_for(actor.user_id, comparison_id)
     responses = {
-        "a": ResponseView("a", record.a_model, *split_thinking(record.a_text)),
-        "b": ResponseView("b", record.b_model, *split_thinking(record.b_text)),
+        "a": ResponseView("a", record.a_model, record.a_text, *split_thinking(record.a_text)),
+        "b": ResponseView("b", record.b_model, record.b_text, *split_thinking(record.b_text)),
     }
     right = "b" if left == "a" else "a"
     return ComparisonView(
@@ -210,3 +212,16 @@ def update_guidelines(store: Store, actor: Actor, markdown: str) -> None:
     actor.require(Permission.EDIT_GUIDELINES)
     with store.write() as session:
         set_setting(session, "guidelines", markdown)
+
+
+def labels_per_comparison(store: Store) -> int:
+    with store.read() as session:
+        return get_setting(session, "labels_per_comparison")
+
+
+def change_overlap(store: Store, actor: Actor, labels_needed: int) -> None:
+    """Set how many annotators label each comparison, and reopen or close comparisons to match."""
+    actor.require(Permission.CHANGE_SETTINGS)
+    with store.write() as session:
+        set_setting(session, "labels_per_comparison", labels_needed)
+        refresh_comparison_counts(session)

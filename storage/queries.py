@@ -89,3 +89,36 @@ def comparison_contents(session: Session, comparison_ids: list[int]) -> dict[int
         for row in session.execute(statement):
             contents[row[0]] = ComparisonContent(*row)
     return contents
+
+
+@dataclass(frozen=True)
+class HumanLabel:
+    comparison_id: int
+    annotator: str
+    choice: str
+    shown_left: str | None
+    seconds_spent: float | None
+    prompt_excerpt: str
+
+
+def human_labels(session: Session) -> list[HumanLabel]:
+    """Every label given by a person (not an import source), with a short prompt excerpt."""
+    rows = session.execute(
+        select(Label.comparison_id, User.name, Label.choice, Label.shown_left, Label.seconds_spent, Prompt.text,
+               Prompt.messages)
+        .join(User, User.id == Label.annotator_id)
+        .join(Comparison, Comparison.id == Label.comparison_id)
+        .join(Prompt, Prompt.id == Comparison.prompt_id)
+        .where(User.role != Role.SOURCE.value)
+        .order_by(Label.comparison_id, User.name)
+    ).all()
+    return [
+        HumanLabel(cid, name, choice, shown_left, seconds, prompt_excerpt(text, messages))
+        for cid, name, choice, shown_left, seconds, text, messages in rows
+    ]
+
+
+def prompt_excerpt(text: str | None, messages: list[dict[str, Any]] | None, length: int = 120) -> str:
+    if messages is not None:
+        text = " / ".join(m["content"] for m in messages if m["role"] == "user")
+    return text.strip()[:length]

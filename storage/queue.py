@@ -26,6 +26,7 @@ from sqlmodel import Session
 from storage.bulk import chunked, dialect_insert
 from storage.labels import LabelInput, upsert_label
 from storage.models import Comparison, Completion, Label, Lease, Prompt, utc_now
+from storage.queries import prompt_excerpt
 from storage.settings import get_setting
 
 
@@ -243,11 +244,10 @@ def label_history(session: Session, *, annotator_id: int, limit: int = 50) -> li
         .order_by(Label.updated_at.desc(), Label.id.desc())
         .limit(limit)
     ).all()
-    items = []
-    for comparison_id, choice, strength, shown_left, comment, updated_at, text, messages in rows:
-        prompt = text if messages is None else " / ".join(m["content"] for m in messages if m["role"] == "user")
-        items.append(HistoryItem(comparison_id, choice, strength, shown_left, comment, updated_at, prompt[:120]))
-    return items
+    return [
+        HistoryItem(comparison_id, choice, strength, shown_left, comment, updated_at, prompt_excerpt(text, messages))
+        for comparison_id, choice, strength, shown_left, comment, updated_at, text, messages in rows
+    ]
 
 
 @dataclass(frozen=True)

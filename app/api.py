@@ -1,0 +1,51 @@
+"""Named API endpoints for scripts (``gradio_client``): ``next`` and ``label``, acting as the
+logged-in user, with the same rules as the page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from app.session import USER_ERRORS, current_actor
+from core.labeling import label_stored, next_comparison
+from storage.engine import Store
+
+
+def register_api(store: Store) -> None:
+    """Declare the endpoints inside the current Blocks."""
+
+    def api_next(request: gr.Request) -> dict[str, Any] | None:
+        """Reserve the next comparison for you: its id, the prompt (text or chat messages) and the
+        two completions as `a` and `b` in stored order; null when nothing is left for you."""
+        try:
+            view = next_comparison(store, current_actor(store, request))
+        except USER_ERRORS as error:
+            raise gr.Error(str(error)) from None
+        if view is None:
+            return None
+        sides = {view.left.side: view.left, view.right.side: view.right}
+        return {
+            "comparison_id": view.comparison_id,
+            "prompt": view.prompt_messages if view.prompt_messages is not None else view.prompt_text,
+            "a": sides["a"].text,
+            "b": sides["b"].text,
+        }
+
+    def api_label(
+        comparison_id: int, choice: str, strength: str = "", comment: str = "", request: gr.Request = None
+    ) -> dict[str, Any]:
+        """Label a comparison as you: choice a|b|tie|both_bad|skip (a and b in stored order),
+        strength slightly|clearly (for a or b), an optional comment. Repeating a label changes nothing."""
+        try:
+            result = label_stored(
+                store, current_actor(store, request), int(comparison_id), choice, strength=strength or None,
+                comment=comment or None,
+            )
+        except USER_ERRORS as error:
+            raise gr.Error(str(error)) from None
+        return {"label_id": result.label_id, "changed": result.changed}
+
+    gr.api(api_next, api_name="next")
+    gr.api(api_label, api_name="label")
+

@@ -1,0 +1,250 @@
+"""The Label tab: one comparison at a time, sides randomized, keyboard shortcuts, undo, history."""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from app.rendering import render_prompt, render_response
+from app.session import USER_ERRORS, current_actor
+from core.accounts import Permission
+from core.labeling import (
+    ComparisonView,
+    guidelines,
+    history,
+    label_on_screen,
+    next_comparison,
+    open_for_change,
+    progress,
+    screen_choice_of,
+    undo_last,
+    update_guidelines,
+)
+from storage.engine import Store
+
+# (screen choice, button text, element id, key)
+CHOICE_BUTTONS = (
+    ("left", "← Left is better", "btn-left", "1"),
+    ("right", "Right is better →", "btn-right", "2"),
+    ("tie", "Tie", "btn-tie", "3"),
+    ("both_bad", "Both bad", "btn-both-bad", "4"),
+    ("skip", "Skip", "btn-skip", "5"),
+)
+UNDO_KEY = "u"
+STRENGTH_KEYS = {"q": "slightly", "w": "clearly"}
+HISTORY_HEADERS = ["comparison", "labeled at (UTC)", "your choice", "strength", "comment", "prompt"]
+
+
+def shortcuts_script() -> str:
+    """Key bindings that click the buttons by element id; inactive while typing in a text field."""
+    keys = {key: element_id for _, _, element_id, key in CHOICE_BUTTONS}
+    keys[UNDO_KEY] = "btn-undo"
+    mapping = ", ".join(f"'{key}': '{element_id}'" for key, element_id in keys.items())
+    strengths = ", ".join(f"'{key}': '{value}'" for key, value in STRENGTH_KEYS.items())
+    return f"""<script>
+document.addEventListener('keydown', (event) => {{
+  const target = event.target;
+  if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+  if (target && (target.tagName === 'INPUT' || target.tagName === 'TEXTAREA' || target.isContentEditable)) return;
+  const buttons = {{{mapping}}};
+  const strengths = {{{strengths}}};
+  const key = event.key.toLowerCase();
+  if (buttons[key]) {{
+    const button = document.getElementById(buttons[key]);
+    if (button && button.offsetParent !== null && !button.disabled) {{ event.preventDefault(); button.click(); }}
+  }} else if (strengths[key]) {{
+    const radio = document.querySelector(`#label-strength input[value="${{strengths[key]}}"]`);
+    if (radio && radio.offsetParent !== null) {{ event.preventDefault(); radio.click(); }}
+  }}
+}});
+</script>"""
+
+
+def shortcuts_legend() -> str:
+    keys = " · ".join(f"<kbd>{key}</kbd> {html.escape(text.strip('←→ '))}" for _, text, _, key in CHOICE_BUTTONS)
+    strengths = " · ".join(f"<kbd>{key}</kbd> {value}" for key, value in STRENGTH_KEYS.items())
+    return f'<div class="rl-shortcuts">Keys: {keys} · <kbd>{UNDO_KEY}</kbd> undo · {strengths} better</div>'
+
+
+@dataclass
+class LabelTab:
+    """The tab's components, so that handlers can return ``{component: value}`` updates."""
+
+    progress: gr.Markdown
+    guidelines: gr.Markdown
+    guidelines_editor: gr.Textbox
+    guidelines_save: gr.Button
+    prompt: gr.HTML
+    left: gr.HTML
+    right: gr.HTML
+    strength: gr.Radio
+    comment: gr.Textbox
+    status: gr.Markdown
+    history: gr.Dataframe
+    view: gr.State
+    shown_at: gr.State
+
+    @property
+    def view_outputs(self) -> list:
+        return [self.prompt, self.left, self.right, self.comment, self.status, self.progress, self.view, self.shown_at]
+
+
+def _message(text: str) -> str:
+    return html.escape(text)
+
+
+def _show(tab: LabelTab, store: Store, actor, view: ComparisonView | None, status: str = "") -> dict:  # noqa: ANN001
+    done = progress(store, actor)
+    updates = {
+        tab.progress: f"**{actor.name}** · labeled by you: **{done.labeled_by_me}** · "
+        f"comparisons still needing labels (team): **{done.open_comparisons}**",
+        tab.status: status,
+        tab.view: view,
+        tab.shown_at: time.monotonic(),
+        tab.comment: "",
+    }
+    if view is None:
+        updates[tab.prompt] = '<div class="rl-empty">Nothing left for you to label. Thank you!</div>'
+        updates[tab.left] = updates[tab.right] = ""
+        return updates
+    changing = f" (changing your label: **{view.existing_choice}**)" if view.existing_choice else ""
+    updates[tab.prompt] = render_prompt(view)
+    updates[tab.left] = render_response(view.left, "Left")
+    updates[tab.right] = render_response(view.right, "Right")
+    updates[tab.status] = status or f"Comparison #{view.comparison_id}{changing}"
+    return updates
+
+
+def _history_rows(store: Store, actor) -> list[list]:  # noqa: ANN001
+    return [
+        [
+            item.comparison_id,
+            item.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+            screen_choice_of(item),
+            {1: "slightly", 2: "clearly"}.get(item.strength, ""),
+            item.comment or "",
+            item.prompt_excerpt,
+        ]
+        for item in history(store, actor)
+    ]
+
+
+def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
+    progress_md = gr.Markdown(elem_id="label-progress")
+    with gr.Accordion("Guidelines", open=False):
+        guidelines_md = gr.Markdown(elem_id="label-guidelines")
+        guidelines_editor = gr.Textbox(label="Edit guidelines (admins)", lines=6, visible=False, elem_id="guidelines-editor")
+        guidelines_save = gr.Button("Save guidelines", size="sm", visible=False, elem_id="guidelines-save")
+    prompt_html = gr.HTML(elem_id="label-prompt")
+    with gr.Row(equal_height=True):
+        left_html = gr.HTML(elem_id="label-left")
+        right_html = gr.HTML(elem_id="label-right")
+    with gr.Row():
+        strength = gr.Radio(["slightly", "clearly"], value="clearly", label="How much better", elem_id="label-strength")
+        comment = gr.Textbox(label="Comment (optional)", elem_id="label-comment", scale=2)
+    with gr.Row():
+        choice_buttons = {
+            choice: gr.Button(text, elem_id=element_id, variant="primary" if choice in ("left", "right") else "secondary")
+            for choice, text, element_id, _ in CHOICE_BUTTONS
+        }
+        undo = gr.Button("Undo last", elem_id="btn-undo")
+    gr.HTML(shortcuts_legend())
+    status = gr.Markdown(elem_id="label-status")
+    with gr.Accordion("My labels", open=False):
+        history_table = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, elem_id="label-history", wrap=True)
+        with gr.Row():
+            change_id = gr.Number(label="Comparison to change", precision=0, elem_id="change-id")
+            change = gr.Button("Open it to change my label", elem_id="btn-change")
+            refresh_history = gr.Button("Refresh", size="sm")
+    tab = LabelTab(
+        progress_md, guidelines_md, guidelines_editor, guidelines_save, prompt_html, left_html, right_html,
+        strength, comment, status, history_table, gr.State(None), gr.State(0.0),
+    )
+
+    def load(request: gr.Request) -> dict:
+        try:
+            actor = current_actor(store, request)
+            view = next_comparison(store, actor)
+        except USER_ERRORS as error:
+            return {tab.status: _message(str(error))}
+        is_editor = actor.can(Permission.EDIT_GUIDELINES)
+        text = guidelines(store)
+        return {
+            **_show(tab, store, actor, view),
+            tab.guidelines: text,
+            tab.guidelines_editor: gr.Textbox(value=text, visible=is_editor),
+            tab.guidelines_save: gr.Button(visible=is_editor),
+            tab.history: _history_rows(store, actor),
+        }
+
+    blocks.load(load, outputs=[*tab.view_outputs, guidelines_md, guidelines_editor, guidelines_save, history_table],
+                api_visibility="private")
+
+    def choose(screen_choice: str):  # noqa: ANN202
+        def handler(view, shown_at, how_much, note, request: gr.Request) -> dict:  # noqa: ANN001
+            try:
+                actor = current_actor(store, request)
+                if view is None:
+                    return _show(tab, store, actor, next_comparison(store, actor))
+                seconds = round(time.monotonic() - shown_at, 2) if shown_at else None
+                result = label_on_screen(store, actor, view, screen_choice, strength=how_much, comment=note,
+                                         seconds_spent=seconds)
+                done = "Saved" if result.changed else "Already saved"
+                status = f"{done}: #{view.comparison_id} → {screen_choice.replace('_', ' ')}"
+                return {**_show(tab, store, actor, next_comparison(store, actor), status),
+                        tab.history: _history_rows(store, actor)}
+            except USER_ERRORS as error:
+                return {tab.status: _message(str(error))}
+
+        return handler
+
+    for screen_choice, button in choice_buttons.items():
+        button.click(choose(screen_choice), inputs=[tab.view, tab.shown_at, strength, comment],
+                     outputs=[*tab.view_outputs, history_table], api_visibility="private")
+
+    def undo_last_label(request: gr.Request) -> dict:
+        try:
+            actor = current_actor(store, request)
+            view = undo_last(store, actor)
+        except USER_ERRORS as error:
+            return {tab.status: _message(str(error))}
+        if view is None:
+            return {tab.status: "Nothing to undo."}
+        return {**_show(tab, store, actor, view, f"Undone: #{view.comparison_id} is back for you to label."),
+                tab.history: _history_rows(store, actor)}
+
+    undo.click(undo_last_label, outputs=[*tab.view_outputs, history_table], api_visibility="private")
+
+    def change_label(comparison_id: float | None, request: gr.Request) -> dict:
+        try:
+            actor = current_actor(store, request)
+            if comparison_id is None:
+                return {tab.status: "Type the number of a comparison from your labels first."}
+            view = open_for_change(store, actor, int(comparison_id))
+        except USER_ERRORS as error:
+            return {tab.status: _message(str(error))}
+        return _show(tab, store, actor, view)
+
+    change.click(change_label, inputs=change_id, outputs=tab.view_outputs, api_visibility="private")
+
+    def refresh(request: gr.Request) -> dict:
+        try:
+            return {tab.history: _history_rows(store, current_actor(store, request))}
+        except USER_ERRORS as error:
+            return {tab.status: _message(str(error))}
+
+    refresh_history.click(refresh, outputs=[history_table, status], api_visibility="private")
+
+    def save_guidelines(text: str, request: gr.Request) -> dict:
+        try:
+            update_guidelines(store, current_actor(store, request), text)
+        except USER_ERRORS as error:
+            return {tab.status: _message(str(error))}
+        return {tab.guidelines: text, tab.status: "Guidelines saved."}
+
+    guidelines_save.click(save_guidelines, inputs=guidelines_editor, outputs=[guidelines_md, status],
+                          api_visibility="private")
+    return tab
