@@ -82,6 +82,7 @@ class LabelTab:
     right: gr.HTML
     strength: gr.Radio
     comment: gr.Textbox
+    current: gr.Markdown
     status: gr.Markdown
     history: gr.Dataframe
     view: gr.State
@@ -89,7 +90,9 @@ class LabelTab:
 
     @property
     def view_outputs(self) -> list:
-        return [self.prompt, self.left, self.right, self.comment, self.status, self.progress, self.view, self.shown_at]
+        return [self.prompt, self.left, self.right, self.comment, self.strength, self.current, self.status, self.progress,
+                self.view,
+                self.shown_at]
 
 
 def _message(text: str) -> str:
@@ -105,16 +108,17 @@ def _show(tab: LabelTab, store: Store, actor, view: ComparisonView | None, statu
         tab.view: view,
         tab.shown_at: time.monotonic(),
         tab.comment: "",
+        tab.strength: "clearly",  # a "slightly" must be chosen again, never carried over by accident
     }
     if view is None:
         updates[tab.prompt] = '<div class="rl-empty">Nothing left for you to label. Thank you!</div>'
-        updates[tab.left] = updates[tab.right] = ""
+        updates[tab.left] = updates[tab.right] = updates[tab.current] = ""
         return updates
-    changing = f" (changing your label: **{view.existing_choice}**)" if view.existing_choice else ""
+    changing = f" · changing your label (**{view.existing_choice}**)" if view.existing_choice else ""
     updates[tab.prompt] = render_prompt(view)
     updates[tab.left] = render_response(view.left, "Left")
     updates[tab.right] = render_response(view.right, "Right")
-    updates[tab.status] = status or f"Comparison #{view.comparison_id}{changing}"
+    updates[tab.current] = f"Comparison #{view.comparison_id}{changing}"
     return updates
 
 
@@ -152,7 +156,9 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         }
         undo = gr.Button("Undo last", elem_id="btn-undo")
     gr.HTML(shortcuts_legend())
-    status = gr.Markdown(elem_id="label-status")
+    with gr.Row():
+        current = gr.Markdown(elem_id="label-current")
+        status = gr.Markdown(elem_id="label-status")
     with gr.Accordion("My labels", open=False):
         history_table = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, elem_id="label-history", wrap=True)
         with gr.Row():
@@ -161,7 +167,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             refresh_history = gr.Button("Refresh", size="sm")
     tab = LabelTab(
         progress_md, guidelines_md, guidelines_editor, guidelines_save, prompt_html, left_html, right_html,
-        strength, comment, status, history_table, gr.State(None), gr.State(0.0),
+        strength, comment, current, status, history_table, gr.State(None), gr.State(0.0),
     )
 
     def load(request: gr.Request) -> dict:

@@ -21,16 +21,18 @@ def build_ui(store: Store) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Label", id="label"):
                 render_label_tab(store, blocks)
-            with gr.Tab("Data", id="data") as data_tab:
+            # Restricted tabs start hidden and are shown to the roles that may use them: in Gradio 6.31 an
+            # update to visible=False leaves the tab button on screen, while visible=True works.
+            with gr.Tab("Data", id="data", visible=False) as data_tab:
                 render_data_tab(store)
-            with gr.Tab("Train", id="train") as train_tab:
+            with gr.Tab("Train", id="train", visible=False) as train_tab:
                 gr.Markdown(
                     "Background reward-model training is not built yet. Meanwhile, export a TRL dataset from the "
                     "Data tab (or `python app.py export OUT`) and train it with TRL's `RewardTrainer`."
                 )
             with gr.Tab("Inspect", id="inspect"):
                 gr.Markdown("Reward inspection (thinking vs answer, per-token rewards) is not built yet.")
-            with gr.Tab("Team", id="team") as team_tab:
+            with gr.Tab("Team", id="team", visible=False) as team_tab:
                 render_team_tab(store)
         register_api(store)
 
@@ -39,7 +41,7 @@ def build_ui(store: Store) -> gr.Blocks:
             try:
                 actor = current_actor(store, request)
             except USER_ERRORS:
-                return {data_tab: gr.Tab(visible=False), train_tab: gr.Tab(visible=False), team_tab: gr.Tab(visible=False)}
+                return {}
             return {
                 data_tab: gr.Tab(visible=actor.can(Permission.IMPORT) or actor.can(Permission.EXPORT)),
                 train_tab: gr.Tab(visible=actor.can(Permission.TRAIN)),

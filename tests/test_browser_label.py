@@ -1,0 +1,220 @@
+"""Labeling in a real browser: log in, label with clicks and keys, undo, change a label from the
+history, two annotators at once, roles, and completions that try to attack the page."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from sqlalchemy import select
+
+from conftest import run_cli, save_screenshot, start_app
+from storage.engine import Store
+from storage.models import Label, User
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+PASSWORD = "correct horse battery"
+
+
+def _prepare(db_url: str, tmp_path: Path, rows: list[dict]) -> None:
+    source = tmp_path / "candidates.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert run_cli("import", str(source), db_url=db_url).returncode == 0
+    for name, role in (("ann", "annotator"), ("bob", "annotator"), ("boss", "admin")):
+        done = run_cli("adduser", name, "--role", role, "--password", PASSWORD, db_url=db_url)
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def team_app(db_url, tmp_path):
+    rows = [{"prompt": f"Question {i}?", "completions": [f"Answer A{i}", f"Answer B{i}"]} for i in range(30)]
+    _prepare(db_url, tmp_path, rows)
+    app = start_app(db_url, tmp_path / "app.log", "--no-demo")
+    yield app
+    app.process.terminate()
+    app.process.wait(timeout=10)
+
+
+def login(page, url: str, name: str, password: str = PASSWORD) -> None:  # noqa: ANN001
+    page.goto(url)
+    page.get_by_test_id("textbox").fill(name)
+    page.get_by_test_id("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+
+
+def shown_comparison(page) -> int:  # noqa: ANN001
+    page.locator("#label-current").get_by_text(re.compile(r"Comparison #\d+")).wait_for()
+    return int(re.search(r"Comparison #(\d+)", page.locator("#label-current").inner_text()).group(1))
+
+
+def wait_for_next(page, previous: int) -> int:  # noqa: ANN001
+    page.wait_for_function(
+        "(prev) => { const m = document.querySelector('#label-current')?.innerText.match(/#(\\d+)/);"
+        " return m && Number(m[1]) !== prev; }",
+        arg=previous,
+    )
+    return shown_comparison(page)
+
+
+def stored_labels(db_url: str, name: str) -> dict[int, Label]:
+    store = Store(db_url)
+    with store.read() as session:
+        rows = session.execute(select(Label).join(User, User.id == Label.annotator_id).where(User.name == name)).scalars()
+        labels = {label.comparison_id: label for label in rows}
+    store.dispose()
+    return labels
+
+
+def test_login_is_required_and_a_wrong_password_is_refused(team_app, page):
+    login(page, team_app.url, "ann", "not the password")
+    page.get_by_text(re.compile("Incorrect|invalid", re.I)).first.wait_for()
+    assert page.locator("#label-left").count() == 0
+    login(page, team_app.url, "ann")
+    page.locator("#label-left .rl-response").wait_for()
+    assert "ann" in page.locator("#label-progress").inner_text()
+
+
+def test_label_with_clicks_and_keys_undo_and_change_from_history(team_app, page, db_url):
+    login(page, team_app.url, "ann")
+    page.locator("#label-left .rl-response").wait_for()
+    first = shown_comparison(page)
+    page.locator("#btn-left").click()
+    second = wait_for_next(page, first)
+
+    # Typing a digit into the comment box must not label anything.
+    page.locator("#label-comment textarea, #label-comment input").first.fill("1 and 2 are digits")
+    page.locator("#label-comment textarea, #label-comment input").first.press("2")
+    assert shown_comparison(page) == second
+    page.locator("#label-comment textarea, #label-comment input").first.fill("")
+    page.locator("body").click(position={"x": 5, "y": 5})
+
+    page.keyboard.press("q")  # slightly
+    page.keyboard.press("2")  # right is better
+    third = wait_for_next(page, second)
+    page.keyboard.press("3")  # tie
+    fourth = wait_for_next(page, third)
+    save_screenshot(page, "label-tab")
+
+    labels = stored_labels(db_url, "ann")
+    assert set(labels) == {first, second, third}
+    assert labels[first].choice == labels[first].shown_left
+    assert labels[second].choice != labels[second].shown_left and labels[second].strength == 1
+    assert labels[third].choice == "tie"
+    assert all(label.seconds_spent is not None and label.seconds_spent >= 0 for label in labels.values())
+
+    page.keyboard.press("u")
+    page.locator("#label-status").get_by_text(f"Undone: #{third}").wait_for()
+    assert set(stored_labels(db_url, "ann")) == {first, second}
+    page.locator("#btn-both-bad").click()
+    after_undo = wait_for_next(page, third)
+    assert after_undo == fourth
+    assert stored_labels(db_url, "ann")[third].choice == "both_bad"
+
+    page.get_by_text("My labels").click()
+    page.locator("#label-history").get_by_text(str(first), exact=True).first.wait_for()
+    page.locator("#change-id input").fill(str(first))
+    page.locator("#btn-change").click()
+    page.locator("#label-current").get_by_text("changing your label").wait_for()
+    page.locator("#btn-tie").click()
+    page.locator("#label-status").get_by_text(f"Saved: #{first} → tie").wait_for()
+    labels = stored_labels(db_url, "ann")
+    assert labels[first].choice == "tie" and len(labels) == 3
+
+
+def test_two_annotators_never_see_the_same_comparison(team_app, chromium, db_url):
+    pages = {}
+    for name in ("ann", "bob"):
+        context = chromium.new_context(viewport={"width": 1300, "height": 900})
+        pages[name] = context.new_page()
+        login(pages[name], team_app.url, name)
+        pages[name].locator("#label-left .rl-response").wait_for()
+    seen: dict[str, list[int]] = {"ann": [], "bob": []}
+    for _ in range(6):
+        current = {name: shown_comparison(page) for name, page in pages.items()}
+        assert current["ann"] != current["bob"]
+        for name, page in pages.items():
+            seen[name].append(current[name])
+            page.locator("#btn-right").click()
+        for name, page in pages.items():
+            wait_for_next(page, current[name])
+    assert not set(seen["ann"]) & set(seen["bob"])
+    ann, bob = stored_labels(db_url, "ann"), stored_labels(db_url, "bob")
+    assert len(ann) == len(bob) == 6 and not set(ann) & set(bob)
+    for page in pages.values():
+        page.context.close()
+
+
+def test_each_role_sees_its_tabs(team_app, page, chromium):
+    login(page, team_app.url, "ann")
+    page.locator("#label-left .rl-response").wait_for()
+    page.wait_for_timeout(500)
+    assert page.get_by_role("tab", name="Data").count() == 0
+    assert page.get_by_role("tab", name="Team").count() == 0
+
+    page.get_by_text("Guidelines", exact=True).click()
+    page.locator("#label-guidelines").get_by_text("Pick the response").wait_for()
+    assert page.locator("#guidelines-editor").count() == 0
+
+    admin = chromium.new_context().new_page()
+    login(admin, team_app.url, "boss")
+    admin.get_by_role("tab", name="Team").wait_for()
+    admin.get_by_role("tab", name="Data").wait_for()
+    admin.get_by_text("Guidelines", exact=True).click()
+    admin.locator("#guidelines-editor textarea").fill("Prefer the **shorter** correct answer.")
+    admin.locator("#guidelines-save").click()
+    admin.locator("#label-status").get_by_text("Guidelines saved.").wait_for()
+    admin.context.close()
+
+    page.reload()
+    page.get_by_text("Guidelines", exact=True).click()
+    page.locator("#label-guidelines").get_by_text("shorter").wait_for()
+
+
+HOSTILE = [
+    "<script>alert('xss')</script>Answer with a script",
+    '<img src="http://attacker.invalid/pixel.png" onerror="alert(1)">image',
+    '<a href="javascript:alert(1)">click me</a>',
+    "<style>body { background: rgb(255, 0, 0) !important; }</style>styled",
+    "![tracker](http://attacker.invalid/track.png) markdown image",
+    '<svg onload="alert(2)"></svg><iframe src="http://attacker.invalid/"></iframe>',
+]
+
+
+def test_hostile_completions_show_as_text_and_do_nothing(db_url, tmp_path, page):
+    rows = [{"prompt": "<b onmouseover=alert(3)>Which is safer?</b>", "completions": [HOSTILE[i], HOSTILE[i + 1]]}
+            for i in range(0, len(HOSTILE), 2)]
+    _prepare(db_url, tmp_path, rows)
+    app = start_app(db_url, tmp_path / "app.log", "--no-demo")
+    try:
+        dialogs, outside = [], []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.on("request", lambda request: outside.append(request.url)
+                if urlparse(request.url).hostname not in ("127.0.0.1", "localhost") and not request.url.startswith("data:")
+                else None)
+        login(page, app.url, "ann")
+        background = None
+        for _ in range(len(rows)):
+            page.locator("#label-left .rl-response").wait_for()
+            current = shown_comparison(page)
+            shown = page.locator("#label-left").inner_text() + page.locator("#label-right").inner_text()
+            assert "<" in shown  # the markup is visible as characters
+            assert page.locator("#label-left img, #label-right img, #label-left script, #label-right script, "
+                                "#label-left style, #label-right style, #label-left a, #label-right a, "
+                                "#label-left iframe, #label-right iframe, #label-prompt b").count() == 0
+            page.locator("#label-left").hover()
+            page.locator("#label-prompt").hover()
+            color = page.evaluate("getComputedStyle(document.body).backgroundColor")
+            background = background or color
+            assert color == background and color != "rgb(255, 0, 0)"
+            save_screenshot(page, f"hostile-{current}")
+            page.locator("#btn-skip").click()
+            page.wait_for_timeout(300)
+        page.wait_for_timeout(500)
+        assert dialogs == []
+        assert outside == []
+    finally:
+        app.process.terminate()
+        app.process.wait(timeout=10)
