@@ -232,3 +232,49 @@ def test_without_accounts_the_local_user_acts_and_with_accounts_a_login_is_neede
 )
 def test_thinking_is_split_at_the_last_closing_tag(response, thinking, answer):
     assert split_thinking(response) == (thinking, answer)
+
+
+def test_team_report_counts_agreement_bias_and_disagreements(queue_store):
+    from core.labeling import change_overlap
+    from core.team_stats import team_report
+    from storage.labels import LabelInput
+    from storage.queue import submit_label
+
+    boss = make_actor(queue_store, "boss", "admin")
+    change_overlap(queue_store, boss, 3)
+    people = {name: make_actor(queue_store, name) for name in ("ann", "bob", "cyd")}
+    # ann and bob agree everywhere; cyd differs on comparison 3. Choices vary so kappa is defined.
+    votes = {1: "a", 2: "b", 3: "a", 4: "b", 5: "tie", 6: "a"}
+    for comparison_id, choice in votes.items():
+        for name, actor in people.items():
+            given = "b" if (name == "cyd" and comparison_id == 3) else choice
+            with queue_store.write() as session:
+                submit_label(session, LabelInput(comparison_id, actor.user_id, given, shown_left="a", seconds_spent=2.0))
+    report = team_report(queue_store, boss)
+    assert report.overlapping_comparisons == 6
+    assert report.percent_agreement == pytest.approx(16 / 18)
+    assert 0.5 < report.cohens_kappa < 1.0
+    assert 0.5 < report.fleiss_kappa < 1.0 and report.fleiss_raters == 3
+    assert [d.comparison_id for d in report.disagreements] == [3]
+    assert report.disagreements[0].votes == "ann: a, bob: a, cyd: b"
+    stats = {a.name: a for a in report.annotators}
+    assert stats["ann"].labels == 6 and stats["ann"].median_seconds == 2.0
+    # shown_left is "a": picking a is picking the left side.
+    assert stats["ann"].left_pick_rate == pytest.approx(3 / 5)
+    with pytest.raises(PermissionDenied):
+        team_report(queue_store, people["ann"])
+
+
+def test_perfect_agreement_gives_kappa_one(queue_store):
+    from core.labeling import change_overlap
+    from core.team_stats import team_report
+
+    boss = make_actor(queue_store, "boss", "admin")
+    change_overlap(queue_store, boss, 2)
+    ann, bob = make_actor(queue_store, "ann"), make_actor(queue_store, "bob")
+    for comparison_id, choice in zip(range(1, 7), "abab" + "ab", strict=True):
+        for actor in (ann, bob):
+            label_stored(queue_store, actor, comparison_id, choice)
+    report = team_report(queue_store, boss)
+    assert report.percent_agreement == 1.0 and report.cohens_kappa == pytest.approx(1.0)
+    assert report.disagreements == []
