@@ -61,7 +61,10 @@ def _cohens_kappa(by_comparison: dict[int, dict[str, str]]) -> float | None:
             tables[(first, second)][index[votes[first]], index[votes[second]]] += 1
     weighted, total = 0.0, 0
     for table in tables.values():
-        kappa = _finite(cohens_kappa(table).kappa)
+        # statsmodels also computes a standard error, whose variance estimate can be negative on a
+        # small table (a RuntimeWarning from sqrt); only kappa itself is used here.
+        with np.errstate(invalid="ignore"):
+            kappa = _finite(cohens_kappa(table).kappa)
         if kappa is not None:
             weighted += kappa * table.sum()
             total += table.sum()
