@@ -26,8 +26,12 @@ CHATML_TEMPLATE = (
 )
 
 
-def build_demo_tokenizer(texts: Iterable[str], *, vocab_size: int = 512):
-    """A ``PreTrainedTokenizerFast`` trained on ``texts`` (byte-level BPE, so any text encodes)."""
+def build_demo_tokenizer(texts: Iterable[str], *, vocab_size: int = 512, think_tokens: bool = True):
+    """A ``PreTrainedTokenizerFast`` trained on ``texts`` (byte-level BPE, so any text encodes).
+
+    ``think_tokens=False`` leaves ``<think>``/``</think>`` as ordinary text, like most tokenizers.
+    """
+    specials = SPECIAL_TOKENS if think_tokens else [t for t in SPECIAL_TOKENS if t not in ("<think>", "</think>")]
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -36,7 +40,7 @@ def build_demo_tokenizer(texts: Iterable[str], *, vocab_size: int = 512):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -45,7 +49,7 @@ def build_demo_tokenizer(texts: Iterable[str], *, vocab_size: int = 512):
         tokenizer_object=tokenizer,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        additional_special_tokens=["<|im_start|>", "<think>", "</think>"],
+        additional_special_tokens=[t for t in specials if t not in (PAD_TOKEN, EOS_TOKEN)],
     )
     fast.chat_template = CHATML_TEMPLATE
     return fast
@@ -60,13 +64,14 @@ def build_demo_reward_model(
     num_heads: int = 4,
     vocab_size: int = 512,
     seed: int = 0,
+    think_tokens: bool = True,
 ) -> Path:
     """Save a randomly initialised Qwen3 sequence classifier (``num_labels=1``) and its tokenizer
     to ``out_dir``; it loads with ``AutoModelForSequenceClassification.from_pretrained``."""
     import torch
     from transformers import AutoModelForSequenceClassification, Qwen3Config
 
-    tokenizer = build_demo_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer = build_demo_tokenizer(texts, vocab_size=vocab_size, think_tokens=think_tokens)
     config = Qwen3Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

@@ -1,0 +1,339 @@
+"""The reward scoring engine: exact rewards, segment rewards and per-token trajectories.
+
+Definitions (the tests hold the code to them):
+
+* **Formatting** is RewardTrainer's: standard = ``prompt + response`` with EOS appended when
+  missing, tokenized with the tokenizer's defaults; conversational = the chat template of
+  ``prompt + [assistant response]``, no EOS added. A score means what training optimised.
+* **Segments**: split at the last ``</think>`` (``core.segments``). ``thinking_reward`` scores
+  prompt + thinking, ``answer_reward`` prompt + answer, each formatted as above.
+* **Trajectory**: for each response token k (in the tokenization of the whole example), the reward
+  of the example cut after token k with EOS appended.
+
+How it runs. A reward model's head scores every position; the reward is the score at the last
+token. So the engine runs the backbone and the head itself and reads the score where it wants:
+
+* throughput: examples are sorted by length and short ones **packed** into one row with a
+  block-diagonal causal mask and restarting position ids, so nothing is padded (on a CPU, padding
+  costs more than batching saves);
+* trajectory: one row holds the whole example followed by one EOS **probe** per response token;
+  probe k sees tokens 0..k and itself at position k+1, which is exactly the prefix-plus-EOS
+  example, so n prefix rewards cost one forward pass instead of n.
+
+Encoder (bidirectional) models get rewards and segment rewards through their own forward, and no
+trajectory: a prefix of a bidirectional model cannot be read off a longer input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from core.segments import THINK_CLOSE, split_thinking
+
+Prompt = str | list[dict[str, str]]
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be used as a reward model; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class FormattedExample:
+    ids: list[int]
+    text: str
+    response_tokens: tuple[int, int] | None  # [start, end) token indices of the response
+    offsets: list[tuple[int, int]]
+
+
+@dataclass
+class Row:
+    """Tokens for one forward pass row: ids, their position ids, who sees whom, and where to read."""
+
+    ids: list[int]
+    positions: list[int]
+    visible: Any  # torch.BoolTensor [len, len]: visible[i, j] = token i attends to token j
+    read_at: list[int]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    reward: float
+    thinking_reward: float | None
+    answer_reward: float | None
+    n_tokens: int
+    exceeds_max_length: bool
+    trajectory: list[tuple[str, float]] | None = None
+    think_end_token: int | None = None  # index in the trajectory of the token that ends </think>
+
+
+class RewardModel:
+    """A loaded reward model (full model or LoRA adapter) with its tokenizer, ready to score."""
+
+    def __init__(self, name_or_path: str | Path, *, device: str | None = None, dtype: Any = None,
+                 pack_tokens: int = 1024, max_length: int | None = None) -> None:
+        import torch
+
+        self.name = str(name_or_path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        self.dtype = dtype
+        self.pack_tokens = pack_tokens
+        self.model, self.tokenizer = _load(self.name, dtype)
+        self.model.to(self.device).eval()
+        self.hf_model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.head = getattr(self.hf_model, "score", None)
+        self.backbone = getattr(self.hf_model, self.hf_model.base_model_prefix, None)
+        # Decoder reward models (Qwen, Llama, Mistral...) put a `score` head on every position of a causal
+        # backbone; encoders (BERT...) pool bidirectionally through a `classifier`.
+        self.is_decoder = self.head is not None and self.backbone is not None
+        eos = self.tokenizer.eos_token
+        if eos is None:
+            raise ModelLoadError(f"{self.name}: the tokenizer has no EOS token; set one (RewardTrainer appends it)")
+        self.eos_token, self.eos_id = eos, self.tokenizer.eos_token_id
+        vocab = self.tokenizer.get_vocab()
+        self.think_close_id = vocab.get(THINK_CLOSE)
+        limit = max_length or getattr(self.tokenizer, "model_max_length", None)
+        if not limit or limit > 10**8:
+            limit = getattr(self.hf_model.config, "max_position_embeddings", None)
+        self.max_length = limit
+
+    # ----- formatting -------------------------------------------------------------------------
+    def format(self, prompt: Prompt, response: str) -> FormattedExample:
+        """The example as RewardTrainer tokenizes it, with the token span of the response."""
+        if isinstance(prompt, list):
+            messages = [*prompt, {"role": "assistant", "content": response}]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            start = text.rfind(response) if response else -1
+            span = (start, start + len(response)) if start >= 0 else None
+        else:
+            body = response if response.endswith(self.eos_token) else response + self.eos_token
+            text = prompt + body
+            encoded = self.tokenizer(text, return_offsets_mapping=True)
+            span = (len(prompt), len(prompt) + len(response))
+        offsets = [tuple(pair) for pair in encoded["offset_mapping"]]
+        return FormattedExample(list(encoded["input_ids"]), text, _token_span(offsets, span), offsets)
+
+    # ----- execution --------------------------------------------------------------------------
+    def _run(self, rows: list[Row], padding_side: str = "right") -> list[list[float]]:
+        """Forward ``rows`` as one padded batch; return the head's scores at each row's read_at."""
+        import torch
+
+        width = max(len(row.ids) for row in rows)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        # Padding sees only itself, so no attention row is empty (an all-masked row gives NaN).
+        visible = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)
+        offsets = []
+        for b, row in enumerate(rows):
+            n = len(row.ids)
+            o = width - n if padding_side == "left" else 0
+            offsets.append(o)
+            ids[b, o : o + n] = torch.tensor(row.ids)
+            positions[b, o : o + n] = torch.tensor(row.positions)
+            visible[b, o : o + n, o : o + n] = row.visible
+        mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill(~visible, torch.finfo(self.dtype).min)
+        with torch.inference_mode():
+            hidden = self.backbone(
+                input_ids=ids.to(self.device),
+                attention_mask=mask[:, None].to(self.device),
+                position_ids=positions.to(self.device),
+            ).last_hidden_state
+            scores = self.head(hidden).squeeze(-1).float().cpu()
+        return [[scores[b, offsets[b] + i].item() for i in row.read_at] for b, row in enumerate(rows)]
+
+    def _encoder_scores(self, examples: list[FormattedExample]) -> list[float]:
+        import torch
+
+        results = []
+        for example in examples:
+            with torch.inference_mode():
+                logits = self.model(input_ids=torch.tensor([example.ids], device=self.device)).logits
+            results.append(logits[0, 0].float().item())
+        return results
+
+    def score_ids(self, sequences: Sequence[list[int]], *, strategy: str = "pack", padding_side: str = "right",
+                  batch_size: int = 8) -> list[float]:
+        """Rewards of already formatted token sequences, in input order.
+
+        ``pack`` (the default) packs short sequences into shared rows with no padding; ``pad`` is
+        the classic length-sorted padded batch, left or right padded.
+        """
+        if not sequences:
+            return []
+        if not self.is_decoder:
+            return self._encoder_scores([FormattedExample(list(s), "", None, []) for s in sequences])
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
+        rewards: list[float] = [0.0] * len(sequences)
+        if strategy == "pad":
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                rows = [_causal_row(sequences[i]) for i in chunk]
+                for i, values in zip(chunk, self._run(rows, padding_side), strict=True):
+                    rewards[i] = values[0]
+            return rewards
+        for group in _pack(order, [len(s) for s in sequences], self.pack_tokens):
+            row = _packed_row([sequences[i] for i in group])
+            for i, value in zip(group, self._run([row])[0], strict=True):
+                rewards[i] = value
+        return rewards
+
+    # ----- what users call --------------------------------------------------------------------
+    def score(self, prompt: Prompt, responses: Sequence[str], **options: Any) -> list[float]:
+        return self.score_pairs([(prompt, response) for response in responses], **options)
+
+    def score_pairs(self, examples: Iterable[tuple[Prompt, str]], **options: Any) -> list[float]:
+        formatted = [self.format(prompt, response) for prompt, response in examples]
+        return self.score_ids([f.ids for f in formatted], **options)
+
+    def score_responses(self, examples: Sequence[tuple[Prompt, str]], *, trajectory: bool = False,
+                        **options: Any) -> list[ScoreResult]:
+        """Reward, thinking reward, answer reward (and optionally the trajectory) of each example."""
+        whole = [self.format(prompt, response) for prompt, response in examples]
+        segment_inputs: list[tuple[Prompt, str]] = []
+        for prompt, response in examples:
+            thinking, answer = split_thinking(response)
+            if thinking is not None:
+                segment_inputs += [(prompt, thinking), (prompt, answer)]
+        segment_ids = [self.format(p, r).ids for p, r in segment_inputs]
+        rewards = self.score_ids([f.ids for f in whole] + segment_ids, **options)
+        whole_rewards, segment_rewards = rewards[: len(whole)], iter(rewards[len(whole) :])
+        trajectories = self.trajectories(whole, **options) if trajectory and self.is_decoder else [(None, None)] * len(whole)
+        results = []
+        for (_, response), example, reward, (steps, think_end) in zip(
+            examples, whole, whole_rewards, trajectories, strict=True
+        ):
+            has_thinking = split_thinking(response).thinking is not None
+            thinking_reward = next(segment_rewards) if has_thinking else None
+            answer_reward = next(segment_rewards) if has_thinking else reward
+            results.append(ScoreResult(
+                reward, thinking_reward, answer_reward, len(example.ids),
+                bool(self.max_length and len(example.ids) > self.max_length), steps, think_end,
+            ))
+        return results
+
+    def trajectories(self, examples: Sequence[FormattedExample], *, padding_side: str = "right", batch_size: int = 4,
+                     strategy: str = "pack") -> list[tuple[list[tuple[str, float]], int | None]]:
+        """``trajectory_of`` for many examples, their probe rows run as padded batches."""
+        del strategy  # probe rows are never packed together: each is one example with its probes
+        if not self.is_decoder:
+            raise ModelLoadError(f"{self.name} is an encoder (bidirectional) model: it has no per-token trajectory")
+        results: list[tuple[list[tuple[str, float]], int | None]] = [([], None)] * len(examples)
+        todo = [i for i, example in enumerate(examples) if example.response_tokens is not None]
+        todo.sort(key=lambda i: len(examples[i].ids), reverse=True)
+        for begin in range(0, len(todo), batch_size):
+            chunk = todo[begin : begin + batch_size]
+            rows = []
+            for i in chunk:
+                start, end = examples[i].response_tokens
+                rows.append(_probe_row(examples[i].ids, list(range(start, end)), self.eos_id))
+            for i, values in zip(chunk, self._run(rows, padding_side), strict=True):
+                results[i] = self._label_trajectory(examples[i], values)
+        return results
+
+    def trajectory_of(self, example: FormattedExample) -> tuple[list[tuple[str, float]], int | None]:
+        """(token text, reward of the example cut after that token + EOS) for each response token,
+        and the index of the token that closes the last </think> (None without one). One pass."""
+        return self.trajectories([example])[0]
+
+    def _label_trajectory(self, example: FormattedExample, values: list[float]) -> tuple[list[tuple[str, float]], int | None]:
+        start, end = example.response_tokens
+        texts = [example.text[a:b] for a, b in example.offsets[start:end]]
+        think_end = None
+        if self.think_close_id is not None:
+            hits = [k for k in range(start, end) if example.ids[k] == self.think_close_id]
+            think_end = hits[-1] - start if hits else None
+        else:
+            close = example.text.rfind(THINK_CLOSE, example.offsets[start][0], example.offsets[end - 1][1])
+            if close >= 0:
+                last_char = close + len(THINK_CLOSE) - 1
+                think_end = next(k - start for k in range(start, end)
+                                 if example.offsets[k][0] <= last_char < example.offsets[k][1])
+        return list(zip(texts, values, strict=True)), think_end
+
+def _token_span(offsets: list[tuple[int, int]], span: tuple[int, int] | None) -> tuple[int, int] | None:
+    if span is None or span[0] == span[1]:
+        return None
+    begin, finish = span
+    inside = [k for k, (a, b) in enumerate(offsets) if b > a and b > begin and a < finish]
+    return (inside[0], inside[-1] + 1) if inside else None
+
+
+def _causal_row(ids: list[int]) -> Row:
+    import torch
+
+    n = len(ids)
+    return Row(list(ids), list(range(n)), torch.ones(n, n, dtype=torch.bool).tril(), [n - 1])
+
+
+def _packed_row(sequences: list[list[int]]) -> Row:
+    import torch
+
+    ids, positions, segment, read_at = [], [], [], []
+    for number, sequence in enumerate(sequences):
+        ids += sequence
+        positions += range(len(sequence))
+        segment += [number] * len(sequence)
+        read_at.append(len(ids) - 1)
+    seg = torch.tensor(segment)
+    visible = (seg[:, None] == seg[None, :]) & torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+    return Row(ids, positions, visible, read_at)
+
+
+def _probe_row(ids: list[int], cut_after: list[int], eos_id: int) -> Row:
+    """The whole example, then one EOS probe per cut point k, seeing tokens 0..k and itself."""
+    import torch
+
+    n, m = len(ids), len(cut_after)
+    visible = torch.zeros(n + m, n + m, dtype=torch.bool)
+    visible[:n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+    cuts = torch.tensor(cut_after)
+    visible[n:, :n] = torch.arange(n)[None, :] <= cuts[:, None]
+    visible[n + torch.arange(m), n + torch.arange(m)] = True
+    positions = list(range(n)) + [k + 1 for k in cut_after]
+    return Row(list(ids) + [eos_id] * m, positions, visible, list(range(n, n + m)))
+
+
+def _pack(order: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Greedy packing of sequences (longest first) into rows of at most ``budget`` tokens."""
+    rows: list[list[int]] = []
+    sizes: list[int] = []
+    for i in order:
+        for r, size in enumerate(sizes):
+            if size + lengths[i] <= budget:
+                rows[r].append(i)
+                sizes[r] += lengths[i]
+                break
+        else:
+            rows.append([i])
+            sizes.append(lengths[i])
+    return rows
+
+
+def _load(name: str, dtype: Any):  # noqa: ANN202
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(name)
+    local = path.is_dir()
+    try:
+        if local and (path / "adapter_config.json").exists():
+            from peft import AutoPeftModelForSequenceClassification
+
+            model = AutoPeftModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(path) if local else name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if local else name)
+    except OSError as error:
+        where = "a local folder" if local else "not a local folder, and the hub could not provide it"
+        raise ModelLoadError(f"cannot load {name!r} ({where}): {error}") from None
+    labels = model.config.num_labels
+    if labels != 1:
+        raise ModelLoadError(
+            f"{name} has num_labels={labels}; a reward model has one output (num_labels=1). Train it with "
+            "RewardTrainer, or load the base with AutoModelForSequenceClassification(num_labels=1) and train it"
+        )
+    return model, tokenizer

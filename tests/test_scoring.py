@@ -1,0 +1,125 @@
+"""The scoring engine against rewards computed separately, one plain forward pass per defined text.
+
+A tiny random Qwen3 in fp32 (random weights make every position's score differ, so a reward read
+one token early, or a prefix that sees a token it should not, shows up).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.demo_model import build_demo_reward_model
+from core.scoring import ModelLoadError, RewardModel
+
+TOLERANCE = 1e-4
+CORPUS = [
+    "What is 2 + 2? <think>two and two make four</think> The answer is 4.",
+    "Explain photosynthesis. Plants turn light, water and carbon dioxide into sugar and oxygen.",
+    "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nhi there<|im_end|>\n",
+] * 20
+
+RESPONSES = [
+    "<think>\nLet me add: 2 + 2 = 4.\n</think>\n\nThe answer is 4.",  # with <think>
+    "The answer is 4, plainly.",  # no thinking
+    "first idea</think> second thought </think>\n\nFinal: four.",  # no opening tag, two closings
+    "<think>short</think>",  # thinking only, empty answer
+]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["think-token-id", "think-as-text"])
+def scorer(request, tmp_path_factory) -> RewardModel:
+    folder = build_demo_reward_model(
+        tmp_path_factory.mktemp("model") / "rm", CORPUS, hidden_size=32, num_layers=2, num_heads=2, seed=3,
+        think_tokens=request.param,
+    )
+    return RewardModel(folder, device="cpu", pack_tokens=256)
+
+
+def reference(scorer: RewardModel, ids: list[int]) -> float:
+    """The model's own forward on one unpadded sequence: RewardTrainer's pooling at the last token."""
+    with torch.inference_mode():
+        return scorer.model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+
+
+def reference_text(scorer: RewardModel, prompt, response: str) -> float:  # noqa: ANN001
+    if isinstance(prompt, list):
+        ids = scorer.tokenizer.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": response}], tokenize=True, return_dict=True
+        )["input_ids"]
+    else:
+        ids = scorer.tokenizer(prompt + response + scorer.eos_token)["input_ids"]
+    return reference(scorer, ids)
+
+
+PROMPTS = ["Question: what is 2 + 2?\nAnswer: ", [{"role": "user", "content": "What is 2 + 2?"}]]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=["standard", "conversational"])
+@pytest.mark.parametrize("options", [{"strategy": "pack"}, {"strategy": "pad", "padding_side": "right"},
+                                     {"strategy": "pad", "padding_side": "left"}], ids=["packed", "right", "left"])
+def test_rewards_and_segment_rewards_equal_the_defined_texts(scorer, prompt, options):
+    results = scorer.score_responses([(prompt, r) for r in RESPONSES], **options)
+    for response, result in zip(RESPONSES, results, strict=True):
+        assert result.reward == pytest.approx(reference_text(scorer, prompt, response), abs=TOLERANCE)
+        cut = response.rfind("</think>")
+        if cut == -1:
+            assert result.thinking_reward is None
+            assert result.answer_reward == pytest.approx(result.reward, abs=TOLERANCE)
+        else:
+            thinking = response[: cut + len("</think>")]
+            answer = response[cut + len("</think>") :].lstrip()
+            assert result.thinking_reward == pytest.approx(reference_text(scorer, prompt, thinking), abs=TOLERANCE)
+            assert result.answer_reward == pytest.approx(reference_text(scorer, prompt, answer), abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=["standard", "conversational"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_every_trajectory_value_is_the_reward_of_the_prefix_plus_eos(scorer, prompt, padding_side):
+    examples = [scorer.format(prompt, r) for r in RESPONSES]
+    trajectories = scorer.trajectories(examples, padding_side=padding_side, batch_size=4)
+    for example, (steps, think_end) in zip(examples, trajectories, strict=True):
+        start, end = example.response_tokens
+        assert len(steps) == end - start
+        for k, (token_text, value) in zip(range(start, end), steps, strict=True):
+            assert token_text == example.text[example.offsets[k][0] : example.offsets[k][1]]
+            assert value == pytest.approx(reference(scorer, example.ids[: k + 1] + [scorer.eos_id]), abs=TOLERANCE)
+        response_text = "".join(text for text, _ in steps)
+        if "</think>" in response_text:
+            upto = "".join(text for text, _ in steps[: think_end + 1])
+            assert upto.endswith("</think>") or "</think>" in upto[-len("</think>") - 8 :]
+            assert "</think>" not in "".join(text for text, _ in steps[think_end + 1 :])
+        else:
+            assert think_end is None
+
+
+def test_the_boundary_uses_the_think_token_id_when_the_tokenizer_has_one(scorer):
+    example = scorer.format(PROMPTS[0], RESPONSES[0])
+    steps, think_end = scorer.trajectory_of(example)
+    if scorer.think_close_id is not None:
+        assert steps[think_end][0] == "</think>"
+    else:
+        assert "</think>" not in scorer.tokenizer.get_vocab()
+        assert steps[think_end][0].endswith(">")
+
+
+def test_packing_returns_results_in_input_order(scorer):
+    responses = [("word " * n).strip() for n in (40, 1, 7, 120, 3, 60, 2)]
+    packed = scorer.score(PROMPTS[0], responses)
+    one_at_a_time = [reference_text(scorer, PROMPTS[0], r) for r in responses]
+    assert packed == pytest.approx(one_at_a_time, abs=TOLERANCE)
+
+
+def test_a_model_with_several_labels_is_refused(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = build_demo_reward_model(tmp_path / "rm", CORPUS, hidden_size=32, num_layers=1, num_heads=2)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3, ignore_mismatched_sizes=True)
+    model.save_pretrained(folder)
+    with pytest.raises(ModelLoadError, match="num_labels=3; a reward model has one output"):
+        RewardModel(folder, device="cpu")
+
+
+def test_a_missing_model_says_so(tmp_path):
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        RewardModel(tmp_path / "nothing-here", device="cpu")
