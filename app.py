@@ -3,6 +3,8 @@
     python app.py                      serve the app on http://127.0.0.1:7860 (demo data if empty)
     python app.py import FILE          import preference pairs or candidates to label
     python app.py export OUT           write a TRL-ready preference dataset
+    python app.py score --model M --input IN --output OUT [--trajectory]
+    python app.py eval --model M --input PAIRS     accuracy and mean margin as JSON
     python app.py adduser NAME --role annotator|engineer|admin   create a login (password from stdin)
     python app.py --help               all subcommands
 
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
 
 from core.accounts import LOGIN_ROLES, AccountError, add_user
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
+from core.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
 from core.exporter import ExportConfig, NothingToExport, export_dataset
 from core.importer import ImportConfig, ImportRejected, import_file
+from core.scoring import ModelLoadError
 from storage.engine import DB_URL_ENV, Store, StoreConfigError
 
 EXIT_BAD_INPUT = 2
@@ -59,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_argument(exporter)
     add_config_arguments(exporter, ExportConfig, positional=("out",))
 
+    scorer = commands.add_parser("score", help="score prompt/response rows with a reward model")
+    add_config_arguments(scorer, ScoreConfig)
+    evaluator = commands.add_parser("eval", help="accuracy and mean margin of a reward model on preference pairs")
+    add_config_arguments(evaluator, EvalConfig)
+
     adduser = commands.add_parser("adduser", help="create a login account (the app then requires logins)")
     _add_db_argument(adduser)
     adduser.add_argument("name", help="user name: letters, digits, '.', '_', '@', '-'")
@@ -81,6 +91,28 @@ def run_adduser(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"created {args.role} {args.name!r}; a running app must be restarted to require logins")
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    config = config_from_args(ScoreConfig, args)
+    try:
+        count = score_file(config)
+    except (InputRejected, ModelLoadError) as error:
+        print(f"score refused, nothing written:\n{error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"scored {count} rows into {config.output}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    config = config_from_args(EvalConfig, args)
+    try:
+        result = evaluate_pairs(config)
+    except (InputRejected, ModelLoadError) as error:
+        print(f"eval refused:\n{error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(result.as_dict()))
     return 0
 
 
@@ -124,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
-    handlers = {"serve": run_serve, "import": run_import, "export": run_export, "adduser": run_adduser}
+    handlers = {"serve": run_serve, "import": run_import, "export": run_export, "adduser": run_adduser,
+                "score": run_score, "eval": run_eval}
     try:
         return handlers[args.command](args)
     except (ConfigError, StoreConfigError) as error:

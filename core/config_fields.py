@@ -68,8 +68,11 @@ def add_config_arguments(
         if base is bool:
             parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=item.default, **kwargs)
             continue
-        default = item.default if item.default is not dataclasses.MISSING else None
-        if default is not None:
+        required = item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+        default = None if required else item.default
+        if required:
+            kwargs["required"] = True
+        elif default is not None:
             kwargs["help"] += f" (default: {default})"
         parser.add_argument(
             flag, dest=item.name, type=_CONVERTERS[base], nargs="+" if is_list else None, default=default, **kwargs
