@@ -27,12 +27,12 @@ class ScoreConfig:
     input: Path = config_field(help="rows with 'prompt' (text or chat messages) and 'response' (.jsonl, .json, .csv, .parquet)")
     output: Path = config_field(help="output .jsonl: the input rows plus reward, thinking_reward, answer_reward")
     trajectory: bool = config_field(False, help="also write 'trajectory': [token, reward of the prefix] per response token")
-    pack_tokens: int = config_field(1024, help="tokens packed into one forward pass (speed only)")
+    batch_tokens: int = config_field(1024, help="most tokens in one batched forward pass (speed only)")
 
     def __post_init__(self) -> None:
         self.input, self.output = Path(self.input), Path(self.output)
-        if self.pack_tokens < 16:
-            raise ConfigError("pack_tokens must be at least 16")
+        if self.batch_tokens < 16:
+            raise ConfigError("batch_tokens must be at least 16")
 
 
 @dataclass
@@ -41,7 +41,7 @@ class EvalConfig:
 
     model: str = config_field(help="reward model: a local folder (full model or LoRA adapter) or a hub id")
     input: Path = config_field(help="preference pairs in any format `import` takes")
-    pack_tokens: int = config_field(1024, help="tokens packed into one forward pass (speed only)")
+    batch_tokens: int = config_field(1024, help="most tokens in one batched forward pass (speed only)")
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)
@@ -81,7 +81,7 @@ def _read_score_rows(path: Path) -> list[tuple[dict[str, Any], Any, str]]:
 def score_file(config: ScoreConfig, model: RewardModel | None = None) -> int:
     """Write ``config.output`` (whole or not at all) and return the number of rows scored."""
     rows = _read_score_rows(config.input)
-    model = model or RewardModel(config.model, pack_tokens=config.pack_tokens)
+    model = model or RewardModel(config.model, batch_tokens=config.batch_tokens)
     results = model.score_responses([(prompt, response) for _, prompt, response in rows], trajectory=config.trajectory)
     config.output.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(dir=config.output.parent, prefix=".score-", suffix=".jsonl")
@@ -130,7 +130,7 @@ def evaluate_pairs(config: EvalConfig, model: RewardModel | None = None) -> Eval
         raise InputRejected("\n".join(problems[:50]))
     if not pairs:
         raise InputRejected(f"{config.input}: no preference pairs")
-    model = model or RewardModel(config.model, pack_tokens=config.pack_tokens)
+    model = model or RewardModel(config.model, batch_tokens=config.batch_tokens)
     rewards = model.score_pairs([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs])
     chosen, rejected = rewards[: len(pairs)], rewards[len(pairs) :]
     margins = [c - r for c, r in zip(chosen, rejected, strict=True)]

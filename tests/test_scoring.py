@@ -33,7 +33,7 @@ def scorer(request, tmp_path_factory) -> RewardModel:
         tmp_path_factory.mktemp("model") / "rm", CORPUS, hidden_size=32, num_layers=2, num_heads=2, seed=3,
         think_tokens=request.param,
     )
-    return RewardModel(folder, device="cpu", pack_tokens=256)
+    return RewardModel(folder, device="cpu", batch_tokens=256)
 
 
 def reference(scorer: RewardModel, ids: list[int]) -> float:
@@ -56,8 +56,10 @@ PROMPTS = ["Question: what is 2 + 2?\nAnswer: ", [{"role": "user", "content": "W
 
 
 @pytest.mark.parametrize("prompt", PROMPTS, ids=["standard", "conversational"])
-@pytest.mark.parametrize("options", [{"strategy": "pack"}, {"strategy": "pad", "padding_side": "right"},
-                                     {"strategy": "pad", "padding_side": "left"}], ids=["packed", "right", "left"])
+@pytest.mark.parametrize("options", [{"strategy": "bucket", "padding_side": "right"}, {"strategy": "bucket", "padding_side": "left"},
+                                     {"strategy": "pad", "padding_side": "right"},
+                                     {"strategy": "pad", "padding_side": "left"}],
+                         ids=["bucket-right", "bucket-left", "pad-right", "pad-left"])
 def test_rewards_and_segment_rewards_equal_the_defined_texts(scorer, prompt, options):
     results = scorer.score_responses([(prompt, r) for r in RESPONSES], **options)
     for response, result in zip(RESPONSES, results, strict=True):
@@ -103,11 +105,11 @@ def test_the_boundary_uses_the_think_token_id_when_the_tokenizer_has_one(scorer)
         assert steps[think_end][0].endswith(">")
 
 
-def test_packing_returns_results_in_input_order(scorer):
+def test_length_bucketing_returns_results_in_input_order(scorer):
     responses = [("word " * n).strip() for n in (40, 1, 7, 120, 3, 60, 2)]
-    packed = scorer.score(PROMPTS[0], responses)
+    batched = scorer.score(PROMPTS[0], responses)
     one_at_a_time = [reference_text(scorer, PROMPTS[0], r) for r in responses]
-    assert packed == pytest.approx(one_at_a_time, abs=TOLERANCE)
+    assert batched == pytest.approx(one_at_a_time, abs=TOLERANCE)
 
 
 def test_a_model_with_several_labels_is_refused(tmp_path):
