@@ -9,7 +9,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import ipaddress  # noqa: E402
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 from core.accounts import accounts_exist, authenticate  # noqa: E402
+from core.demo_model import DEMO_MODEL_NAME  # noqa: E402
+from core.inspection import registered_model_names  # noqa: E402
 from core.demo_data import load_demo_data_if_empty  # noqa: E402
 from storage.engine import Store  # noqa: E402
 
@@ -27,6 +33,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def start_demo_model_training(store: Store) -> None:
+    """With no reward model registered, train the offline demo model in a child process, so the
+    Inspect tab has a model a minute after a fresh start (the page does not wait for it)."""
+    if registered_model_names(store):
+        return
+    out = store.data_dir / "models" / DEMO_MODEL_NAME
+    log = open(store.data_dir / "demo-model.log", "w")  # noqa: SIM115 (the child writes to it)
+    subprocess.Popen(
+        [sys.executable, "-m", "core.demo_model", "--db", store.url, "--out", str(out)],
+        cwd=Path(__file__).resolve().parent.parent, stdout=log, stderr=subprocess.STDOUT,
+    )
+    print(f"training the demo reward model in the background (log: {log.name})")
+
+
 def serve(*, db_url: str | None, host: str, port: int, load_demo: bool) -> None:
     """Serve the app. Raises ``UnsafeListenAddress`` for a non-loopback host without accounts."""
     from app.label_tab import shortcuts_script
@@ -42,6 +62,8 @@ def serve(*, db_url: str | None, host: str, port: int, load_demo: bool) -> None:
         )
     if load_demo and load_demo_data_if_empty(store):
         print(f"loaded the demo dataset into the empty store {store.url}")
+    if load_demo:
+        start_demo_model_training(store)
     print(f"RewardLab store: {store.url}")
     print("logins required (user accounts exist)" if with_logins else
           "no user accounts: single local user on this machine; add one with `python app.py adduser` and restart")

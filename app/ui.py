@@ -6,6 +6,7 @@ import gradio as gr
 
 from app.api import register_api
 from app.data_tab import render_data_tab
+from app.inspect_tab import render_inspect_tab
 from app.label_tab import render_label_tab
 from app.session import USER_ERRORS, current_actor
 from app.team_tab import render_team_tab
@@ -31,7 +32,7 @@ def build_ui(store: Store) -> gr.Blocks:
                     "Data tab (or `python app.py export OUT`) and train it with TRL's `RewardTrainer`."
                 )
             with gr.Tab("Inspect", id="inspect"):
-                gr.Markdown("Reward inspection (thinking vs answer, per-token rewards) is not built yet.")
+                render_inspect_tab(store, blocks)
             with gr.Tab("Team", id="team", visible=False) as team_tab:
                 render_team_tab(store)
         register_api(store)

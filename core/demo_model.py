@@ -94,3 +94,66 @@ def build_demo_reward_model(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+DEMO_MODEL_NAME = "demo-tiny-qwen3"
+
+
+def train_demo_reward_model(out_dir: Path, *, steps: int = 80, seed: int = 0) -> dict[str, float]:
+    """Build the tiny Qwen3 and train it with RewardTrainer on the demo preference pairs (chat
+    format, <think> blocks included), so the offline app has a reward model that prefers something.
+    Returns the accuracy and mean margin on those pairs (its training data: a demo, not a benchmark)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from core.demo_data import DEMO_CANDIDATES, demo_preference_rows
+
+    rows = demo_preference_rows()
+    texts = [m["content"] for row in rows for key in ("prompt", "chosen", "rejected") for m in row[key]]
+    texts += [c["text"] for row in DEMO_CANDIDATES for c in row["completions"]]
+    out_dir = Path(out_dir)
+    build_demo_reward_model(out_dir, texts * 4, hidden_size=64, num_layers=2, num_heads=4, seed=seed)
+    model = AutoModelForSequenceClassification.from_pretrained(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    datasets.disable_progress_bars()
+    train = datasets.Dataset.from_list(rows)
+    args = RewardConfig(
+        output_dir=str(out_dir / "run"), bf16=False, activation_checkpointing=False, max_steps=steps,
+        per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=max(1, steps // 4), save_strategy="no",
+        report_to=[], use_cpu=True, seed=seed, disable_tqdm=True,
+    )
+    torch.manual_seed(seed)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    trainer.train()
+    metrics = trainer.evaluate(train)
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(out_dir)
+    return {"accuracy": float(metrics["eval_accuracy"]), "margin": float(metrics.get("eval_margin", 0.0))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m core.demo_model --db URL --out DIR``: train the demo model and register it."""
+    import argparse
+
+    from storage.engine import Store
+    from storage.registry import register_model
+
+    parser = argparse.ArgumentParser(description="Train and register the offline demo reward model.")
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    metrics = train_demo_reward_model(args.out)
+    with Store(args.db).write() as session:
+        register_model(
+            session, name=DEMO_MODEL_NAME, path=str(args.out.resolve()), base_model="tiny Qwen3 built locally",
+            config={"trained_on": "demo preference pairs", "note": "a demo model, trained on its evaluation data"},
+            n_pairs=14, eval_accuracy=metrics["accuracy"], eval_margin=metrics["margin"],
+        )
+    print(f"registered {DEMO_MODEL_NAME} at {args.out} ({metrics})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -92,6 +92,11 @@ class Store:
             self.create_schema()
 
     @property
+    def data_dir(self) -> Path:
+        """Where files that belong with this store live (models, logs): beside a SQLite file, else ./data."""
+        return self.sqlite_path.parent if self.is_sqlite else DEFAULT_DATA_DIR
+
+    @property
     def sqlite_path(self) -> Path | None:
         return Path(make_url(self.url).database) if self.is_sqlite else None
 

@@ -1,0 +1,158 @@
+"""The Inspect tab: responses side by side under one or more reward models, thinking vs answer
+rewards, per-token reward trajectories, and what the model actually sees."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from app.formatting import code_block
+from core.demo_data import DEMO_PREFERENCES
+from core.inspection import Inspection, UnknownModel, inspect_responses, registered_model_names, resolve_model
+from core.scoring import ModelLoadError
+from storage.engine import Store
+from storage.queue import load_comparison
+
+TABLE_HEADERS = ["model", "response", "reward", "thinking reward", "answer reward", "reward − answer reward",
+                 "tokens", "over max_length"]
+RESPONSE_NAMES = "ABCD"
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.4f}"
+
+
+def results_table(inspection: Inspection) -> list[list]:
+    rows = []
+    for score in inspection.scores:
+        r = score.result
+        difference = None if r.answer_reward is None else r.reward - r.answer_reward
+        rows.append([score.model, RESPONSE_NAMES[score.response_index], _number(r.reward), _number(r.thinking_reward),
+                     _number(r.answer_reward), _number(difference), r.n_tokens, "yes" if r.exceeds_max_length else ""])
+    return rows
+
+
+def flips_markdown(inspection: Inspection) -> str:
+    if not inspection.flips:
+        return "No preference flips: every model prefers the same response with and without the thinking."
+    lines = ["**The preference flips when the thinking is removed:**"]
+    for flip in inspection.flips:
+        lines.append(
+            f"- {html.escape(flip.model)}: {RESPONSE_NAMES[flip.first]} vs {RESPONSE_NAMES[flip.second]} — whole "
+            f"response prefers **{RESPONSE_NAMES[flip.whole_prefers]}**, answer alone prefers "
+            f"**{RESPONSE_NAMES[flip.answer_prefers]}**"
+        )
+    return "\n".join(lines)
+
+
+def trajectory_figure(inspection: Inspection) -> go.Figure:
+    figure = go.Figure()
+    for score in inspection.scores:
+        steps = score.result.trajectory
+        if not steps:
+            continue
+        name = f"{RESPONSE_NAMES[score.response_index]} · {score.model}"
+        # Token text is untrusted: escaped so plotly's hover labels render it as text.
+        hover = [f"{k}: {html.escape(token)!s}" for k, (token, _) in enumerate(steps)]
+        line = go.Scatter(x=list(range(len(steps))), y=[value for _, value in steps], mode="lines", name=name,
+                          hovertext=hover, hovertemplate="%{hovertext}<br>reward %{y:.4f}<extra>" + html.escape(name) + "</extra>")
+        figure.add_trace(line)
+        if score.result.think_end_token is not None:
+            figure.add_vline(x=score.result.think_end_token, line_dash="dash", line_color=figure.data[-1].line.color,
+                             annotation_text=f"</think> ({RESPONSE_NAMES[score.response_index]})",
+                             annotation_position="top")
+    figure.update_layout(title="Reward of each response prefix (+EOS), token by token", xaxis_title="response token",
+                         yaxis_title="reward", height=420, margin={"t": 60, "l": 50, "r": 20, "b": 40})
+    return figure
+
+
+def model_view_markdown(inspection: Inspection) -> str:
+    parts = []
+    for score in inspection.scores:
+        limit = score.max_length
+        over = " — **exceeds max_length: training would drop this example**" if score.result.exceeds_max_length else ""
+        parts.append(f"**{RESPONSE_NAMES[score.response_index]} · {html.escape(score.model)}**: "
+                     f"{score.result.n_tokens} tokens (max_length {limit}){over}\n\n{code_block(score.formatted_text)}")
+    return "\n\n".join(parts)
+
+
+def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
+    gr.Markdown("Score responses with reward models: the whole response, its thinking (up to the last "
+                "`</think>`) and its answer, and how the reward moves token by token.")
+    with gr.Row():
+        models = gr.CheckboxGroup(label="Registered reward models", elem_id="inspect-models")
+        model_path = gr.Textbox(label="…or a model folder / hub id", elem_id="inspect-model-path")
+        refresh = gr.Button("Refresh models", size="sm")
+    with gr.Row():
+        chat = gr.Checkbox(value=True, label="Chat prompt (scored through the chat template)")
+        comparison_id = gr.Number(label="Load comparison #", precision=0)
+        load = gr.Button("Load from store", size="sm")
+        demo = gr.Button("Load a demo pair", size="sm", elem_id="inspect-demo")
+    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="inspect-prompt")
+    with gr.Row():
+        response_a = gr.Textbox(label="Response A", lines=6, elem_id="inspect-a")
+        response_b = gr.Textbox(label="Response B", lines=6, elem_id="inspect-b")
+    with gr.Accordion("More responses", open=False):
+        with gr.Row():
+            response_c = gr.Textbox(label="Response C", lines=4)
+            response_d = gr.Textbox(label="Response D", lines=4)
+    run = gr.Button("Score", variant="primary", elem_id="inspect-run")
+    status = gr.Markdown(elem_id="inspect-status")
+    table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="inspect-table")
+    flips = gr.Markdown(elem_id="inspect-flips")
+    chart = gr.Plot(elem_id="inspect-chart")
+    with gr.Accordion("What the model sees", open=False):
+        model_view = gr.Markdown(elem_id="inspect-model-view")
+
+    def choices():  # noqa: ANN202
+        names = registered_model_names(store)
+        return gr.CheckboxGroup(choices=names, value=names[:1])
+
+    refresh.click(choices, outputs=models, api_visibility="private")
+    blocks.load(choices, outputs=models, api_visibility="private")
+
+    def demo_pair() -> tuple[str, str, str, bool]:
+        pair = DEMO_PREFERENCES[0]
+        return pair["prompt"], pair["chosen"], pair["rejected"], True
+
+    demo.click(demo_pair, outputs=[prompt, response_a, response_b, chat], api_visibility="private")
+
+    def from_store(number: float | None) -> dict:
+        if number is None:
+            return {status: "Type a comparison number first."}
+        with store.read() as session:
+            record = load_comparison(session, int(number))
+        if record is None:
+            return {status: f"There is no comparison {int(number)}."}
+        if record.prompt_messages is not None:
+            text = "\n\n".join(m["content"] for m in record.prompt_messages if m["role"] == "user")
+        else:
+            text = record.prompt_text
+        return {prompt: text, response_a: record.a_text, response_b: record.b_text,
+                chat: record.prompt_messages is not None, status: f"Loaded comparison {int(number)}."}
+
+    load.click(from_store, inputs=comparison_id, outputs=[prompt, response_a, response_b, chat, status],
+               api_visibility="private")
+
+    def score(names: list[str], path: str, prompt_text: str, as_chat: bool, a: str, b: str, c: str, d: str) -> dict:
+        responses = [text for text in (a, b, c, d) if text and text.strip()]
+        wanted = list(names or []) + ([path.strip()] if path and path.strip() else [])
+        if not wanted:
+            return {status: "Choose a registered model (Refresh models) or give a model folder."}
+        if len(responses) < 2:
+            return {status: "Give at least two responses."}
+        try:
+            loaded = {name: resolve_model(store, name) for name in wanted}
+        except (ModelLoadError, UnknownModel) as error:
+            return {status: html.escape(str(error))}
+        full_prompt = [{"role": "user", "content": prompt_text}] if as_chat else prompt_text
+        inspection = inspect_responses(loaded, full_prompt, responses)
+        no_trajectory = [name for name, model in loaded.items() if not model.is_decoder]
+        note = (" Encoder models have no trajectory: " + ", ".join(map(html.escape, no_trajectory))) if no_trajectory else ""
+        return {table: results_table(inspection), flips: flips_markdown(inspection), chart: trajectory_figure(inspection),
+                model_view: model_view_markdown(inspection), status: f"Scored {len(responses)} responses.{note}"}
+
+    run.click(score, inputs=[models, model_path, prompt, chat, response_a, response_b, response_c, response_d],
+              outputs=[table, flips, chart, model_view, status], api_visibility="private")
