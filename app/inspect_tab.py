@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 
 import gradio as gr
+import plotly.colors
 import plotly.graph_objects as go
 
 from app.formatting import code_block
@@ -49,18 +50,20 @@ def flips_markdown(inspection: Inspection) -> str:
 
 def trajectory_figure(inspection: Inspection) -> go.Figure:
     figure = go.Figure()
-    for score in inspection.scores:
+    palette = plotly.colors.qualitative.Plotly
+    for number, score in enumerate(inspection.scores):
+        color = palette[number % len(palette)]
         steps = score.result.trajectory
         if not steps:
             continue
         name = f"{RESPONSE_NAMES[score.response_index]} · {score.model}"
         # Token text is untrusted: escaped so plotly's hover labels render it as text.
         hover = [f"{k}: {html.escape(token)!s}" for k, (token, _) in enumerate(steps)]
-        line = go.Scatter(x=list(range(len(steps))), y=[value for _, value in steps], mode="lines", name=name,
+        line = go.Scatter(x=list(range(len(steps))), y=[value for _, value in steps], mode="lines", name=name, line={"color": color},
                           hovertext=hover, hovertemplate="%{hovertext}<br>reward %{y:.4f}<extra>" + html.escape(name) + "</extra>")
         figure.add_trace(line)
         if score.result.think_end_token is not None:
-            figure.add_vline(x=score.result.think_end_token, line_dash="dash", line_color=figure.data[-1].line.color,
+            figure.add_vline(x=score.result.think_end_token, line_dash="dash", line_color=color,
                              annotation_text=f"</think> ({RESPONSE_NAMES[score.response_index]})",
                              annotation_position="top")
     figure.update_layout(title="Reward of each response prefix (+EOS), token by token", xaxis_title="response token",

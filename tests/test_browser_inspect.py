@@ -1,0 +1,52 @@
+"""The Inspect tab in a real browser, on a fresh app: the demo reward model trains itself in the
+background, and a demo pair gets its table, flips and trajectory chart."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import save_screenshot
+from storage.engine import Store
+from storage.registry import list_models
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def wait_for_demo_model(db_url: str, seconds: float = 240) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        store = Store(db_url)
+        with store.read() as session:
+            names = [model.name for model in list_models(session)]
+        store.dispose()
+        if names:
+            return names[0]
+        time.sleep(1)
+    raise AssertionError("the demo reward model was not registered in time")
+
+
+def test_inspect_a_demo_pair(running_app, page, db_url):
+    name = wait_for_demo_model(db_url)
+    page.goto(running_app.url)
+    page.get_by_role("tab", name="Inspect").click()
+    page.get_by_role("button", name="Refresh models").click()
+    page.locator("#inspect-models").get_by_text(name).wait_for()
+    page.locator("#inspect-demo").click()
+    page.wait_for_function("() => document.querySelector('#inspect-a textarea').value.includes('</think>')")
+    page.locator("#inspect-run").click()
+    page.locator("#inspect-status").get_by_text("Scored 2 responses.").wait_for(timeout=60_000)
+    rows = page.locator("#inspect-table [role=row]").filter(has_text=name)
+    assert rows.count() == 2
+    first = rows.nth(0).inner_text()
+    assert name in first and "A" in first
+    # The demo model was trained to prefer the chosen (A) response.
+    rewards = [float(rows.nth(i).locator("[role=gridcell], td").nth(2).inner_text()) for i in range(2)]
+    assert rewards[0] > rewards[1]
+    page.locator("#inspect-chart .js-plotly-plot").wait_for()
+    assert page.locator("#inspect-chart .scatterlayer .trace").count() == 2
+    assert "</think>" in page.locator("#inspect-chart").inner_text()
+    page.get_by_text("What the model sees").click()
+    page.locator("#inspect-model-view").get_by_text("<|im_start|>assistant").first.wait_for()
+    save_screenshot(page, "inspect-tab")
