@@ -9,6 +9,7 @@ import gradio as gr
 import plotly.colors
 import plotly.graph_objects as go
 
+from app.diagnostics_panel import render_diagnostics_panel
 from app.formatting import code_block
 from core.demo_data import DEMO_PREFERENCES
 from core.inspection import Inspection, UnknownModel, inspect_responses, registered_model_names, resolve_model
@@ -108,6 +109,7 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
     chart = gr.Plot(elem_id="inspect-chart")
     with gr.Accordion("What the model sees", open=False):
         model_view = gr.Markdown(elem_id="inspect-model-view")
+    render_diagnostics_panel(store, blocks)
 
     def choices():  # noqa: ANN202
         names = registered_model_names(store)

@@ -43,12 +43,14 @@ class Permission(enum.Enum):
     VIEW_TEAM = "see the team's labeling statistics"
     EDIT_GUIDELINES = "edit the labeling guidelines"
     CHANGE_SETTINGS = "change labeling settings"
+    REQUEUE = "send comparisons back to the labeling queue"
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.ANNOTATOR.value: frozenset({Permission.LABEL}),
     Role.ENGINEER.value: frozenset(
-        {Permission.LABEL, Permission.IMPORT, Permission.EXPORT, Permission.TRAIN, Permission.VIEW_TEAM}
+        {Permission.LABEL, Permission.IMPORT, Permission.EXPORT, Permission.TRAIN, Permission.VIEW_TEAM,
+         Permission.REQUEUE}
     ),
     Role.ADMIN.value: frozenset(Permission),
 }

@@ -140,13 +140,14 @@ def write_batch(session: Session, batch: IngestBatch, *, priority: int = 0) -> I
     # ON as a join constraint (https://www.sqlite.org/lang_upsert.html, "Parsing Ambiguity").
     comparison_source = select(
         pair.c.prompt_id, pair.c.low, pair.c.high, literal(priority), literal(batch.source), timestamp,
-        literal(0), literal(False),
+        literal(0), literal(0), literal(False),
     ).where(true())
     execute_many(
         session,
         insert(Comparison)
         .from_select(
-            ["prompt_id", "completion_a_id", "completion_b_id", "priority", "source", "created_at", "label_count", "done"],
+            ["prompt_id", "completion_a_id", "completion_b_id", "priority", "source", "created_at", "label_count",
+             "extra_labels", "done"],
             comparison_source,
             include_defaults=False,
         )

@@ -98,7 +98,8 @@ class Comparison(SQLModel, table=True):
     priority: int = Field(default=0, description="higher is labeled first")
     source: str = Field(default="", max_length=300, description="where the pair came from")
     label_count: int = Field(default=0, description="labels other than skip, kept by storage.queue")
-    done: bool = Field(default=False, description="label_count has reached labels_per_comparison")
+    extra_labels: int = Field(default=0, description="labels wanted beyond the overlap (sent back for review)")
+    done: bool = Field(default=False, description="label_count has reached labels_per_comparison + extra_labels")
     created_at: datetime = Field(default_factory=utc_now)
 
     __table_args__ = (

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
@@ -46,7 +46,7 @@ def refresh_comparison_counts(
         .correlate(Comparison)
         .scalar_subquery()
     )
-    statement = update(Comparison).values(label_count=counted, done=counted >= overlap)
+    statement = update(Comparison).values(label_count=counted, done=counted >= overlap + Comparison.extra_labels)
     if labeled_by is not None:
         session.execute(
             statement.where(Comparison.id.in_(select(Label.comparison_id).where(Label.annotator_id == labeled_by)))
@@ -103,7 +103,7 @@ def claim_next_comparison(session: Session, *, annotator_id: int, now: datetime 
         .where(
             Comparison.done.is_(False),
             ~_labeled_by(annotator_id),
-            Comparison.label_count + reserved_by_others < overlap,
+            Comparison.label_count + reserved_by_others < overlap + Comparison.extra_labels,
         )
         .order_by(Comparison.done, Comparison.priority.desc(), Comparison.id)
         .limit(1)
@@ -112,6 +112,21 @@ def claim_next_comparison(session: Session, *, annotator_id: int, now: datetime 
     if next_id is not None:
         _lease(session, next_id, annotator_id, expires)
     return next_id
+
+
+def requeue_comparisons(session: Session, comparison_ids: list[int], *, priority: int) -> int:
+    """Ask for one more label on each comparison (a second opinion: its earlier annotators are not
+    asked again) and raise it to at least ``priority``. Returns how many comparisons exist."""
+    found = 0
+    for chunk in chunked(sorted(set(comparison_ids)), 1):
+        found += session.execute(
+            update(Comparison)
+            .where(Comparison.id.in_(chunk))
+            .values(extra_labels=Comparison.extra_labels + 1,
+                    priority=case((Comparison.priority < priority, priority), else_=Comparison.priority))
+        ).rowcount
+    refresh_comparison_counts(session, list(comparison_ids))
+    return found
 
 
 def reserve_for(session: Session, *, annotator_id: int, comparison_id: int, now: datetime | None = None) -> None:
@@ -164,6 +179,7 @@ def submit_label(session: Session, label: LabelInput, *, now: datetime | None = 
             )
         ).scalar_one()
         taken = comparison.label_count + (0 if i_hold_lease else others)
+        overlap += comparison.extra_labels
         if taken >= overlap:
             raise QueueError(
                 f"comparison {label.comparison_id} already has the {overlap} label(s) it needs"

@@ -50,3 +50,19 @@ def test_inspect_a_demo_pair(running_app, page, db_url):
     page.get_by_text("What the model sees").click()
     page.locator("#inspect-model-view").get_by_text("<|im_start|>assistant").first.wait_for()
     save_screenshot(page, "inspect-tab")
+
+
+def test_diagnose_the_demo_pairs_and_send_one_back(running_app, page, db_url):
+    name = wait_for_demo_model(db_url)
+    page.goto(running_app.url)  # the model list is read when the page loads
+    page.get_by_role("tab", name="Inspect").click()
+    page.get_by_text("Dataset diagnostics").click()
+    page.wait_for_function("(n) => document.querySelector('#diag-model input')?.value === n", arg=name)
+    page.locator("#diag-run").click()
+    page.locator("#diag-summary").get_by_text("labeled comparisons").wait_for(timeout=60_000)
+    text = page.locator("#diag-summary").inner_text()
+    assert name in text and "accuracy" in text
+    page.locator("#diag-review-ids input, #diag-review-ids textarea").first.fill("20")
+    page.locator("#diag-send").click()
+    page.locator("#diag-send-status").get_by_text("Sent 1 comparison(s) back").wait_for()
+    save_screenshot(page, "diagnostics")
