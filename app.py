@@ -6,6 +6,8 @@
     python app.py score --model M --input IN --output OUT [--trajectory]
     python app.py eval --model M --input PAIRS     accuracy and mean margin as JSON
     python app.py adduser NAME --role annotator|engineer|admin   create a login (password from stdin)
+    python app.py train [--base-model demo|FOLDER|HUB_ID] [flags]   train a reward model in the foreground
+    python app.py jobs | models                                      list training jobs / registered models
     python app.py --help               all subcommands
 
 Every subcommand takes ``--db URL`` (default: ``$REWARDLAB_DB`` or ``data/rewardlab.db``).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 
 from core.accounts import LOGIN_ROLES, AccountError, add_user
@@ -25,8 +28,14 @@ from core.config_fields import ConfigError, add_config_arguments, config_from_ar
 from core.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
 from core.exporter import ExportConfig, NothingToExport, export_dataset
 from core.importer import ImportConfig, ImportRejected, import_file
+from core.jobs import job_dir
 from core.scoring import ModelLoadError
+from core.training import TrainingError, run_training
+from core.training_config import TrainingConfig
 from storage.engine import DB_URL_ENV, Store, StoreConfigError
+from storage.jobs import create_job, finish_job, list_jobs, mark_started
+from storage.models import JobStatus
+from storage.registry import list_models
 
 EXIT_BAD_INPUT = 2
 
@@ -68,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(scorer, ScoreConfig)
     evaluator = commands.add_parser("eval", help="accuracy and mean margin of a reward model on preference pairs")
     add_config_arguments(evaluator, EvalConfig)
+
+    trainer = commands.add_parser("train", help="train a reward model on the store's labels, in the foreground")
+    _add_db_argument(trainer)
+    add_config_arguments(trainer, TrainingConfig)
+    jobs = commands.add_parser("jobs", help="list training jobs")
+    _add_db_argument(jobs)
+    models = commands.add_parser("models", help="list registered reward models")
+    _add_db_argument(models)
 
     adduser = commands.add_parser("adduser", help="create a login account (the app then requires logins)")
     _add_db_argument(adduser)
@@ -116,6 +133,51 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    config = config_from_args(TrainingConfig, args)
+    store = Store(args.db)
+    with store.write() as session:
+        job_id = create_job(session, config.to_record())
+        folder = job_dir(store, job_id)
+        mark_started(session, job_id, pid=os.getpid(), log_path=str(folder / "train.log"), output_dir=str(folder))
+    print(f"job {job_id}: training in the foreground (Ctrl-C stops it)")
+    try:
+        outcome = run_training(store, config, folder, job_id=job_id)
+    except (TrainingError, Exception) as error:  # noqa: BLE001 (reported, and the job is marked failed)
+        reason = str(error) if isinstance(error, TrainingError) else f"{type(error).__name__}: {error}"
+        with store.write() as session:
+            finish_job(session, job_id, JobStatus.FAILED, error=reason)
+        print(f"training failed: {reason}", file=sys.stderr)
+        return 1
+    with store.write() as session:
+        finish_job(session, job_id, JobStatus.SUCCEEDED, reward_model_name=outcome.model_name)
+    print(f"job {job_id} succeeded: {outcome.model_name} (held-out accuracy {outcome.eval_accuracy}, "
+          f"margin {outcome.eval_margin})")
+    return 0
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    with Store(args.db).read() as session:
+        rows = list_jobs(session)
+    print(f"{'id':>4}  {'status':<11} {'progress':>11}  {'base model':<28} {'model / error'}")
+    for job in rows:
+        progress = f"{job.current_step}/{job.total_steps}" if job.total_steps else str(job.current_step)
+        detail = job.reward_model_name or (job.error or "").splitlines()[0:1]
+        detail = detail if isinstance(detail, str) else (detail[0] if detail else "")
+        print(f"{job.id:>4}  {job.status:<11} {progress:>11}  {job.config.get('base_model', ''):<28} {detail}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    with Store(args.db).read() as session:
+        rows = list_models(session)
+    print(f"{'name':<28} {'accuracy':>8} {'pairs':>6}  {'base model':<28} path")
+    for model in rows:
+        accuracy = f"{model.eval_accuracy:.3f}" if model.eval_accuracy is not None else "-"
+        print(f"{model.name:<28} {accuracy:>8} {model.n_pairs or 0:>6}  {model.base_model or '':<28} {model.path}")
+    return 0
+
+
 def run_import(args: argparse.Namespace) -> int:
     config = config_from_args(ImportConfig, args)
     try:
@@ -157,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
     handlers = {"serve": run_serve, "import": run_import, "export": run_export, "adduser": run_adduser,
-                "score": run_score, "eval": run_eval}
+                "score": run_score, "eval": run_eval, "train": run_train, "jobs": run_jobs, "models": run_models}
     try:
         return handlers[args.command](args)
     except (ConfigError, StoreConfigError) as error:

@@ -106,19 +106,7 @@ class RewardModel:
     # ----- formatting -------------------------------------------------------------------------
     def format(self, prompt: Prompt, response: str) -> FormattedExample:
         """The example as RewardTrainer tokenizes it, with the token span of the response."""
-        if isinstance(prompt, list):
-            messages = [*prompt, {"role": "assistant", "content": response}]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
-            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            start = text.rfind(response) if response else -1
-            span = (start, start + len(response)) if start >= 0 else None
-        else:
-            body = response if response.endswith(self.eos_token) else response + self.eos_token
-            text = prompt + body
-            encoded = self.tokenizer(text, return_offsets_mapping=True)
-            span = (len(prompt), len(prompt) + len(response))
-        offsets = [tuple(pair) for pair in encoded["offset_mapping"]]
-        return FormattedExample(list(encoded["input_ids"]), text, _token_span(offsets, span), offsets)
+        return format_example(self.tokenizer, prompt, response)
 
     # ----- execution --------------------------------------------------------------------------
     def _run(self, rows: list[Row], padding_side: str = "right") -> list[list[float]]:
@@ -264,6 +252,25 @@ class RewardModel:
                 think_end = next(k - start for k in range(start, end)
                                  if example.offsets[k][0] <= last_char < example.offsets[k][1])
         return list(zip(texts, values, strict=True)), think_end
+
+def format_example(tokenizer: Any, prompt: Prompt, response: str) -> FormattedExample:
+    """``prompt`` + ``response`` tokenized as RewardTrainer does: the chat template for chat
+    prompts (no EOS added), else the concatenated text with EOS appended when missing."""
+    if isinstance(prompt, list):
+        messages = [*prompt, {"role": "assistant", "content": response}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        start = text.rfind(response) if response else -1
+        span = (start, start + len(response)) if start >= 0 else None
+    else:
+        eos = tokenizer.eos_token
+        body = response if response.endswith(eos) else response + eos
+        text = prompt + body
+        encoded = tokenizer(text, return_offsets_mapping=True)
+        span = (len(prompt), len(prompt) + len(response))
+    offsets = [tuple(pair) for pair in encoded["offset_mapping"]]
+    return FormattedExample(list(encoded["input_ids"]), text, _token_span(offsets, span), offsets)
+
 
 def _token_span(offsets: list[tuple[int, int]], span: tuple[int, int] | None) -> tuple[int, int] | None:
     if span is None or span[0] == span[1]:

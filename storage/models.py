@@ -162,6 +162,11 @@ class TrainingJob(SQLModel, table=True):
     log_path: Optional[str] = None
     output_dir: Optional[str] = None
     error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    current_step: int = 0
+    total_steps: Optional[int] = None
+    cancel_requested: bool = False
+    resume: bool = Field(default=False, description="continue from the last complete checkpoint")
+    reward_model_name: Optional[str] = None
     created_at: datetime = Field(default_factory=utc_now)
     started_at: Optional[datetime] = None
     finished_at: Optional[datetime] = None

@@ -1,0 +1,162 @@
+"""Training jobs as background processes: submit, run one at a time, cancel, resume.
+
+Each job runs in a child process started with an argument list (never a shell string):
+``python -m core.job_worker --db URL --job ID``, or ``accelerate launch --num_processes N -m
+core.job_worker ...`` when several GPUs are visible. Its state (status, pid, heartbeat, progress,
+log file, error) lives in the store, so a restarted app knows what was running; a job marked running
+whose process is gone is marked interrupted, and can be resumed from its last complete checkpoint.
+The process exits when the job ends, which frees its GPU memory.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.accounts import Actor, Permission
+from core.training_config import TrainingConfig
+from storage.engine import Store
+from storage.jobs import (
+    create_job,
+    get_job,
+    mark_orphans_interrupted,
+    mark_started,
+    next_queued_job,
+    process_alive,
+    request_cancel,
+    requeue_for_resume,
+    running_job,
+)
+from storage.models import JobStatus
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class JobError(ValueError):
+    pass
+
+
+def job_dir(store: Store, job_id: int) -> Path:
+    return store.data_dir / "jobs" / f"job-{job_id}"
+
+
+def worker_command(store_url: str, job_id: int, *, gpus: int) -> list[str]:
+    """The child's argument list: plain Python on one device, ``accelerate launch`` on several."""
+    worker = ["-m", "core.job_worker", "--db", store_url, "--job", str(job_id)]
+    if gpus > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus), *worker]
+    return [sys.executable, *worker]
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def submit_job(store: Store, actor: Actor, config: TrainingConfig) -> int:
+    actor.require(Permission.TRAIN)
+    with store.write() as session:
+        return create_job(session, config.to_record())
+
+
+def cancel_job(store: Store, actor: Actor, job_id: int) -> str:
+    actor.require(Permission.TRAIN)
+    with store.write() as session:
+        job = request_cancel(session, job_id)
+    if job is None:
+        raise JobError(f"there is no job {job_id}")
+    return job.status
+
+
+def resume_job(store: Store, actor: Actor, job_id: int) -> None:
+    actor.require(Permission.TRAIN)
+    with store.write() as session:
+        job = get_job(session, job_id)
+        if job is None:
+            raise JobError(f"there is no job {job_id}")
+        if job.status not in (JobStatus.INTERRUPTED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+            raise JobError(f"job {job_id} is {job.status}; only an interrupted, failed or cancelled job can resume")
+        requeue_for_resume(session, job_id)
+
+
+def start_next_job(store: Store) -> int | None:
+    """Start the oldest queued job when none is running (one at a time on this machine)."""
+    with store.write() as session:
+        mark_orphans_interrupted(session)
+        current = running_job(session)
+        if current is not None:
+            return None
+        job = next_queued_job(session)
+        if job is None:
+            return None
+        folder = job_dir(store, job.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        log_path = folder / "train.log"
+        with open(log_path, "a") as log:
+            process = subprocess.Popen(
+                worker_command(store.url, job.id, gpus=visible_gpus()), cwd=PROJECT_ROOT, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        mark_started(session, job.id, pid=process.pid, log_path=str(log_path), output_dir=str(folder))
+        return job.id
+
+
+class JobScheduler:
+    """A background thread of the app: marks orphans interrupted and starts queued jobs."""
+
+    def __init__(self, store: Store, interval: float = 2.0) -> None:
+        self.store, self.interval = store, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rewardlab-jobs", daemon=True)
+
+    def start(self) -> "JobScheduler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                start_next_job(self.store)
+            except Exception as error:  # noqa: BLE001 (the scheduler must outlive one bad job)
+                print(f"job scheduler: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: int
+    status: str
+    base_model: str
+    step: int
+    total_steps: int | None
+    started_at: object
+    finished_at: object
+    error: str | None
+    reward_model_name: str | None
+    alive: bool
+
+
+def log_tail(store: Store, job_id: int, lines: int = 30) -> str:
+    path = job_dir(store, job_id) / "train.log"
+    if not path.exists():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(max(0, size - 16_384))
+        text = handle.read().decode("utf-8", errors="replace")
+    # Progress bars redraw with carriage returns: keep the last state of each line.
+    cleaned = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return "\n".join(cleaned[-lines:])
+
+
+def process_of(store: Store, job_id: int) -> bool:
+    with store.read() as session:
+        job = get_job(session, job_id)
+        return bool(job and process_alive(job.pid))

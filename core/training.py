@@ -1,0 +1,357 @@
+"""Training a reward model with TRL's RewardTrainer (Bradley-Terry loss) on the store's labels.
+
+The data snapshot comes from the export path (``build_preference_rows``), so what trains is what an
+export would write. Before any GPU time is spent, ``length_report`` says how many pairs train and
+evaluate and how many ``max_length`` would drop (TRL drops longer pairs silently, trl#2488).
+
+Known traps, each fixed or refused with a message:
+
+* no pad token, or pad == EOS (the pooled reward would be read one token early, since the appended
+  EOS is taken for padding): a distinct ``<|pad|>`` token is added and the embeddings resized;
+* a checkpoint whose classifier has ``num_labels != 1``: loaded with one output, the head re-initialised;
+* ``RewardConfig`` defaults to bf16, which fails on a CPU: bf16 only where the GPU supports it;
+* 4-bit + LoRA with fp32 compute: the trainer casts the trainable score head to bf16 and the matmul
+  fails on mismatched dtypes, so 4-bit runs train in bf16.
+
+A job stores its metrics, progress and heartbeat through ``StoreCallback``, stops at the next step
+when a cancel is requested, and writes a ``COMPLETE`` marker into each checkpoint after it is fully
+saved; a resumed job continues from the newest marked checkpoint only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.exporter import PreferenceRows, build_preference_rows, split_rows
+from core.scoring import format_example
+from core.training_config import DEMO_BASE, TrainingConfig, suggest_hyperparameters
+from storage.engine import Store
+from storage.jobs import beat, record_metrics
+from storage.registry import register_model
+
+CHECKPOINT_MARKER = "COMPLETE"
+PAD_TOKEN = "<|pad|>"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class DataSnapshot:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    content_hash: str
+    left_out: dict[str, int]
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.train) + len(self.eval)
+
+
+def take_snapshot(store: Store, config: TrainingConfig) -> DataSnapshot:
+    try:
+        prepared: PreferenceRows = build_preference_rows(store, since=config.labels_since, annotators=config.annotators)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    if len(prepared.rows) < 2:
+        raise TrainingError(
+            f"only {len(prepared.rows)} labeled pair(s) with a majority preference; label or import more first"
+        )
+    train, held_out = split_rows(prepared.rows, config.eval_fraction, config.seed)
+    return DataSnapshot(train, held_out, prepared.content_hash, dict(prepared.left_out))
+
+
+@dataclass
+class LengthReport:
+    train_pairs: int
+    eval_pairs: int
+    dropped_train: int
+    dropped_eval: int
+    max_length: int
+    token_lengths: list[int] = field(repr=False)
+
+    def summary(self) -> str:
+        lengths = sorted(self.token_lengths)
+        p95 = lengths[min(len(lengths) - 1, int(0.95 * (len(lengths) - 1)))]
+        return (
+            f"{self.train_pairs - self.dropped_train} pairs train and {self.eval_pairs - self.dropped_eval} evaluate; "
+            f"max_length {self.max_length} drops {self.dropped_train} train and {self.dropped_eval} eval pair(s). "
+            f"Tokens per response: median {statistics.median(lengths):.0f}, p95 {p95}, longest {lengths[-1]}."
+        )
+
+
+def _response(side: Any) -> str:
+    return side[0]["content"] if isinstance(side, list) else side
+
+
+def length_report(tokenizer: Any, snapshot: DataSnapshot, max_length: int) -> LengthReport:
+    """Token lengths of every pair exactly as RewardTrainer formats it, and what max_length drops."""
+    lengths, dropped = [], {"train": 0, "eval": 0}
+    for split, rows in (("train", snapshot.train), ("eval", snapshot.eval)):
+        for row in rows:
+            pair = [len(format_example(tokenizer, row["prompt"], _response(row[k])).ids) for k in ("chosen", "rejected")]
+            lengths += pair
+            dropped[split] += max(pair) > max_length
+    return LengthReport(len(snapshot.train), len(snapshot.eval), dropped["train"], dropped["eval"], max_length, lengths)
+
+
+def _snapshot_texts(snapshot: DataSnapshot) -> list[str]:
+    texts = []
+    for row in snapshot.train + snapshot.eval:
+        for key in ("prompt", "chosen", "rejected"):
+            value = row[key]
+            texts += [m["content"] for m in value] if isinstance(value, list) else [value]
+    return texts
+
+
+def load_tokenizer(config: TrainingConfig, snapshot: DataSnapshot, work_dir: Path) -> Any:
+    """The tokenizer training will use (for ``demo``, built from the snapshot's texts)."""
+    from transformers import AutoTokenizer
+
+    if config.base_model == DEMO_BASE:
+        from core.demo_model import build_demo_reward_model
+
+        base = work_dir / "demo-base"
+        if not (base / "config.json").exists():
+            build_demo_reward_model(base, _snapshot_texts(snapshot) * 2, seed=config.seed)
+        return AutoTokenizer.from_pretrained(base)
+    try:
+        return AutoTokenizer.from_pretrained(config.base_model, token=hub_token())
+    except OSError as error:
+        raise TrainingError(
+            f"cannot load {config.base_model!r}: it is not a local folder and the hub could not provide it "
+            f"({str(error).splitlines()[0]}). Without network, use base_model 'demo' (a small model built locally) "
+            "or a folder holding the model."
+        ) from None
+
+
+def hub_token() -> str | None:
+    """``HF_TOKEN`` from the environment or a ``.env`` file beside the app (for gated models)."""
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
+    env_file = Path(".env")
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "HF_TOKEN":
+                return value.strip().strip("\"'")
+    return None
+
+
+def _device_precision(config: TrainingConfig) -> tuple[bool, bool]:
+    """(use_cpu, bf16) for this machine and config."""
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    if config.load_in_4bit:
+        return not has_gpu, True
+    return not has_gpu, bool(has_gpu and torch.cuda.is_bf16_supported())
+
+
+def load_model(config: TrainingConfig, tokenizer: Any, work_dir: Path) -> tuple[Any, list[str]]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    notes = []
+    source = str(work_dir / "demo-base") if config.base_model == DEMO_BASE else config.base_model
+    kwargs: dict[str, Any] = {"num_labels": 1, "token": hub_token()}
+    if config.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=config.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, config.bnb_4bit_compute_dtype),
+        )
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    except (RuntimeError, ValueError) as error:
+        if "size mismatch" not in str(error):
+            raise
+        model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True, **kwargs)
+        notes.append("the checkpoint's classifier had another number of labels: the score head was re-initialised "
+                     "with one output (num_labels=1)")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        reason = "had no pad token" if tokenizer.pad_token is None else "used EOS as its pad token"
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        model.resize_token_embeddings(len(tokenizer))
+        notes.append(f"the tokenizer {reason}: added {PAD_TOKEN} so the reward is read at EOS, not one token early")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, notes
+
+
+def lora_config(config: TrainingConfig) -> Any:
+    from peft import LoraConfig
+
+    modules = config.lora_target_modules.strip()
+    targets = modules if modules == "all-linear" else [m.strip() for m in modules.split(",") if m.strip()]
+    return LoraConfig(task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, target_modules=targets, modules_to_save=["score"])
+
+
+def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int | None) -> Any:
+    from trl import RewardConfig
+
+    use_cpu, bf16 = _device_precision(config)
+    suggested_lr, suggested_batch = suggest_hyperparameters(n_parameters, demo=config.base_model == DEMO_BASE)
+    return RewardConfig(
+        output_dir=str(output_dir),
+        learning_rate=config.learning_rate or suggested_lr,
+        per_device_train_batch_size=config.per_device_train_batch_size or suggested_batch,
+        per_device_eval_batch_size=config.per_device_train_batch_size or suggested_batch,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps or -1,
+        max_length=config.max_length,
+        center_rewards_coefficient=config.center_rewards_coefficient or None,
+        disable_dropout=config.disable_dropout,
+        seed=config.seed,
+        bf16=bf16,
+        use_cpu=use_cpu,
+        activation_checkpointing=False,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps",
+        eval_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=3,
+        report_to=[],
+        disable_tqdm=False,
+    )
+
+
+def latest_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint whose save finished (it has the marker); half-saved ones are ignored."""
+    marked = [p for p in output_dir.glob("checkpoint-*") if (p / CHECKPOINT_MARKER).exists()]
+    return max(marked, key=lambda p: int(p.name.split("-")[-1])) if marked else None
+
+
+def _store_callback(store: Store | None, job_id: int | None, cancel_flag: list[bool]):  # noqa: ANN202
+    from transformers import TrainerCallback
+
+    class StoreCallback(TrainerCallback):
+        """Metrics, progress and heartbeat into the store; cancel requests; checkpoint markers."""
+
+        last_beat = 0.0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
+            numeric = {k: float(v) for k, v in (logs or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            loss = numeric.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise TrainingError(f"the loss became {loss} at step {state.global_step}: lower the learning rate, "
+                                    "or check the data for empty or extreme examples")
+            if store is not None and job_id is not None and state.is_world_process_zero:
+                with store.write() as session:
+                    record_metrics(session, job_id, state.global_step, numeric)
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            if store is None or job_id is None or not state.is_world_process_zero:
+                return
+            if time.monotonic() - self.last_beat >= 1.0 or state.global_step == state.max_steps:
+                self.last_beat = time.monotonic()
+                with store.write() as session:
+                    if beat(session, job_id, step=state.global_step, total_steps=state.max_steps):
+                        cancel_flag[0] = True
+            if cancel_flag[0]:
+                control.should_training_stop = True
+                control.should_save = False
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            # Called after the checkpoint is written: only now is it safe to resume from.
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir() and state.is_world_process_zero:
+                (folder / CHECKPOINT_MARKER).write_text(str(state.global_step))
+
+    return StoreCallback()
+
+
+@dataclass
+class TrainOutcome:
+    status: str  # "succeeded" | "cancelled"
+    model_name: str | None
+    model_dir: Path | None
+    eval_accuracy: float | None
+    eval_margin: float | None
+    report: LengthReport
+    notes: list[str]
+    resumed_from: str | None = None
+
+
+def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id: int | None = None,
+                 resume: bool = False, cancel_flag: list[bool] | None = None, log=print) -> TrainOutcome:  # noqa: ANN001
+    """Train, evaluate, save and register a reward model. Raises ``TrainingError`` with the fix."""
+    import datasets
+    from trl import RewardTrainer
+
+    cancel_flag = cancel_flag if cancel_flag is not None else [False]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = take_snapshot(store, config)
+    tokenizer = load_tokenizer(config, snapshot, work_dir)
+    report = length_report(tokenizer, snapshot, config.max_length)
+    log(f"data snapshot {snapshot.content_hash[:12]}: {report.summary()}")
+    if report.train_pairs - report.dropped_train < 1:
+        raise TrainingError(f"every training pair is longer than max_length {config.max_length}: raise max_length")
+    model, notes = load_model(config, tokenizer, work_dir)
+    for note in notes:
+        log(f"note: {note}")
+    n_parameters = sum(p.numel() for p in model.parameters())
+    checkpoints = work_dir / "checkpoints"
+    args = reward_config(config, checkpoints, n_parameters=n_parameters)
+    log(f"{n_parameters / 1e6:.2f}M parameters; learning rate {args.learning_rate}, batch {args.per_device_train_batch_size}, "
+        f"{'bf16' if args.bf16 else 'fp32'} on {'cpu' if args.use_cpu else 'gpu'}")
+    datasets.disable_progress_bars()
+    train = datasets.Dataset.from_list(snapshot.train)
+    held_out = datasets.Dataset.from_list(snapshot.eval) if snapshot.eval else None
+    if held_out is None:
+        args.eval_strategy = "no"
+    trainer = RewardTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
+        peft_config=lora_config(config) if config.lora else None,
+        callbacks=[_store_callback(store, job_id, cancel_flag)],
+    )
+    resume_from = latest_complete_checkpoint(checkpoints) if resume else None
+    if resume:
+        log(f"resuming from {resume_from.name}" if resume_from else "no complete checkpoint to resume from: starting over")
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if cancel_flag[0]:
+        log("cancelled: stopped at the next step as asked")
+        return TrainOutcome("cancelled", None, None, None, None, report, notes, resume_from and resume_from.name)
+    metrics = trainer.evaluate() if held_out is not None else {}
+    name = config.output_name or (f"rm-job-{job_id}" if job_id else f"rm-{snapshot.content_hash[:8]}")
+    model_dir = store.data_dir / "models" / name
+    save_reward_model(trainer, tokenizer, model_dir, lora=config.lora, quantized=config.load_in_4bit)
+    accuracy, margin = metrics.get("eval_accuracy"), metrics.get("eval_margin")
+    with store.write() as session:
+        register_model(
+            session, name=name, path=str(model_dir.resolve()), base_model=config.base_model, job_id=job_id,
+            config=config.to_record(), data_hash=snapshot.content_hash, n_pairs=snapshot.n_pairs,
+            eval_accuracy=float(accuracy) if accuracy is not None else None,
+            eval_margin=float(margin) if margin is not None else None,
+        )
+    log(f"registered {name} at {model_dir} (held-out accuracy {accuracy}, margin {margin})")
+    return TrainOutcome("succeeded", name, model_dir, accuracy, margin, report, notes,
+                        resume_from.name if resume_from else None)
+
+
+def save_reward_model(trainer: Any, tokenizer: Any, model_dir: Path, *, lora: bool, quantized: bool) -> None:
+    """Save a folder that ``AutoModelForSequenceClassification`` and ``pipeline`` load directly.
+
+    LoRA adapters are merged into the base weights, so the folder is a plain model. A 4-bit base
+    cannot be merged exactly; its folder holds the adapter (with the fully trained score head),
+    which ``AutoPeftModelForSequenceClassification`` and this app's scorer load with their base.
+    """
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model = trainer.model
+    if lora and not quantized:
+        model = model.merge_and_unload()
+    model.save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
