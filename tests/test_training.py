@@ -1,0 +1,210 @@
+"""Training through the real runner: a child process per job, state in the store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from core.accounts import actor_for
+from core.importer import import_rows
+from core.jobs import cancel_job, job_dir, resume_job, start_next_job, submit_job, worker_command
+from core.training import CHECKPOINT_MARKER, TrainingError, latest_complete_checkpoint, length_report, take_snapshot
+from core.training_config import ConfigError, TrainingConfig, suggest_hyperparameters
+from storage.jobs import get_job, mark_orphans_interrupted, metrics_of
+from storage.registry import model_by_name
+
+pytestmark = pytest.mark.slow
+
+
+def separable_pairs(n: int = 64) -> list[dict]:
+    def reply(i: int, good: bool) -> list[dict[str, str]]:
+        text = f"<think>\ncheck {i} carefully\n</think>\n\nThe answer is right." if good else "no idea, whatever"
+        return [{"role": "assistant", "content": text}]
+
+    return [{"prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}], "chosen": reply(i, True),
+             "rejected": reply(i, False)} for i in range(n)]
+
+
+@pytest.fixture
+def training_store(store):
+    import_rows(store, separable_pairs(), source="import:separable")
+    return store
+
+
+def wait_for(store, job_id: int, statuses: tuple[str, ...], seconds: float = 300, condition=None):  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with store.read() as session:
+            job = get_job(session, job_id)
+        if job.status in statuses and (condition is None or condition(job)):
+            return job
+        time.sleep(0.5)
+    log = (job_dir(store, job_id) / "train.log")
+    raise AssertionError(f"job {job_id} is {job.status}, waited for {statuses}\n{log.read_text()[-3000:] if log.exists() else ''}")
+
+
+def test_the_runner_trains_registers_and_the_folder_loads_with_pipeline(training_store):
+    store = training_store
+    admin = actor_for(store, None)
+    config = TrainingConfig(max_steps=60, logging_steps=10, save_steps=30, eval_fraction=0.25, seed=0,
+                            output_name="separable-rm")
+    job_id = submit_job(store, admin, config)
+    assert start_next_job(store) == job_id
+    assert start_next_job(store) is None  # one job at a time
+    job = wait_for(store, job_id, ("succeeded", "failed"))
+    assert job.status == "succeeded", job.error
+    with store.read() as session:
+        record = model_by_name(session, "separable-rm")
+        series = metrics_of(session, job_id)
+    assert record.eval_accuracy >= 0.9 and record.n_pairs == 64 and record.job_id == job_id
+    assert {"loss", "accuracy", "margin", "eval_accuracy", "mean_reward"} <= set(series)
+    assert job.current_step == job.total_steps == 60
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    model = AutoModelForSequenceClassification.from_pretrained(record.path)
+    tokenizer = AutoTokenizer.from_pretrained(record.path)
+    unseen = separable_pairs(80)[70]  # a pair that was not in the training data
+    texts = [tokenizer.apply_chat_template(unseen["prompt"] + unseen[side], tokenize=False) for side in ("chosen", "rejected")]
+    with torch.inference_mode():
+        direct = [model(**tokenizer(t, return_tensors="pt")).logits[0, 0].item() for t in texts]
+    piped = [out["score"] for out in pipeline("text-classification", model=record.path, function_to_apply="none")(texts)]
+    assert piped == pytest.approx(direct, abs=1e-5)
+    assert direct[0] > direct[1]
+
+
+def test_cancel_stops_a_running_job_at_its_next_step(training_store):
+    store = training_store
+    admin = actor_for(store, None)
+    job_id = submit_job(store, admin, TrainingConfig(max_steps=5000, logging_steps=50, save_steps=5000))
+    start_next_job(store)
+    wait_for(store, job_id, ("running",), condition=lambda job: job.current_step > 0)
+    assert cancel_job(store, admin, job_id) == "running"
+    job = wait_for(store, job_id, ("cancelled", "failed"), seconds=120)
+    assert job.status == "cancelled" and job.current_step < 5000
+    queued = submit_job(store, admin, TrainingConfig(max_steps=5))
+    assert cancel_job(store, admin, queued) == "cancelled"  # a queued job is cancelled at once
+
+
+def test_a_killed_job_is_interrupted_and_resumes_from_its_last_complete_checkpoint(training_store):
+    store = training_store
+    admin = actor_for(store, None)
+    job_id = submit_job(store, admin, TrainingConfig(max_steps=120, logging_steps=10, save_steps=20))
+    start_next_job(store)
+    checkpoints = job_dir(store, job_id) / "checkpoints"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (latest_complete_checkpoint(checkpoints) and
+                                               int(latest_complete_checkpoint(checkpoints).name.split("-")[1]) >= 40):
+        time.sleep(0.3)
+    with store.read() as session:
+        pid = get_job(session, job_id).pid
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(1)
+    saved = int(latest_complete_checkpoint(checkpoints).name.split("-")[1])
+    # A half-saved folder (no marker), as a crash in the middle of a save leaves: never resumed from.
+    (checkpoints / "checkpoint-9999").mkdir()
+
+    with store.write() as session:  # what a restarted app does first
+        assert mark_orphans_interrupted(session) == [job_id]
+    with store.read() as session:
+        assert get_job(session, job_id).status == "interrupted"
+
+    resume_job(store, admin, job_id)
+    start_next_job(store)
+    job = wait_for(store, job_id, ("succeeded", "failed"))
+    assert job.status == "succeeded", job.error
+    log = (job_dir(store, job_id) / "train.log").read_text()
+    resumed = int(log.split("resuming from checkpoint-")[1].split()[0])
+    assert resumed >= saved >= 40 and resumed != 9999
+
+
+def test_lora_adapters_save_and_reload_with_identical_rewards(tmp_path):
+    from peft import AutoPeftModelForSequenceClassification, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core.demo_model import build_demo_reward_model
+    from core.training import lora_config, save_reward_model
+
+    base = build_demo_reward_model(tmp_path / "base", ["some words for the tokenizer to learn"] * 20, hidden_size=32,
+                                   num_layers=2, num_heads=2)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    peft_model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(base),
+                                lora_config(TrainingConfig(lora=True, lora_r=4)))
+    torch.manual_seed(1)
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:  # LoRA starts as a no-op (B = 0): give it weight so the test can tell
+            parameter.data.normal_(0, 0.5)
+    peft_model.eval()  # LoRA dropout off, as in a reloaded model
+    inputs = tokenizer(["some words<|im_end|>", "for the tokenizer to learn<|im_end|>"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        expected = peft_model(**inputs).logits[:, 0]
+
+    class Holder:
+        model = peft_model
+
+    save_reward_model(Holder, tokenizer, tmp_path / "adapter", lora=True, quantized=True)
+    reloaded = AutoPeftModelForSequenceClassification.from_pretrained(tmp_path / "adapter")
+    save_reward_model(Holder, tokenizer, tmp_path / "merged", lora=True, quantized=False)
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    with torch.inference_mode():
+        assert torch.allclose(reloaded(**inputs).logits[:, 0], expected, atol=1e-5)
+        assert torch.allclose(merged(**inputs).logits[:, 0], expected, atol=1e-5)
+
+
+def test_the_length_report_counts_what_max_length_would_drop(store):
+    rows = [{"prompt": "Q? ", "chosen": " short", "rejected": " also short"}] * 3
+    rows += [{"prompt": f"Long {i}? ", "chosen": " word" * 300, "rejected": " brief"} for i in range(2)]
+    import_rows(store, [dict(r, prompt=f"{r['prompt']}{i}") for i, r in enumerate(rows)], source="import:lengths")
+    config = TrainingConfig(max_length=64, eval_fraction=0.0)
+    snapshot = take_snapshot(store, config)
+    from core.training import load_tokenizer
+
+    tokenizer = load_tokenizer(config, snapshot, store.data_dir / "jobs" / "preview")
+    report = length_report(tokenizer, snapshot, 64)
+    assert (report.train_pairs, report.dropped_train) == (5, 2)
+    assert "drops 2 train" in report.summary()
+
+
+def test_training_needs_labels(store):
+    with pytest.raises(TrainingError, match="labeled pair"):
+        take_snapshot(store, TrainingConfig())
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"load_in_4bit": True}, "load_in_4bit needs lora"),
+    ({"eval_fraction": 0.9}, "eval_fraction must be between"),
+    ({"max_steps": 0, "num_train_epochs": 0}, "set max_steps or num_train_epochs"),
+    ({"base_model": " "}, "base_model is empty"),
+])
+def test_bad_training_configs_say_how_to_fix_them(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainingConfig(**kwargs)
+
+
+def test_suggestions_follow_the_guides_table():
+    assert suggest_hyperparameters(494_000_000) == (2e-5, 8)
+    assert suggest_hyperparameters(4_000_000_000) == (1e-5, 4)
+    assert suggest_hyperparameters(8_000_000_000) == (5e-6, 2)
+
+
+def test_several_gpus_launch_through_accelerate():
+    single = worker_command("sqlite:///x.db", 7, gpus=1)
+    assert single[1:] == ["-m", "core.job_worker", "--db", "sqlite:///x.db", "--job", "7"]
+    multi = worker_command("sqlite:///x.db", 7, gpus=4)
+    assert multi[1:6] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4"]
+    assert multi[-6:] == ["-m", "core.job_worker", "--db", "sqlite:///x.db", "--job", "7"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_bf16_and_4bit_lora(training_store):
+    """On a CUDA GPU: bf16 is chosen, and 4-bit + LoRA trains a small Qwen built locally."""
+    from core.training import run_training
+
+    config = TrainingConfig(lora=True, load_in_4bit=True, max_steps=20, logging_steps=5, save_steps=20,
+                            output_name="gpu-4bit")
+    outcome = run_training(training_store, config, training_store.data_dir / "jobs" / "gpu")
+    assert outcome.status == "succeeded"
