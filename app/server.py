@@ -16,6 +16,8 @@ from pathlib import Path  # noqa: E402
 from core.accounts import accounts_exist, authenticate  # noqa: E402
 from core.demo_model import DEMO_MODEL_NAME  # noqa: E402
 from core.inspection import registered_model_names  # noqa: E402
+from core.jobs import JobScheduler  # noqa: E402
+from storage.jobs import mark_orphans_interrupted  # noqa: E402
 from core.demo_data import load_demo_data_if_empty  # noqa: E402
 from storage.engine import Store  # noqa: E402
 
@@ -64,6 +66,11 @@ def serve(*, db_url: str | None, host: str, port: int, load_demo: bool) -> None:
         print(f"loaded the demo dataset into the empty store {store.url}")
     if load_demo:
         start_demo_model_training(store)
+    with store.write() as session:
+        interrupted = mark_orphans_interrupted(session)
+    if interrupted:
+        print(f"marked interrupted (their process is gone): jobs {interrupted}; resume them from the Train tab")
+    JobScheduler(store).start()
     print(f"RewardLab store: {store.url}")
     print("logins required (user accounts exist)" if with_logins else
           "no user accounts: single local user on this machine; add one with `python app.py adduser` and restart")

@@ -10,6 +10,7 @@ from app.inspect_tab import render_inspect_tab
 from app.label_tab import render_label_tab
 from app.session import USER_ERRORS, current_actor
 from app.team_tab import render_team_tab
+from app.train_tab import render_train_tab
 from core.accounts import Permission
 from storage.engine import Store
 
@@ -27,10 +28,7 @@ def build_ui(store: Store) -> gr.Blocks:
             with gr.Tab("Data", id="data", visible=False) as data_tab:
                 render_data_tab(store)
             with gr.Tab("Train", id="train", visible=False) as train_tab:
-                gr.Markdown(
-                    "Background reward-model training is not built yet. Meanwhile, export a TRL dataset from the "
-                    "Data tab (or `python app.py export OUT`) and train it with TRL's `RewardTrainer`."
-                )
+                render_train_tab(store, blocks)
             with gr.Tab("Inspect", id="inspect"):
                 render_inspect_tab(store, blocks)
             with gr.Tab("Team", id="team", visible=False) as team_tab:

@@ -29,12 +29,12 @@ def config_field(default: Any = dataclasses.MISSING, *, help: str, choices: tupl
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
-def _base_type(annotation: Any) -> tuple[Any, bool]:
+def field_base_type(annotation: Any) -> tuple[Any, bool]:
     """(the non-None type, whether it is a list) of a field annotation."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _base_type(args[0])
+        return field_base_type(args[0])
     if origin is list:
         return typing.get_args(annotation)[0], True
     return annotation, False
@@ -57,7 +57,7 @@ def add_config_arguments(
     for item in dataclasses.fields(config_class):
         if item.name in skip or "help" not in item.metadata:
             continue
-        base, is_list = _base_type(hints[item.name])
+        base, is_list = field_base_type(hints[item.name])
         kwargs: dict[str, Any] = {"help": item.metadata["help"]}
         if "choices" in item.metadata:
             kwargs["choices"] = item.metadata["choices"]

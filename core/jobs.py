@@ -160,3 +160,80 @@ def process_of(store: Store, job_id: int) -> bool:
     with store.read() as session:
         job = get_job(session, job_id)
         return bool(job and process_alive(job.pid))
+
+
+@dataclass(frozen=True)
+class JobReport:
+    id: int
+    status: str
+    base_model: str
+    step: int
+    total_steps: int | None
+    eta_seconds: float | None
+    error: str | None
+    reward_model_name: str | None
+    metrics: dict[str, list[tuple[int, float]]]
+    log: str
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+
+def job_report(store: Store, job_id: int) -> JobReport | None:
+    """Everything the Train tab shows about one job."""
+    from storage.jobs import metrics_of
+    from storage.models import utc_now
+
+    with store.read() as session:
+        job = get_job(session, job_id)
+        if job is None:
+            return None
+        metrics = metrics_of(session, job_id)
+    eta = None
+    if job.status == JobStatus.RUNNING.value and job.started_at and job.total_steps and job.current_step:
+        started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=utc_now().tzinfo)
+        elapsed = (utc_now() - started).total_seconds()
+        eta = elapsed / job.current_step * (job.total_steps - job.current_step)
+    return JobReport(job.id, job.status, job.config.get("base_model", ""), job.current_step, job.total_steps, eta,
+                     job.error, job.reward_model_name, metrics, log_tail(store, job_id))
+
+
+def recent_jobs(store: Store, limit: int = 20) -> list:
+    from storage.jobs import list_jobs
+
+    with store.read() as session:
+        return list_jobs(session, limit)
+
+
+def preview_training(store: Store, config: TrainingConfig) -> str:
+    """What a job with this config would train on, before any GPU time: pair counts, what
+    max_length drops, token lengths, and the suggested learning rate and batch size."""
+    from core.training import length_report, load_tokenizer, take_snapshot
+    from core.training_config import DEMO_BASE, suggest_hyperparameters
+
+    snapshot = take_snapshot(store, config)
+    tokenizer = load_tokenizer(config, snapshot, store.data_dir / "jobs" / "preview")
+    report = length_report(tokenizer, snapshot, config.max_length)
+    parameters = count_parameters(config.base_model) if config.base_model != DEMO_BASE else None
+    learning_rate, batch = suggest_hyperparameters(parameters, demo=config.base_model == DEMO_BASE)
+    size = f"{parameters / 1e9:.2f}B parameters; " if parameters else ""
+    left = ", ".join(f"{n} {why}" for why, n in sorted(snapshot.left_out.items())) or "none"
+    return (f"{report.summary()} Left out of the data: {left}. {size}suggested learning rate {learning_rate}, "
+            f"batch size {batch} (used when those fields are 0).")
+
+
+def count_parameters(base_model: str) -> int | None:
+    """Parameters of a model from its config alone (no weights are loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from core.training import hub_token
+
+    try:
+        config = AutoConfig.from_pretrained(base_model, token=hub_token(), num_labels=1)
+    except OSError:
+        return None
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return sum(p.numel() for p in model.parameters())

@@ -12,7 +12,7 @@ import torch
 from core.accounts import actor_for
 from core.importer import import_rows
 from core.jobs import cancel_job, job_dir, resume_job, start_next_job, submit_job, worker_command
-from core.training import CHECKPOINT_MARKER, TrainingError, latest_complete_checkpoint, length_report, take_snapshot
+from core.training import TrainingError, latest_complete_checkpoint, length_report, take_snapshot
 from core.training_config import ConfigError, TrainingConfig, suggest_hyperparameters
 from storage.jobs import get_job, mark_orphans_interrupted, metrics_of
 from storage.registry import model_by_name

@@ -1,0 +1,183 @@
+"""The Train tab: a form built from ``TrainingConfig``, a data check before any training, the job
+queue, and live charts of the selected job."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import typing
+from datetime import datetime
+
+import gradio as gr
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from app.formatting import code_block
+from app.session import USER_ERRORS, current_actor
+from core.config_fields import ConfigError, field_base_type
+from core.jobs import JobError, cancel_job, job_report, preview_training, recent_jobs, resume_job, submit_job
+from core.training import TrainingError
+from core.training_config import DEMO_BASE, HUB_PRESETS, TrainingConfig
+from storage.engine import Store
+
+MAIN_FIELDS = ("base_model", "output_name", "max_steps", "num_train_epochs", "learning_rate",
+               "per_device_train_batch_size", "max_length", "eval_fraction", "lora")
+JOB_HEADERS = ["job", "status", "base model", "progress", "reward model", "error"]
+CHARTS = (("loss", "loss"), ("accuracy", "accuracy"), ("margin", "margin"), ("reward", "mean_reward"))
+FINAL = ("succeeded", "failed", "cancelled", "interrupted")
+
+
+def _component(field: dataclasses.Field, annotation) -> gr.components.Component:  # noqa: ANN001
+    """One form control per config field, from its type and help."""
+    label, info = field.name.replace("_", " "), field.metadata["help"]
+    base, _ = field_base_type(annotation)
+    if field.name == "base_model":
+        return gr.Dropdown([DEMO_BASE, *HUB_PRESETS], value=field.default, allow_custom_value=True, label=label, info=info)
+    if "choices" in field.metadata:
+        return gr.Dropdown(list(field.metadata["choices"]), value=field.default, label=label, info=info)
+    if annotation is bool:
+        return gr.Checkbox(value=field.default, label=label, info=info)
+    if annotation in (int, float):
+        return gr.Number(value=field.default, label=label, info=info, precision=0 if annotation is int else None)
+    if base is datetime:
+        return gr.Textbox(value="", label=label, info=info + " (YYYY-MM-DD)")
+    return gr.Textbox(value="" if field.default in (None, dataclasses.MISSING) else str(field.default),
+                      label=label, info=info)
+
+
+def _config_from_form(controls: dict, form: dict) -> TrainingConfig:
+    """The config from a ``{component: value}`` dict of the form (Gradio's set-of-inputs call)."""
+    hints = typing.get_type_hints(TrainingConfig)
+    kwargs = {}
+    for name, control in controls.items():
+        value = form[control]
+        hint = hints[name]
+        if hint is int:
+            value = int(value or 0)
+        elif hint is float:
+            value = float(value or 0)
+        elif name == "labels_since":
+            value = datetime.fromisoformat(value) if value and value.strip() else None
+        elif name == "annotators":
+            value = [v.strip() for v in (value or "").split(",") if v.strip()] or None
+        kwargs[name] = value
+    return TrainingConfig(**kwargs)
+
+
+def _jobs_table(store: Store) -> list[list]:
+    rows = []
+    for job in recent_jobs(store):
+        progress = f"{job.current_step}/{job.total_steps}" if job.total_steps else (str(job.current_step) if job.current_step else "")
+        rows.append([job.id, job.status, job.config.get("base_model", ""), progress, job.reward_model_name or "",
+                     (job.error or "").splitlines()[0][:120] if job.error else ""])
+    return rows
+
+
+def _figure(metrics: dict[str, list[tuple[int, float]]]) -> go.Figure:
+    figure = make_subplots(rows=1, cols=4, subplot_titles=[title for title, _ in CHARTS])
+    for column, (_, key) in enumerate(CHARTS, start=1):
+        names = [key, f"eval_{key}"] + (["min_reward", "max_reward"] if key == "mean_reward" else [])
+        for name in names:
+            points = metrics.get(name, [])
+            if points:
+                figure.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines+markers",
+                                            name=name), row=1, col=column)
+    figure.update_layout(height=320, margin={"t": 40, "l": 40, "r": 10, "b": 30}, legend={"orientation": "h"})
+    return figure
+
+
+def _progress(report) -> str:  # noqa: ANN001
+    if report is None:
+        return "No job selected."
+    bar = "█" * int(report.fraction * 30) + "░" * (30 - int(report.fraction * 30))
+    eta = f" · about {int(report.eta_seconds // 60)} min {int(report.eta_seconds % 60)} s left" if report.eta_seconds else ""
+    total = report.total_steps or "?"
+    lines = [f"**Job {report.id}** · {report.status} · `{bar}` {report.step}/{total} steps ({report.fraction:.0%}){eta}"]
+    if report.reward_model_name:
+        lines.append(f"Registered reward model: **{html.escape(report.reward_model_name)}** (Inspect tab)")
+    if report.error:
+        lines.append(f"Reason: {html.escape(report.error)}")
+    return "\n\n".join(lines)
+
+
+def render_train_tab(store: Store, blocks: gr.Blocks) -> None:
+    hints = typing.get_type_hints(TrainingConfig)
+    fields = [f for f in dataclasses.fields(TrainingConfig) if "help" in f.metadata]
+    controls: dict[str, gr.components.Component] = {}
+    with gr.Row():
+        for field in fields:
+            if field.name in MAIN_FIELDS[:4]:
+                controls[field.name] = _component(field, hints[field.name])
+    with gr.Row():
+        for field in fields:
+            if field.name in MAIN_FIELDS[4:]:
+                controls[field.name] = _component(field, hints[field.name])
+    with gr.Accordion("All options (LoRA, 4-bit, optimisation, data filters)", open=False):
+        with gr.Row(equal_height=False):
+            for field in fields:
+                if field.name not in MAIN_FIELDS:
+                    controls[field.name] = _component(field, hints[field.name])
+    form_inputs = set(controls.values())
+    with gr.Row():
+        check = gr.Button("Check data", elem_id="train-check")
+        start = gr.Button("Start training", variant="primary", elem_id="train-start")
+    form_status = gr.Markdown(elem_id="train-form-status")
+    jobs = gr.Dataframe(headers=JOB_HEADERS, interactive=False, elem_id="train-jobs")
+    with gr.Row():
+        job_id = gr.Number(label="Job", precision=0, elem_id="train-job-id")
+        cancel = gr.Button("Cancel job", elem_id="train-cancel")
+        resume = gr.Button("Resume job", elem_id="train-resume")
+    progress = gr.Markdown(elem_id="train-progress")
+    chart = gr.Plot(elem_id="train-chart")
+    with gr.Accordion("Log", open=False):
+        log = gr.Markdown(elem_id="train-log")
+    timer = gr.Timer(2.0, active=False)
+
+    def show(selected: float | None) -> dict:
+        table = _jobs_table(store)
+        if selected is None and table:
+            selected = table[0][0]
+        report = job_report(store, int(selected)) if selected else None
+        active = any(row[1] in ("queued", "running") for row in table)
+        return {jobs: table, job_id: selected, progress: _progress(report), chart: _figure(report.metrics) if report else None,
+                log: code_block(report.log) if report and report.log else "", timer: gr.Timer(active=active)}
+
+    outputs = [jobs, job_id, progress, chart, log, timer]
+    blocks.load(show, inputs=job_id, outputs=outputs, api_visibility="private")
+    timer.tick(show, inputs=job_id, outputs=outputs, api_visibility="private")
+    job_id.submit(show, inputs=job_id, outputs=outputs, api_visibility="private")
+
+    def preview(form: dict) -> str:
+        try:
+            return preview_training(store, _config_from_form(controls, form))
+        except (ConfigError, TrainingError, ValueError) as error:
+            return f"**Cannot train yet.** {html.escape(str(error))}"
+
+    check.click(preview, inputs=form_inputs, outputs=form_status, api_visibility="private")
+
+    def submit(form: dict, request: gr.Request) -> dict:
+        try:
+            config = _config_from_form(controls, form)
+            new_id = submit_job(store, current_actor(store, request), config)
+        except (*USER_ERRORS, ConfigError, ValueError) as error:
+            return {form_status: f"**Not started.** {html.escape(str(error))}"}
+        return {**show(new_id), form_status: f"Job {new_id} queued; it starts as soon as no other job runs.",
+                timer: gr.Timer(active=True)}
+
+    start.click(submit, inputs=form_inputs, outputs=[*outputs, form_status],
+                api_visibility="private")
+
+    def act(action):  # noqa: ANN001, ANN202
+        def handler(selected: float | None, request: gr.Request) -> dict:
+            if not selected:
+                return {progress: "Choose a job first."}
+            try:
+                action(store, current_actor(store, request), int(selected))
+            except (*USER_ERRORS, JobError) as error:
+                return {progress: html.escape(str(error))}
+            return {**show(selected), timer: gr.Timer(active=True)}
+
+        return handler
+
+    cancel.click(act(cancel_job), inputs=job_id, outputs=outputs, api_visibility="private")
+    resume.click(act(resume_job), inputs=job_id, outputs=outputs, api_visibility="private")
