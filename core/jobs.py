@@ -228,10 +228,11 @@ def count_parameters(base_model: str) -> int | None:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from core.training import hub_token
+    from core.training import hub_token, local_files_only
 
     try:
-        config = AutoConfig.from_pretrained(base_model, token=hub_token(), num_labels=1)
+        config = AutoConfig.from_pretrained(base_model, token=hub_token(), num_labels=1,
+                                            local_files_only=local_files_only(base_model))
     except OSError:
         return None
     with torch.device("meta"):

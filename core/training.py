@@ -124,13 +124,29 @@ def load_tokenizer(config: TrainingConfig, snapshot: DataSnapshot, work_dir: Pat
             build_demo_reward_model(base, _snapshot_texts(snapshot) * 2, seed=config.seed)
         return AutoTokenizer.from_pretrained(base)
     try:
-        return AutoTokenizer.from_pretrained(config.base_model, token=hub_token())
+        return AutoTokenizer.from_pretrained(config.base_model, token=hub_token(),
+                                             local_files_only=local_files_only(config.base_model))
     except OSError as error:
         raise TrainingError(
             f"cannot load {config.base_model!r}: it is not a local folder and the hub could not provide it "
             f"({str(error).splitlines()[0]}). Without network, use base_model 'demo' (a small model built locally) "
             "or a folder holding the model."
         ) from None
+
+
+def local_files_only(name: str) -> bool:
+    """True when ``name`` is a hub id and the hub's name does not resolve: then load from the local
+    cache only (``local_files_only``) instead of retrying for a minute before saying so.
+    (``HF_HUB_OFFLINE`` cannot do this: huggingface_hub reads it once, at import.)"""
+    import socket
+
+    if Path(name).expanduser().exists():
+        return False
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        return True
+    return False
 
 
 def hub_token() -> str | None:
@@ -162,7 +178,7 @@ def load_model(config: TrainingConfig, tokenizer: Any, work_dir: Path) -> tuple[
 
     notes = []
     source = str(work_dir / "demo-base") if config.base_model == DEMO_BASE else config.base_model
-    kwargs: dict[str, Any] = {"num_labels": 1, "token": hub_token()}
+    kwargs: dict[str, Any] = {"num_labels": 1, "token": hub_token(), "local_files_only": local_files_only(source)}
     if config.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,

@@ -208,3 +208,19 @@ def test_gpu_bf16_and_4bit_lora(training_store):
                             output_name="gpu-4bit")
     outcome = run_training(training_store, config, training_store.data_dir / "jobs" / "gpu")
     assert outcome.status == "succeeded"
+
+
+def test_an_unreachable_hub_model_says_so_and_offers_the_demo(training_store, monkeypatch):
+    import socket
+
+    from core.training import load_tokenizer
+
+    def no_dns(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise socket.gaierror("no network")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    config = TrainingConfig(base_model="Qwen/Qwen2.5-0.5B-Instruct")
+    started = time.monotonic()
+    with pytest.raises(TrainingError, match="use base_model 'demo'"):
+        load_tokenizer(config, take_snapshot(training_store, config), training_store.data_dir / "jobs" / "x")
+    assert time.monotonic() - started < 20
