@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 
 from core.accounts import LOGIN_ROLES, AccountError, add_user
@@ -28,13 +27,11 @@ from core.config_fields import ConfigError, add_config_arguments, config_from_ar
 from core.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
 from core.exporter import ExportConfig, NothingToExport, export_dataset
 from core.importer import ImportConfig, ImportRejected, import_file
-from core.jobs import job_dir
+from core.job_worker import execute_job
 from core.scoring import ModelLoadError
-from core.training import TrainingError, run_training
 from core.training_config import TrainingConfig
 from storage.engine import DB_URL_ENV, Store, StoreConfigError
-from storage.jobs import create_job, finish_job, list_jobs, mark_started
-from storage.models import JobStatus
+from storage.jobs import create_job, list_jobs
 from storage.registry import list_models
 
 EXIT_BAD_INPUT = 2
@@ -138,22 +135,8 @@ def run_train(args: argparse.Namespace) -> int:
     store = Store(args.db)
     with store.write() as session:
         job_id = create_job(session, config.to_record())
-        folder = job_dir(store, job_id)
-        mark_started(session, job_id, pid=os.getpid(), log_path=str(folder / "train.log"), output_dir=str(folder))
     print(f"job {job_id}: training in the foreground (Ctrl-C stops it)")
-    try:
-        outcome = run_training(store, config, folder, job_id=job_id)
-    except (TrainingError, Exception) as error:  # noqa: BLE001 (reported, and the job is marked failed)
-        reason = str(error) if isinstance(error, TrainingError) else f"{type(error).__name__}: {error}"
-        with store.write() as session:
-            finish_job(session, job_id, JobStatus.FAILED, error=reason)
-        print(f"training failed: {reason}", file=sys.stderr)
-        return 1
-    with store.write() as session:
-        finish_job(session, job_id, JobStatus.SUCCEEDED, reward_model_name=outcome.model_name)
-    print(f"job {job_id} succeeded: {outcome.model_name} (held-out accuracy {outcome.eval_accuracy}, "
-          f"margin {outcome.eval_margin})")
-    return 0
+    return execute_job(store, job_id, log=lambda message: print(message, flush=True))
 
 
 def run_jobs(args: argparse.Namespace) -> int:

@@ -20,37 +20,46 @@ from storage.jobs import finish_job, get_job, mark_started
 from storage.models import JobStatus
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run one RewardLab training job.")
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--job", required=True, type=int)
-    args = parser.parse_args(argv)
-    store = Store(args.db)
+def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = None, log=print) -> int:  # noqa: ANN001
+    """Run job ``job_id`` in this process and record how it ended; returns the exit code.
+
+    Used by the worker process and by ``python app.py train`` (the foreground path).
+    """
     with store.read() as session:
-        job = get_job(session, args.job)
+        job = get_job(session, job_id)
     if job is None:
-        print(f"there is no job {args.job}", file=sys.stderr)
+        log(f"there is no job {job_id}")
         return 2
     folder = job_dir(store, job.id)
     with store.write() as session:
         mark_started(session, job.id, pid=os.getpid(), log_path=str(folder / "train.log"), output_dir=str(folder))
-    cancel_flag = [False]
-    signal.signal(signal.SIGTERM, lambda *_: cancel_flag.__setitem__(0, True))
     try:
         config = TrainingConfig.from_record(job.config)
-        outcome = run_training(store, config, folder, job_id=job.id, resume=job.resume, cancel_flag=cancel_flag,
-                               log=lambda message: print(message, flush=True))
-    except (TrainingError, Exception) as error:  # noqa: BLE001 (any failure must end the job as failed)
+        outcome = run_training(store, config, folder, job_id=job.id, resume=job.resume, cancel_flag=cancel_flag, log=log)
+    except Exception as error:  # noqa: BLE001 (any failure must end the job as failed, with its reason)
         traceback.print_exc()
         reason = str(error) if isinstance(error, TrainingError) else f"{type(error).__name__}: {error}"
         with store.write() as session:
             finish_job(session, job.id, JobStatus.FAILED, error=reason)
+        log(f"training failed: {reason}")
         return 1
     status = JobStatus.SUCCEEDED if outcome.status == "succeeded" else JobStatus.CANCELLED
     with store.write() as session:
         finish_job(session, job.id, status, reward_model_name=outcome.model_name,
                    error="cancelled on request" if status is JobStatus.CANCELLED else None)
+    log(f"job {job.id} {status.value}" + (f": {outcome.model_name} (held-out accuracy {outcome.eval_accuracy}, "
+                                          f"margin {outcome.eval_margin})" if outcome.model_name else ""))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run one RewardLab training job.")
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--job", required=True, type=int)
+    args = parser.parse_args(argv)
+    cancel_flag = [False]
+    signal.signal(signal.SIGTERM, lambda *_: cancel_flag.__setitem__(0, True))
+    return execute_job(Store(args.db), args.job, cancel_flag=cancel_flag, log=lambda message: print(message, flush=True))
 
 
 if __name__ == "__main__":
