@@ -8,6 +8,7 @@
     python app.py adduser NAME --role annotator|engineer|admin   create a login (password from stdin)
     python app.py train [--base-model demo|FOLDER|HUB_ID] [flags]   train a reward model in the foreground
     python app.py jobs | models                                      list training jobs / registered models
+    python app.py backup OUT.db                                      copy the store while the app runs
     python app.py --help               all subcommands
 
 Every subcommand takes ``--db URL`` (default: ``$REWARDLAB_DB`` or ``data/rewardlab.db``).
@@ -21,6 +22,7 @@ import argparse
 import getpass
 import json
 import sys
+from pathlib import Path
 
 from core.accounts import LOGIN_ROLES, AccountError, add_user
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
@@ -30,6 +32,7 @@ from core.importer import ImportConfig, ImportRejected, import_file
 from core.job_worker import execute_job
 from core.scoring import ModelLoadError
 from core.training_config import TrainingConfig
+from storage.backup import BackupError, backup_store
 from storage.engine import DB_URL_ENV, Store, StoreConfigError
 from storage.jobs import create_job, list_jobs
 from storage.registry import list_models
@@ -82,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_argument(jobs)
     models = commands.add_parser("models", help="list registered reward models")
     _add_db_argument(models)
+    backup = commands.add_parser("backup", help="copy the SQLite store to a file, safely while the app runs")
+    _add_db_argument(backup)
+    backup.add_argument("out", type=Path, help="the backup file to write (replaced whole)")
 
     adduser = commands.add_parser("adduser", help="create a login account (the app then requires logins)")
     _add_db_argument(adduser)
@@ -137,6 +143,16 @@ def run_train(args: argparse.Namespace) -> int:
         job_id = create_job(session, config.to_record())
     print(f"job {job_id}: training in the foreground (Ctrl-C stops it)")
     return execute_job(store, job_id, log=lambda message: print(message, flush=True))
+
+
+def run_backup(args: argparse.Namespace) -> int:
+    try:
+        pages = backup_store(Store(args.db), args.out)
+    except BackupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"backed up {pages} pages to {args.out}")
+    return 0
 
 
 def run_jobs(args: argparse.Namespace) -> int:
@@ -202,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
     handlers = {"serve": run_serve, "import": run_import, "export": run_export, "adduser": run_adduser,
-                "score": run_score, "eval": run_eval, "train": run_train, "jobs": run_jobs, "models": run_models}
+                "score": run_score, "eval": run_eval, "train": run_train, "jobs": run_jobs, "models": run_models,
+                "backup": run_backup}
     try:
         return handlers[args.command](args)
     except (ConfigError, StoreConfigError) as error:

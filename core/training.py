@@ -260,10 +260,13 @@ def _store_callback(store: Store | None, job_id: int | None, cancel_flag: list[b
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
             numeric = {k: float(v) for k, v in (logs or {}).items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            loss = numeric.get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise TrainingError(f"the loss became {loss} at step {state.global_step}: lower the learning rate, "
-                                    "or check the data for empty or extreme examples")
+            for name in ("loss", "grad_norm"):
+                value = numeric.get(name)
+                if value is not None and not math.isfinite(value):
+                    raise TrainingError(f"the {name} became {value} at step {state.global_step}: lower the learning "
+                                        "rate, or check the data for empty or extreme examples")
+            # A store keeps numbers: SQLite would turn NaN into NULL. Non-finite values are not recorded.
+            numeric = {k: v for k, v in numeric.items() if math.isfinite(v)}
             if store is not None and job_id is not None and state.is_world_process_zero:
                 with store.write() as session:
                     record_metrics(session, job_id, state.global_step, numeric)
