@@ -43,7 +43,7 @@ def render_team_tab(store: Store) -> gr.Button:
         save_overlap = gr.Button("Save", size="sm")
         settings_status = gr.Markdown()
 
-    def show(request: gr.Request) -> dict:
+    def show_team(request: gr.Request) -> dict:
         try:
             report = team_report(store, current_actor(store, request))
         except USER_ERRORS as error:
@@ -58,14 +58,14 @@ def render_team_tab(store: Store) -> gr.Button:
             overlap: current,
         }
 
-    refresh.click(show, outputs=[summary, annotators, disagreements, overlap], api_visibility="private")
+    refresh.click(show_team, outputs=[summary, annotators, disagreements, overlap], api_visibility="private")
 
-    def save(value: float | None, request: gr.Request) -> str:
+    def save_overlap_setting(value: float | None, request: gr.Request) -> str:
         try:
             change_overlap(store, current_actor(store, request), int(value or 0))
         except (*USER_ERRORS, SettingError) as error:
             return str(error)
         return f"Saved: each comparison now needs {int(value)} label(s)."
 
-    save_overlap.click(save, inputs=overlap, outputs=settings_status, api_visibility="private")
+    save_overlap.click(save_overlap_setting, inputs=overlap, outputs=settings_status, api_visibility="private")
     return refresh

@@ -64,9 +64,9 @@ def _config_from_form(controls: dict, form: dict) -> TrainingConfig:
     return TrainingConfig(**kwargs)
 
 
-def _jobs_table(store: Store) -> list[list]:
+def _jobs_table(store: Store, actor) -> list[list]:  # noqa: ANN001
     rows = []
-    for job in recent_jobs(store):
+    for job in recent_jobs(store, actor):
         progress = f"{job.current_step}/{job.total_steps}" if job.total_steps else (str(job.current_step) if job.current_step else "")
         rows.append([job.id, job.status, job.config.get("base_model", ""), progress, job.reward_model_name or "",
                      (job.error or "").splitlines()[0][:120] if job.error else ""])
@@ -133,24 +133,28 @@ def render_train_tab(store: Store, blocks: gr.Blocks) -> None:
         log = gr.Markdown(elem_id="train-log")
     timer = gr.Timer(2.0, active=False)
 
-    def show(selected: float | None) -> dict:
-        table = _jobs_table(store)
-        if selected is None and table:
-            selected = table[0][0]
-        report = job_report(store, int(selected)) if selected else None
+    def show_jobs(selected: float | None, request: gr.Request) -> dict:
+        try:
+            actor = current_actor(store, request)
+            table = _jobs_table(store, actor)
+            if selected is None and table:
+                selected = table[0][0]
+            report = job_report(store, actor, int(selected)) if selected else None
+        except USER_ERRORS:
+            return {timer: gr.Timer(active=False)}  # not a training role: nothing to show
         active = any(row[1] in ("queued", "running") for row in table)
         return {jobs: table, job_id: selected, progress: _progress(report), chart: _figure(report.metrics) if report else None,
                 log: code_block(report.log) if report and report.log else "", timer: gr.Timer(active=active)}
 
     outputs = [jobs, job_id, progress, chart, log, timer]
-    blocks.load(show, inputs=job_id, outputs=outputs, api_visibility="private")
-    timer.tick(show, inputs=job_id, outputs=outputs, api_visibility="private")
-    job_id.submit(show, inputs=job_id, outputs=outputs, api_visibility="private")
+    blocks.load(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
+    timer.tick(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
+    job_id.submit(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
 
-    def preview(form: dict) -> str:
+    def preview(form: dict, request: gr.Request) -> str:
         try:
-            return preview_training(store, _config_from_form(controls, form))
-        except (ConfigError, TrainingError, ValueError) as error:
+            return preview_training(store, current_actor(store, request), _config_from_form(controls, form))
+        except (*USER_ERRORS, ConfigError, TrainingError, ValueError) as error:
             return f"**Cannot train yet.** {html.escape(str(error))}"
 
     check.click(preview, inputs=form_inputs, outputs=form_status, api_visibility="private")
@@ -161,7 +165,7 @@ def render_train_tab(store: Store, blocks: gr.Blocks) -> None:
             new_id = submit_job(store, current_actor(store, request), config)
         except (*USER_ERRORS, ConfigError, ValueError) as error:
             return {form_status: f"**Not started.** {html.escape(str(error))}"}
-        return {**show(new_id), form_status: f"Job {new_id} queued; it starts as soon as no other job runs.",
+        return {**show_jobs(new_id, request), form_status: f"Job {new_id} queued; it starts as soon as no other job runs.",
                 timer: gr.Timer(active=True)}
 
     start.click(submit, inputs=form_inputs, outputs=[*outputs, form_status],
@@ -175,7 +179,7 @@ def render_train_tab(store: Store, blocks: gr.Blocks) -> None:
                 action(store, current_actor(store, request), int(selected))
             except (*USER_ERRORS, JobError) as error:
                 return {progress: html.escape(str(error))}
-            return {**show(selected), timer: gr.Timer(active=True)}
+            return {**show_jobs(selected, request), timer: gr.Timer(active=True)}
 
         return handler
 

@@ -180,9 +180,11 @@ class JobReport:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 
 
-def job_report(store: Store, job_id: int) -> JobReport | None:
-    """Everything the Train tab shows about one job."""
+def job_report(store: Store, actor: Actor, job_id: int) -> JobReport | None:
+    """Everything the Train tab shows about one job (its config, metrics and log: training roles only)."""
     from storage.jobs import metrics_of
+
+    actor.require(Permission.TRAIN)
     from storage.models import utc_now
 
     with store.read() as session:
@@ -199,19 +201,21 @@ def job_report(store: Store, job_id: int) -> JobReport | None:
                      job.error, job.reward_model_name, metrics, log_tail(store, job_id))
 
 
-def recent_jobs(store: Store, limit: int = 20) -> list:
+def recent_jobs(store: Store, actor: Actor, limit: int = 20) -> list:
     from storage.jobs import list_jobs
 
+    actor.require(Permission.TRAIN)
     with store.read() as session:
         return list_jobs(session, limit)
 
 
-def preview_training(store: Store, config: TrainingConfig) -> str:
+def preview_training(store: Store, actor: Actor, config: TrainingConfig) -> str:
     """What a job with this config would train on, before any GPU time: pair counts, what
     max_length drops, token lengths, and the suggested learning rate and batch size."""
     from core.training import length_report, load_tokenizer, take_snapshot
     from core.training_config import DEMO_BASE, suggest_hyperparameters
 
+    actor.require(Permission.TRAIN)
     snapshot = take_snapshot(store, config)
     tokenizer = load_tokenizer(config, snapshot, store.data_dir / "jobs" / "preview")
     report = length_report(tokenizer, snapshot, config.max_length)

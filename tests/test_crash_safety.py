@@ -52,7 +52,7 @@ def test_sigkill_while_labeling_loses_no_acknowledged_label(db_url, tmp_path, ca
         clients = [Client(app.url, auth=(name, PASSWORD), verbose=False) for name in names]
         stop = threading.Event()
 
-        def label(name: str, client) -> None:  # noqa: ANN001
+        def label(name: str, client, stop: threading.Event = stop) -> None:  # noqa: ANN001
             while not stop.is_set():
                 try:
                     item = client.predict(api_name="/next")
