@@ -28,7 +28,9 @@ from core.config_fields import ConfigError, config_field
 from storage.engine import Store
 from storage.queries import Vote, comparison_contents, store_counts, votes_by_comparison
 
-EXPORT_FORMATS = ("jsonl", "parquet", "hf")
+EXPORT_FORMATS = ("jsonl", "parquet", "hf", "csv")
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 PROMPT_FORMATS = ("auto", "text", "chat")
 # Label strength -> TRL margin. The values are Llama 2's "small" margins (Touvron et al. 2023,
 # Table 28): "slightly better" 1/3, "significantly better" 1, so a margin never dominates the
@@ -41,7 +43,9 @@ class ExportConfig:
     """What to export and where."""
 
     out: Path = config_field(help="output file (jsonl, parquet) or folder (hf, or any format with --test-size)")
-    format: str = config_field("jsonl", help="jsonl, parquet, or hf (datasets.save_to_disk folder)", choices=EXPORT_FORMATS)
+    format: str = config_field(
+        "jsonl", help="jsonl, parquet, hf (datasets.save_to_disk folder), or csv (for spreadsheets: cells that would "
+        "run as formulas get a leading apostrophe, so use jsonl/parquet/hf to train)", choices=EXPORT_FORMATS)
     test_size: float = config_field(0.0, help="fraction of rows held out as a 'test' split, 0 to 0.5")
     seed: int = config_field(0, help="seed of the train/test split")
     prompt_format: str = config_field(
@@ -194,6 +198,24 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def spreadsheet_safe(value: Any) -> str:
+    """A CSV cell that a spreadsheet shows as text: chat messages as JSON, and a leading apostrophe
+    on anything that starts like a formula (``=cmd|' /C calc'!A0`` would otherwise run)."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    import csv
+
+    columns = list(rows[0]) if rows else ["prompt", "chosen", "rejected"]
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([spreadsheet_safe(row[c]) if not isinstance(row[c], float) else row[c] for c in columns])
+
+
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     import datasets
 
@@ -213,7 +235,7 @@ def _write_outputs(config: ExportConfig, train: list, test: list, staging: Path)
         target = staging / "dataset"
         datasets.DatasetDict(splits).save_to_disk(str(target))
         return target
-    writer = _write_jsonl if config.format == "jsonl" else _write_parquet
+    writer = {"jsonl": _write_jsonl, "parquet": _write_parquet, "csv": _write_csv}[config.format]
     if config.test_size == 0:
         target = staging / "export"
         writer(train, target)

@@ -140,6 +140,9 @@ def _read_csv(path: Path, data: bytes) -> Iterator[RawRow]:
     if len(set(header)) != len(header):
         yield RawRow(f"{path}:1", error="the CSV header repeats a column name")
         return
+    if len(header) > 1_000:
+        yield RawRow(f"{path}:1", error=f"the CSV header has {len(header):,} columns; a preference file has a handful")
+        return
     start_line = reader.line_num + 1
     while True:
         try:

@@ -82,6 +82,8 @@ class _Collected:
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
     first_kind: tuple[str, str, str] | None = None  # (kind, style, location)
+    # (prompt hash, {chosen, rejected}) -> (location, chosen text) of the first occurrence
+    pairs_seen: dict = field(default_factory=dict)
 
 
 def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int) -> _Collected:
@@ -111,6 +113,14 @@ def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int) -> _Collected:
                     f"({where}) is a {kind} row ({style}); import one format per file"
                 )
                 continue
+            if parsed.kind == "preference":
+                chosen, rejected = (c.text for c in parsed.completions)
+                key = (parsed.prompt_hash, frozenset((chosen, rejected)))
+                first = collected.pairs_seen.setdefault(key, (raw.location, chosen))
+                if first[1] != chosen:
+                    problem(f"{raw.location}: the same pair as {first[0]} with chosen and rejected swapped; "
+                            "keep one of the two rows")
+                    continue
             collected.rows.append(parsed)
     except UnreadableFile as error:
         problem(str(error))

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 MAX_TEXT_CHARS = 1_000_000
 MAX_MODEL_NAME_CHARS = 200
 MAX_COMPLETIONS_PER_ROW = 64
+MAX_FIELDS_PER_ROW = 1_000
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 # The turn marker of Anthropic's HH-RLHF transcripts; the implicit prompt ends right after it.
 HH_ASSISTANT_MARKER = "\n\nAssistant:"
@@ -256,6 +257,8 @@ def parse_row(row: Any) -> ParsedRow:
     """Validate one decoded row and say what it is. Raises ``RowError``."""
     if not isinstance(row, dict):
         raise RowError(f"a row must be an object with named fields, got {type(row).__name__}")
+    if len(row) > MAX_FIELDS_PER_ROW:
+        raise RowError(f"row has {len(row):,} fields; a preference row has a handful (at most {MAX_FIELDS_PER_ROW:,})")
     has_pair = "chosen" in row or "rejected" in row
     if "completions" in row and has_pair:
         raise RowError("row mixes formats: it has 'completions' (candidates) and 'chosen'/'rejected' (preference)")

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from conftest import run_cli
+from sqlmodel import select
+from test_import import write_jsonl
+
 from core.exporter import STRENGTH_MARGIN, ExportConfig, NothingToExport, build_preference_rows, export_dataset
 from core.importer import ImportConfig, import_file
 from storage.labels import LabelError, LabelInput, ensure_user, upsert_label
-from sqlmodel import select
-
 from storage.models import Label
-from test_import import write_jsonl
 
 QUESTIONS = [f"Question {i}?" for i in range(6)]
 
@@ -200,3 +200,20 @@ def test_reward_trainer_trains_on_the_export_as_is(store, tmp_path):
     trainer.train()
     metrics = trainer.evaluate()
     assert metrics["eval_accuracy"] >= 0.9, metrics
+
+
+def test_csv_export_never_carries_a_formula_a_spreadsheet_would_run(store, tmp_path):
+    import csv
+
+    hostile = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1:A2)", "\t=1", "=HYPERLINK(\"http://x\")"]
+    rows = [{"prompt": f"Q{i}? {text}", "chosen": text, "rejected": f"fine {i}"} for i, text in enumerate(hostile)]
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "p.jsonl", rows)))
+    out = tmp_path / "out.csv"
+    export_dataset(store, ExportConfig(out, format="csv"))
+    with open(out, newline="", encoding="utf-8") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert not [cell for cell in cells if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    assert "'=cmd|' /C calc'!A0" in cells
+    # The training formats keep the text exactly.
+    export_dataset(store, ExportConfig(tmp_path / "out.jsonl"))
+    assert json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])["chosen"] == hostile[0]

@@ -66,15 +66,21 @@ def test_reimporting_the_same_rows_adds_nothing(store, tmp_path):
     assert store_fingerprint(store) == before
 
 
-def test_the_same_pair_in_swapped_order_is_one_comparison(store, tmp_path):
+def test_a_pair_repeated_with_chosen_and_rejected_swapped_is_refused(store, tmp_path):
     source = write_jsonl(
         tmp_path / "pairs.jsonl",
         [{"prompt": "Q?", "chosen": " yes", "rejected": " no"}, {"prompt": "Q?", "chosen": " no", "rejected": " yes"}],
     )
-    import_file(store, ImportConfig(source))
+    with pytest.raises(ImportRejected, match=r"pairs.jsonl:2: the same pair as .*pairs.jsonl:1 with chosen and rejected swapped"):
+        import_file(store, ImportConfig(source))
+    assert counts(store).comparisons == 0
+
+
+def test_exact_duplicate_rows_are_one_comparison(store, tmp_path):
+    row = {"prompt": "Q?", "chosen": " yes", "rejected": " no"}
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "pairs.jsonl", [row, row, row])))
     assert counts(store).comparisons == 1
-    # The first occurrence in the file is the source's label.
-    assert build_preference_rows(store).rows == [{"prompt": "Q?", "chosen": " yes", "rejected": " no"}]
+    assert build_preference_rows(store).rows == [row]
 
 
 def _formats(tmp_path: Path) -> dict[str, Path]:

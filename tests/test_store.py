@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from test_import import write_jsonl
 
 from core.importer import ImportConfig, import_file
 from storage.engine import Store, StoreConfigError
 from storage.labels import LabelInput, ensure_user, upsert_label
 from storage.models import Setting
-from test_import import write_jsonl
 
 
 def test_schema_is_created_on_first_use(tmp_path):
@@ -90,3 +91,31 @@ def test_concurrent_read_then_write_transactions_neither_fail_nor_duplicate(stor
         per_comparison = session.execute(text("SELECT comparison_id, COUNT(*) FROM label GROUP BY comparison_id")).all()
     assert len(per_comparison) == 80
     assert all(count == 1 for _, count in per_comparison)
+
+
+def test_backup_copies_a_live_store_and_the_copy_restores(store, tmp_path):
+    import hashlib
+    import sqlite3
+
+    from core.exporter import build_preference_rows
+    from storage.backup import BackupError, backup_store
+
+    rows = [{"prompt": f"Q{i}?", "chosen": " yes", "rejected": " no"} for i in range(50)]
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "p.jsonl", rows)))
+    writer = sqlite3.connect(store.sqlite_path)  # a writer in the middle of a transaction during the copy
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO setting (key, value) VALUES ('uncommitted', 'x')")
+    pages = backup_store(store, tmp_path / "copy.db")
+    writer.rollback()
+    writer.close()
+    assert pages > 0
+    restored = Store(f"sqlite:///{tmp_path / 'copy.db'}")
+
+    def digest(s: Store) -> str:
+        return hashlib.sha256(json.dumps(build_preference_rows(s).rows).encode()).hexdigest()
+
+    assert digest(restored) == digest(store)
+    with restored.read() as session:
+        assert session.get(Setting, "uncommitted") is None
+    with pytest.raises(BackupError, match="another file"):
+        backup_store(store, store.sqlite_path)
