@@ -189,7 +189,8 @@ def load_model(config: TrainingConfig, tokenizer: Any, work_dir: Path) -> tuple[
     try:
         model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
     except (RuntimeError, ValueError) as error:
-        if "size mismatch" not in str(error):
+        # transformers 4 said "size mismatch"; 5 says to set ignore_mismatched_sizes.
+        if "size mismatch" not in str(error) and "ignore_mismatched_sizes" not in str(error):
             raise
         model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True, **kwargs)
         notes.append("the checkpoint's classifier had another number of labels: the score head was re-initialised "

@@ -120,3 +120,13 @@ def test_no_file_route_serves_the_store_or_model_folders(secured_app):
                 if response.status_code == 200 and response.content:
                     served.append((route + variant, response.status_code))
     assert served == []
+
+
+def test_without_accounts_the_app_refuses_a_public_address(tmp_path):
+    done = run_cli("serve", "--host", "0.0.0.0", db_url=f"sqlite:///{tmp_path / 'open.db'}")
+    assert done.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in done.stderr and "adduser" in done.stderr
+
+
+def test_analytics_are_off(secured_app):
+    assert session_for(secured_app, "boss").get("/config").json()["analytics_enabled"] is False

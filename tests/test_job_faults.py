@@ -69,3 +69,21 @@ def _admin(store):  # noqa: ANN001, ANN202
     except ValueError:
         pass
     return actor_for(store, "boss")
+
+
+def test_a_job_that_runs_out_of_memory_ends_failed_with_the_reason(store, tmp_path):
+    """A base whose weights cannot be allocated: the allocator's out-of-memory error is the reason."""
+    import json as _json
+
+    from core.demo_model import build_demo_reward_model
+
+    import_rows(store, separable_pairs(8), source="import:separable")
+    folder = build_demo_reward_model(tmp_path / "huge", ["a b c d"] * 10, hidden_size=32, num_layers=1, num_heads=2)
+    config = _json.loads((folder / "config.json").read_text())
+    config.update(hidden_size=32768, intermediate_size=1_048_576, num_attention_heads=64, num_key_value_heads=64,
+                  head_dim=512)  # one MLP matrix alone is 128 GiB
+    (folder / "config.json").write_text(_json.dumps(config))
+    job_id = submit_job(store, actor_for(store, None), TrainingConfig(base_model=str(folder), max_steps=5))
+    start_next_job(store)
+    job = wait_for(store, job_id, ("failed", "succeeded"))
+    assert job.status == "failed" and "can't allocate memory" in job.error
