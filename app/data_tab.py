@@ -53,7 +53,7 @@ def render_data_tab(store: Store) -> gr.Markdown:
         if not path:
             return "Choose a file first.", current_counts(), None
         try:
-            config = ImportConfig(Path(path), source=f"import:{Path(path).name}", dry_run=check_only)
+            config = ImportConfig(Path(path), dry_run=check_only)
             report = import_upload(store, current_actor(store, request), config)
         except USER_ERRORS as error:
             return f"**Not allowed.** {error}", current_counts(), None

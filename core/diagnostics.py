@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from core.accounts import Actor, Permission
-from core.exporter import build_preference_rows
+from core.exporter import build_preference_rows, response_text
 from core.scoring import RewardModel
 from storage.engine import Store
 from storage.queries import prompt_excerpt
@@ -79,8 +79,7 @@ def _pairs(store: Store, model: RewardModel, limit: int) -> list[PairDiagnosis]:
     )[-limit:]
     examples = []
     for _, row in rows:
-        response_of = (lambda side: side[0]["content"]) if isinstance(row["prompt"], list) else (lambda side: side)
-        examples += [(row["prompt"], response_of(row["chosen"])), (row["prompt"], response_of(row["rejected"]))]
+        examples += [(row["prompt"], response_text(row["chosen"])), (row["prompt"], response_text(row["rejected"]))]
     results = model.score_responses(examples)
     pairs = []
     for index, (comparison_id, row) in enumerate(rows):

@@ -165,6 +165,12 @@ def build_preference_rows(
     return result
 
 
+def response_text(side: Any) -> str:
+    """The response of an exported row's ``chosen`` or ``rejected``: the text itself, or the content
+    of the single assistant message of a conversational row."""
+    return side[0]["content"] if isinstance(side, list) else side
+
+
 def split_rows(rows: list[dict[str, Any]], test_size: float, seed: int) -> tuple[list, list]:
     """Deterministic train/test split: shuffle indices with ``seed``, hold out ``test_size`` of them."""
     if test_size <= 0 or len(rows) < 2:

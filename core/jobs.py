@@ -25,7 +25,6 @@ from storage.jobs import (
     mark_orphans_interrupted,
     mark_started,
     next_queued_job,
-    process_alive,
     request_cancel,
     requeue_for_resume,
     running_job,
@@ -128,20 +127,6 @@ class JobScheduler:
                 print(f"job scheduler: {type(error).__name__}: {error}", file=sys.stderr)
 
 
-@dataclass(frozen=True)
-class JobView:
-    id: int
-    status: str
-    base_model: str
-    step: int
-    total_steps: int | None
-    started_at: object
-    finished_at: object
-    error: str | None
-    reward_model_name: str | None
-    alive: bool
-
-
 def log_tail(store: Store, job_id: int, lines: int = 30) -> str:
     path = job_dir(store, job_id) / "train.log"
     if not path.exists():
@@ -154,12 +139,6 @@ def log_tail(store: Store, job_id: int, lines: int = 30) -> str:
     # Progress bars redraw with carriage returns: keep the last state of each line.
     cleaned = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
     return "\n".join(cleaned[-lines:])
-
-
-def process_of(store: Store, job_id: int) -> bool:
-    with store.read() as session:
-        job = get_job(session, job_id)
-        return bool(job and process_alive(job.pid))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.exporter import PreferenceRows, build_preference_rows, split_rows
+from core.exporter import PreferenceRows, build_preference_rows, response_text, split_rows
 from core.scoring import format_example
 from core.training_config import DEMO_BASE, TrainingConfig, suggest_hyperparameters
 from storage.engine import Store
@@ -88,16 +88,12 @@ class LengthReport:
         )
 
 
-def _response(side: Any) -> str:
-    return side[0]["content"] if isinstance(side, list) else side
-
-
 def length_report(tokenizer: Any, snapshot: DataSnapshot, max_length: int) -> LengthReport:
     """Token lengths of every pair exactly as RewardTrainer formats it, and what max_length drops."""
     lengths, dropped = [], {"train": 0, "eval": 0}
     for split, rows in (("train", snapshot.train), ("eval", snapshot.eval)):
         for row in rows:
-            pair = [len(format_example(tokenizer, row["prompt"], _response(row[k])).ids) for k in ("chosen", "rejected")]
+            pair = [len(format_example(tokenizer, row["prompt"], response_text(row[k])).ids) for k in ("chosen", "rejected")]
             lengths += pair
             dropped[split] += max(pair) > max_length
     return LengthReport(len(snapshot.train), len(snapshot.eval), dropped["train"], dropped["eval"], max_length, lengths)
