@@ -9,9 +9,10 @@
     python app.py train [--base-model demo|FOLDER|HUB_ID] [flags]   train a reward model in the foreground
     python app.py jobs | models                                      list training jobs / registered models
     python app.py backup OUT.db                                      copy the store while the app runs
+    python app.py migrate-store --from URL --to URL                  move a store to another database (SQLite <-> PostgreSQL)
     python app.py --help               all subcommands
 
-Every subcommand takes ``--db URL`` (default: ``$REWARDLAB_DB`` or ``data/rewardlab.db``).
+Every subcommand but migrate-store takes ``--db URL`` (default: ``$REWARDLAB_DB`` or ``data/rewardlab.db``).
 This file only parses arguments and reports; the work is done in ``core/`` and ``storage/``.
 Gradio is imported only by ``serve``, so the other commands start fast.
 """
@@ -31,11 +32,13 @@ from core.exporter import ExportConfig, NothingToExport, export_dataset
 from core.importer import ImportConfig, ImportRejected, import_file
 from core.job_worker import execute_job
 from core.scoring import ModelLoadError
+from core.store_move import move_store
 from core.training_config import TrainingConfig
 from storage.backup import BackupError, backup_store
 from storage.engine import DB_URL_ENV, Store, StoreConfigError
 from storage.jobs import create_job, list_jobs
 from storage.registry import list_models
+from storage.transfer import TransferError
 
 EXIT_BAD_INPUT = 2
 
@@ -88,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     backup = commands.add_parser("backup", help="copy the SQLite store to a file, safely while the app runs")
     _add_db_argument(backup)
     backup.add_argument("out", type=Path, help="the backup file to write (replaced whole)")
+
+    mover = commands.add_parser(
+        "migrate-store", help="copy a whole store into another, empty database (SQLite <-> PostgreSQL) and verify it"
+    )
+    mover.add_argument("--from", dest="from_url", required=True, help="URL of the store to copy, e.g. sqlite:///data/rewardlab.db")
+    mover.add_argument("--to", dest="to_url", required=True,
+                       help="URL of an empty database, e.g. postgresql+psycopg://user@host/rewardlab (created schema included)")
 
     adduser = commands.add_parser("adduser", help="create a login account (the app then requires logins)")
     _add_db_argument(adduser)
@@ -155,6 +165,19 @@ def run_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_migrate_store(args: argparse.Namespace) -> int:
+    def progress(table: str, rows: int) -> None:
+        print(f"  {table}: {rows} rows", flush=True)
+
+    try:
+        report = move_store(args.from_url, args.to_url, progress=progress)
+    except TransferError as error:
+        print(f"migrate-store failed: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(report.summary())
+    return 0
+
+
 def run_jobs(args: argparse.Namespace) -> int:
     with Store(args.db).read() as session:
         rows = list_jobs(session)
@@ -219,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": run_serve, "import": run_import, "export": run_export, "adduser": run_adduser,
                 "score": run_score, "eval": run_eval, "train": run_train, "jobs": run_jobs, "models": run_models,
-                "backup": run_backup}
+                "backup": run_backup, "migrate-store": run_migrate_store}
     try:
         return handlers[args.command](args)
     except (ConfigError, StoreConfigError) as error:

@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 from core.accounts import accounts_exist, authenticate  # noqa: E402
 from core.demo_model import DEMO_MODEL_NAME  # noqa: E402
 from core.inspection import registered_model_names  # noqa: E402
-from core.jobs import JobScheduler  # noqa: E402
+from core.jobs import JobScheduler, worker_environment  # noqa: E402
 from storage.jobs import mark_orphans_interrupted  # noqa: E402
 from core.demo_data import load_demo_data_if_empty  # noqa: E402
 from storage.engine import Store  # noqa: E402
@@ -43,8 +43,8 @@ def start_demo_model_training(store: Store) -> None:
     out = store.data_dir / "models" / DEMO_MODEL_NAME
     log = open(store.data_dir / "demo-model.log", "w")  # noqa: SIM115 (the child writes to it)
     subprocess.Popen(
-        [sys.executable, "-m", "core.demo_model", "--db", store.url, "--out", str(out)],
-        cwd=Path(__file__).resolve().parent.parent, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "core.demo_model", "--out", str(out)],
+        cwd=Path(__file__).resolve().parent.parent, env=worker_environment(store), stdout=log, stderr=subprocess.STDOUT,
     )
     print(f"training the demo reward model in the background (log: {log.name})")
 
@@ -63,7 +63,7 @@ def serve(*, db_url: str | None, host: str, port: int, load_demo: bool) -> None:
             "admin. Add an account first (python app.py adduser NAME --role admin), or listen on 127.0.0.1."
         )
     if load_demo and load_demo_data_if_empty(store):
-        print(f"loaded the demo dataset into the empty store {store.url}")
+        print(f"loaded the demo dataset into the empty store {store.display_url}")
     if load_demo:
         start_demo_model_training(store)
     with store.write() as session:
@@ -71,7 +71,7 @@ def serve(*, db_url: str | None, host: str, port: int, load_demo: bool) -> None:
     if interrupted:
         print(f"marked interrupted (their process is gone): jobs {interrupted}; resume them from the Train tab")
     JobScheduler(store).start()
-    print(f"RewardLab store: {store.url}")
+    print(f"RewardLab store: {store.display_url}")
     print("logins required (user accounts exist)" if with_logins else
           "no user accounts: single local user on this machine; add one with `python app.py adduser` and restart")
     blocks = build_ui(store)

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from storage.registry import register_model
 
     parser = argparse.ArgumentParser(description="Train and register the offline demo reward model.")
-    parser.add_argument("--db", required=True)
+    parser.add_argument("--db", default=None, help="store URL (default: $REWARDLAB_DB, which the app sets)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     metrics = train_demo_reward_model(args.out)

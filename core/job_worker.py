@@ -1,4 +1,4 @@
-"""The child process of one training job: ``python -m core.job_worker --db URL --job ID``.
+"""The child process of one training job: ``python -m core.job_worker --job ID`` (store from ``$REWARDLAB_DB`` or ``--db URL``).
 
 It reads the job's config from the store, trains, and records the ending: succeeded, cancelled
 (SIGTERM or a cancel request: it stops at the next step) or failed with the reason.
@@ -54,7 +54,9 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run one RewardLab training job.")
-    parser.add_argument("--db", required=True)
+    # The app passes the store through $REWARDLAB_DB, not --db: a URL may hold a password, which
+    # every user of the machine could read in a process's arguments.
+    parser.add_argument("--db", default=None, help="store URL (default: $REWARDLAB_DB)")
     parser.add_argument("--job", required=True, type=int)
     args = parser.parse_args(argv)
     cancel_flag = [False]

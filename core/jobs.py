@@ -1,7 +1,7 @@
 """Training jobs as background processes: submit, run one at a time, cancel, resume.
 
 Each job runs in a child process started with an argument list (never a shell string):
-``python -m core.job_worker --db URL --job ID``, or ``accelerate launch --num_processes N -m
+``python -m core.job_worker --job ID`` (store URL in ``$REWARDLAB_DB``), or ``accelerate launch --num_processes N -m
 core.job_worker ...`` when several GPUs are visible. Its state (status, pid, heartbeat, progress,
 log file, error) lives in the store, so a restarted app knows what was running; a job marked running
 whose process is gone is marked interrupted, and can be resumed from its last complete checkpoint.
@@ -10,6 +10,7 @@ The process exits when the job ends, which frees its GPU memory.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from core.accounts import Actor, Permission
 from core.training_config import TrainingConfig
-from storage.engine import Store
+from storage.engine import DB_URL_ENV, Store
 from storage.jobs import (
     create_job,
     get_job,
@@ -42,12 +43,19 @@ def job_dir(store: Store, job_id: int) -> Path:
     return store.data_dir / "jobs" / f"job-{job_id}"
 
 
-def worker_command(store_url: str, job_id: int, *, gpus: int) -> list[str]:
-    """The child's argument list: plain Python on one device, ``accelerate launch`` on several."""
-    worker = ["-m", "core.job_worker", "--db", store_url, "--job", str(job_id)]
+def worker_command(job_id: int, *, gpus: int) -> list[str]:
+    """The child's argument list: plain Python on one device, ``accelerate launch`` on several.
+    The store URL travels in the environment (``worker_environment``), never in the arguments."""
+    worker = ["-m", "core.job_worker", "--job", str(job_id)]
     if gpus > 1:
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus), *worker]
     return [sys.executable, *worker]
+
+
+def worker_environment(store: Store) -> dict[str, str]:
+    # A URL may carry a password: in the environment only the same user (and root) can read it,
+    # where a process's arguments are visible to every user of the machine.
+    return {**os.environ, DB_URL_ENV: store.url}
 
 
 def visible_gpus() -> int:
@@ -97,7 +105,7 @@ def start_next_job(store: Store) -> int | None:
         log_path = folder / "train.log"
         with open(log_path, "a") as log:
             process = subprocess.Popen(
-                worker_command(store.url, job.id, gpus=visible_gpus()), cwd=PROJECT_ROOT, stdout=log,
+                worker_command(job.id, gpus=visible_gpus()), cwd=PROJECT_ROOT, env=worker_environment(store), stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         mark_started(session, job.id, pid=process.pid, log_path=str(log_path), output_dir=str(folder))
@@ -173,8 +181,7 @@ def job_report(store: Store, actor: Actor, job_id: int) -> JobReport | None:
         metrics = metrics_of(session, job_id)
     eta = None
     if job.status == JobStatus.RUNNING.value and job.started_at and job.total_steps and job.current_step:
-        started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=utc_now().tzinfo)
-        elapsed = (utc_now() - started).total_seconds()
+        elapsed = (utc_now() - job.started_at).total_seconds()
         eta = elapsed / job.current_step * (job.total_steps - job.current_step)
     return JobReport(job.id, job.status, job.config.get("base_model", ""), job.current_step, job.total_steps, eta,
                      job.error, job.reward_model_name, metrics, log_tail(store, job_id))

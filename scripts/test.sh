@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need (the Python stack, pytest, Playwright, Debian's Chromium) and run
-# every test, the slow ones (training, browser) included. Extra arguments go to pytest.
+# every test, the slow ones (training, browser) included, on a SQLite file; then run the storage
+# and API tests again on a real PostgreSQL server started here on loopback (scripts/postgres.sh)
+# and stopped at the end. Extra arguments go to pytest and run the SQLite pass only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh requirements-test.txt
@@ -11,4 +13,21 @@ if [ ! -x /usr/bin/chromium ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
 fi
-exec .venv/bin/python -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+
+echo "=== pass 1 of 2: every test on SQLite ==="
+.venv/bin/python -m pytest
+
+echo "=== pass 2 of 2: storage and API tests on PostgreSQL ==="
+pg_dir=$(mktemp -d)
+chmod 755 "$pg_dir"
+pg_port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+trap 'bash scripts/postgres.sh stop "$pg_dir/data" || true; rm -rf "$pg_dir"' EXIT
+REWARDLAB_TEST_POSTGRES=$(bash scripts/postgres.sh start "$pg_dir/data" "$pg_port")
+export REWARDLAB_TEST_POSTGRES
+.venv/bin/python -m pytest \
+  tests/test_store.py tests/test_migrations.py tests/test_store_move.py tests/test_import.py tests/test_export.py \
+  tests/test_labeling.py tests/test_api_clients.py tests/test_access.py tests/test_crash_safety.py \
+  tests/test_hostile_input.py tests/test_job_faults.py tests/test_browser_label.py

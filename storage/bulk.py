@@ -40,8 +40,12 @@ def execute_many(session: Session, statement: Executable, rows: list[dict[str, A
         return
     dialect = session.get_bind().dialect
     if dialect.name != "sqlite":
+        # Core execution: Session.execute would take an INSERT on a mapped class with a list of
+        # rows for an ORM bulk insert, which cannot run INSERT ... SELECT. psycopg 3 pipelines
+        # an executemany into few round trips.
+        connection = session.connection()
         for chunk in chunked(rows, len(rows[0])):
-            session.execute(statement, list(chunk))
+            connection.execute(statement, list(chunk))
         return
     compiled = statement.compile(dialect=dialect, column_keys=list(rows[0]))
     converters = []

@@ -21,7 +21,8 @@ from typing import Iterator
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, create_engine
 
 from storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
@@ -89,7 +90,20 @@ class Store:
             self.write_engine = create_engine(self.url, pool_pre_ping=True)
             self.read_engine = self.write_engine
         if create:
-            self.create_schema()
+            try:
+                self.create_schema()
+            except OperationalError as error:
+                self.dispose()
+                reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+                raise StoreConfigError(
+                    f"cannot open the store {self.display_url}: {reason}. Check that the "
+                    "server is running and the database exists (createdb NAME), or fix --db / $REWARDLAB_DB"
+                ) from error
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password masked, for messages and logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
     @property
     def data_dir(self) -> Path:
@@ -101,7 +115,10 @@ class Store:
         return Path(make_url(self.url).database) if self.is_sqlite else None
 
     def create_schema(self) -> None:
-        SQLModel.metadata.create_all(self.write_engine)
+        """Create the tables, or upgrade them in place to this version's schema (alembic migrations)."""
+        from storage.schema import upgrade
+
+        upgrade(self)
 
     @contextmanager
     def write(self) -> Iterator[Session]:

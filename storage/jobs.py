@@ -99,8 +99,7 @@ def mark_orphans_interrupted(session: Session, *, stale_after: timedelta = timed
     now = now or utc_now()
     orphans = []
     for job in session.execute(select(TrainingJob).where(TrainingJob.status == JobStatus.RUNNING.value)).scalars():
-        beat_at = job.heartbeat_at.replace(tzinfo=now.tzinfo) if job.heartbeat_at and job.heartbeat_at.tzinfo is None else job.heartbeat_at
-        silent = beat_at is None or now - beat_at > stale_after
+        silent = job.heartbeat_at is None or now - job.heartbeat_at > stale_after
         if not process_alive(job.pid) or silent:
             job.status = JobStatus.INTERRUPTED.value
             job.error = "the training process ended without reporting (crash, kill or app restart)"

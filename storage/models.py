@@ -18,12 +18,35 @@ import enum
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, CheckConstraint, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator):
+    """A point in time, always read back as an aware UTC ``datetime`` on either database.
+
+    PostgreSQL stores it as ``timestamptz``; SQLite has no time zones, so the value is converted to
+    UTC before it is written and marked UTC when read. A naive value is refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:  # noqa: ANN001
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: RewardLab stores aware UTC times (use utc_now())")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:  # noqa: ANN001
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Choice(str, enum.Enum):
@@ -67,7 +90,7 @@ class Prompt(SQLModel, table=True):
     content_hash: str = Field(max_length=64, unique=True, description="sha256 of the content")
     text: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
     messages: Optional[list[dict[str, Any]]] = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (
         CheckConstraint("(text IS NULL) <> (messages IS NULL)", name="prompt_text_xor_messages"),
@@ -82,7 +105,7 @@ class Completion(SQLModel, table=True):
     content_hash: str = Field(max_length=64, description="sha256 of the text (unique per prompt)")
     text: str = Field(sa_column=Column(Text, nullable=False))
     model: Optional[str] = Field(default=None, max_length=200)
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (UniqueConstraint("prompt_id", "content_hash", name="completion_once_per_prompt"),)
 
@@ -100,7 +123,7 @@ class Comparison(SQLModel, table=True):
     label_count: int = Field(default=0, description="labels other than skip, kept by storage.queue")
     extra_labels: int = Field(default=0, description="labels wanted beyond the overlap (sent back for review)")
     done: bool = Field(default=False, description="label_count has reached labels_per_comparison + extra_labels")
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (
         UniqueConstraint("completion_a_id", "completion_b_id", name="comparison_once_per_pair"),
@@ -117,7 +140,7 @@ class Lease(SQLModel, table=True):
 
     comparison_id: int = Field(foreign_key="comparison.id", primary_key=True)
     annotator_id: int = Field(foreign_key="user.id", primary_key=True, index=True)
-    expires_at: datetime
+    expires_at: datetime = Field(sa_type=UtcDateTime)
 
 
 class User(SQLModel, table=True):
@@ -125,7 +148,7 @@ class User(SQLModel, table=True):
     name: str = Field(max_length=200, unique=True)
     role: str = Field(default=Role.ANNOTATOR.value, max_length=20)
     password_hash: Optional[str] = Field(default=None, max_length=300)
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (CheckConstraint(_one_of("role", Role), name="user_role_known"),)
 
@@ -135,18 +158,20 @@ class Label(SQLModel, table=True):
 
     id: Optional[int] = Field(default=None, primary_key=True)
     comparison_id: int = Field(foreign_key="comparison.id", index=True)
-    annotator_id: int = Field(foreign_key="user.id", index=True)
+    annotator_id: int = Field(foreign_key="user.id")
     choice: str = Field(max_length=10, description="a Choice value")
     strength: Optional[int] = Field(default=None, description="1 = slightly better, 2 = clearly better")
     margin: Optional[float] = Field(default=None, description="margin given by an imported source")
     shown_left: Optional[str] = Field(default=None, max_length=1, description="'a' or 'b': the side shown left")
     comment: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
     seconds_spent: Optional[float] = None
-    created_at: datetime = Field(default_factory=utc_now)
-    updated_at: datetime = Field(default_factory=utc_now)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (
         UniqueConstraint("comparison_id", "annotator_id", name="label_once_per_annotator"),
+        # An annotator's history, undo and progress read their labels newest first.
+        Index("label_history_order", "annotator_id", "updated_at", "id"),
         CheckConstraint(_one_of("choice", Choice), name="label_choice_known"),
         CheckConstraint("strength IS NULL OR strength IN (1, 2)", name="label_strength_known"),
         CheckConstraint("shown_left IS NULL OR shown_left IN ('a', 'b')", name="label_shown_left_known"),
@@ -158,7 +183,7 @@ class TrainingJob(SQLModel, table=True):
     status: str = Field(default=JobStatus.QUEUED.value, max_length=20, index=True)
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     pid: Optional[int] = None
-    heartbeat_at: Optional[datetime] = None
+    heartbeat_at: Optional[datetime] = Field(default=None, sa_type=UtcDateTime)
     log_path: Optional[str] = None
     output_dir: Optional[str] = None
     error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -167,9 +192,9 @@ class TrainingJob(SQLModel, table=True):
     cancel_requested: bool = False
     resume: bool = Field(default=False, description="continue from the last complete checkpoint")
     reward_model_name: Optional[str] = None
-    created_at: datetime = Field(default_factory=utc_now)
-    started_at: Optional[datetime] = None
-    finished_at: Optional[datetime] = None
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
+    started_at: Optional[datetime] = Field(default=None, sa_type=UtcDateTime)
+    finished_at: Optional[datetime] = Field(default=None, sa_type=UtcDateTime)
 
     __table_args__ = (CheckConstraint(_one_of("status", JobStatus), name="job_status_known"),)
 
@@ -195,7 +220,7 @@ class RewardModel(SQLModel, table=True):
     n_pairs: Optional[int] = None
     eval_accuracy: Optional[float] = None
     eval_margin: Optional[float] = None
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
 
 class CachedScore(SQLModel, table=True):
@@ -205,7 +230,7 @@ class CachedScore(SQLModel, table=True):
     reward: float
     thinking_reward: Optional[float] = None
     answer_reward: Optional[float] = None
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (UniqueConstraint("reward_model_id", "completion_id", name="score_once_per_model"),)
 

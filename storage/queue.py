@@ -98,20 +98,37 @@ def claim_next_comparison(session: Session, *, annotator_id: int, now: datetime 
         .correlate(Comparison)
         .scalar_subquery()
     )
-    next_id = session.execute(
-        select(Comparison.id)
-        .where(
-            Comparison.done.is_(False),
-            ~_labeled_by(annotator_id),
-            Comparison.label_count + reserved_by_others < overlap + Comparison.extra_labels,
-        )
-        .order_by(Comparison.done, Comparison.priority.desc(), Comparison.id)
-        .limit(1)
-    ).scalar()
+    has_room = Comparison.label_count + reserved_by_others < overlap + Comparison.extra_labels
+    passed_over: list[int] = []
+    while True:
+        # On PostgreSQL, FOR UPDATE SKIP LOCKED lets concurrent claims pass over a comparison that
+        # another annotator is claiming or labeling this instant instead of queueing behind it.
+        # SQLite ignores the clause: BEGIN IMMEDIATE already runs one claim at a time.
+        next_id = session.execute(
+            select(Comparison.id)
+            .where(Comparison.done.is_(False), ~_labeled_by(annotator_id), has_room,
+                   Comparison.id.not_in(passed_over))
+            .order_by(Comparison.done, Comparison.priority.desc(), Comparison.id)
+            .limit(1)
+            .with_for_update(of=Comparison, skip_locked=True)
+        ).scalar()
+        if next_id is None or _still_has_room(session, next_id, has_room):
+            break
+        passed_over.append(next_id)
     session.execute(delete(Lease).where(Lease.annotator_id == annotator_id))
     if next_id is not None:
         _lease(session, next_id, annotator_id, expires)
     return next_id
+
+
+def _still_has_room(session: Session, comparison_id: int, has_room) -> bool:  # noqa: ANN001
+    """Check again, in a new statement, a comparison just locked. Under PostgreSQL's READ COMMITTED
+    the locking SELECT judged the row by a snapshot taken before the lock was granted, so it may have
+    missed the lease of a claim that committed while we waited; a new statement sees it. On SQLite
+    this is always true (the claim holds the write lock throughout)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return True
+    return bool(session.execute(select(has_room).where(Comparison.id == comparison_id)).scalar())
 
 
 def requeue_comparisons(session: Session, comparison_ids: list[int], *, priority: int) -> int:
@@ -149,7 +166,9 @@ def submit_label(session: Session, label: LabelInput, *, now: datetime | None = 
     already has ``labels_per_comparison`` labels (or is reserved by others up to that number).
     """
     now = now or utc_now()
-    comparison = session.get(Comparison, label.comparison_id)
+    # Lock the comparison (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers) so that
+    # two annotators' submits for one comparison are judged one after the other, never both as "room left".
+    comparison = session.get(Comparison, label.comparison_id, with_for_update=True)
     if comparison is None:
         raise QueueError(f"comparison {label.comparison_id} does not exist")
     mine = session.execute(

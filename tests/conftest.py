@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from storage.engine import Store
 
@@ -29,9 +31,54 @@ CHROMIUM_ARGS = [
 ]
 
 
+# The storage and API tests run twice in CI: on a SQLite file, and on a real PostgreSQL server when
+# REWARDLAB_TEST_POSTGRES names one (scripts/test.sh starts it with scripts/postgres.sh). Each test
+# then gets a database of its own, copied from a template that is migrated once per session.
+TEST_POSTGRES_ENV = "REWARDLAB_TEST_POSTGRES"
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001
+    if os.environ.get(TEST_POSTGRES_ENV):
+        # Tests of SQLite's own mechanics (WAL, BEGIN IMMEDIATE, the online backup API, the file)
+        # ran in the SQLite pass; on PostgreSQL they are not run rather than reported as skipped.
+        kept = [item for item in items if item.get_closest_marker("sqlite_only") is None]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> str | None:
+    server = os.environ.get(TEST_POSTGRES_ENV)
+    if not server:
+        yield None
+        return
+    name = f"rewardlab_template_{os.getpid()}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    Store(make_url(server).set(database=name).render_as_string(hide_password=False)).dispose()
+    yield name
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store.db'}"
+def db_url(tmp_path: Path, postgres_template: str | None) -> str:
+    server = os.environ.get(TEST_POSTGRES_ENV)
+    if not server:
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    name = f"rewardlab_test_{os.getpid()}_{tmp_path.name}".lower()[:63]
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
+    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture

@@ -6,10 +6,11 @@ import gzip
 import gzip as gz
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlmodel import SQLModel
 
 from conftest import HH_RLHF_FILE, run_cli
 from core.exporter import build_preference_rows
@@ -25,11 +26,13 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def store_fingerprint(store: Store) -> str:
     """A checksum of every row of every table: equal before and after means nothing was written."""
-    connection = sqlite3.connect(store.sqlite_path)
-    try:
-        return hashlib.sha256("\n".join(connection.iterdump()).encode()).hexdigest()
-    finally:
-        connection.close()
+    digest = hashlib.sha256()
+    with store.read() as session:
+        for table in SQLModel.metadata.sorted_tables:
+            digest.update(f"table {table.name}\n".encode())
+            for row in session.execute(select(table).order_by(*table.primary_key.columns)):
+                digest.update(repr(tuple(row)).encode())
+    return digest.hexdigest()
 
 
 def counts(store: Store):
