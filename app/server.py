@@ -6,6 +6,12 @@ import os
 
 # Before gradio is imported: no usage analytics leave the machine.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Gradio's queue recomputes its per-endpoint latency summary (a pandas groupby over up to 10,000
+# recorded events) after every event by default, which the load test (bench/load_test.py) found to
+# be a fifth of the server's CPU under load. The summary only feeds the "View API" page's figures;
+# refresh it every 500 events over the last 2,000. https://github.com/gradio-app/gradio/pull/11764
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "2000")
 
 import ipaddress  # noqa: E402
 
