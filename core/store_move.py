@@ -39,7 +39,8 @@ def _export_fingerprint(store: Store) -> tuple[int, list]:
             fingerprint.append((rows.rows, dict(rows.left_out)))
         except NothingToExport as refused:
             fingerprint.append(str(refused))
-    exported = next((len(rows) for rows, _ in (f for f in fingerprint if isinstance(f, tuple))), 0)
+    # A store holds text prompts, chat prompts or both; the rows exported are those of both formats.
+    exported = sum(len(f[0]) for f in fingerprint[:2] if isinstance(f, tuple))
     return exported, fingerprint
 
 

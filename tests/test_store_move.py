@@ -73,6 +73,8 @@ def test_a_store_moves_whole_and_exports_the_same_bytes(full_store, db_url, tmp_
     done = migrate(full_store.url, target_url)
     assert done.returncode == 0, done.stderr
     assert "verified: every table's rows are identical" in done.stdout
+    # 300 imported HH-RLHF pairs (text) + 3 chat comparisons labeled "a" by both annotators (overlap 2)
+    assert "both stores export the same 303 preference rows" in done.stdout
     assert "registered reward model(s) still load from their folders" in done.stdout
     target = Store(target_url)
     assert _exports(target, tmp_path / "moved") == _exports(full_store, tmp_path / "original")
