@@ -94,7 +94,11 @@ class Store:
             # (a training worker, the CLI) still meet the busy handler, rarely.
             self._writers_in_this_process = threading.RLock()
         else:
-            self.write_engine = create_engine(self.url, pool_pre_ping=True)
+            # A label is acknowledged after its commit: make sure the commit waits for the WAL flush
+            # even where the server's default was relaxed (synchronous_commit=off loses the last
+            # commits on a crash). fsync itself is a server setting; the tests check it is on.
+            connect_args = {"options": "-c synchronous_commit=on"} if parsed.get_backend_name() == "postgresql" else {}
+            self.write_engine = create_engine(self.url, pool_pre_ping=True, connect_args=connect_args)
             self.read_engine = self.write_engine
             self._writers_in_this_process = nullcontext()
         if create:

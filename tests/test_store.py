@@ -6,7 +6,7 @@ import json
 import threading
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 from test_import import write_jsonl
 
@@ -16,19 +16,28 @@ from storage.labels import LabelInput, ensure_user, upsert_label
 from storage.models import Setting
 
 
-@pytest.mark.sqlite_only
-def test_schema_is_created_on_first_use(tmp_path):
-    path = tmp_path / "nested" / "folder" / "store.db"
-    store = Store(f"sqlite:///{path}")
-    assert path.exists()
-    with store.read() as session:
-        tables = {row[0] for row in session.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
+def test_schema_is_created_on_first_use(db_url, tmp_path):
+    if db_url.startswith("sqlite"):  # a SQLite store's folders are created too
+        path = tmp_path / "nested" / "folder" / "store.db"
+        db_url = f"sqlite:///{path}"
+    store = Store(db_url)
+    if store.is_sqlite:
+        assert path.exists()
+    tables = set(inspect(store.write_engine).get_table_names())
     assert {"prompt", "completion", "comparison", "label", "user", "trainingjob", "trainingmetric",
             "rewardmodel", "cachedscore", "setting"} <= tables
 
 
-@pytest.mark.sqlite_only
-def test_every_connection_uses_wal_busy_timeout_and_foreign_keys(store):
+def test_an_acknowledged_commit_is_durable_on_either_database(store):
+    """What makes a returned label survive a crash: SQLite's settings on every connection (WAL,
+    synchronous=FULL, foreign keys, busy timeout); PostgreSQL's synchronous commit (RewardLab sets
+    it on every connection, whatever the server's default) with fsync."""
+    if not store.is_sqlite:
+        with store.write() as session:
+            assert session.execute(text("SHOW synchronous_commit")).scalar() == "on"
+            assert session.execute(text("SHOW fsync")).scalar() == "on"
+            assert session.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
+        return
     for open_session in (store.read, store.write):
         with open_session() as session:
             assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
