@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import gzip
 import gzip as gz
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-from sqlmodel import SQLModel
 
 from conftest import HH_RLHF_FILE, run_cli
 from core.exporter import build_preference_rows
 from core.importer import ImportConfig, ImportRejected, import_file
 from storage.engine import Store
 from storage.queries import store_counts
+from storage.transfer import store_digest
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -24,15 +22,9 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def store_fingerprint(store: Store) -> str:
-    """A checksum of every row of every table: equal before and after means nothing was written."""
-    digest = hashlib.sha256()
-    with store.read() as session:
-        for table in SQLModel.metadata.sorted_tables:
-            digest.update(f"table {table.name}\n".encode())
-            for row in session.execute(select(table).order_by(*table.primary_key.columns)):
-                digest.update(repr(tuple(row)).encode())
-    return digest.hexdigest()
+def store_fingerprint(store: Store) -> dict[str, tuple[int, str]]:
+    """Every row of every table, digested: equal before and after means nothing was written."""
+    return store_digest(store)
 
 
 def counts(store: Store):
