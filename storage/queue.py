@@ -104,10 +104,11 @@ def claim_next_comparison(session: Session, *, annotator_id: int, now: datetime 
         # On PostgreSQL, FOR UPDATE SKIP LOCKED lets concurrent claims pass over a comparison that
         # another annotator is claiming or labeling this instant instead of queueing behind it.
         # SQLite ignores the clause: BEGIN IMMEDIATE already runs one claim at a time.
+        candidates = select(Comparison.id).where(Comparison.done.is_(False), ~_labeled_by(annotator_id), has_room)
+        if passed_over:
+            candidates = candidates.where(Comparison.id.not_in(passed_over))
         next_id = session.execute(
-            select(Comparison.id)
-            .where(Comparison.done.is_(False), ~_labeled_by(annotator_id), has_room,
-                   Comparison.id.not_in(passed_over))
+            candidates
             .order_by(Comparison.done, Comparison.priority.desc(), Comparison.id)
             .limit(1)
             .with_for_update(of=Comparison, skip_locked=True)
