@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +30,7 @@ from core.accounts import actor_for  # noqa: E402
 from core.importer import ImportConfig, import_file  # noqa: E402
 from core.labeling import history, label_on_screen, next_comparison, progress  # noqa: E402
 from storage.engine import Store  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+from common import percentile, start_app_server  # noqa: E402
 
 
 def build_store(path: Path, comparisons: int) -> Store:
@@ -98,26 +92,14 @@ def time_raw_commit(path: Path, labels: int) -> list[float]:
 def time_clicks(db_path: Path, clicks: int) -> list[float]:
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "app.py", "serve", "--db", f"sqlite:///{db_path}", "--port", str(port), "--no-demo"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    server, app_url = start_app_server(f"sqlite:///{db_path}")
     try:
-        for _ in range(120):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"]
             )
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}")
+            page.goto(app_url)
             page.locator("#label-left .rl-response").wait_for(timeout=60_000)
             page.locator("#label-current").get_by_text("Comparison #").wait_for()
             timings = []

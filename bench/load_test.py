@@ -28,7 +28,6 @@ import json
 import os
 import random
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,14 +43,10 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from core.accounts import add_user  # noqa: E402
 from core.importer import ImportConfig, import_file  # noqa: E402
 from storage.engine import Store  # noqa: E402
+from common import free_port, percentile, start_app_server  # noqa: E402
 
 PASSWORD = "load-test-password"
 CHOICES = ("a", "b", "a", "b", "tie")  # mostly preferences, like a real queue
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
 
 
 # --- one simulated annotator (a child process) -------------------------------------------------
@@ -118,12 +113,6 @@ def run_annotator(url: str, name: str, start_at: float, stop_at: float, out: Pat
 
 # --- the driver ---------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def prepare_store(url: str, comparisons: int, annotators: list[str], folder: Path) -> float:
     """Fill the store; returns the import time in seconds."""
     rows = folder / "queue.jsonl"
@@ -140,24 +129,6 @@ def prepare_store(url: str, comparisons: int, annotators: list[str], folder: Pat
         add_user(store, name, "annotator", PASSWORD)
     store.dispose()
     return seconds
-
-
-def start_server(url: str, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {**os.environ, "REWARDLAB_DB": url, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "app.py", "serve", "--port", str(port), "--no-demo"], cwd=ROOT,
-                               stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited:\n{log_path.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return process, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("the app did not start in 120 s")
 
 
 def stored_check(url: str, names: list[str]) -> tuple[int, set[tuple[str, int]]]:
@@ -213,7 +184,7 @@ def run_database(kind: str, url: str, args: argparse.Namespace, folder: Path) ->
     all_names = [name for names in names_by_level.values() for name in names]
     import_seconds = prepare_store(url, args.comparisons, all_names, folder)
     print(f"{kind}: {args.comparisons} comparisons imported in {import_seconds:.1f} s", flush=True)
-    server, app_url = start_server(url, folder / f"{kind}-app.log")
+    server, app_url = start_app_server(url, folder / f"{kind}-app.log")
     results = []
     try:
         for n, names in names_by_level.items():
@@ -330,7 +301,7 @@ def main() -> int:
                     url = f"sqlite:///{db_folder / 'store.db'}"
                 else:
                     if server_url is None:
-                        started = subprocess.run(["bash", "scripts/postgres.sh", "start", str(pg_data), str(_free_port())],
+                        started = subprocess.run(["bash", "scripts/postgres.sh", "start", str(pg_data), str(free_port())],
                                                  cwd=ROOT, check=True, capture_output=True, text=True)
                         server_url = started.stdout.strip().splitlines()[-1]
                     url = postgres_database(server_url, "rewardlab_load")

@@ -1,0 +1,45 @@
+"""What the benchmarks share: percentiles, and the real app served on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile by nearest rank; NaN for no values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app_server(url: str, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``python app.py serve --no-demo`` on the store at ``url`` (passed in the environment);
+    returns the process and its address once it accepts connections."""
+    port = free_port()
+    env = {**os.environ, "REWARDLAB_DB": url, "PYTHONUNBUFFERED": "1"}
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 (the child writes to it)
+    process = subprocess.Popen([sys.executable, "app.py", "serve", "--port", str(port), "--no-demo"], cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with {process.returncode}" + (f":\n{log_path.read_text()}" if log_path else ""))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("the app did not start in 120 s")
