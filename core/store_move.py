@@ -10,7 +10,7 @@ from typing import Callable
 
 from sqlalchemy.engine import make_url
 
-from core.exporter import NothingToExport, build_preference_rows
+from core.exporter import build_preference_rows
 from storage.engine import Store
 from storage.transfer import TransferError, TransferReport, copy_store, store_digest
 
@@ -31,17 +31,14 @@ class MoveReport:
         return text
 
 
-def _export_fingerprint(store: Store) -> tuple[int, list]:
-    fingerprint = []
-    for prompt_format in ("text", "chat", "auto"):
-        try:
-            rows = build_preference_rows(store, prompt_format=prompt_format)
-            fingerprint.append((rows.rows, dict(rows.left_out)))
-        except NothingToExport as refused:
-            fingerprint.append(str(refused))
-    # A store holds text prompts, chat prompts or both; the rows exported are those of both formats.
-    exported = sum(len(f[0]) for f in fingerprint[:2] if isinstance(f, tuple))
-    return exported, fingerprint
+def _exports(store: Store) -> list[tuple[list, dict]]:
+    """The export in each prompt format (text, chat), with what each left out. The "auto" format
+    follows from these two, so it is not built again."""
+    exports = []
+    for prompt_format in ("text", "chat"):
+        rows = build_preference_rows(store, prompt_format=prompt_format)
+        exports.append((rows.rows, dict(rows.left_out)))
+    return exports
 
 
 def move_store(from_url: str, to_url: str, *, progress: Callable[[str, int], None] | None = None) -> MoveReport:
@@ -56,11 +53,12 @@ def move_store(from_url: str, to_url: str, *, progress: Callable[[str, int], Non
         if store_digest(source) != store_digest(target):
             raise TransferError("the copy was written but differs from the source: one of the stores was written to "
                                 "during the move; stop the app, empty the target and run migrate-store again")
-        exported, source_export = _export_fingerprint(source)
-        if _export_fingerprint(target)[1] != source_export:
+        source_exports = _exports(source)
+        if _exports(target) != source_exports:
             raise TransferError("the copy was written but the two stores' exports differ; do not use the target, "
                                 "and please report this as a bug")
-        return MoveReport(copied, exported)
+        # A store holds text prompts, chat prompts or both; the rows exported are those of both formats.
+        return MoveReport(copied, sum(len(rows) for rows, _ in source_exports))
     finally:
         source.dispose()
         target.dispose()
