@@ -27,13 +27,13 @@ from pathlib import Path
 
 from core.accounts import LOGIN_ROLES, AccountError, add_user
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
-from core.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
-from core.exporter import ExportConfig, NothingToExport, export_dataset
-from core.importer import ImportConfig, ImportRejected, import_file
-from core.job_worker import execute_job
-from core.scoring import ModelLoadError
-from core.store_move import move_store
-from core.training_config import TrainingConfig
+from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
+from core.data.exporter import ExportConfig, NothingToExport, export_dataset
+from core.data.importer import ImportConfig, ImportRejected, import_file
+from core.training.worker import execute_job
+from core.scoring.engine import ModelLoadError
+from core.data.store_move import move_store
+from core.training.config import TrainingConfig
 from storage.backup import BackupError, backup_store
 from storage.engine import DB_URL_ENV, Store, StoreConfigError
 from storage.jobs import create_job, list_jobs

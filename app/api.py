@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from app.session import USER_ERRORS, current_actor
-from core.labeling import label_stored, next_comparison
+from core.labeling.actions import label_stored, next_comparison
 from storage.engine import Store
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import gradio as gr
 
 from app.formatting import code_block, counts_markdown
-from core.exporter import EXPORT_FORMATS, PROMPT_FORMATS, ExportConfig, NothingToExport, export_for_download
+from core.data.exporter import EXPORT_FORMATS, PROMPT_FORMATS, ExportConfig, NothingToExport, export_for_download
 from app.session import USER_ERRORS, current_actor
-from core.importer import ImportConfig, ImportRejected, import_upload
+from core.data.importer import ImportConfig, ImportRejected, import_upload
 from storage.engine import Store
 from storage.queries import store_counts
 

@@ -8,9 +8,9 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from app.session import USER_ERRORS, current_actor
-from core.diagnostics import Diagnostics, compare_models, diagnose, send_for_review
-from core.inspection import UnknownModel, registered_model_names, resolve_model
-from core.scoring import ModelLoadError
+from core.scoring.diagnostics import Diagnostics, compare_models, diagnose, send_for_review
+from core.scoring.inspection import UnknownModel, registered_model_names, resolve_model
+from core.scoring.engine import ModelLoadError
 from storage.engine import Store
 
 PAIR_HEADERS = ["comparison", "prompt", "chosen reward", "rejected reward", "margin"]

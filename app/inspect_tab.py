@@ -11,9 +11,9 @@ import plotly.graph_objects as go
 
 from app.diagnostics_panel import render_diagnostics_panel
 from app.formatting import code_block
-from core.demo_data import DEMO_PREFERENCES
-from core.inspection import Inspection, UnknownModel, inspect_responses, registered_model_names, resolve_model
-from core.scoring import ModelLoadError
+from core.data.demo_data import DEMO_PREFERENCES
+from core.scoring.inspection import Inspection, UnknownModel, inspect_responses, registered_model_names, resolve_model
+from core.scoring.engine import ModelLoadError
 from storage.engine import Store
 from storage.queue import load_comparison
 

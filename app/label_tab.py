@@ -11,7 +11,7 @@ import gradio as gr
 from app.rendering import render_prompt, render_response
 from app.session import USER_ERRORS, current_actor
 from core.accounts import Permission
-from core.labeling import (
+from core.labeling.actions import (
     ComparisonView,
     guidelines,
     history,

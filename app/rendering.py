@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 
-from core.labeling import ComparisonView, ResponseView
+from core.labeling.actions import ComparisonView, ResponseView
 from core.segments import thinking_body
 
 LABEL_CSS = """

@@ -20,11 +20,11 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from core.accounts import accounts_exist, authenticate  # noqa: E402
-from core.demo_model import DEMO_MODEL_NAME  # noqa: E402
-from core.inspection import registered_model_names  # noqa: E402
-from core.jobs import JobScheduler, worker_environment  # noqa: E402
+from core.training.demo_model import DEMO_MODEL_NAME  # noqa: E402
+from core.scoring.inspection import registered_model_names  # noqa: E402
+from core.training.jobs import JobScheduler, worker_environment  # noqa: E402
 from storage.jobs import mark_orphans_interrupted  # noqa: E402
-from core.demo_data import load_demo_data_if_empty  # noqa: E402
+from core.data.demo_data import load_demo_data_if_empty  # noqa: E402
 from storage.engine import Store  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def start_demo_model_training(store: Store) -> None:
     out = store.data_dir / "models" / DEMO_MODEL_NAME
     log = open(store.data_dir / "demo-model.log", "w")  # noqa: SIM115 (the child writes to it)
     subprocess.Popen(
-        [sys.executable, "-m", "core.demo_model", "--out", str(out)],
+        [sys.executable, "-m", "core.training.demo_model", "--out", str(out)],
         cwd=Path(__file__).resolve().parent.parent, env=worker_environment(store), stdout=log, stderr=subprocess.STDOUT,
     )
     print(f"training the demo reward model in the background (log: {log.name})")

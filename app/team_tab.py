@@ -6,8 +6,8 @@ from __future__ import annotations
 import gradio as gr
 
 from app.session import USER_ERRORS, current_actor
-from core.labeling import change_overlap, labels_per_comparison
-from core.team_stats import TeamReport, team_report
+from core.labeling.actions import change_overlap, labels_per_comparison
+from core.labeling.team_stats import TeamReport, team_report
 from storage.engine import Store
 from storage.settings import SettingError
 

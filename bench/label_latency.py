@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.accounts import actor_for  # noqa: E402
-from core.importer import ImportConfig, import_file  # noqa: E402
-from core.labeling import history, label_on_screen, next_comparison, progress  # noqa: E402
+from core.data.importer import ImportConfig, import_file  # noqa: E402
+from core.labeling.actions import history, label_on_screen, next_comparison, progress  # noqa: E402
 from storage.engine import Store  # noqa: E402
 from common import percentile, start_app_server  # noqa: E402
 

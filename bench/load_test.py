@@ -41,7 +41,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from core.accounts import add_user  # noqa: E402
-from core.importer import ImportConfig, import_file  # noqa: E402
+from core.data.importer import ImportConfig, import_file  # noqa: E402
 from storage.engine import Store  # noqa: E402
 from common import free_port, percentile, start_app_server  # noqa: E402
 

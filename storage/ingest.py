@@ -1,6 +1,6 @@
 """Writing validated content into the store in one transaction.
 
-The caller (``core.importer``) has already parsed and validated every row; this module only knows
+The caller (``core.data.importer``) has already parsed and validated every row; this module only knows
 records and constraints. All inserts are idempotent: ``INSERT ... ON CONFLICT DO NOTHING`` against
 the content-hash and pair constraints, so a re-import adds nothing and a concurrent import of the
 same file on PostgreSQL cannot create twins.

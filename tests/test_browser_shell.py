@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import save_screenshot
-from core.demo_data import DEMO_CANDIDATES, DEMO_PREFERENCES
+from core.data.demo_data import DEMO_CANDIDATES, DEMO_PREFERENCES
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

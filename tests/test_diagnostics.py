@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from core.accounts import PermissionDenied, actor_for, add_user
-from core.demo_data import demo_preference_rows
-from core.demo_model import train_demo_reward_model
-from core.diagnostics import Diagnostics, _health, compare_models, diagnose, send_for_review
-from core.importer import import_rows
-from core.labeling import next_comparison
-from core.scoring import RewardModel
+from core.data.demo_data import demo_preference_rows
+from core.training.demo_model import train_demo_reward_model
+from core.scoring.diagnostics import Diagnostics, _health, compare_models, diagnose, send_for_review
+from core.data.importer import import_rows
+from core.labeling.actions import next_comparison
+from core.scoring.engine import RewardModel
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_mislabeled_pairs_are_suspected_and_sent_back_for_review(store, trained)
     for _ in range(4):
         view = next_comparison(store, annotator)
         handed.append(view.comparison_id)
-        from core.labeling import label_on_screen
+        from core.labeling.actions import label_on_screen
 
         label_on_screen(store, annotator, view, "left")
     assert sorted(handed) == sorted(suspects)
@@ -55,7 +55,7 @@ def test_mislabeled_pairs_are_suspected_and_sent_back_for_review(store, trained)
 
 
 def test_two_models_disagree_where_their_preferences_flip(store, trained, tmp_path):
-    from core.demo_model import build_demo_reward_model
+    from core.training.demo_model import build_demo_reward_model
 
     import_rows(store, demo_preference_rows(), source="demo")
     untrained = RewardModel(build_demo_reward_model(tmp_path / "raw", ["a b c"] * 10, hidden_size=32, num_layers=1,

@@ -10,8 +10,8 @@ from conftest import run_cli
 from sqlmodel import select
 from test_import import write_jsonl
 
-from core.exporter import STRENGTH_MARGIN, ExportConfig, NothingToExport, build_preference_rows, export_dataset
-from core.importer import ImportConfig, import_file
+from core.data.exporter import STRENGTH_MARGIN, ExportConfig, NothingToExport, build_preference_rows, export_dataset
+from core.data.importer import ImportConfig, import_file
 from storage.labels import LabelError, LabelInput, ensure_user, upsert_label
 from storage.models import Label
 
@@ -162,7 +162,7 @@ def test_reward_trainer_trains_on_the_export_as_is(store, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from core.demo_model import build_demo_reward_model
+    from core.training.demo_model import build_demo_reward_model
 
     def chat(i: int, good: bool) -> list[dict[str, str]]:
         answer = f"<think>\ncheck {i} carefully\n</think>\n\nThe answer is right." if good else "no idea, whatever"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.importer import ImportConfig, ImportRejected, import_file
+from core.data.importer import ImportConfig, ImportRejected, import_file
 from test_import import PAIRS, store_fingerprint, write_jsonl
 
 GOOD = {"prompt": "Which is better?", "chosen": " This one.", "rejected": " That one."}
@@ -174,6 +174,6 @@ def test_valid_text_round_trips_exactly(seeded_store, text):
     path = folder / "roundtrip.jsonl"
     path.write_text(json.dumps({"prompt": "P " + text, "chosen": text + " A", "rejected": text + " B"}) + "\n")
     import_file(store, ImportConfig(path))
-    from core.exporter import build_preference_rows
+    from core.data.exporter import build_preference_rows
 
     assert {"prompt": "P " + text, "chosen": text + " A", "rejected": text + " B"} in build_preference_rows(store).rows

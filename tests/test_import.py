@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import HH_RLHF_FILE, run_cli
-from core.exporter import build_preference_rows
-from core.importer import ImportConfig, ImportRejected, import_file
+from core.data.exporter import build_preference_rows
+from core.data.importer import ImportConfig, ImportRejected, import_file
 from storage.engine import Store
 from storage.queries import store_counts
 from storage.transfer import store_digest

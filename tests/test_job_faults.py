@@ -8,9 +8,9 @@ import pytest
 
 from conftest import run_cli, start_app
 from core.accounts import actor_for
-from core.importer import import_rows
-from core.jobs import start_next_job, submit_job
-from core.training_config import TrainingConfig
+from core.data.importer import import_rows
+from core.training.jobs import start_next_job, submit_job
+from core.training.config import TrainingConfig
 from test_training import separable_pairs, wait_for
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def test_labels_are_served_while_a_job_trains(db_url, tmp_path, store):
     finally:
         app.process.terminate()
         app.process.wait(timeout=10)
-    from core.jobs import cancel_job
+    from core.training.jobs import cancel_job
 
     cancel_job(store, _admin(store), job_id)
     wait_for(store, job_id, ("cancelled", "interrupted", "failed"), seconds=120)
@@ -75,7 +75,7 @@ def test_a_job_that_runs_out_of_memory_ends_failed_with_the_reason(store, tmp_pa
     """A base whose weights cannot be allocated: the allocator's out-of-memory error is the reason."""
     import json as _json
 
-    from core.demo_model import build_demo_reward_model
+    from core.training.demo_model import build_demo_reward_model
 
     import_rows(store, separable_pairs(8), source="import:separable")
     folder = build_demo_reward_model(tmp_path / "huge", ["a b c d"] * 10, hidden_size=32, num_layers=1, num_heads=2)

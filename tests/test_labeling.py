@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, select
 
 from core.accounts import AccountError, PermissionDenied, actor_for, add_user, authenticate
-from core.importer import ImportConfig, import_file
-from core.labeling import (
+from core.data.importer import ImportConfig, import_file
+from core.labeling.actions import (
     history,
     label_on_screen,
     label_stored,
@@ -235,8 +235,8 @@ def test_thinking_is_split_at_the_last_closing_tag(response, thinking, answer):
 
 
 def test_team_report_counts_agreement_bias_and_disagreements(queue_store):
-    from core.labeling import change_overlap
-    from core.team_stats import team_report
+    from core.labeling.actions import change_overlap
+    from core.labeling.team_stats import team_report
     from storage.labels import LabelInput
     from storage.queue import submit_label
 
@@ -266,8 +266,8 @@ def test_team_report_counts_agreement_bias_and_disagreements(queue_store):
 
 
 def test_perfect_agreement_gives_kappa_one(queue_store):
-    from core.labeling import change_overlap
-    from core.team_stats import team_report
+    from core.labeling.actions import change_overlap
+    from core.labeling.team_stats import team_report
 
     boss = make_actor(queue_store, "boss", "admin")
     change_overlap(queue_store, boss, 2)

@@ -14,8 +14,8 @@ from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 from test_import import PAIRS, write_jsonl
 
-from core.exporter import build_preference_rows
-from core.importer import ImportConfig, import_file
+from core.data.exporter import build_preference_rows
+from core.data.importer import ImportConfig, import_file
 from storage import schema
 from storage.engine import Store
 from storage.labels import LabelInput, ensure_user

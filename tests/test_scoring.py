@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.demo_model import build_demo_reward_model
-from core.scoring import ModelLoadError, RewardModel
+from core.training.demo_model import build_demo_reward_model
+from core.scoring.engine import ModelLoadError, RewardModel
 
 TOLERANCE = 1e-4
 CORPUS = [

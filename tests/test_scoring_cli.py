@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import PROJECT_ROOT
-from core.demo_model import build_demo_reward_model
-from core.reward_fn import RewardEnsemble, RewardNormalizer, make_reward_fn
-from core.scoring import RewardModel
+from core.training.demo_model import build_demo_reward_model
+from core.scoring.reward_fn import RewardEnsemble, RewardNormalizer, make_reward_fn
+from core.scoring.engine import RewardModel
 
 CORPUS = ["What is 2 + 2? <think>add them</think> It is 4.", "Name a color. Blue is a color."] * 20
 

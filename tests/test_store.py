@@ -10,7 +10,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 from test_import import write_jsonl
 
-from core.importer import ImportConfig, import_file
+from core.data.importer import ImportConfig, import_file
 from storage.engine import Store, StoreConfigError
 from storage.labels import LabelInput, ensure_user, upsert_label
 from storage.models import Setting
@@ -118,7 +118,7 @@ def test_backup_copies_a_live_store_and_the_copy_restores(store, tmp_path):
     import hashlib
     import sqlite3
 
-    from core.exporter import build_preference_rows
+    from core.data.exporter import build_preference_rows
     from storage.backup import BackupError, backup_store
 
     rows = [{"prompt": f"Q{i}?", "chosen": " yes", "rejected": " no"} for i in range(50)]

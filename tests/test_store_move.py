@@ -13,9 +13,9 @@ from sqlalchemy import text
 from test_import import PAIRS, write_jsonl
 
 from conftest import HH_RLHF_FILE, PROJECT_ROOT
-from core.exporter import ExportConfig, export_dataset
-from core.importer import ImportConfig, import_file
-from core.store_move import move_store
+from core.data.exporter import ExportConfig, export_dataset
+from core.data.importer import ImportConfig, import_file
+from core.data.store_move import move_store
 from storage.engine import Store
 from storage.jobs import create_job, record_metrics
 from storage.labels import LabelInput, ensure_user

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from core.accounts import actor_for
-from core.importer import import_rows
-from core.jobs import cancel_job, job_dir, resume_job, start_next_job, submit_job, worker_command
-from core.training import TrainingError, latest_complete_checkpoint, length_report, take_snapshot
-from core.training_config import ConfigError, TrainingConfig, suggest_hyperparameters
+from core.data.importer import import_rows
+from core.training.jobs import cancel_job, job_dir, resume_job, start_next_job, submit_job, worker_command
+from core.training.trainer import TrainingError, latest_complete_checkpoint, length_report, take_snapshot
+from core.training.config import ConfigError, TrainingConfig, suggest_hyperparameters
 from storage.jobs import get_job, mark_orphans_interrupted, metrics_of
 from storage.registry import model_by_name
 
@@ -126,8 +126,8 @@ def test_lora_adapters_save_and_reload_with_identical_rewards(tmp_path):
     from peft import AutoPeftModelForSequenceClassification, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from core.demo_model import build_demo_reward_model
-    from core.training import lora_config, save_reward_model
+    from core.training.demo_model import build_demo_reward_model
+    from core.training.trainer import lora_config, save_reward_model
 
     base = build_demo_reward_model(tmp_path / "base", ["some words for the tokenizer to learn"] * 20, hidden_size=32,
                                    num_layers=2, num_heads=2)
@@ -161,7 +161,7 @@ def test_the_length_report_counts_what_max_length_would_drop(store):
     import_rows(store, [dict(r, prompt=f"{r['prompt']}{i}") for i, r in enumerate(rows)], source="import:lengths")
     config = TrainingConfig(max_length=64, eval_fraction=0.0)
     snapshot = take_snapshot(store, config)
-    from core.training import load_tokenizer
+    from core.training.trainer import load_tokenizer
 
     tokenizer = load_tokenizer(config, snapshot, store.data_dir / "jobs" / "preview")
     report = length_report(tokenizer, snapshot, 64)
@@ -193,16 +193,16 @@ def test_suggestions_follow_the_guides_table():
 
 def test_several_gpus_launch_through_accelerate():
     single = worker_command(7, gpus=1)
-    assert single[1:] == ["-m", "core.job_worker", "--job", "7"]
+    assert single[1:] == ["-m", "core.training.worker", "--job", "7"]
     multi = worker_command(7, gpus=4)
     assert multi[1:6] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4"]
-    assert multi[-4:] == ["-m", "core.job_worker", "--job", "7"]
+    assert multi[-4:] == ["-m", "core.training.worker", "--job", "7"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_bf16_and_4bit_lora(training_store):
     """On a CUDA GPU: bf16 is chosen, and 4-bit + LoRA trains a small Qwen built locally."""
-    from core.training import run_training
+    from core.training.trainer import run_training
 
     config = TrainingConfig(lora=True, load_in_4bit=True, max_steps=20, logging_steps=5, save_steps=20,
                             output_name="gpu-4bit")
@@ -213,7 +213,7 @@ def test_gpu_bf16_and_4bit_lora(training_store):
 def test_an_unreachable_hub_model_says_so_and_offers_the_demo(training_store, monkeypatch):
     import socket
 
-    from core.training import load_tokenizer
+    from core.training.trainer import load_tokenizer
 
     def no_dns(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise socket.gaierror("no network")
@@ -229,8 +229,8 @@ def test_an_unreachable_hub_model_says_so_and_offers_the_demo(training_store, mo
 def test_a_classifier_with_several_labels_trains_with_a_one_output_head(training_store, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from core.demo_model import build_demo_reward_model
-    from core.training import load_model
+    from core.training.demo_model import build_demo_reward_model
+    from core.training.trainer import load_model
 
     folder = build_demo_reward_model(tmp_path / "three", ["some words"] * 10, hidden_size=32, num_layers=1, num_heads=2)
     AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3, ignore_mismatched_sizes=True).save_pretrained(folder)
@@ -242,8 +242,8 @@ def test_a_classifier_with_several_labels_trains_with_a_one_output_head(training
 def test_pad_equal_to_eos_gets_a_distinct_pad_token(tmp_path):
     from transformers import AutoTokenizer
 
-    from core.demo_model import build_demo_reward_model
-    from core.training import PAD_TOKEN, load_model
+    from core.training.demo_model import build_demo_reward_model
+    from core.training.trainer import PAD_TOKEN, load_model
 
     folder = build_demo_reward_model(tmp_path / "m", ["some words"] * 10, hidden_size=32, num_layers=1, num_heads=2)
     tokenizer = AutoTokenizer.from_pretrained(folder)

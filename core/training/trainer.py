@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.exporter import PreferenceRows, build_preference_rows, response_text, split_rows
-from core.scoring import format_example
-from core.training_config import DEMO_BASE, TrainingConfig, suggest_hyperparameters
+from core.data.exporter import PreferenceRows, build_preference_rows, response_text, split_rows
+from core.scoring.engine import format_example
+from core.training.config import DEMO_BASE, TrainingConfig, suggest_hyperparameters
 from storage.engine import Store
 from storage.jobs import beat, record_metrics
 from storage.registry import register_model
@@ -113,7 +113,7 @@ def load_tokenizer(config: TrainingConfig, snapshot: DataSnapshot, work_dir: Pat
     from transformers import AutoTokenizer
 
     if config.base_model == DEMO_BASE:
-        from core.demo_model import build_demo_reward_model
+        from core.training.demo_model import build_demo_reward_model
 
         base = work_dir / "demo-base"
         if not (base / "config.json").exists():

@@ -10,7 +10,7 @@ from typing import Callable
 
 from sqlalchemy.engine import make_url
 
-from core.exporter import build_preference_rows
+from core.data.exporter import build_preference_rows
 from storage.engine import Store
 from storage.transfer import TransferError, TransferReport, copy_store, store_digest
 

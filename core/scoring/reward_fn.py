@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from core.scoring import Prompt, RewardModel
+from core.scoring.engine import Prompt, RewardModel
 
 REDUCTIONS = ("mean", "min")
 

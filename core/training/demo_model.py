@@ -108,7 +108,7 @@ def train_demo_reward_model(out_dir: Path, *, steps: int = 80, seed: int = 0) ->
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from core.demo_data import DEMO_CANDIDATES, demo_preference_rows
+    from core.data.demo_data import DEMO_CANDIDATES, demo_preference_rows
 
     rows = demo_preference_rows()
     texts = [m["content"] for row in rows for key in ("prompt", "chosen", "rejected") for m in row[key]]
@@ -134,7 +134,7 @@ def train_demo_reward_model(out_dir: Path, *, steps: int = 80, seed: int = 0) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m core.demo_model --db URL --out DIR``: train the demo model and register it."""
+    """``python -m core.training.demo_model --db URL --out DIR``: train the demo model and register it."""
     import argparse
 
     from storage.engine import Store

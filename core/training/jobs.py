@@ -1,8 +1,8 @@
 """Training jobs as background processes: submit, run one at a time, cancel, resume.
 
 Each job runs in a child process started with an argument list (never a shell string):
-``python -m core.job_worker --job ID`` (store URL in ``$REWARDLAB_DB``), or ``accelerate launch --num_processes N -m
-core.job_worker ...`` when several GPUs are visible. Its state (status, pid, heartbeat, progress,
+``python -m core.training.worker --job ID`` (store URL in ``$REWARDLAB_DB``), or ``accelerate launch --num_processes N -m
+core.training.worker ...`` when several GPUs are visible. Its state (status, pid, heartbeat, progress,
 log file, error) lives in the store, so a restarted app knows what was running; a job marked running
 whose process is gone is marked interrupted, and can be resumed from its last complete checkpoint.
 The process exits when the job ends, which frees its GPU memory.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.accounts import Actor, Permission
-from core.training_config import TrainingConfig
+from core.training.config import TrainingConfig
 from storage.engine import DB_URL_ENV, Store
 from storage.jobs import (
     create_job,
@@ -46,7 +46,7 @@ def job_dir(store: Store, job_id: int) -> Path:
 def worker_command(job_id: int, *, gpus: int) -> list[str]:
     """The child's argument list: plain Python on one device, ``accelerate launch`` on several.
     The store URL travels in the environment (``worker_environment``), never in the arguments."""
-    worker = ["-m", "core.job_worker", "--job", str(job_id)]
+    worker = ["-m", "core.training.worker", "--job", str(job_id)]
     if gpus > 1:
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus), *worker]
     return [sys.executable, *worker]
@@ -198,8 +198,8 @@ def recent_jobs(store: Store, actor: Actor, limit: int = 20) -> list:
 def preview_training(store: Store, actor: Actor, config: TrainingConfig) -> str:
     """What a job with this config would train on, before any GPU time: pair counts, what
     max_length drops, token lengths, and the suggested learning rate and batch size."""
-    from core.training import length_report, load_tokenizer, take_snapshot
-    from core.training_config import DEMO_BASE, suggest_hyperparameters
+    from core.training.trainer import length_report, load_tokenizer, take_snapshot
+    from core.training.config import DEMO_BASE, suggest_hyperparameters
 
     actor.require(Permission.TRAIN)
     snapshot = take_snapshot(store, config)
@@ -218,7 +218,7 @@ def count_parameters(base_model: str) -> int | None:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from core.training import hub_token, local_files_only
+    from core.training.trainer import hub_token, local_files_only
 
     try:
         config = AutoConfig.from_pretrained(base_model, token=hub_token(), num_labels=1,

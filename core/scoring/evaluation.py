@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from core.config_fields import ConfigError, config_field
-from core.import_readers import UnreadableFile, read_rows
-from core.preference_formats import RowError, _check_messages, _check_text, parse_row
-from core.scoring import RewardModel
+from core.data.readers import UnreadableFile, read_rows
+from core.data.formats import RowError, _check_messages, _check_text, parse_row
+from core.scoring.engine import RewardModel
 
 
 class InputRejected(ValueError):

@@ -1,4 +1,4 @@
-"""The child process of one training job: ``python -m core.job_worker --job ID`` (store from ``$REWARDLAB_DB`` or ``--db URL``).
+"""The child process of one training job: ``python -m core.training.worker --job ID`` (store from ``$REWARDLAB_DB`` or ``--db URL``).
 
 It reads the job's config from the store, trains, and records the ending: succeeded, cancelled
 (SIGTERM or a cancel request: it stops at the next step) or failed with the reason.
@@ -12,9 +12,9 @@ import signal
 import sys
 import traceback
 
-from core.jobs import job_dir
-from core.training import TrainingError, run_training
-from core.training_config import TrainingConfig
+from core.training.jobs import job_dir
+from core.training.trainer import TrainingError, run_training
+from core.training.config import TrainingConfig
 from storage.engine import Store
 from storage.jobs import finish_job, get_job, mark_started
 from storage.models import JobStatus

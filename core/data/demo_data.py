@@ -149,7 +149,7 @@ DEMO_CANDIDATES: list[dict] = [
 
 def load_demo_data_if_empty(store: Store) -> bool:
     """Import the demo dataset when the store holds no comparisons. Returns whether it did."""
-    from core.importer import import_rows
+    from core.data.importer import import_rows
 
     with store.read() as session:
         if store_counts(session).comparisons:

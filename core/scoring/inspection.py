@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from core.scoring import Prompt, RewardModel, ScoreResult
+from core.scoring.engine import Prompt, RewardModel, ScoreResult
 from storage.engine import Store
 from storage.registry import list_models, model_by_name
 

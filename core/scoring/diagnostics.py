@@ -13,8 +13,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from core.accounts import Actor, Permission
-from core.exporter import build_preference_rows, response_text
-from core.scoring import RewardModel
+from core.data.exporter import build_preference_rows, response_text
+from core.scoring.engine import RewardModel
 from storage.engine import Store
 from storage.queries import prompt_excerpt
 from storage.queue import requeue_comparisons
