@@ -13,7 +13,8 @@
     python app.py --help               all subcommands
 
 Every subcommand but migrate-store takes ``--db URL`` (default: ``$REWARDLAB_DB`` or ``data/rewardlab.db``).
-This file only parses arguments and reports; the work is done in ``core/`` and ``storage/``.
+This file only parses arguments and reports; the work, and the permission checks, are in ``core/``
+(the command line acts as the local operator, ``core.accounts.operator_actor``).
 Gradio is imported only by ``serve``, so the other commands start fast.
 """
 
@@ -25,20 +26,18 @@ import json
 import sys
 from pathlib import Path
 
-from core.accounts import LOGIN_ROLES, AccountError, add_user
+from core.accounts import LOGIN_ROLES, AccountError, add_user, operator_actor
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
-from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
 from core.data.exporter import ExportConfig, NothingToExport, export_dataset
 from core.data.importer import ImportConfig, ImportRejected, import_file
-from core.training.worker import execute_job
+from core.data.store_move import BackupError, TransferError, back_up_store, move_store
 from core.scoring.engine import ModelLoadError
-from core.data.store_move import move_store
+from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
+from core.scoring.inspection import registered_models
 from core.training.config import TrainingConfig
-from storage.backup import BackupError, backup_store
+from core.training.jobs import recent_jobs, submit_job
+from core.training.worker import execute_job
 from storage.engine import DB_URL_ENV, Store, StoreConfigError
-from storage.jobs import create_job, list_jobs
-from storage.registry import list_models
-from storage.transfer import TransferError
 
 EXIT_BAD_INPUT = 2
 
@@ -149,15 +148,15 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(TrainingConfig, args)
     store = Store(args.db)
-    with store.write() as session:
-        job_id = create_job(session, config.to_record())
+    job_id = submit_job(store, operator_actor(store), config)
     print(f"job {job_id}: training in the foreground (Ctrl-C stops it)")
     return execute_job(store, job_id, log=lambda message: print(message, flush=True))
 
 
 def run_backup(args: argparse.Namespace) -> int:
     try:
-        pages = backup_store(Store(args.db), args.out)
+        store = Store(args.db)
+        pages = back_up_store(store, operator_actor(store), args.out)
     except BackupError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -179,8 +178,8 @@ def run_migrate_store(args: argparse.Namespace) -> int:
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    with Store(args.db).read() as session:
-        rows = list_jobs(session)
+    store = Store(args.db)
+    rows = recent_jobs(store, operator_actor(store), limit=50)
     print(f"{'id':>4}  {'status':<11} {'progress':>11}  {'base model':<28} {'model / error'}")
     for job in rows:
         progress = f"{job.current_step}/{job.total_steps}" if job.total_steps else str(job.current_step)
@@ -191,8 +190,8 @@ def run_jobs(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    with Store(args.db).read() as session:
-        rows = list_models(session)
+    store = Store(args.db)
+    rows = registered_models(store, operator_actor(store))
     print(f"{'name':<28} {'accuracy':>8} {'pairs':>6}  {'base model':<28} path")
     for model in rows:
         accuracy = f"{model.eval_accuracy:.3f}" if model.eval_accuracy is not None else "-"

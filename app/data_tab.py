@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import tempfile
 from pathlib import Path
 
@@ -11,20 +12,23 @@ from app.formatting import code_block, counts_markdown
 from core.data.exporter import EXPORT_FORMATS, PROMPT_FORMATS, ExportConfig, NothingToExport, export_for_download
 from app.session import USER_ERRORS, current_actor
 from core.data.importer import ImportConfig, ImportRejected, import_upload
+from core.data.summary import store_summary
 from storage.engine import Store
-from storage.queries import store_counts
 
 
-def render_data_tab(store: Store) -> gr.Markdown:
+def render_data_tab(store: Store, blocks: gr.Blocks) -> gr.Markdown:
     """Build the tab inside the current Blocks; returns the counts panel so other tabs can refresh it."""
 
-    def current_counts() -> str:
-        with store.read() as session:
-            return counts_markdown(store_counts(session))
+    def current_counts(request: gr.Request) -> str:
+        try:
+            return counts_markdown(store_summary(store, current_actor(store, request)))
+        except USER_ERRORS as error:
+            return html.escape(str(error))
 
-    counts = gr.Markdown(current_counts(), elem_id="store-counts")
+    counts = gr.Markdown(elem_id="store-counts")
     refresh = gr.Button("Refresh counts", size="sm")
     refresh.click(current_counts, outputs=counts, api_visibility="private")
+    blocks.load(current_counts, outputs=counts, api_visibility="private")
 
     with gr.Row():
         with gr.Column():

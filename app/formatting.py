@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from storage.queries import StoreCounts
+from core.data.summary import StoreCounts
 
 
 def code_block(text: str) -> str:

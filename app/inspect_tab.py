@@ -11,11 +11,19 @@ import plotly.graph_objects as go
 
 from app.diagnostics_panel import render_diagnostics_panel
 from app.formatting import code_block
+from app.session import USER_ERRORS, current_actor
 from core.data.demo_data import DEMO_PREFERENCES
-from core.scoring.inspection import Inspection, UnknownModel, inspect_responses, registered_model_names, resolve_model
 from core.scoring.engine import ModelLoadError
+from core.scoring.inspection import (
+    Inspection,
+    UnknownComparison,
+    UnknownModel,
+    comparison_for_inspection,
+    inspect_responses,
+    registered_model_names,
+    resolve_model,
+)
 from storage.engine import Store
-from storage.queue import load_comparison
 
 TABLE_HEADERS = ["model", "response", "reward", "thinking reward", "answer reward", "reward − answer reward",
                  "tokens", "over max_length"]
@@ -124,13 +132,13 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
 
     demo.click(demo_pair, outputs=[prompt, response_a, response_b, chat], api_visibility="private")
 
-    def from_store(number: float | None) -> dict:
+    def from_store(number: float | None, request: gr.Request) -> dict:
         if number is None:
             return {status: "Type a comparison number first."}
-        with store.read() as session:
-            record = load_comparison(session, int(number))
-        if record is None:
-            return {status: f"There is no comparison {int(number)}."}
+        try:
+            record = comparison_for_inspection(store, current_actor(store, request), int(number))
+        except (*USER_ERRORS, UnknownComparison) as error:
+            return {status: html.escape(str(error))}
         if record.prompt_messages is not None:
             text = "\n\n".join(m["content"] for m in record.prompt_messages if m["role"] == "user")
         else:

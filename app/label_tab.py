@@ -12,15 +12,14 @@ from app.rendering import render_prompt, render_response
 from app.session import USER_ERRORS, current_actor
 from core.accounts import Permission
 from core.labeling.actions import (
-    ComparisonView,
+    LabelingScreen,
+    change_label_screen,
     guidelines,
     history,
-    label_on_screen,
-    next_comparison,
-    open_for_change,
-    progress,
+    label_and_next,
+    open_labeling_screen,
     screen_choice_of,
-    undo_last,
+    undo_last_screen,
     update_guidelines,
 )
 from storage.engine import Store
@@ -91,16 +90,15 @@ class LabelTab:
     @property
     def view_outputs(self) -> list:
         return [self.prompt, self.left, self.right, self.comment, self.strength, self.current, self.status, self.progress,
-                self.view,
-                self.shown_at]
+                self.view, self.shown_at, self.history]
 
 
 def _message(text: str) -> str:
     return html.escape(text)
 
 
-def _show(tab: LabelTab, store: Store, actor, view: ComparisonView | None, status: str = "") -> dict:  # noqa: ANN001
-    done = progress(store, actor)
+def _show(tab: LabelTab, actor, screen: LabelingScreen, status: str = "") -> dict:  # noqa: ANN001
+    view, done = screen.view, screen.progress
     updates = {
         tab.progress: f"**{actor.name}** · labeled by you: **{done.labeled_by_me}** · "
         f"comparisons still needing labels (team): **{done.open_comparisons}**",
@@ -109,6 +107,7 @@ def _show(tab: LabelTab, store: Store, actor, view: ComparisonView | None, statu
         tab.shown_at: time.monotonic(),
         tab.comment: "",
         tab.strength: "clearly",  # a "slightly" must be chosen again, never carried over by accident
+        tab.history: _history_rows(screen.history),
     }
     if view is None:
         updates[tab.prompt] = '<div class="rl-empty">Nothing left for you to label. Thank you!</div>'
@@ -122,7 +121,7 @@ def _show(tab: LabelTab, store: Store, actor, view: ComparisonView | None, statu
     return updates
 
 
-def _history_rows(store: Store, actor) -> list[list]:  # noqa: ANN001
+def _history_rows(items: list) -> list[list]:
     return [
         [
             item.comparison_id,
@@ -132,7 +131,7 @@ def _history_rows(store: Store, actor) -> list[list]:  # noqa: ANN001
             item.comment or "",
             item.prompt_excerpt,
         ]
-        for item in history(store, actor)
+        for item in items
     ]
 
 
@@ -173,20 +172,19 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
     def load(request: gr.Request) -> dict:
         try:
             actor = current_actor(store, request)
-            view = next_comparison(store, actor)
+            screen = open_labeling_screen(store, actor)
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
         is_editor = actor.can(Permission.EDIT_GUIDELINES)
         text = guidelines(store)
         return {
-            **_show(tab, store, actor, view),
+            **_show(tab, actor, screen),
             tab.guidelines: text,
             tab.guidelines_editor: gr.Textbox(value=text, visible=is_editor),
             tab.guidelines_save: gr.Button(visible=is_editor),
-            tab.history: _history_rows(store, actor),
         }
 
-    blocks.load(load, outputs=[*tab.view_outputs, guidelines_md, guidelines_editor, guidelines_save, history_table],
+    blocks.load(load, outputs=[*tab.view_outputs, guidelines_md, guidelines_editor, guidelines_save],
                 api_visibility="private")
 
     def choose(screen_choice: str):  # noqa: ANN202
@@ -194,51 +192,49 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             try:
                 actor = current_actor(store, request)
                 if view is None:
-                    return _show(tab, store, actor, next_comparison(store, actor))
+                    return _show(tab, actor, open_labeling_screen(store, actor))
                 seconds = round(time.monotonic() - shown_at, 2) if shown_at else None
-                result = label_on_screen(store, actor, view, screen_choice, strength=how_much, comment=note,
-                                         seconds_spent=seconds)
-                done = "Saved" if result.changed else "Already saved"
-                status = f"{done}: #{view.comparison_id} → {screen_choice.replace('_', ' ')}"
-                return {**_show(tab, store, actor, next_comparison(store, actor), status),
-                        tab.history: _history_rows(store, actor)}
+                screen = label_and_next(store, actor, view, screen_choice, strength=how_much, comment=note,
+                                        seconds_spent=seconds)
             except USER_ERRORS as error:
                 return {tab.status: _message(str(error))}
+            done = "Saved" if screen.result.changed else "Already saved"
+            return _show(tab, actor, screen, f"{done}: #{view.comparison_id} → {screen_choice.replace('_', ' ')}")
 
         return handler
 
     for screen_choice, button in choice_buttons.items():
         button.click(choose(screen_choice), inputs=[tab.view, tab.shown_at, strength, comment],
-                     outputs=[*tab.view_outputs, history_table], api_visibility="private")
+                     outputs=tab.view_outputs, api_visibility="private")
 
     def undo_last_label(request: gr.Request) -> dict:
         try:
             actor = current_actor(store, request)
-            view = undo_last(store, actor)
+            screen = undo_last_screen(store, actor)
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
-        if view is None:
+        if screen is None:
             return {tab.status: "Nothing to undo."}
-        return {**_show(tab, store, actor, view, f"Undone: #{view.comparison_id} is back for you to label."),
-                tab.history: _history_rows(store, actor)}
+        return _show(tab, actor, screen, f"Undone: #{screen.view.comparison_id} is back for you to label.")
 
-    undo.click(undo_last_label, outputs=[*tab.view_outputs, history_table], api_visibility="private")
+    undo.click(undo_last_label, outputs=tab.view_outputs, api_visibility="private")
 
     def change_label(comparison_id: float | None, request: gr.Request) -> dict:
         try:
             actor = current_actor(store, request)
             if comparison_id is None:
                 return {tab.status: "Type the number of a comparison from your labels first."}
-            view = open_for_change(store, actor, int(comparison_id))
+            screen = change_label_screen(store, actor, int(comparison_id))
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
-        return _show(tab, store, actor, view)
+        return _show(tab, actor, screen)
 
     change.click(change_label, inputs=change_id, outputs=tab.view_outputs, api_visibility="private")
 
     def refresh(request: gr.Request) -> dict:
         try:
-            return {tab.history: _history_rows(store, current_actor(store, request))}
+            actor = current_actor(store, request)
+            return {tab.history: _history_rows(history(store, actor))}
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
 

@@ -19,12 +19,11 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from core.accounts import accounts_exist, authenticate  # noqa: E402
-from core.training.demo_model import DEMO_MODEL_NAME  # noqa: E402
-from core.scoring.inspection import registered_model_names  # noqa: E402
-from core.training.jobs import JobScheduler, worker_environment  # noqa: E402
-from storage.jobs import mark_orphans_interrupted  # noqa: E402
+from core.accounts import accounts_exist, authenticate, operator_actor  # noqa: E402
 from core.data.demo_data import load_demo_data_if_empty  # noqa: E402
+from core.scoring.inspection import registered_model_names  # noqa: E402
+from core.training.demo_model import DEMO_MODEL_NAME  # noqa: E402
+from core.training.jobs import JobScheduler, recover_orphaned_jobs, worker_environment  # noqa: E402
 from storage.engine import Store  # noqa: E402
 
 
@@ -72,8 +71,7 @@ def serve(*, db_url: str | None, host: str, port: int, load_demo: bool) -> None:
         print(f"loaded the demo dataset into the empty store {store.display_url}")
     if load_demo:
         start_demo_model_training(store)
-    with store.write() as session:
-        interrupted = mark_orphans_interrupted(session)
+    interrupted = recover_orphaned_jobs(store, operator_actor(store))
     if interrupted:
         print(f"marked interrupted (their process is gone): jobs {interrupted}; resume them from the Train tab")
     JobScheduler(store).start()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import gradio as gr
 
 from core.accounts import Actor, PermissionDenied, actor_for
+from core.labeling.actions import LABELING_ERRORS
 from storage.engine import Store
-from storage.labels import LabelError
-from storage.queue import QueueError
 
 # Errors whose message is meant for the person at the keyboard.
-USER_ERRORS = (PermissionDenied, QueueError, LabelError)
+USER_ERRORS = (PermissionDenied, *LABELING_ERRORS)
 
 
 def current_actor(store: Store, request: gr.Request | None) -> Actor:

@@ -9,7 +9,6 @@ from app.session import USER_ERRORS, current_actor
 from core.labeling.actions import change_overlap, labels_per_comparison
 from core.labeling.team_stats import TeamReport, team_report
 from storage.engine import Store
-from storage.settings import SettingError
 
 ANNOTATOR_HEADERS = ["annotator", "labels", "median seconds", "left-side pick rate"]
 DISAGREEMENT_HEADERS = ["comparison", "prompt", "votes"]
@@ -63,7 +62,7 @@ def render_team_tab(store: Store) -> gr.Button:
     def save_overlap_setting(value: float | None, request: gr.Request) -> str:
         try:
             change_overlap(store, current_actor(store, request), int(value or 0))
-        except (*USER_ERRORS, SettingError) as error:
+        except USER_ERRORS as error:
             return str(error)
         return f"Saved: each comparison now needs {int(value)} label(s)."
 

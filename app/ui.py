@@ -26,10 +26,10 @@ def build_ui(store: Store) -> gr.Blocks:
             # Restricted tabs start hidden and are shown to the roles that may use them: in Gradio 6.31 an
             # update to visible=False leaves the tab button on screen, while visible=True works.
             with gr.Tab("Data", id="data", visible=False) as data_tab:
-                render_data_tab(store)
+                render_data_tab(store, blocks)
             with gr.Tab("Train", id="train", visible=False) as train_tab:
                 render_train_tab(store, blocks)
-            with gr.Tab("Inspect", id="inspect"):
+            with gr.Tab("Inspect", id="inspect", visible=False) as inspect_tab:
                 render_inspect_tab(store, blocks)
             with gr.Tab("Team", id="team", visible=False) as team_tab:
                 render_team_tab(store)
@@ -44,8 +44,9 @@ def build_ui(store: Store) -> gr.Blocks:
             return {
                 data_tab: gr.Tab(visible=actor.can(Permission.IMPORT) or actor.can(Permission.EXPORT)),
                 train_tab: gr.Tab(visible=actor.can(Permission.TRAIN)),
+                inspect_tab: gr.Tab(visible=actor.can(Permission.INSPECT)),
                 team_tab: gr.Tab(visible=actor.can(Permission.VIEW_TEAM)),
             }
 
-        blocks.load(tabs_for, outputs=[data_tab, train_tab, team_tab], api_visibility="private")
+        blocks.load(tabs_for, outputs=[data_tab, train_tab, inspect_tab, team_tab], api_visibility="private")
     return blocks

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from core.training.demo_model import build_demo_reward_model  # noqa: E402
-from core.scoring.engine import RewardModel  # noqa: E402
+from core.scoring.engine import RewardScorer  # noqa: E402
 
 WORDS = ("the reward model reads each token and the answer follows a chain of thought about numbers such as "
          "seven plus five equals twelve so we check again before writing the final result").split()
@@ -69,7 +69,7 @@ def main() -> None:
         corpus = texts_with_lengths(300, seed=1)
         path = build_demo_reward_model(Path(folder) / "rm", corpus, hidden_size=512, num_layers=10, num_heads=8,
                                        vocab_size=8192)
-        engine = RewardModel(path, device="cpu", batch_tokens=1024)
+        engine = RewardScorer(path, device="cpu", batch_tokens=1024)
         from transformers import pipeline
 
         classifier = pipeline("text-classification", model=str(path), device="cpu", function_to_apply="none")

@@ -13,6 +13,8 @@ from storage.bulk import dialect_insert
 from storage.models import JobStatus, TrainingJob, TrainingMetric, utc_now
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+# A job claimed by the scheduler runs without a pid until its child process has started.
+STARTING_GRACE = timedelta(seconds=60)
 
 
 def create_job(session: Session, config: dict[str, Any]) -> int:
@@ -42,11 +44,15 @@ def running_job(session: Session) -> TrainingJob | None:
     ).scalar_one_or_none()
 
 
-def mark_started(session: Session, job_id: int, *, pid: int, log_path: str, output_dir: str) -> None:
+def mark_started(session: Session, job_id: int, *, pid: int | None, log_path: str, output_dir: str) -> None:
     session.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(
         status=JobStatus.RUNNING.value, pid=pid, log_path=log_path, output_dir=output_dir, started_at=utc_now(),
         heartbeat_at=utc_now(), error=None, finished_at=None,
     ))
+
+
+def record_pid(session: Session, job_id: int, pid: int) -> None:
+    session.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(pid=pid))
 
 
 def beat(session: Session, job_id: int, *, step: int, total_steps: int | None) -> bool:
@@ -100,7 +106,8 @@ def mark_orphans_interrupted(session: Session, *, stale_after: timedelta = timed
     orphans = []
     for job in session.execute(select(TrainingJob).where(TrainingJob.status == JobStatus.RUNNING.value)).scalars():
         silent = job.heartbeat_at is None or now - job.heartbeat_at > stale_after
-        if not process_alive(job.pid) or silent:
+        starting = job.pid is None and job.heartbeat_at is not None and now - job.heartbeat_at <= STARTING_GRACE
+        if (not starting and not process_alive(job.pid)) or silent:
             job.status = JobStatus.INTERRUPTED.value
             job.error = "the training process ended without reporting (crash, kill or app restart)"
             job.finished_at = now

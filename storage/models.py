@@ -4,8 +4,8 @@ One data model serves the three jobs:
 
 * labeling reads ``Prompt``, ``Completion`` and ``Comparison`` and writes ``Label``;
 * training reads labels through the export path and writes ``TrainingJob``, ``TrainingMetric``
-  and ``RewardModel``;
-* inspection reads ``RewardModel`` and caches ``CachedScore``.
+  and ``RegisteredModel``;
+* inspection and scoring read ``RegisteredModel`` (the table keeps its first name, ``rewardmodel``).
 
 Content is addressed by hash (``Prompt.content_hash``, ``Completion.content_hash``) so that
 importing the same rows twice adds nothing, and uniqueness lives in constraints rather than in
@@ -209,7 +209,11 @@ class TrainingMetric(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("job_id", "step", "name", name="metric_once_per_step"),)
 
 
-class RewardModel(SQLModel, table=True):
+class RegisteredModel(SQLModel, table=True):
+    """A trained reward model that Inspect, ``score`` and ``eval`` load by name."""
+
+    __tablename__ = "rewardmodel"
+
     id: Optional[int] = Field(default=None, primary_key=True)
     name: str = Field(max_length=200, unique=True)
     path: str
@@ -221,18 +225,6 @@ class RewardModel(SQLModel, table=True):
     eval_accuracy: Optional[float] = None
     eval_margin: Optional[float] = None
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
-
-
-class CachedScore(SQLModel, table=True):
-    id: Optional[int] = Field(default=None, primary_key=True)
-    reward_model_id: int = Field(foreign_key="rewardmodel.id", index=True)
-    completion_id: int = Field(foreign_key="completion.id", index=True)
-    reward: float
-    thinking_reward: Optional[float] = None
-    answer_reward: Optional[float] = None
-    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
-
-    __table_args__ = (UniqueConstraint("reward_model_id", "completion_id", name="score_once_per_model"),)
 
 
 class Setting(SQLModel, table=True):

@@ -68,11 +68,15 @@ def votes_by_comparison(
 
 @dataclass(frozen=True)
 class ComparisonContent:
+    """What one comparison shows: its prompt and its two completions (with the models that wrote them)."""
+
     id: int
     prompt_text: str | None
     prompt_messages: list[dict[str, Any]] | None
     a_text: str
+    a_model: str | None
     b_text: str
+    b_model: str | None
 
 
 def comparison_contents(session: Session, comparison_ids: list[int]) -> dict[int, ComparisonContent]:
@@ -80,7 +84,7 @@ def comparison_contents(session: Session, comparison_ids: list[int]) -> dict[int
     contents: dict[int, ComparisonContent] = {}
     for chunk in chunked(sorted(comparison_ids), 1):
         statement = (
-            select(Comparison.id, Prompt.text, Prompt.messages, a.text, b.text)
+            select(Comparison.id, Prompt.text, Prompt.messages, a.text, a.model, b.text, b.model)
             .join(Prompt, Prompt.id == Comparison.prompt_id)
             .join(a, a.id == Comparison.completion_a_id)
             .join(b, b.id == Comparison.completion_b_id)
@@ -89,6 +93,10 @@ def comparison_contents(session: Session, comparison_ids: list[int]) -> dict[int
         for row in session.execute(statement):
             contents[row[0]] = ComparisonContent(*row)
     return contents
+
+
+def load_comparison(session: Session, comparison_id: int) -> ComparisonContent | None:
+    return comparison_contents(session, [comparison_id]).get(comparison_id)
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import case, delete, exists, func, select, update
-from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from storage.bulk import chunked, dialect_insert
 from storage.labels import LabelInput, upsert_label
-from storage.models import Comparison, Completion, Label, Lease, Prompt, utc_now
+from storage.models import Comparison, Label, Lease, Prompt, utc_now
 from storage.queries import prompt_excerpt
 from storage.settings import get_setting
 
@@ -227,29 +225,6 @@ def undo_last_label(session: Session, *, annotator_id: int) -> int | None:
     refresh_comparison_counts(session, [last.comparison_id])
     reserve_for(session, annotator_id=annotator_id, comparison_id=last.comparison_id)
     return last.comparison_id
-
-
-@dataclass(frozen=True)
-class ComparisonRecord:
-    id: int
-    prompt_text: str | None
-    prompt_messages: list[dict[str, Any]] | None
-    a_text: str
-    a_model: str | None
-    b_text: str
-    b_model: str | None
-
-
-def load_comparison(session: Session, comparison_id: int) -> ComparisonRecord | None:
-    a, b = aliased(Completion), aliased(Completion)
-    row = session.execute(
-        select(Comparison.id, Prompt.text, Prompt.messages, a.text, a.model, b.text, b.model)
-        .join(Prompt, Prompt.id == Comparison.prompt_id)
-        .join(a, a.id == Comparison.completion_a_id)
-        .join(b, b.id == Comparison.completion_b_id)
-        .where(Comparison.id == comparison_id)
-    ).first()
-    return ComparisonRecord(*row) if row else None
 
 
 def label_of(session: Session, *, annotator_id: int, comparison_id: int) -> Label | None:

@@ -11,16 +11,16 @@ from core.training.demo_model import train_demo_reward_model
 from core.scoring.diagnostics import Diagnostics, _health, compare_models, diagnose, send_for_review
 from core.data.importer import import_rows
 from core.labeling.actions import next_comparison
-from core.scoring.engine import RewardModel
+from core.scoring.engine import RewardScorer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> RewardModel:
+def trained(tmp_path_factory) -> RewardScorer:
     folder = tmp_path_factory.mktemp("demo") / "model"
     train_demo_reward_model(folder, steps=60)
-    return RewardModel(folder, device="cpu")
+    return RewardScorer(folder, device="cpu")
 
 
 def swapped(row: dict) -> dict:
@@ -58,7 +58,7 @@ def test_two_models_disagree_where_their_preferences_flip(store, trained, tmp_pa
     from core.training.demo_model import build_demo_reward_model
 
     import_rows(store, demo_preference_rows(), source="demo")
-    untrained = RewardModel(build_demo_reward_model(tmp_path / "raw", ["a b c"] * 10, hidden_size=32, num_layers=1,
+    untrained = RewardScorer(build_demo_reward_model(tmp_path / "raw", ["a b c"] * 10, hidden_size=32, num_layers=1,
                                                     num_heads=2), device="cpu")
     flips = compare_models(store, trained, untrained)
     first = diagnose(store, trained, name="trained")

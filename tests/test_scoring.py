@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.training.demo_model import build_demo_reward_model
-from core.scoring.engine import ModelLoadError, RewardModel
+from core.scoring.engine import ModelLoadError, RewardScorer
 
 TOLERANCE = 1e-4
 CORPUS = [
@@ -28,21 +28,21 @@ RESPONSES = [
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["think-token-id", "think-as-text"])
-def scorer(request, tmp_path_factory) -> RewardModel:
+def scorer(request, tmp_path_factory) -> RewardScorer:
     folder = build_demo_reward_model(
         tmp_path_factory.mktemp("model") / "rm", CORPUS, hidden_size=32, num_layers=2, num_heads=2, seed=3,
         think_tokens=request.param,
     )
-    return RewardModel(folder, device="cpu", batch_tokens=256)
+    return RewardScorer(folder, device="cpu", batch_tokens=256)
 
 
-def reference(scorer: RewardModel, ids: list[int]) -> float:
+def reference(scorer: RewardScorer, ids: list[int]) -> float:
     """The model's own forward on one unpadded sequence: RewardTrainer's pooling at the last token."""
     with torch.inference_mode():
         return scorer.model(input_ids=torch.tensor([ids])).logits[0, 0].item()
 
 
-def reference_text(scorer: RewardModel, prompt, response: str) -> float:  # noqa: ANN001
+def reference_text(scorer: RewardScorer, prompt, response: str) -> float:  # noqa: ANN001
     if isinstance(prompt, list):
         ids = scorer.tokenizer.apply_chat_template(
             [*prompt, {"role": "assistant", "content": response}], tokenize=True, return_dict=True
@@ -119,9 +119,9 @@ def test_a_model_with_several_labels_is_refused(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3, ignore_mismatched_sizes=True)
     model.save_pretrained(folder)
     with pytest.raises(ModelLoadError, match="num_labels=3; a reward model has one output"):
-        RewardModel(folder, device="cpu")
+        RewardScorer(folder, device="cpu")
 
 
 def test_a_missing_model_says_so(tmp_path):
     with pytest.raises(ModelLoadError, match="cannot load"):
-        RewardModel(tmp_path / "nothing-here", device="cpu")
+        RewardScorer(tmp_path / "nothing-here", device="cpu")

@@ -9,7 +9,7 @@ import pytest
 from conftest import PROJECT_ROOT
 from core.training.demo_model import build_demo_reward_model
 from core.scoring.reward_fn import RewardEnsemble, RewardNormalizer, make_reward_fn
-from core.scoring.engine import RewardModel
+from core.scoring.engine import RewardScorer
 
 CORPUS = ["What is 2 + 2? <think>add them</think> It is 4.", "Name a color. Blue is a color."] * 20
 
@@ -39,7 +39,7 @@ def test_score_writes_rewards_segments_and_trajectories(model_dirs, tmp_path):
     done = run("score", "--model", str(model_dirs[0]), "--input", str(source), "--output", str(out), "--trajectory")
     assert done.returncode == 0, done.stderr
     scored = [json.loads(line) for line in out.read_text().splitlines()]
-    expected = RewardModel(model_dirs[0], device="cpu").score_responses([(r["prompt"], r["response"]) for r in rows],
+    expected = RewardScorer(model_dirs[0], device="cpu").score_responses([(r["prompt"], r["response"]) for r in rows],
                                                                        trajectory=True)
     assert [s["id"] for s in scored] == [1, 2]  # the input fields are kept
     for row, result in zip(scored, expected, strict=True):
@@ -68,7 +68,7 @@ def test_eval_prints_accuracy_margin_and_count(model_dirs, tmp_path):
     done = run("eval", "--model", str(model_dirs[0]), "--input", str(source))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    model = RewardModel(model_dirs[0], device="cpu")
+    model = RewardScorer(model_dirs[0], device="cpu")
     margins = [model.score(p["prompt"], [p["chosen"]])[0] - model.score(p["prompt"], [p["rejected"]])[0] for p in pairs]
     assert result["n"] == 8
     assert result["accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 8)
@@ -84,7 +84,7 @@ def test_a_missing_model_is_a_clear_error(tmp_path):
 
 def test_make_reward_fn_has_trls_signature_and_scores_like_the_engine(model_dirs):
     reward_fn = make_reward_fn(model_dirs[0])
-    model = RewardModel(model_dirs[0], device="cpu")
+    model = RewardScorer(model_dirs[0], device="cpu")
     prompts = ["What is 2 + 2? ", "Name a color. "]
     completions = ["It is 4.", "Blue."]
     assert reward_fn(prompts=prompts, completions=completions, completion_ids=None) == pytest.approx(
@@ -98,7 +98,7 @@ def test_make_reward_fn_has_trls_signature_and_scores_like_the_engine(model_dirs
 
 
 def test_an_ensemble_reduces_by_mean_or_min(model_dirs):
-    models = [RewardModel(folder, device="cpu") for folder in model_dirs]
+    models = [RewardScorer(folder, device="cpu") for folder in model_dirs]
     examples = [("What is 2 + 2? ", "It is 4."), ("Name a color. ", "Blue.")]
     each = [m.score_pairs(examples) for m in models]
     assert RewardEnsemble(models, "mean").score_pairs(examples) == pytest.approx(

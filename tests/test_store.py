@@ -25,7 +25,8 @@ def test_schema_is_created_on_first_use(db_url, tmp_path):
         assert path.exists()
     tables = set(inspect(store.write_engine).get_table_names())
     assert {"prompt", "completion", "comparison", "label", "user", "trainingjob", "trainingmetric",
-            "rewardmodel", "cachedscore", "setting"} <= tables
+            "rewardmodel", "setting"} <= tables
+    assert "cachedscore" not in tables  # dropped by migration 0003: nothing wrote or read it
 
 
 def test_an_acknowledged_commit_is_durable_on_either_database(store):

@@ -230,11 +230,11 @@ def test_a_classifier_with_several_labels_trains_with_a_one_output_head(training
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from core.training.demo_model import build_demo_reward_model
-    from core.training.trainer import load_model
+    from core.training.trainer import load_model_for_training
 
     folder = build_demo_reward_model(tmp_path / "three", ["some words"] * 10, hidden_size=32, num_layers=1, num_heads=2)
     AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3, ignore_mismatched_sizes=True).save_pretrained(folder)
-    model, notes = load_model(TrainingConfig(base_model=str(folder)), AutoTokenizer.from_pretrained(folder), tmp_path)
+    model, notes = load_model_for_training(TrainingConfig(base_model=str(folder)), AutoTokenizer.from_pretrained(folder), tmp_path)
     assert model.config.num_labels == 1 and model.score.out_features == 1
     assert any("re-initialised with one output" in note for note in notes)
 
@@ -243,12 +243,12 @@ def test_pad_equal_to_eos_gets_a_distinct_pad_token(tmp_path):
     from transformers import AutoTokenizer
 
     from core.training.demo_model import build_demo_reward_model
-    from core.training.trainer import PAD_TOKEN, load_model
+    from core.training.trainer import PAD_TOKEN, load_model_for_training
 
     folder = build_demo_reward_model(tmp_path / "m", ["some words"] * 10, hidden_size=32, num_layers=1, num_heads=2)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.pad_token = tokenizer.eos_token
-    model, notes = load_model(TrainingConfig(base_model=str(folder)), tokenizer, tmp_path)
+    model, notes = load_model_for_training(TrainingConfig(base_model=str(folder)), tokenizer, tmp_path)
     assert tokenizer.pad_token == PAD_TOKEN and tokenizer.pad_token_id != tokenizer.eos_token_id
     assert model.config.pad_token_id == tokenizer.pad_token_id
     assert any("used EOS as its pad token" in note for note in notes)

@@ -10,9 +10,21 @@ from typing import Callable
 
 from sqlalchemy.engine import make_url
 
+from core.accounts import Actor, Permission
 from core.data.exporter import build_preference_rows
+from storage.backup import BackupError, backup_store
 from storage.engine import Store
 from storage.transfer import TransferError, TransferReport, copy_store, store_digest
+
+__all__ = ["BackupError", "MoveReport", "TransferError", "back_up_store", "move_store"]
+
+
+def back_up_store(store: Store, actor: Actor, target: Path) -> int:
+    """Copy a SQLite store to ``target`` while the app runs (SQLite's online backup); returns the
+    page count. A backup holds every label: the roles that may export may take one. Raises
+    ``PermissionDenied`` or ``BackupError`` (PostgreSQL store, target is the store itself)."""
+    actor.require(Permission.EXPORT)
+    return backup_store(store, target)
 
 
 @dataclass(frozen=True)

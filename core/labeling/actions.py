@@ -11,10 +11,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from sqlmodel import Session
+
 from core.accounts import Actor, Permission
 from core.segments import split_thinking
 from storage.engine import Store
 from storage.labels import LabelInput
+from storage.queries import load_comparison
 from storage.queue import (
     HistoryItem,
     Progress,
@@ -23,14 +26,17 @@ from storage.queue import (
     claim_next_comparison,
     label_history,
     label_of,
-    load_comparison,
     progress_of,
     refresh_comparison_counts,
     reserve_for,
     submit_label,
     undo_last_label,
 )
-from storage.settings import get_setting, set_setting
+from storage.labels import LabelError
+from storage.settings import SettingError, get_setting, set_setting
+
+# Errors whose message is meant for the person labeling (re-exported so that app/ need not import storage/).
+LABELING_ERRORS = (QueueError, LabelError, SettingError)
 
 SCREEN_CHOICES = ("left", "right", "tie", "both_bad", "skip")
 STRENGTHS = {"slightly": 1, "clearly": 2}
@@ -71,8 +77,13 @@ def left_side_for(annotator_id: int, comparison_id: int) -> str:
 
 def _view(store: Store, actor: Actor, comparison_id: int) -> ComparisonView | None:
     with store.read() as session:
-        record = load_comparison(session, comparison_id)
-        existing = label_of(session, annotator_id=actor.user_id, comparison_id=comparison_id)
+        return _view_in(session, actor, comparison_id)
+
+
+def _view_in(session: Session, actor: Actor, comparison_id: int) -> ComparisonView | None:
+    """The comparison as this actor sees it, read inside the caller's transaction."""
+    record = load_comparison(session, comparison_id)
+    existing = label_of(session, annotator_id=actor.user_id, comparison_id=comparison_id)
     if record is None:
         return None
     left = existing.shown_left if existing is not None and existing.shown_left else left_side_for(actor.user_id, comparison_id)
@@ -117,10 +128,8 @@ def open_for_change(store: Store, actor: Actor, comparison_id: int) -> Compariso
     """Show a comparison the actor labeled before, laid out as they saw it, to change the label."""
     actor.require(Permission.LABEL)
     with store.write() as session:
-        if label_of(session, annotator_id=actor.user_id, comparison_id=comparison_id) is None:
-            raise QueueError(f"you have not labeled comparison {comparison_id}")
-        reserve_for(session, annotator_id=actor.user_id, comparison_id=comparison_id)
-    return _view(store, actor, comparison_id)
+        _reserve_own_label(session, actor, comparison_id)
+        return _view_in(session, actor, comparison_id)
 
 
 def label_on_screen(
@@ -133,7 +142,8 @@ def label_on_screen(
     comment: str | None = None,
     seconds_spent: float | None = None,
 ) -> SubmitResult:
-    """Store a label given in screen terms (left/right/tie/both_bad/skip)."""
+    """Store a label given in screen terms (left/right/tie/both_bad/skip); scripts and tests use
+    this, the Label tab uses ``label_and_next``."""
     if screen_choice not in SCREEN_CHOICES:
         raise QueueError(f"choice must be one of {', '.join(SCREEN_CHOICES)}, got {screen_choice!r}")
     return label_stored(
@@ -144,6 +154,21 @@ def label_on_screen(
         strength=strength,
         comment=comment,
         shown_left=view.shown_left,
+        seconds_spent=seconds_spent,
+    )
+
+
+def _label_input(actor: Actor, comparison_id: int, choice: str, *, strength: str | None, comment: str | None,
+                 shown_left: str | None, seconds_spent: float | None) -> LabelInput:
+    if strength not in (None, "", *STRENGTHS):
+        raise QueueError(f"strength must be one of {', '.join(STRENGTHS)}, got {strength!r}")
+    return LabelInput(
+        comparison_id=int(comparison_id),
+        annotator_id=actor.user_id,
+        choice=choice,
+        strength=STRENGTHS.get(strength) if choice in ("a", "b") else None,
+        shown_left=shown_left,
+        comment=(comment or "").strip() or None,
         seconds_spent=seconds_spent,
     )
 
@@ -165,19 +190,81 @@ def label_stored(
     (and ``LabelError``) with the reason.
     """
     actor.require(Permission.LABEL)
-    if strength not in (None, "", *STRENGTHS):
-        raise QueueError(f"strength must be one of {', '.join(STRENGTHS)}, got {strength!r}")
-    label = LabelInput(
-        comparison_id=int(comparison_id),
-        annotator_id=actor.user_id,
-        choice=choice,
-        strength=STRENGTHS.get(strength) if choice in ("a", "b") else None,
-        shown_left=shown_left,
-        comment=(comment or "").strip() or None,
-        seconds_spent=seconds_spent,
-    )
+    label = _label_input(actor, comparison_id, choice, strength=strength, comment=comment, shown_left=shown_left,
+                         seconds_spent=seconds_spent)
     with store.write() as session:
         return submit_label(session, label)
+
+
+@dataclass(frozen=True)
+class LabelingScreen:
+    """Everything the Label tab shows after one action, read in the action's own transaction."""
+
+    view: ComparisonView | None  # the comparison to show next; None when nothing is left for the actor
+    progress: Progress
+    history: list[HistoryItem]
+    result: SubmitResult | None = None  # the label just stored, when the action stored one
+
+
+def _screen(session: Session, actor: Actor, comparison_id: int | None, result: SubmitResult | None = None,
+            history_limit: int = 50) -> LabelingScreen:
+    return LabelingScreen(
+        None if comparison_id is None else _view_in(session, actor, comparison_id),
+        progress_of(session, annotator_id=actor.user_id),
+        label_history(session, annotator_id=actor.user_id, limit=history_limit),
+        result,
+    )
+
+
+def open_labeling_screen(store: Store, actor: Actor) -> LabelingScreen:
+    """Reserve the actor's next comparison and read what the tab shows with it, in one transaction."""
+    actor.require(Permission.LABEL)
+    with store.write() as session:
+        return _screen(session, actor, claim_next_comparison(session, annotator_id=actor.user_id))
+
+
+def label_and_next(
+    store: Store,
+    actor: Actor,
+    view: ComparisonView,
+    screen_choice: str,
+    *,
+    strength: str | None = None,
+    comment: str | None = None,
+    seconds_spent: float | None = None,
+) -> LabelingScreen:
+    """One click: store a label given in screen terms, reserve the next comparison, and read the
+    progress and history to show, all in one write transaction (all of it happens, or none)."""
+    actor.require(Permission.LABEL)
+    if screen_choice not in SCREEN_CHOICES:
+        raise QueueError(f"choice must be one of {', '.join(SCREEN_CHOICES)}, got {screen_choice!r}")
+    label = _label_input(actor, view.comparison_id, _to_stored(screen_choice, view.shown_left), strength=strength,
+                         comment=comment, shown_left=view.shown_left, seconds_spent=seconds_spent)
+    with store.write() as session:
+        result = submit_label(session, label)
+        return _screen(session, actor, claim_next_comparison(session, annotator_id=actor.user_id), result)
+
+
+def undo_last_screen(store: Store, actor: Actor) -> LabelingScreen | None:
+    """Remove the actor's last label and show that comparison again; None when there is nothing to undo."""
+    actor.require(Permission.LABEL)
+    with store.write() as session:
+        comparison_id = undo_last_label(session, annotator_id=actor.user_id)
+        return None if comparison_id is None else _screen(session, actor, comparison_id)
+
+
+def change_label_screen(store: Store, actor: Actor, comparison_id: int) -> LabelingScreen:
+    """Show a comparison the actor labeled before, laid out as they saw it, to change the label."""
+    actor.require(Permission.LABEL)
+    with store.write() as session:
+        _reserve_own_label(session, actor, comparison_id)
+        return _screen(session, actor, comparison_id)
+
+
+def _reserve_own_label(session: Session, actor: Actor, comparison_id: int) -> None:
+    if label_of(session, annotator_id=actor.user_id, comparison_id=comparison_id) is None:
+        raise QueueError(f"you have not labeled comparison {comparison_id}")
+    reserve_for(session, annotator_id=actor.user_id, comparison_id=comparison_id)
 
 
 def undo_last(store: Store, actor: Actor) -> ComparisonView | None:

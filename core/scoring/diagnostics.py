@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from core.accounts import Actor, Permission
 from core.data.exporter import build_preference_rows, response_text
-from core.scoring.engine import RewardModel
+from core.scoring.engine import RewardScorer
 from storage.engine import Store
 from storage.queries import prompt_excerpt
 from storage.queue import requeue_comparisons
@@ -70,7 +70,7 @@ def _ids_and_rows(store: Store, prompt_format: str) -> tuple[list[int], list[dic
     return prepared.comparison_ids, prepared.rows
 
 
-def _pairs(store: Store, model: RewardModel, limit: int) -> list[PairDiagnosis]:
+def _pairs(store: Store, model: RewardScorer, limit: int) -> list[PairDiagnosis]:
     # One dataset cannot mix text and chat prompts, but a diagnosis can: read both kinds.
     rows = sorted(
         (comparison_id, row)
@@ -93,7 +93,7 @@ def _pairs(store: Store, model: RewardModel, limit: int) -> list[PairDiagnosis]:
     return pairs
 
 
-def diagnose(store: Store, model: RewardModel, *, name: str, limit: int = 500) -> Diagnostics:
+def diagnose(store: Store, model: RewardScorer, *, name: str, limit: int = 500) -> Diagnostics:
     """Score up to ``limit`` of the most recent labeled comparisons with ``model`` and report."""
     pairs = _pairs(store, model, limit)
     if not pairs:
@@ -155,7 +155,7 @@ class ModelDisagreement:
     second_margin: float
 
 
-def compare_models(store: Store, first: RewardModel, second: RewardModel, *, limit: int = 500) -> list[ModelDisagreement]:
+def compare_models(store: Store, first: RewardScorer, second: RewardScorer, *, limit: int = 500) -> list[ModelDisagreement]:
     """Comparisons whose preferred side flips between two models."""
     a, b = _pairs(store, first, limit), _pairs(store, second, limit)
     return [ModelDisagreement(x.comparison_id, x.prompt_excerpt, x.margin, y.margin)

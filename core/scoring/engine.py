@@ -71,7 +71,7 @@ class ScoreResult:
     think_end_token: int | None = None  # index in the trajectory of the token that ends </think>
 
 
-class RewardModel:
+class RewardScorer:
     """A loaded reward model (full model or LoRA adapter) with its tokenizer, ready to score."""
 
     def __init__(self, name_or_path: str | Path, *, device: str | None = None, dtype: Any = None,

@@ -12,7 +12,7 @@ from typing import Any
 from core.config_fields import ConfigError, config_field
 from core.data.readers import UnreadableFile, read_rows
 from core.data.formats import RowError, _check_messages, _check_text, parse_row
-from core.scoring.engine import RewardModel
+from core.scoring.engine import RewardScorer
 
 
 class InputRejected(ValueError):
@@ -78,10 +78,10 @@ def _read_score_rows(path: Path) -> list[tuple[dict[str, Any], Any, str]]:
     return rows
 
 
-def score_file(config: ScoreConfig, model: RewardModel | None = None) -> int:
+def score_file(config: ScoreConfig, model: RewardScorer | None = None) -> int:
     """Write ``config.output`` (whole or not at all) and return the number of rows scored."""
     rows = _read_score_rows(config.input)
-    model = model or RewardModel(config.model, batch_tokens=config.batch_tokens)
+    model = model or RewardScorer(config.model, batch_tokens=config.batch_tokens)
     results = model.score_responses([(prompt, response) for _, prompt, response in rows], trajectory=config.trajectory)
     config.output.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(dir=config.output.parent, prefix=".score-", suffix=".jsonl")
@@ -106,7 +106,7 @@ class EvalResult:
         return {"accuracy": self.accuracy, "mean_margin": self.mean_margin, "n": self.n}
 
 
-def evaluate_pairs(config: EvalConfig, model: RewardModel | None = None) -> EvalResult:
+def evaluate_pairs(config: EvalConfig, model: RewardScorer | None = None) -> EvalResult:
     """Accuracy (chosen scored strictly above rejected; a tie counts as wrong) and mean margin."""
     pairs, problems = [], []
     try:
@@ -130,7 +130,7 @@ def evaluate_pairs(config: EvalConfig, model: RewardModel | None = None) -> Eval
         raise InputRejected("\n".join(problems[:50]))
     if not pairs:
         raise InputRejected(f"{config.input}: no preference pairs")
-    model = model or RewardModel(config.model, batch_tokens=config.batch_tokens)
+    model = model or RewardScorer(config.model, batch_tokens=config.batch_tokens)
     rewards = model.score_pairs([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs])
     chosen, rejected = rewards[: len(pairs)], rewards[len(pairs) :]
     margins = [c - r for c, r in zip(chosen, rejected, strict=True)]

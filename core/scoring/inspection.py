@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from core.scoring.engine import Prompt, RewardModel, ScoreResult
+from core.accounts import Actor, Permission
+from core.scoring.engine import Prompt, RewardScorer, ScoreResult
 from storage.engine import Store
+from storage.queries import ComparisonContent, load_comparison
+from storage.models import RegisteredModel
 from storage.registry import list_models, model_by_name
 
-_cache: dict[str, RewardModel] = {}
+_cache: dict[str, RewardScorer] = {}
 _cache_lock = threading.Lock()
 MAX_CACHED_MODELS = 4
 
@@ -21,14 +24,36 @@ class UnknownModel(ValueError):
     pass
 
 
-def load_model(path: str) -> RewardModel:
+class UnknownComparison(ValueError):
+    pass
+
+
+def load_scorer(path: str) -> RewardScorer:
     """Load a reward model once per process and reuse it (the oldest is dropped past four)."""
     with _cache_lock:
         if path not in _cache:
             if len(_cache) >= MAX_CACHED_MODELS:
                 _cache.pop(next(iter(_cache)))
-            _cache[path] = RewardModel(path)
+            _cache[path] = RewardScorer(path)
         return _cache[path]
+
+
+def comparison_for_inspection(store: Store, actor: Actor, comparison_id: int) -> ComparisonContent:
+    """A stored comparison's prompt and completions, to score in the Inspect tab. Raises
+    ``PermissionDenied`` for a role that may not inspect, ``UnknownComparison`` for a missing id."""
+    actor.require(Permission.INSPECT)
+    with store.read() as session:
+        record = load_comparison(session, comparison_id)
+    if record is None:
+        raise UnknownComparison(f"there is no comparison {comparison_id}")
+    return record
+
+
+def registered_models(store: Store, actor: Actor) -> list[RegisteredModel]:
+    """The registry, newest first: name, folder, base model, held-out accuracy."""
+    actor.require(Permission.INSPECT)
+    with store.read() as session:
+        return list_models(session)
 
 
 def registered_model_names(store: Store) -> list[str]:
@@ -36,15 +61,15 @@ def registered_model_names(store: Store) -> list[str]:
         return [model.name for model in list_models(session)]
 
 
-def resolve_model(store: Store, name_or_path: str) -> RewardModel:
+def resolve_model(store: Store, name_or_path: str) -> RewardScorer:
     """A registered model by name, else a local folder or hub id."""
     with store.read() as session:
         record = model_by_name(session, name_or_path)
     if record is not None:
-        return load_model(record.path)
+        return load_scorer(record.path)
     if not name_or_path.strip():
         raise UnknownModel("choose a registered model or give a model folder")
-    return load_model(str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists() else name_or_path)
+    return load_scorer(str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists() else name_or_path)
 
 
 @dataclass(frozen=True)
@@ -71,7 +96,7 @@ class Inspection:
     flips: list[Flip]
 
 
-def inspect_responses(models: dict[str, RewardModel], prompt: Prompt, responses: list[str]) -> Inspection:
+def inspect_responses(models: dict[str, RewardScorer], prompt: Prompt, responses: list[str]) -> Inspection:
     if len(responses) < 2:
         raise ValueError("give at least two responses to compare")
     scores, flips = [], []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from core.scoring.engine import Prompt, RewardModel
+from core.scoring.engine import Prompt, RewardScorer
 
 REDUCTIONS = ("mean", "min")
 
@@ -42,7 +42,7 @@ class RewardNormalizer:
 class RewardEnsemble:
     """Several reward models scoring the same examples; their rewards reduced by mean or min."""
 
-    def __init__(self, models: Sequence[RewardModel], reduction: str = "mean",
+    def __init__(self, models: Sequence[RewardScorer], reduction: str = "mean",
                  normalizers: Sequence[RewardNormalizer] | None = None) -> None:
         if not models:
             raise ValueError("an ensemble needs at least one model")
@@ -73,7 +73,7 @@ def _as_response(completion: Any) -> str:
 
 
 def make_reward_fn(
-    model_or_models: str | Path | RewardModel | Sequence[str | Path | RewardModel],
+    model_or_models: str | Path | RewardScorer | Sequence[str | Path | RewardScorer],
     *,
     reduction: str = "mean",
     normalizer: RewardNormalizer | None = None,
@@ -84,7 +84,7 @@ def make_reward_fn(
     exactly as RewardTrainer formatted training examples.
     """
     items = model_or_models if isinstance(model_or_models, (list, tuple)) else [model_or_models]
-    models = [m if isinstance(m, RewardModel) else RewardModel(m) for m in items]
+    models = [m if isinstance(m, RewardScorer) else RewardScorer(m) for m in items]
     ensemble = RewardEnsemble(models, reduction)
 
     def reward_fn(prompts: Sequence[Prompt], completions: Sequence[Any], **kwargs: Any) -> list[float]:

@@ -22,10 +22,12 @@ from core.training.config import TrainingConfig
 from storage.engine import DB_URL_ENV, Store
 from storage.jobs import (
     create_job,
+    finish_job,
     get_job,
     mark_orphans_interrupted,
     mark_started,
     next_queued_job,
+    record_pid,
     request_cancel,
     requeue_for_resume,
     running_job,
@@ -91,25 +93,47 @@ def resume_job(store: Store, actor: Actor, job_id: int) -> None:
 
 
 def start_next_job(store: Store) -> int | None:
-    """Start the oldest queued job when none is running (one at a time on this machine)."""
+    """Start the oldest queued job when none is running (one at a time on this machine).
+
+    The write transaction only claims the job (marks it running, with no process yet): counting
+    GPUs imports torch (~2 s) and starting the child takes longer still, and a transaction held that
+    long would make every label write wait. A claimed job without a pid is "starting" for
+    ``STARTING_GRACE``; if the child cannot be started the job fails with the reason.
+    """
+    gpus = visible_gpus()
     with store.write() as session:
         mark_orphans_interrupted(session)
-        current = running_job(session)
-        if current is not None:
+        if running_job(session) is not None:
             return None
         job = next_queued_job(session)
         if job is None:
             return None
-        folder = job_dir(store, job.id)
-        folder.mkdir(parents=True, exist_ok=True)
+        job_id = job.id
+        folder = job_dir(store, job_id)
         log_path = folder / "train.log"
+        mark_started(session, job_id, pid=None, log_path=str(log_path), output_dir=str(folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:
             process = subprocess.Popen(
-                worker_command(job.id, gpus=visible_gpus()), cwd=PROJECT_ROOT, env=worker_environment(store), stdout=log,
+                worker_command(job_id, gpus=gpus), cwd=PROJECT_ROOT, env=worker_environment(store), stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
-        mark_started(session, job.id, pid=process.pid, log_path=str(log_path), output_dir=str(folder))
-        return job.id
+    except OSError as error:
+        with store.write() as session:
+            finish_job(session, job_id, JobStatus.FAILED, error=f"could not start the training process: {error}")
+        return None
+    with store.write() as session:
+        record_pid(session, job_id, process.pid)
+    return job_id
+
+
+def recover_orphaned_jobs(store: Store, actor: Actor) -> list[int]:
+    """Mark jobs whose process is gone (a crash, a kill, an app restart) interrupted, so they can be
+    resumed; returns their ids."""
+    actor.require(Permission.TRAIN)
+    with store.write() as session:
+        return mark_orphans_interrupted(session)
 
 
 class JobScheduler:

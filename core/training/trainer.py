@@ -20,6 +20,7 @@ saved; a resumed job continues from the newest marked checkpoint only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -168,20 +169,48 @@ def _device_precision(config: TrainingConfig) -> tuple[bool, bool]:
     return not has_gpu, bool(has_gpu and torch.cuda.is_bf16_supported())
 
 
-def load_model(config: TrainingConfig, tokenizer: Any, work_dir: Path) -> tuple[Any, list[str]]:
-    import torch
-    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+def _shared_fields(target: type, config: TrainingConfig) -> dict[str, Any]:
+    """The fields ``TrainingConfig`` declares under the same name as TRL's config class ``target``:
+    they are copied as they are, so a TRL option added to ``TrainingConfig`` reaches TRL in one edit."""
+    ours = {field.name for field in dataclasses.fields(TrainingConfig)}
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(target)
+            if field.init and field.name in ours}
+
+
+def model_config(config: TrainingConfig) -> Any:
+    """TRL's ``ModelConfig`` for this job, from which TRL's own ``get_peft_config`` and
+    ``get_quantization_config`` build the LoRA and bitsandbytes configs."""
+    from trl import ModelConfig
+
+    shared = _shared_fields(ModelConfig, config)
+    shared.pop("lora_target_modules", None)
+    model_args = ModelConfig(
+        **shared,
+        use_peft=config.lora,
+        lora_task_type="SEQ_CLS",
+        lora_modules_to_save=["score"],  # the fresh reward head is trained fully, not through adapters
+        use_bnb_nested_quant=config.bnb_4bit_use_double_quant,
+        dtype=config.bnb_4bit_compute_dtype,  # get_quantization_config takes the 4-bit compute dtype from here
+    )
+    # Set after construction: ModelConfig.__post_init__ turns a one-item list into a plain string, which
+    # PEFT then matches as a regular expression against whole module paths ("q_proj" finds nothing).
+    modules = config.lora_target_modules.strip()
+    model_args.lora_target_modules = (
+        modules if modules == "all-linear" else [m.strip() for m in modules.split(",") if m.strip()]
+    )
+    return model_args
+
+
+def load_model_for_training(config: TrainingConfig, tokenizer: Any, work_dir: Path) -> tuple[Any, list[str]]:
+    from transformers import AutoModelForSequenceClassification
+    from trl import get_quantization_config
 
     notes = []
     source = str(work_dir / "demo-base") if config.base_model == DEMO_BASE else config.base_model
     kwargs: dict[str, Any] = {"num_labels": 1, "token": hub_token(), "local_files_only": local_files_only(source)}
-    if config.load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=config.bnb_4bit_quant_type,
-            bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
-            bnb_4bit_compute_dtype=getattr(torch, config.bnb_4bit_compute_dtype),
-        )
+    quantization = get_quantization_config(model_config(config))
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     try:
         model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
     except (RuntimeError, ValueError) as error:
@@ -201,12 +230,10 @@ def load_model(config: TrainingConfig, tokenizer: Any, work_dir: Path) -> tuple[
 
 
 def lora_config(config: TrainingConfig) -> Any:
-    from peft import LoraConfig
+    """The job's LoRA config (``task_type="SEQ_CLS"``), built by TRL's ``get_peft_config``; None without lora."""
+    from trl import get_peft_config
 
-    modules = config.lora_target_modules.strip()
-    targets = modules if modules == "all-linear" else [m.strip() for m in modules.split(",") if m.strip()]
-    return LoraConfig(task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=targets, modules_to_save=["score"])
+    return get_peft_config(model_config(config))
 
 
 def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int | None) -> Any:
@@ -214,30 +241,26 @@ def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int
 
     use_cpu, bf16 = _device_precision(config)
     suggested_lr, suggested_batch = suggest_hyperparameters(n_parameters, demo=config.base_model == DEMO_BASE)
-    return RewardConfig(
-        output_dir=str(output_dir),
-        learning_rate=config.learning_rate or suggested_lr,
-        per_device_train_batch_size=config.per_device_train_batch_size or suggested_batch,
-        per_device_eval_batch_size=config.per_device_train_batch_size or suggested_batch,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps or -1,
-        max_length=config.max_length,
-        center_rewards_coefficient=config.center_rewards_coefficient or None,
-        disable_dropout=config.disable_dropout,
-        seed=config.seed,
-        bf16=bf16,
-        use_cpu=use_cpu,
-        activation_checkpointing=False,
-        logging_steps=config.logging_steps,
-        eval_strategy="steps",
-        eval_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=3,
-        report_to=[],
-        disable_tqdm=False,
-    )
+    return RewardConfig(**{
+        **_shared_fields(RewardConfig, config),
+        # where RewardLab's field means something more than TRL's ("0 = suggested"):
+        "learning_rate": config.learning_rate or suggested_lr,
+        "per_device_train_batch_size": config.per_device_train_batch_size or suggested_batch,
+        "per_device_eval_batch_size": config.per_device_train_batch_size or suggested_batch,
+        "max_steps": config.max_steps or -1,
+        "center_rewards_coefficient": config.center_rewards_coefficient or None,
+        # chosen by RewardLab for this machine and the job's folders:
+        "output_dir": str(output_dir),
+        "bf16": bf16,
+        "use_cpu": use_cpu,
+        "activation_checkpointing": False,
+        "eval_strategy": "steps",
+        "eval_steps": config.logging_steps,
+        "save_strategy": "steps",
+        "save_total_limit": 3,
+        "report_to": [],
+        "disable_tqdm": False,
+    })
 
 
 def latest_complete_checkpoint(output_dir: Path) -> Path | None:
@@ -315,7 +338,7 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
     log(f"data snapshot {snapshot.content_hash[:12]}: {report.summary()}")
     if report.train_pairs - report.dropped_train < 1:
         raise TrainingError(f"every training pair is longer than max_length {config.max_length}: raise max_length")
-    model, notes = load_model(config, tokenizer, work_dir)
+    model, notes = load_model_for_training(config, tokenizer, work_dir)
     for note in notes:
         log(f"note: {note}")
     n_parameters = sum(p.numel() for p in model.parameters())
