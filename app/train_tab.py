@@ -24,7 +24,6 @@ MAIN_FIELDS = ("base_model", "output_name", "max_steps", "num_train_epochs", "le
                "per_device_train_batch_size", "max_length", "eval_fraction", "lora")
 JOB_HEADERS = ["job", "status", "base model", "progress", "reward model", "error"]
 CHARTS = (("loss", "loss"), ("accuracy", "accuracy"), ("margin", "margin"), ("reward", "mean_reward"))
-FINAL = ("succeeded", "failed", "cancelled", "interrupted")
 
 
 def _component(field: dataclasses.Field, annotation) -> gr.components.Component:  # noqa: ANN001

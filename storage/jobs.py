@@ -12,7 +12,6 @@ from sqlmodel import Session
 from storage.bulk import dialect_insert
 from storage.models import JobStatus, TrainingJob, TrainingMetric, utc_now
 
-ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 # A job claimed by the scheduler runs without a pid until its child process has started.
 STARTING_GRACE = timedelta(seconds=60)
 

@@ -75,11 +75,6 @@ def left_side_for(annotator_id: int, comparison_id: int) -> str:
     return "a" if digest[0] % 2 == 0 else "b"
 
 
-def _view(store: Store, actor: Actor, comparison_id: int) -> ComparisonView | None:
-    with store.read() as session:
-        return _view_in(session, actor, comparison_id)
-
-
 def _view_in(session: Session, actor: Actor, comparison_id: int) -> ComparisonView | None:
     """The comparison as this actor sees it, read inside the caller's transaction."""
     record = load_comparison(session, comparison_id)
@@ -121,15 +116,12 @@ def next_comparison(store: Store, actor: Actor) -> ComparisonView | None:
     actor.require(Permission.LABEL)
     with store.write() as session:
         comparison_id = claim_next_comparison(session, annotator_id=actor.user_id)
-    return None if comparison_id is None else _view(store, actor, comparison_id)
+        return None if comparison_id is None else _view_in(session, actor, comparison_id)
 
 
 def open_for_change(store: Store, actor: Actor, comparison_id: int) -> ComparisonView:
     """Show a comparison the actor labeled before, laid out as they saw it, to change the label."""
-    actor.require(Permission.LABEL)
-    with store.write() as session:
-        _reserve_own_label(session, actor, comparison_id)
-        return _view_in(session, actor, comparison_id)
+    return change_label_screen(store, actor, comparison_id).view
 
 
 def label_on_screen(
@@ -269,10 +261,8 @@ def _reserve_own_label(session: Session, actor: Actor, comparison_id: int) -> No
 
 def undo_last(store: Store, actor: Actor) -> ComparisonView | None:
     """Remove the actor's last label and show that comparison again."""
-    actor.require(Permission.LABEL)
-    with store.write() as session:
-        comparison_id = undo_last_label(session, annotator_id=actor.user_id)
-    return None if comparison_id is None else _view(store, actor, comparison_id)
+    screen = undo_last_screen(store, actor)
+    return None if screen is None else screen.view
 
 
 def history(store: Store, actor: Actor, limit: int = 50) -> list[HistoryItem]:
