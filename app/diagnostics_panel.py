@@ -8,8 +8,8 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from app.session import USER_ERRORS, current_actor
-from core.scoring.diagnostics import Diagnostics, compare_models, diagnose, send_for_review
-from core.scoring.inspection import UnknownModel, registered_model_names, resolve_model
+from core.scoring.diagnostics import Diagnostics, run_diagnostics, send_for_review
+from core.scoring.inspection import UnknownModel, registered_models
 from core.scoring.engine import ModelLoadError
 from storage.engine import Store
 
@@ -24,7 +24,9 @@ def _summary(report: Diagnostics) -> str:
         f"**{html.escape(report.model)}** on {len(report.pairs)} labeled comparisons: accuracy **{report.accuracy:.3f}** "
         f"(ties count wrong) · mean margin **{report.mean_margin:+.3f}** · answer-only accuracy "
         f"**{report.answer_accuracy:.3f}** · thinking-only accuracy **{thinking}** · reward–length correlation **{length}**",
-        f"Suspected label errors: **{len(report.suspected_label_errors)}** · near-ties: **{len(report.near_ties)}**",
+        f"Suspected label errors: **{len(report.suspected_label_errors)}** · near-ties: **{len(report.near_ties)}**"
+        + (f" · skipped (longer than the model's max_length): **{report.skipped_over_max_length}**"
+           if report.skipped_over_max_length else ""),
     ]
     if report.health:
         lines.append("**Health checks**")
@@ -84,24 +86,24 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
             send = gr.Button("Send to the labeling queue (high priority)", elem_id="diag-send")
         send_status = gr.Markdown(elem_id="diag-send-status")
 
-    def choices() -> dict:
-        names = registered_model_names(store)
+    def choices(request: gr.Request) -> dict:
+        try:
+            names = [m.name for m in registered_models(store, current_actor(store, request))]
+        except USER_ERRORS:
+            names = []
         return {model: gr.Dropdown(choices=names, value=names[0] if names else None),
                 second: gr.Dropdown(choices=["", *names], value="")}
 
     blocks.load(choices, outputs=[model, second], api_visibility="private")
 
-    def run_diagnosis(first_name: str | None, second_name: str | None, most_recent: float | None) -> dict:
+    def run_diagnosis(first_name: str | None, second_name: str | None, most_recent: float | None,
+                      request: gr.Request) -> dict:
         if not first_name:
             return {summary: "Choose a registered model (the demo model appears a minute after a fresh start)."}
         try:
-            first = resolve_model(store, first_name)
-            report = diagnose(store, first, name=first_name, limit=int(most_recent or 500))
-            disagreements = []
-            if second_name:
-                disagreements = compare_models(store, first, resolve_model(store, second_name),
-                                               limit=int(most_recent or 500))
-        except (ModelLoadError, UnknownModel, ValueError) as error:
+            report, disagreements = run_diagnostics(store, current_actor(store, request), first_name, second_name,
+                                                    limit=int(most_recent or 500))
+        except (*USER_ERRORS, ModelLoadError, UnknownModel, ValueError) as error:
             return {summary: html.escape(str(error))}
         return {
             summary: _summary(report),

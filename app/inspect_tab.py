@@ -18,10 +18,10 @@ from core.scoring.inspection import (
     Inspection,
     UnknownComparison,
     UnknownModel,
+    InspectionRefused,
     comparison_for_inspection,
-    inspect_responses,
-    registered_model_names,
-    resolve_model,
+    inspect_with_models,
+    registered_models,
 )
 from storage.engine import Store
 
@@ -119,8 +119,11 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
         model_view = gr.Markdown(elem_id="inspect-model-view")
     render_diagnostics_panel(store, blocks)
 
-    def choices():  # noqa: ANN202
-        names = registered_model_names(store)
+    def choices(request: gr.Request):  # noqa: ANN202
+        try:
+            names = [model.name for model in registered_models(store, current_actor(store, request))]
+        except USER_ERRORS:
+            names = []
         return gr.CheckboxGroup(choices=names, value=names[:1])
 
     refresh.click(choices, outputs=models, api_visibility="private")
@@ -149,20 +152,16 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
     load.click(from_store, inputs=comparison_id, outputs=[prompt, response_a, response_b, chat, status],
                api_visibility="private")
 
-    def score(names: list[str], path: str, prompt_text: str, as_chat: bool, a: str, b: str, c: str, d: str) -> dict:
+    def score(names: list[str], path: str, prompt_text: str, as_chat: bool, a: str, b: str, c: str, d: str,
+              request: gr.Request) -> dict:
         responses = [text for text in (a, b, c, d) if text and text.strip()]
         wanted = list(names or []) + ([path.strip()] if path and path.strip() else [])
-        if not wanted:
-            return {status: "Choose a registered model (Refresh models) or give a model folder."}
-        if len(responses) < 2:
-            return {status: "Give at least two responses."}
+        full_prompt = [{"role": "user", "content": prompt_text or ""}] if as_chat else (prompt_text or "")
         try:
-            loaded = {name: resolve_model(store, name) for name in wanted}
-        except (ModelLoadError, UnknownModel) as error:
+            inspection = inspect_with_models(store, current_actor(store, request), wanted, full_prompt, responses)
+        except (*USER_ERRORS, InspectionRefused, ModelLoadError, UnknownModel) as error:
             return {status: html.escape(str(error))}
-        full_prompt = [{"role": "user", "content": prompt_text}] if as_chat else prompt_text
-        inspection = inspect_responses(loaded, full_prompt, responses)
-        no_trajectory = [name for name, model in loaded.items() if not model.is_decoder]
+        no_trajectory = sorted({s.model for s in inspection.scores if s.result.trajectory is None})
         note = (" Encoder models have no trajectory: " + ", ".join(map(html.escape, no_trajectory))) if no_trajectory else ""
         return {table: results_table(inspection), flips: flips_markdown(inspection), chart: trajectory_figure(inspection),
                 model_view: model_view_markdown(inspection), status: f"Scored {len(responses)} responses.{note}"}

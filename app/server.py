@@ -21,7 +21,8 @@ from pathlib import Path  # noqa: E402
 
 from core.accounts import accounts_exist, authenticate, operator_actor  # noqa: E402
 from core.data.demo_data import load_demo_data_if_empty  # noqa: E402
-from core.scoring.inspection import registered_model_names  # noqa: E402
+from core.model_folders import model_folder  # noqa: E402
+from core.scoring.inspection import registered_models  # noqa: E402
 from core.training.demo_model import DEMO_MODEL_NAME  # noqa: E402
 from core.training.jobs import JobScheduler, recover_orphaned_jobs, worker_environment  # noqa: E402
 from storage.engine import Store  # noqa: E402
@@ -43,9 +44,9 @@ def is_loopback(host: str) -> bool:
 def start_demo_model_training(store: Store) -> None:
     """With no reward model registered, train the offline demo model in a child process, so the
     Inspect tab has a model a minute after a fresh start (the page does not wait for it)."""
-    if registered_model_names(store):
+    if registered_models(store, operator_actor(store)):
         return
-    out = store.data_dir / "models" / DEMO_MODEL_NAME
+    out = model_folder(store, DEMO_MODEL_NAME)
     log = open(store.data_dir / "demo-model.log", "w")  # noqa: SIM115 (the child writes to it)
     subprocess.Popen(
         [sys.executable, "-m", "core.training.demo_model", "--out", str(out)],
@@ -61,6 +62,8 @@ def serve(*, db_url: str | None, host: str, port: int, load_demo: bool) -> None:
     from app.ui import build_ui
 
     store = Store(db_url)
+    # Models, job folders and logs live here; on PostgreSQL it is ./data, which may not exist yet.
+    store.data_dir.mkdir(parents=True, exist_ok=True)
     with_logins = accounts_exist(store)
     if not with_logins and not is_loopback(host):
         raise UnsafeListenAddress(

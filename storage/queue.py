@@ -23,13 +23,30 @@ from sqlmodel import Session
 
 from storage.bulk import chunked, dialect_insert
 from storage.labels import LabelInput, upsert_label
-from storage.models import Comparison, Label, Lease, Prompt, utc_now
+from storage.models import Comparison, Label, Lease, Prompt, Role, User, utc_now
 from storage.queries import prompt_excerpt
 from storage.settings import get_setting
 
 
 class QueueError(ValueError):
     """A label the queue cannot take; the message says why and what to do."""
+
+
+def _labeled_by_a_source():  # noqa: ANN202
+    """An imported comparison that came with its label (an import source's vote)."""
+    return (
+        exists()
+        .where(Label.comparison_id == Comparison.id, Label.annotator_id == User.id, User.role == Role.SOURCE.value)
+        .correlate(Comparison)
+    )
+
+
+def labels_needed(overlap: int):  # noqa: ANN201
+    """How many non-skip labels a comparison needs, as a SQL expression: ``overlap`` for one that
+    people label; for one imported with its label, that label alone, so raising the overlap never
+    sends imported pairs to annotators. Either way plus ``extra_labels``: an engineer sending a
+    comparison back asks for that many more human labels."""
+    return case((_labeled_by_a_source(), 1), else_=overlap) + Comparison.extra_labels
 
 
 def refresh_comparison_counts(
@@ -44,7 +61,7 @@ def refresh_comparison_counts(
         .correlate(Comparison)
         .scalar_subquery()
     )
-    statement = update(Comparison).values(label_count=counted, done=counted >= overlap + Comparison.extra_labels)
+    statement = update(Comparison).values(label_count=counted, done=counted >= labels_needed(overlap))
     if labeled_by is not None:
         session.execute(
             statement.where(Comparison.id.in_(select(Label.comparison_id).where(Label.annotator_id == labeled_by)))
@@ -96,7 +113,7 @@ def claim_next_comparison(session: Session, *, annotator_id: int, now: datetime 
         .correlate(Comparison)
         .scalar_subquery()
     )
-    has_room = Comparison.label_count + reserved_by_others < overlap + Comparison.extra_labels
+    has_room = Comparison.label_count + reserved_by_others < labels_needed(overlap)
     passed_over: list[int] = []
     while True:
         # On PostgreSQL, FOR UPDATE SKIP LOCKED lets concurrent claims pass over a comparison that
@@ -180,8 +197,13 @@ def submit_label(session: Session, label: LabelInput, *, now: datetime | None = 
         label.shown_left,
     ):
         return SubmitResult(mine.id, changed=False)
-    if mine is None and label.choice != "skip":
-        overlap = get_setting(session, "labels_per_comparison")
+    # Every label that adds a person to a comparison (a new label, skip included, or a skip turned
+    # into a vote) needs room: the comparison must still want labels, counting reservations by others
+    # unless this annotator holds one. Changing one's own vote (a to b) adds nobody.
+    adds_a_voter = mine is None or (mine.choice == "skip" and label.choice != "skip")
+    if adds_a_voter:
+        needed = session.execute(select(labels_needed(get_setting(session, "labels_per_comparison")))
+                                 .where(Comparison.id == label.comparison_id)).scalar_one()
         i_hold_lease = session.execute(
             select(Lease.comparison_id).where(
                 Lease.comparison_id == label.comparison_id,
@@ -197,12 +219,12 @@ def submit_label(session: Session, label: LabelInput, *, now: datetime | None = 
             )
         ).scalar_one()
         taken = comparison.label_count + (0 if i_hold_lease else others)
-        overlap += comparison.extra_labels
-        if taken >= overlap:
+        if taken >= needed:
             raise QueueError(
-                f"comparison {label.comparison_id} already has the {overlap} label(s) it needs"
-                + ("" if comparison.label_count >= overlap else " reserved by other annotators")
-                + "; your reservation had expired. Take the next one."
+                f"comparison {label.comparison_id} already has the {needed} label(s) it needs"
+                + ("" if comparison.label_count >= needed else " reserved by other annotators")
+                + ("; your reservation had expired" if mine is None else "")
+                + ". Take the next one."
             )
     label_id = upsert_label(session, label)
     session.execute(delete(Lease).where(Lease.annotator_id == label.annotator_id, Lease.comparison_id == label.comparison_id))

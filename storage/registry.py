@@ -1,4 +1,8 @@
-"""Registered reward models: what the Inspect tab and the scorer can load by name."""
+"""Registered reward models: what the Inspect tab and the scorer can load by name.
+
+A name is never reused: training again under a name registers the next version, ``name@v2``,
+``name@v3``..., and earlier versions stay registered and loadable.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,34 @@ from sqlmodel import Session
 from storage.models import RegisteredModel
 
 
+VERSION_SEPARATOR = "@v"
+
+
+class RegistryError(ValueError):
+    pass
+
+
+def next_version_name(session: Session, base_name: str) -> str:
+    """``base_name`` while it is free, else ``base_name@vN`` for the next N (the first is v1)."""
+    taken = session.execute(select(RegisteredModel.name).where(
+        (RegisteredModel.name == base_name) | RegisteredModel.name.startswith(base_name + VERSION_SEPARATOR, autoescape=True)
+    )).scalars().all()
+    if not taken:
+        return base_name
+    versions = [1 if name == base_name else int(suffix) for name in taken
+                if name == base_name or (suffix := name[len(base_name) + len(VERSION_SEPARATOR):]).isdigit()]
+    return f"{base_name}{VERSION_SEPARATOR}{max(versions, default=1) + 1}"
+
+
 def register_model(session: Session, *, name: str, path: str, base_model: str | None = None, job_id: int | None = None,
                    config: dict[str, Any] | None = None, data_hash: str | None = None, n_pairs: int | None = None,
                    eval_accuracy: float | None = None, eval_margin: float | None = None) -> int:
-    """Add a model (or update the one with this name) and return its id."""
-    existing = session.execute(select(RegisteredModel).where(RegisteredModel.name == name)).scalar_one_or_none()
-    record = existing or RegisteredModel(name=name, path=path)
-    record.path, record.base_model, record.job_id, record.config = path, base_model, job_id, config or {}
+    """Add a model and return its id. Raises ``RegistryError`` when the name is taken: a registered
+    model is never replaced (``next_version_name`` gives the name for a new version)."""
+    if model_by_name(session, name) is not None:
+        raise RegistryError(f"a reward model named {name!r} is already registered; models are never replaced")
+    record = RegisteredModel(name=name, path=path)
+    record.base_model, record.job_id, record.config = base_model, job_id, config or {}
     record.data_hash, record.n_pairs, record.eval_accuracy, record.eval_margin = data_hash, n_pairs, eval_accuracy, eval_margin
     session.add(record)
     session.flush()

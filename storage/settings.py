@@ -9,6 +9,9 @@ from sqlmodel import Session
 from storage.models import Setting
 
 
+MAX_GUIDELINES_CHARS = 100_000
+
+
 @dataclass(frozen=True)
 class SettingSpec:
     key: str
@@ -25,6 +28,12 @@ SETTINGS = {
         ),
         SettingSpec(
             "lease_seconds", "900", "how long a comparison handed to an annotator stays reserved for them", int
+        ),
+        SettingSpec(
+            "annotators_may_inspect", "0",
+            "1 lets annotators use the Inspect tab on text they paste, with registered models (never stored "
+            "comparisons or diagnostics, which would show the model's opinion of their own queue); 0 (default) does not",
+            int,
         ),
         SettingSpec(
             "guidelines",
@@ -59,5 +68,9 @@ def set_setting(session: Session, key: str, value) -> None:  # noqa: ANN001
         raise SettingError("labels_per_comparison must be between 1 and 10")
     if key == "lease_seconds" and not 10 <= typed <= 86_400:
         raise SettingError("lease_seconds must be between 10 and 86400")
+    if key == "annotators_may_inspect" and typed not in (0, 1):
+        raise SettingError("annotators_may_inspect must be 0 (no) or 1 (yes)")
+    if key == "guidelines" and len(typed) > MAX_GUIDELINES_CHARS:
+        raise SettingError(f"the guidelines are {len(typed):,} characters; the limit is {MAX_GUIDELINES_CHARS:,}")
     session.merge(Setting(key=key, value=str(typed)))
     session.flush()

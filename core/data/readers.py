@@ -15,9 +15,12 @@ import io
 import json
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
+
+from core.limits import MAX_IMPORT_BYTES, MAX_IMPORT_LINE_BYTES
 
 SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 
@@ -47,11 +50,42 @@ def _format_of(path: Path) -> tuple[str, bool]:
     )
 
 
-def _open_bytes(path: Path, compressed: bool) -> bytes:
+_CHUNK_BYTES = 1024 * 1024
+_GZIP_ERRORS = (OSError, EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _open_stream(path: Path, compressed: bool) -> BinaryIO:
+    return gzip.open(path, "rb") if compressed else open(path, "rb")  # noqa: SIM115 (the caller closes it)
+
+
+def _check_size(path: Path, compressed: bool) -> None:
+    """Refuse a file whose (decompressed) content passes ``MAX_IMPORT_BYTES``. A compressed file is
+    inflated as a stream and dropped chunk by chunk, so a gzip bomb costs one chunk of memory."""
+    cap = MAX_IMPORT_BYTES
     try:
-        data = path.read_bytes()
-        return gzip.decompress(data) if compressed else data
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        if not compressed:
+            size = path.stat().st_size
+        else:
+            size = 0
+            with _open_stream(path, compressed) as stream:
+                while size <= cap and (chunk := stream.read(_CHUNK_BYTES)):
+                    size += len(chunk)
+    except _GZIP_ERRORS as error:
+        raise UnreadableFile(f"{path}: cannot read the file ({error})") from None
+    if size > cap:
+        what = "inflates to" if compressed else "holds"
+        raise UnreadableFile(
+            f"{path}: {what} more than {cap // 2**20:,} MiB, the import limit ($REWARDLAB_MAX_IMPORT_MB); "
+            "split it into smaller files"
+        )
+
+
+def _open_bytes(path: Path, compressed: bool) -> bytes:
+    _check_size(path, compressed)
+    try:
+        with _open_stream(path, compressed) as stream:
+            return stream.read()
+    except _GZIP_ERRORS as error:
         raise UnreadableFile(f"{path}: cannot read the file ({error})") from None
 
 
@@ -76,9 +110,31 @@ def _decode_whole_file(path: Path, data: bytes) -> tuple[str | None, RawRow | No
     return text.removeprefix("\ufeff"), None
 
 
-def _read_jsonl(path: Path, data: bytes) -> Iterator[RawRow]:
-    for number, raw_line in enumerate(data.split(b"\n"), start=1):
+def _lines(path: Path, compressed: bool) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) for each line, read as a stream; None for a line over the line cap."""
+    _check_size(path, compressed)
+    try:
+        with _open_stream(path, compressed) as stream:
+            number = 0
+            while line := stream.readline(MAX_IMPORT_LINE_BYTES + 1):
+                number += 1
+                if len(line) > MAX_IMPORT_LINE_BYTES and not line.endswith(b"\n"):
+                    while (rest := stream.readline(_CHUNK_BYTES)) and not rest.endswith(b"\n"):
+                        pass  # skip the rest of the over-long line without holding it
+                    yield number, None
+                    continue
+                yield number, line.rstrip(b"\n")
+    except _GZIP_ERRORS as error:
+        raise UnreadableFile(f"{path}: cannot read the file ({error})") from None
+
+
+def _read_jsonl(path: Path, compressed: bool) -> Iterator[RawRow]:
+    for number, raw_line in _lines(path, compressed):
         location = f"{path}:{number}"
+        if raw_line is None:
+            yield RawRow(location, error=f"the line is longer than {MAX_IMPORT_LINE_BYTES // 2**20} MiB, "
+                                         "the limit for one row")
+            continue
         if not raw_line.strip():
             continue
         text, offset = _utf8_problem(raw_line)
@@ -208,10 +264,13 @@ def read_rows(path: Path) -> Iterator[RawRow]:
     if suffix == ".parquet":
         yield from _read_parquet(path, compressed)
         return
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _read_jsonl(path, compressed)
+        return
     data = _open_bytes(path, compressed)
     if b"\x00" in data and suffix == ".csv":
         line = data[: data.index(b"\x00")].count(b"\n") + 1
         yield RawRow(f"{path}:{line}", error="contains a NUL byte; this is not a text file")
         return
-    reader = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv}[suffix]
+    reader = {".json": _read_json, ".csv": _read_csv}[suffix]
     yield from reader(path, data)

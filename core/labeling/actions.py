@@ -14,6 +14,7 @@ from typing import Any
 from sqlmodel import Session
 
 from core.accounts import Actor, Permission
+from core.limits import MAX_COMMENT_CHARS
 from core.segments import split_thinking
 from storage.engine import Store
 from storage.labels import LabelInput
@@ -154,6 +155,8 @@ def _label_input(actor: Actor, comparison_id: int, choice: str, *, strength: str
                  shown_left: str | None, seconds_spent: float | None) -> LabelInput:
     if strength not in (None, "", *STRENGTHS):
         raise QueueError(f"strength must be one of {', '.join(STRENGTHS)}, got {strength!r}")
+    if comment is not None and len(comment) > MAX_COMMENT_CHARS:
+        raise QueueError(f"the comment is {len(comment):,} characters; the limit is {MAX_COMMENT_CHARS:,}. Shorten it")
     return LabelInput(
         comparison_id=int(comparison_id),
         annotator_id=actor.user_id,

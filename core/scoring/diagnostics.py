@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 from core.accounts import Actor, Permission
 from core.data.exporter import build_preference_rows, response_text
+from core.limits import MAX_DIAGNOSED_PAIRS
 from core.scoring.engine import RewardScorer
+from core.scoring.inspection import require_inspect, resolve_model
 from storage.engine import Store
 from storage.queries import prompt_excerpt
 from storage.queue import requeue_comparisons
@@ -57,6 +59,7 @@ class Diagnostics:
     suspected_label_errors: list[PairDiagnosis] = field(default_factory=list)
     near_ties: list[PairDiagnosis] = field(default_factory=list)
     health: list[HealthCheck] = field(default_factory=list)
+    skipped_over_max_length: int = 0  # pairs with a side longer than the model takes: not scored
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:
@@ -70,19 +73,26 @@ def _ids_and_rows(store: Store, prompt_format: str) -> tuple[list[int], list[dic
     return prepared.comparison_ids, prepared.rows
 
 
-def _pairs(store: Store, model: RewardScorer, limit: int) -> list[PairDiagnosis]:
+def _pairs(store: Store, model: RewardScorer, limit: int) -> tuple[list[PairDiagnosis], int]:
+    """The most recent ``limit`` labeled pairs scored by ``model``, and how many were skipped for a
+    side longer than the model's ``max_length`` (scoring them would truncate nothing and read past
+    the model's positions, or allocate attention for a length nobody bounded)."""
     # One dataset cannot mix text and chat prompts, but a diagnosis can: read both kinds.
     rows = sorted(
         (comparison_id, row)
         for kind in ("text", "chat")
         for comparison_id, row in zip(*_ids_and_rows(store, kind), strict=True)
-    )[-limit:]
-    examples = []
-    for _, row in rows:
-        examples += [(row["prompt"], response_text(row["chosen"])), (row["prompt"], response_text(row["rejected"]))]
-    results = model.score_responses(examples)
+    )[-min(limit, MAX_DIAGNOSED_PAIRS):]
+    kept, skipped = [], 0
+    for comparison_id, row in rows:
+        sides = [(row["prompt"], response_text(row[key])) for key in ("chosen", "rejected")]
+        if model.max_length and any(len(model.format(p, r).ids) > model.max_length for p, r in sides):
+            skipped += 1
+            continue
+        kept.append((comparison_id, row, sides))
+    results = model.score_responses([side for _, _, sides in kept for side in sides])
     pairs = []
-    for index, (comparison_id, row) in enumerate(rows):
+    for index, (comparison_id, row, _) in enumerate(kept):
         chosen, rejected = results[2 * index], results[2 * index + 1]
         thinking = (chosen.thinking_reward - rejected.thinking_reward
                     if chosen.thinking_reward is not None and rejected.thinking_reward is not None else None)
@@ -90,14 +100,15 @@ def _pairs(store: Store, model: RewardScorer, limit: int) -> list[PairDiagnosis]
         excerpt = prompt_excerpt(None, prompt) if isinstance(prompt, list) else prompt_excerpt(prompt, None)
         pairs.append(PairDiagnosis(comparison_id, excerpt, chosen.reward, rejected.reward, chosen.n_tokens,
                                    rejected.n_tokens, chosen.answer_reward - rejected.answer_reward, thinking))
-    return pairs
+    return pairs, skipped
 
 
 def diagnose(store: Store, model: RewardScorer, *, name: str, limit: int = 500) -> Diagnostics:
     """Score up to ``limit`` of the most recent labeled comparisons with ``model`` and report."""
-    pairs = _pairs(store, model, limit)
+    pairs, skipped = _pairs(store, model, limit)
     if not pairs:
-        raise ValueError("no labeled comparison with a majority preference to diagnose")
+        raise ValueError("no labeled comparison with a majority preference to diagnose"
+                         + (f" ({skipped} skipped: longer than the model's max_length)" if skipped else ""))
     margins = [p.margin for p in pairs]
     thinking = [p.thinking_margin for p in pairs if p.thinking_margin is not None]
     rewards = [r for p in pairs for r in (p.chosen_reward, p.rejected_reward)]
@@ -111,6 +122,7 @@ def diagnose(store: Store, model: RewardScorer, *, name: str, limit: int = 500) 
         answer_accuracy=sum(p.answer_margin > 0 for p in pairs) / len(pairs),
         thinking_accuracy=sum(m > 0 for m in thinking) / len(thinking) if thinking else None,
         length_correlation=_pearson([float(n) for n in lengths], rewards),
+        skipped_over_max_length=skipped,
     )
     result.suspected_label_errors = sorted((p for p in pairs if p.margin <= -0.5 * typical), key=lambda p: p.margin)
     result.near_ties = sorted((p for p in pairs if abs(p.margin) < 0.1 * typical), key=lambda p: abs(p.margin))
@@ -156,10 +168,25 @@ class ModelDisagreement:
 
 
 def compare_models(store: Store, first: RewardScorer, second: RewardScorer, *, limit: int = 500) -> list[ModelDisagreement]:
-    """Comparisons whose preferred side flips between two models."""
-    a, b = _pairs(store, first, limit), _pairs(store, second, limit)
+    """Comparisons (scored by both) whose preferred side flips between two models."""
+    by_id = {pair.comparison_id: pair for pair in _pairs(store, second, limit)[0]}
     return [ModelDisagreement(x.comparison_id, x.prompt_excerpt, x.margin, y.margin)
-            for x, y in zip(a, b, strict=True) if (x.margin > 0) != (y.margin > 0)]
+            for x in _pairs(store, first, limit)[0]
+            if (y := by_id.get(x.comparison_id)) is not None and (x.margin > 0) != (y.margin > 0)]
+
+
+def run_diagnostics(store: Store, actor: Actor, first_name: str, second_name: str | None = None, *,
+                    limit: int = 500) -> tuple[Diagnostics, list[ModelDisagreement]]:
+    """The Inspect tab's diagnosis: ``first_name`` over the store's labeled pairs, and where it
+    disagrees with ``second_name``. Engineers and admins only (it reads every label). Raises
+    ``PermissionDenied``, ``UnknownModel``, ``ModelLoadError`` or ``ValueError`` (nothing to diagnose)."""
+    require_inspect(store, actor, stored_data=True)
+    if not 2 <= limit <= MAX_DIAGNOSED_PAIRS:
+        raise ValueError(f"diagnose between 2 and {MAX_DIAGNOSED_PAIRS:,} comparisons, not {limit:,}")
+    first = resolve_model(store, actor, first_name)
+    report = diagnose(store, first, name=first_name, limit=limit)
+    disagreements = compare_models(store, first, resolve_model(store, actor, second_name), limit=limit) if second_name else []
+    return report, disagreements
 
 
 def send_for_review(store: Store, actor: Actor, comparison_ids: list[int], *, priority: int = REVIEW_PRIORITY) -> int:

@@ -55,7 +55,7 @@ class Row:
 
     ids: list[int]
     positions: list[int]
-    visible: Any  # torch.BoolTensor [len, len]: visible[i, j] = token i attends to token j
+    visible: Any  # torch.BoolTensor [len, len]: visible[i, j] = token i attends to token j; None = causal
     read_at: list[int]
     plain_causal: bool = False  # one ordinary sequence: no mask needed
 
@@ -133,7 +133,11 @@ class RewardScorer:
             offsets.append(o)
             ids[b, o : o + n] = torch.tensor(row.ids)
             positions[b, o : o + n] = torch.tensor(row.positions)
-            visible[b, o : o + n, o : o + n] = row.visible
+            # A causal row's mask is only built here, inside a batch, whose width ``_buckets`` bounds by
+            # ``batch_tokens``: a long sequence runs alone with no mask, so no n x n tensor is made for it.
+            visible[b, o : o + n, o : o + n] = (
+                torch.ones(n, n, dtype=torch.bool).tril() if row.visible is None else row.visible
+            )
         mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill(~visible, torch.finfo(self.dtype).min)
         with torch.inference_mode():
             hidden = self.backbone(
@@ -281,10 +285,8 @@ def _token_span(offsets: list[tuple[int, int]], span: tuple[int, int] | None) ->
 
 
 def _causal_row(ids: list[int]) -> Row:
-    import torch
-
     n = len(ids)
-    return Row(list(ids), list(range(n)), torch.ones(n, n, dtype=torch.bool).tril(), [n - 1], plain_causal=True)
+    return Row(list(ids), list(range(n)), None, [n - 1], plain_causal=True)
 
 
 def _probe_row(ids: list[int], cut_after: list[int], eos_id: int) -> Row:

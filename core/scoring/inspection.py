@@ -3,17 +3,22 @@ the preference flips once the thinking is removed, and the per-token trajectorie
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 
 from core.accounts import Actor, Permission
-from core.scoring.engine import Prompt, RewardScorer, ScoreResult
+from core.limits import MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
+from core.model_folders import folder_under_models_root
+from core.scoring.engine import ModelLoadError, Prompt, RewardScorer, ScoreResult
 from storage.engine import Store
 from storage.queries import ComparisonContent, load_comparison
-from storage.models import RegisteredModel
+from storage.models import RegisteredModel, Role
 from storage.registry import list_models, model_by_name
+from storage.settings import get_setting
+
+log = logging.getLogger(__name__)
 
 _cache: dict[str, RewardScorer] = {}
 _cache_lock = threading.Lock()
@@ -41,7 +46,7 @@ def load_scorer(path: str) -> RewardScorer:
 def comparison_for_inspection(store: Store, actor: Actor, comparison_id: int) -> ComparisonContent:
     """A stored comparison's prompt and completions, to score in the Inspect tab. Raises
     ``PermissionDenied`` for a role that may not inspect, ``UnknownComparison`` for a missing id."""
-    actor.require(Permission.INSPECT)
+    require_inspect(store, actor, stored_data=True)
     with store.read() as session:
         record = load_comparison(session, comparison_id)
     if record is None:
@@ -51,25 +56,86 @@ def comparison_for_inspection(store: Store, actor: Actor, comparison_id: int) ->
 
 def registered_models(store: Store, actor: Actor) -> list[RegisteredModel]:
     """The registry, newest first: name, folder, base model, held-out accuracy."""
-    actor.require(Permission.INSPECT)
+    require_inspect(store, actor, stored_data=False)
     with store.read() as session:
         return list_models(session)
 
 
-def registered_model_names(store: Store) -> list[str]:
-    with store.read() as session:
-        return [model.name for model in list_models(session)]
+def require_inspect(store: Store, actor: Actor, *, stored_data: bool) -> None:
+    """Engineers and admins may inspect anything; annotators only when an admin allowed it (setting
+    ``annotators_may_inspect``), and never stored data (a comparison, diagnostics): that would show
+    them the model's opinion of their own queue. Raises ``PermissionDenied``."""
+    if actor.can(Permission.INSPECT):
+        return
+    if not stored_data and actor.role == Role.ANNOTATOR.value:
+        with store.read() as session:
+            if get_setting(session, "annotators_may_inspect"):
+                return
+    actor.require(Permission.INSPECT)
 
 
-def resolve_model(store: Store, name_or_path: str) -> RewardScorer:
-    """A registered model by name, else a local folder or hub id."""
-    with store.read() as session:
-        record = model_by_name(session, name_or_path)
-    if record is not None:
-        return load_scorer(record.path)
-    if not name_or_path.strip():
+def resolve_model(store: Store, actor: Actor, name: str) -> RewardScorer:
+    """A registered model by name, else a model folder under the models folder (by path, absolute
+    or relative to it). Raises ``PermissionDenied``, ``UnknownModel`` (the same message whether or
+    not a path outside the models folder exists) or ``ModelLoadError``."""
+    require_inspect(store, actor, stored_data=False)
+    name = (name or "").strip()
+    if not name:
         raise UnknownModel("choose a registered model or give a model folder")
-    return load_scorer(str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists() else name_or_path)
+    with store.read() as session:
+        record = model_by_name(session, name)
+    folder = record.path if record is not None else folder_under_models_root(store, name)
+    if folder is None:
+        raise UnknownModel(
+            f"no registered model and no model folder under the models folder is called {name!r} "
+            "(train one, or put the folder under the models folder)"
+        )
+    try:
+        return load_scorer(str(folder))
+    except ModelLoadError:
+        raise
+    except Exception:  # noqa: BLE001 (a corrupt folder raises anything: pickle, safetensors, json errors)
+        log.exception("loading model %s failed", name)
+        raise ModelLoadError(f"cannot load {name!r}: its folder does not hold a model this app can read "
+                             "(the server log has the details)") from None
+
+
+class InspectionRefused(ValueError):
+    """A request over one of the inspection caps; the message names the cap."""
+
+
+def inspect_with_models(store: Store, actor: Actor, model_names: list[str], prompt: Prompt,
+                        responses: list[str]) -> Inspection:
+    """Score ``responses`` to ``prompt`` under each named model, within the caps of ``core.limits``
+    (checked before any model runs). Raises ``PermissionDenied``, ``InspectionRefused``,
+    ``UnknownModel`` or ``ModelLoadError``."""
+    require_inspect(store, actor, stored_data=False)
+    if not model_names:
+        raise InspectionRefused("choose a registered model or give a model folder")
+    if len(model_names) > MAX_CACHED_MODELS:
+        raise InspectionRefused(f"choose at most {MAX_CACHED_MODELS} models at once")
+    if len(responses) < 2:
+        raise InspectionRefused("give at least two responses")
+    if len(responses) > MAX_INSPECT_RESPONSES:
+        raise InspectionRefused(f"give at most {MAX_INSPECT_RESPONSES} responses at once")
+    texts = [("the prompt", _prompt_text(prompt))] + [(f"response {i + 1}", r) for i, r in enumerate(responses)]
+    for what, text in texts:
+        if len(text) > MAX_INSPECT_CHARS:
+            raise InspectionRefused(f"{what} is {len(text):,} characters; Inspect takes at most {MAX_INSPECT_CHARS:,}")
+    models = {name: resolve_model(store, actor, name) for name in model_names}
+    for name, model in models.items():
+        for index, response in enumerate(responses):
+            n_tokens = len(model.format(prompt, response).ids)
+            if n_tokens > MAX_INSPECT_TOKENS:
+                raise InspectionRefused(
+                    f"response {index + 1} is {n_tokens:,} tokens with its prompt under {name}; Inspect scores "
+                    f"at most {MAX_INSPECT_TOKENS:,} tokens per response ($REWARDLAB_MAX_INSPECT_TOKENS)"
+                )
+    return inspect_responses(models, prompt, responses)
+
+
+def _prompt_text(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else "".join(str(m.get("content", "")) for m in prompt)
 
 
 @dataclass(frozen=True)

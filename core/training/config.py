@@ -8,6 +8,7 @@ bf16, which fails on a CPU), and the held-out split is taken from the store's la
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,11 @@ HUB_PRESETS = {
     "Qwen/Qwen3-4B-Thinking-2507": {"lora": True, "load_in_4bit": True},
 }
 QUANT_TYPES = ("nf4", "fp4")
+# A registered model's name is also its folder's name under the models folder: nothing that could
+# climb out of it ("..", "/", an absolute path) and no "@", which separates a name from its version.
+OUTPUT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+OUTPUT_NAME_RULE = ("letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 characters, "
+                    "and no '..'")
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -32,7 +38,10 @@ class TrainingConfig:
     base_model: str = config_field(
         DEMO_BASE, help="'demo' (a tiny Qwen3 built locally, works offline), a local model folder, or a hub id"
     )
-    output_name: str = config_field("", help="name of the registered reward model; empty = rm-<job id>")
+    output_name: str = config_field(
+        "", help="name of the registered reward model (" + OUTPUT_NAME_RULE + "); reusing a name adds a new "
+        "version, name@v2, never overwrites; empty = rm-job-<job id>"
+    )
     # --- LoRA
     lora: bool = config_field(False, help="train LoRA adapters (task_type SEQ_CLS, the score head fully trained)")
     lora_r: int = config_field(16, help="LoRA rank")
@@ -66,6 +75,8 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if not self.base_model.strip():
             raise ConfigError("base_model is empty: use 'demo', a local folder or a hub id")
+        if self.output_name and (not OUTPUT_NAME_PATTERN.fullmatch(self.output_name) or ".." in self.output_name):
+            raise ConfigError(f"output_name {self.output_name!r} is not allowed: use {OUTPUT_NAME_RULE}")
         if self.load_in_4bit and not self.lora:
             raise ConfigError("load_in_4bit needs lora: 4-bit weights cannot be trained directly; turn lora on")
         if not 0 <= self.eval_fraction <= 0.5:

@@ -138,19 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from storage.engine import Store
-    from storage.registry import register_model
+    from storage.registry import RegistryError, register_model
 
     parser = argparse.ArgumentParser(description="Train and register the offline demo reward model.")
     parser.add_argument("--db", default=None, help="store URL (default: $REWARDLAB_DB, which the app sets)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     metrics = train_demo_reward_model(args.out)
-    with Store(args.db).write() as session:
-        register_model(
-            session, name=DEMO_MODEL_NAME, path=str(args.out.resolve()), base_model="tiny Qwen3 built locally",
-            config={"trained_on": "demo preference pairs", "note": "a demo model, trained on its evaluation data"},
-            n_pairs=14, eval_accuracy=metrics["accuracy"], eval_margin=metrics["margin"],
-        )
+    try:
+        with Store(args.db).write() as session:
+            register_model(
+                session, name=DEMO_MODEL_NAME, path=str(args.out.resolve()), base_model="tiny Qwen3 built locally",
+                config={"trained_on": "demo preference pairs", "note": "a demo model, trained on its evaluation data"},
+                n_pairs=14, eval_accuracy=metrics["accuracy"], eval_margin=metrics["margin"],
+            )
+    except RegistryError as error:
+        print(f"not registered: {error}")
+        return 0
     print(f"registered {DEMO_MODEL_NAME} at {args.out} ({metrics})")
     return 0
 

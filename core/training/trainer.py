@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from core.data.exporter import PreferenceRows, build_preference_rows, response_text, split_rows
+from core.model_folders import model_folder, models_folder
 from core.scoring.engine import format_example
 from core.training.config import DEMO_BASE, TrainingConfig, suggest_hyperparameters
 from storage.engine import Store
 from storage.jobs import beat, record_metrics
-from storage.registry import register_model
+from storage.registry import next_version_name, register_model
 
 CHECKPOINT_MARKER = "COMPLETE"
 PAD_TOKEN = "<|pad|>"
@@ -364,13 +365,21 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
         log("cancelled: stopped at the next step as asked")
         return TrainOutcome("cancelled", None, None, None, None, report, notes, resume_from and resume_from.name)
     metrics = trainer.evaluate() if held_out is not None else {}
-    name = config.output_name or (f"rm-job-{job_id}" if job_id else f"rm-{snapshot.content_hash[:8]}")
-    model_dir = store.data_dir / "models" / name
-    save_reward_model(trainer, tokenizer, model_dir, lora=config.lora, quantized=config.load_in_4bit)
+    base_name = config.output_name or (f"rm-job-{job_id}" if job_id else f"rm-{snapshot.content_hash[:8]}")
+    models_root = models_folder(store)
+    staging = models_root / f".staging-{base_name}-{os.getpid()}"
+    save_reward_model(trainer, tokenizer, staging, lora=config.lora, quantized=config.load_in_4bit)
     accuracy, margin = metrics.get("eval_accuracy"), metrics.get("eval_margin")
+    # The version is chosen, the folder moved into place and the model registered in one write
+    # transaction, so two jobs finishing under one name get two versions, and nothing is replaced.
     with store.write() as session:
+        name = next_version_name(session, base_name)
+        model_dir = model_folder(store, name)
+        if model_dir.exists():
+            raise TrainingError(f"{model_dir} exists but is not registered: move it away, or choose another output_name")
+        os.rename(staging, model_dir)
         register_model(
-            session, name=name, path=str(model_dir.resolve()), base_model=config.base_model, job_id=job_id,
+            session, name=name, path=str(model_dir), base_model=config.base_model, job_id=job_id,
             config=config.to_record(), data_hash=snapshot.content_hash, n_pairs=snapshot.n_pairs,
             eval_accuracy=float(accuracy) if accuracy is not None else None,
             eval_margin=float(margin) if margin is not None else None,

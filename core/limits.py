@@ -1,0 +1,38 @@
+"""Every cap on what a user can send, in one place, each with the reason for its size.
+
+A request that passes a cap is refused with a message that names the cap and its value, before
+any work starts; nothing a user controls can make the server allocate memory that grows with the
+square of a length (see ``scoring`` for the token caps that guard attention).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() else default
+
+
+# --- labeling
+MAX_COMMENT_CHARS = 5_000  # a label's comment: a few paragraphs, never a pasted document
+
+# --- import (CLI and upload)
+# Bytes a file may hold once decompressed. A compressed file is measured as a stream before it is
+# parsed, so a small file that inflates to gigabytes is refused holding one chunk in memory.
+MAX_IMPORT_BYTES = _env_int("REWARDLAB_MAX_IMPORT_MB", 512) * 1024 * 1024
+# One JSON Lines line (a row): three fields at the 1,000,000-character field cap, UTF-8, with room.
+MAX_IMPORT_LINE_BYTES = 16 * 1024 * 1024
+# A file uploaded through the page (Gradio's max_file_size): `python app.py serve --max-upload-mb`.
+DEFAULT_MAX_UPLOAD_MB = 200
+
+# --- inspection (Inspect tab)
+MAX_INSPECT_RESPONSES = 8  # responses side by side in one request
+MAX_INSPECT_CHARS = 200_000  # characters per response, checked before tokenizing
+# Tokens per scored example (prompt + response). The trajectory probes one prefix per response
+# token: this cap bounds that work until the trajectory is computed in linear memory.
+MAX_INSPECT_TOKENS = _env_int("REWARDLAB_MAX_INSPECT_TOKENS", 4_096)
+
+# --- diagnostics
+MAX_DIAGNOSED_PAIRS = 2_000  # most recent labeled pairs scored in one diagnosis
