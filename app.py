@@ -28,6 +28,7 @@ from pathlib import Path
 
 from core.accounts import LOGIN_ROLES, AccountError, add_user, operator_actor
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
+from core.limits import DEFAULT_MAX_UPLOAD_MB
 from core.data.exporter import ExportConfig, NothingToExport, export_dataset
 from core.data.importer import ImportConfig, ImportRejected, import_file
 from core.data.store_move import BackupError, TransferError, back_up_store, move_store
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     serve.add_argument("--no-demo", action="store_true", help="do not load the demo dataset into an empty store")
+    serve.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB,
+                       help=f"largest file the Data tab accepts, in MB (default: {DEFAULT_MAX_UPLOAD_MB})")
 
     importer = commands.add_parser(
         "import", help="import preference pairs or candidates (jsonl, json, csv, parquet, .gz, save_to_disk folder)"
@@ -226,7 +229,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from app.server import UnsafeListenAddress, serve
 
     try:
-        serve(db_url=args.db, host=args.host, port=args.port, load_demo=not args.no_demo)
+        serve(db_url=args.db, host=args.host, port=args.port, load_demo=not args.no_demo,
+              max_upload_mb=args.max_upload_mb)
     except UnsafeListenAddress as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import html
-import tempfile
 from pathlib import Path
 
 import gradio as gr
 
-from app.formatting import code_block, counts_markdown
-from core.data.exporter import EXPORT_FORMATS, PROMPT_FORMATS, ExportConfig, NothingToExport, export_for_download
+from app.formatting import code_block, counts_markdown, inline_text
 from app.session import USER_ERRORS, current_actor
+from core.config_fields import ConfigError
+from core.data.exporter import EXPORT_FORMATS, PROMPT_FORMATS, NothingToExport, export_for_download
 from core.data.importer import ImportConfig, ImportRejected, import_upload
 from core.data.summary import store_summary
 from storage.engine import Store
@@ -55,36 +55,30 @@ def render_data_tab(store: Store, blocks: gr.Blocks) -> gr.Markdown:
     # Each import clears the upload box, so the next file (or the fixed one) can be dropped in.
     def run_import(path: str | None, check_only: bool, request: gr.Request) -> tuple[str, str, None]:
         if not path:
-            return "Choose a file first.", current_counts(), None
+            return "Choose a file first.", current_counts(request), None
         try:
             config = ImportConfig(Path(path), dry_run=check_only)
             report = import_upload(store, current_actor(store, request), config)
         except USER_ERRORS as error:
-            return f"**Not allowed.** {error}", current_counts(), None
+            return f"**Not allowed.** {error}", current_counts(request), None
         except ImportRejected as rejected:
             # Problems name the uploaded file's temporary path; show the user's file name instead.
             message = str(rejected).replace(str(Path(path).parent) + "/", "")
             refusal = f"**Import refused, nothing written** ({rejected.total} problem(s)):\n\n{code_block(message)}"
-            return refusal, current_counts(), None
-        return f"**Imported.** {report.summary()}", current_counts(), None
+            return refusal, current_counts(request), None
+        return f"**Imported.** {report.summary()}", current_counts(request), None
 
     import_button.click(run_import, inputs=[upload, dry_run], outputs=[import_result, counts, upload], api_visibility="private")
 
     def run_export(format_name: str, prompts: str, test_fraction: float, request: gr.Request) -> tuple[str, str | None]:
-        out = Path(tempfile.mkdtemp(prefix="rewardlab-export-")) / (
-            "preferences" if format_name == "hf" or test_fraction > 0 else f"preferences.{format_name}"
-        )
         try:
-            download, report = export_for_download(
-                store,
-                ExportConfig(out, format=format_name, prompt_format=prompts, test_size=float(test_fraction)),
-                actor=current_actor(store, request),
-            )
+            download, report = export_for_download(store, current_actor(store, request), format=format_name,
+                                                   prompt_format=prompts, test_size=float(test_fraction or 0))
         except USER_ERRORS as error:
             return f"**Not allowed.** {error}", None
-        except NothingToExport as error:
-            return f"**Nothing exported.** {error}", None
-        return f"**Exported.** {report.summary().replace(str(out), download.name)}", str(download)
+        except (NothingToExport, ConfigError) as error:
+            return f"**Nothing exported.** {inline_text(error)}", None
+        return f"**Exported.** {report.summary().replace(str(report.out), download.name)}", str(download)
 
     export_button.click(
         run_export, inputs=[export_format, prompt_format, test_size], outputs=[export_result, export_file], api_visibility="private"

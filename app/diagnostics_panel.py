@@ -7,6 +7,7 @@ import html
 import gradio as gr
 import plotly.graph_objects as go
 
+from app.formatting import inline_text
 from app.session import USER_ERRORS, current_actor
 from core.scoring.diagnostics import Diagnostics, run_diagnostics, send_for_review
 from core.scoring.inspection import UnknownModel, registered_models
@@ -21,7 +22,7 @@ def _summary(report: Diagnostics) -> str:
     thinking = "n/a" if report.thinking_accuracy is None else f"{report.thinking_accuracy:.3f}"
     length = "n/a" if report.length_correlation is None else f"{report.length_correlation:+.2f}"
     lines = [
-        f"**{html.escape(report.model)}** on {len(report.pairs)} labeled comparisons: accuracy **{report.accuracy:.3f}** "
+        f"**{inline_text(report.model)}** on {len(report.pairs)} labeled comparisons: accuracy **{report.accuracy:.3f}** "
         f"(ties count wrong) · mean margin **{report.mean_margin:+.3f}** · answer-only accuracy "
         f"**{report.answer_accuracy:.3f}** · thinking-only accuracy **{thinking}** · reward–length correlation **{length}**",
         f"Suspected label errors: **{len(report.suspected_label_errors)}** · near-ties: **{len(report.near_ties)}**"
@@ -104,7 +105,7 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
             report, disagreements = run_diagnostics(store, current_actor(store, request), first_name, second_name,
                                                     limit=int(most_recent or 500))
         except (*USER_ERRORS, ModelLoadError, UnknownModel, ValueError) as error:
-            return {summary: html.escape(str(error))}
+            return {summary: inline_text(error)}
         return {
             summary: _summary(report),
             margins: _margin_figure(report),

@@ -6,9 +6,25 @@ text, never as HTML) with a fence longer than any run of backticks inside it.
 
 from __future__ import annotations
 
+import html
 import re
 
 from core.data.summary import StoreCounts
+
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def inline_text(text: str) -> str:
+    """A user-supplied string (a model name, an error that quotes input) inside Markdown: HTML
+    escaped and Markdown's specials backslashed, so it shows as typed: no tag, link or image."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def plot_text(text: str) -> str:
+    """A user-supplied string in a plotly figure (legend, hover, annotation), which renders a subset
+    of HTML (<b>, <a href>, <span style>): escaped, so it shows as text."""
+    return html.escape(str(text))
 
 
 def code_block(text: str) -> str:

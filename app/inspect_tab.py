@@ -10,7 +10,7 @@ import plotly.colors
 import plotly.graph_objects as go
 
 from app.diagnostics_panel import render_diagnostics_panel
-from app.formatting import code_block
+from app.formatting import code_block, inline_text, plot_text
 from app.session import USER_ERRORS, current_actor
 from core.data.demo_data import DEMO_PREFERENCES
 from core.scoring.engine import ModelLoadError
@@ -50,7 +50,7 @@ def flips_markdown(inspection: Inspection) -> str:
     lines = ["**The preference flips when the thinking is removed:**"]
     for flip in inspection.flips:
         lines.append(
-            f"- {html.escape(flip.model)}: {RESPONSE_NAMES[flip.first]} vs {RESPONSE_NAMES[flip.second]} — whole "
+            f"- {inline_text(flip.model)}: {RESPONSE_NAMES[flip.first]} vs {RESPONSE_NAMES[flip.second]} — whole "
             f"response prefers **{RESPONSE_NAMES[flip.whole_prefers]}**, answer alone prefers "
             f"**{RESPONSE_NAMES[flip.answer_prefers]}**"
         )
@@ -68,12 +68,13 @@ def trajectory_figure(inspection: Inspection) -> go.Figure:
         name = f"{RESPONSE_NAMES[score.response_index]} · {score.model}"
         # Token text is untrusted: escaped so plotly's hover labels render it as text.
         hover = [f"{k}: {html.escape(token)!s}" for k, (token, _) in enumerate(steps)]
-        line = go.Scatter(x=list(range(len(steps))), y=[value for _, value in steps], mode="lines", name=name, line={"color": color},
-                          hovertext=hover, hovertemplate="%{hovertext}<br>reward %{y:.4f}<extra>" + html.escape(name) + "</extra>")
+        line = go.Scatter(x=list(range(len(steps))), y=[value for _, value in steps], mode="lines", name=plot_text(name),
+                          line={"color": color}, hovertext=hover,
+                          hovertemplate="%{hovertext}<br>reward %{y:.4f}<extra>" + plot_text(name) + "</extra>")
         figure.add_trace(line)
         if score.result.think_end_token is not None:
             figure.add_vline(x=score.result.think_end_token, line_dash="dash", line_color=color,
-                             annotation_text=f"</think> ({RESPONSE_NAMES[score.response_index]})",
+                             annotation_text=plot_text(f"</think> ({RESPONSE_NAMES[score.response_index]})"),
                              annotation_position="top")
     figure.update_layout(title="Reward of each response prefix (+EOS), token by token", xaxis_title="response token",
                          yaxis_title="reward", height=420, margin={"t": 60, "l": 50, "r": 20, "b": 40})
@@ -85,7 +86,7 @@ def model_view_markdown(inspection: Inspection) -> str:
     for score in inspection.scores:
         limit = score.max_length
         over = " — **exceeds max_length: training would drop this example**" if score.result.exceeds_max_length else ""
-        parts.append(f"**{RESPONSE_NAMES[score.response_index]} · {html.escape(score.model)}**: "
+        parts.append(f"**{RESPONSE_NAMES[score.response_index]} · {inline_text(score.model)}**: "
                      f"{score.result.n_tokens} tokens (max_length {limit}){over}\n\n{code_block(score.formatted_text)}")
     return "\n\n".join(parts)
 
@@ -141,7 +142,7 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
         try:
             record = comparison_for_inspection(store, current_actor(store, request), int(number))
         except (*USER_ERRORS, UnknownComparison) as error:
-            return {status: html.escape(str(error))}
+            return {status: inline_text(error)}
         if record.prompt_messages is not None:
             text = "\n\n".join(m["content"] for m in record.prompt_messages if m["role"] == "user")
         else:
@@ -160,9 +161,9 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
         try:
             inspection = inspect_with_models(store, current_actor(store, request), wanted, full_prompt, responses)
         except (*USER_ERRORS, InspectionRefused, ModelLoadError, UnknownModel) as error:
-            return {status: html.escape(str(error))}
+            return {status: inline_text(error)}
         no_trajectory = sorted({s.model for s in inspection.scores if s.result.trajectory is None})
-        note = (" Encoder models have no trajectory: " + ", ".join(map(html.escape, no_trajectory))) if no_trajectory else ""
+        note = (" Encoder models have no trajectory: " + ", ".join(map(inline_text, no_trajectory))) if no_trajectory else ""
         return {table: results_table(inspection), flips: flips_markdown(inspection), chart: trajectory_figure(inspection),
                 model_view: model_view_markdown(inspection), status: f"Scored {len(responses)} responses.{note}"}
 

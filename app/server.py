@@ -19,7 +19,12 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import anyio  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+
+from app.http_guard import RequestGuard  # noqa: E402
 from core.accounts import accounts_exist, authenticate, operator_actor  # noqa: E402
+from core.limits import DEFAULT_MAX_UPLOAD_MB  # noqa: E402
 from core.data.demo_data import load_demo_data_if_empty  # noqa: E402
 from core.model_folders import model_folder  # noqa: E402
 from core.scoring.inspection import registered_models  # noqa: E402
@@ -55,7 +60,18 @@ def start_demo_model_training(store: Store) -> None:
     print(f"training the demo reward model in the background (log: {log.name})")
 
 
-def serve(*, db_url: str | None, host: str, port: int, load_demo: bool) -> None:
+def login_check(store: Store):  # noqa: ANN201
+    """Gradio's ``auth`` callable, run off the event loop: Argon2 verification takes ~100 ms of CPU,
+    and a synchronous check would stall every user's page for that long per attempt."""
+
+    async def check(name: str, password: str) -> bool:
+        return await anyio.to_thread.run_sync(authenticate, store, name, password)
+
+    return check
+
+
+def serve(*, db_url: str | None, host: str, port: int, load_demo: bool,
+          max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB) -> None:
     """Serve the app. Raises ``UnsafeListenAddress`` for a non-loopback host without accounts."""
     from app.label_tab import shortcuts_script
     from app.rendering import LABEL_CSS
@@ -86,10 +102,14 @@ def serve(*, db_url: str | None, host: str, port: int, load_demo: bool) -> None:
     blocks.launch(
         server_name=host,
         server_port=port,
-        auth=(lambda name, password: authenticate(store, name, password)) if with_logins else None,
+        auth=login_check(store) if with_logins else None,
         auth_message="RewardLab: log in with the account an admin created for you.",
         ssr_mode=False,
-        show_error=True,
+        # Unexpected errors show as a plain "Error" (the detail goes to the server log); the errors
+        # meant for users are returned as messages by each handler.
+        show_error=False,
+        max_file_size=f"{max_upload_mb}mb",
+        app_kwargs={"middleware": [Middleware(RequestGuard)]},
         footer_links=[],
         enable_monitoring=False,
         css=LABEL_CSS,

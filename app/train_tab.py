@@ -12,7 +12,7 @@ import gradio as gr
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.formatting import code_block
+from app.formatting import code_block, inline_text, plot_text
 from app.session import USER_ERRORS, current_actor
 from core.config_fields import ConfigError, field_base_type
 from core.training.jobs import JobError, cancel_job, job_report, preview_training, recent_jobs, resume_job, submit_job
@@ -80,7 +80,7 @@ def _figure(metrics: dict[str, list[tuple[int, float]]]) -> go.Figure:
             points = metrics.get(name, [])
             if points:
                 figure.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines+markers",
-                                            name=name), row=1, col=column)
+                                            name=plot_text(name)), row=1, col=column)
     figure.update_layout(height=320, margin={"t": 40, "l": 40, "r": 10, "b": 30}, legend={"orientation": "h"})
     return figure
 
@@ -93,9 +93,9 @@ def _progress(report) -> str:  # noqa: ANN001
     total = report.total_steps or "?"
     lines = [f"**Job {report.id}** · {report.status} · `{bar}` {report.step}/{total} steps ({report.fraction:.0%}){eta}"]
     if report.reward_model_name:
-        lines.append(f"Registered reward model: **{html.escape(report.reward_model_name)}** (Inspect tab)")
+        lines.append(f"Registered reward model: **{inline_text(report.reward_model_name)}** (Inspect tab)")
     if report.error:
-        lines.append(f"Reason: {html.escape(report.error)}")
+        lines.append(f"Reason: {inline_text(report.error)}")
     return "\n\n".join(lines)
 
 

@@ -18,7 +18,9 @@ TITLE = "RewardLab"
 
 
 def build_ui(store: Store) -> gr.Blocks:
-    with gr.Blocks(title=TITLE) as blocks:
+    # Files Gradio serves (exports, uploads) are copied into its cache: delete those older than 15
+    # minutes, checking every 10, so no export lingers in the temporary folder.
+    with gr.Blocks(title=TITLE, delete_cache=(600, 900)) as blocks:
         gr.Markdown(f"# {TITLE}\nLabel preferences, train reward models on them, and inspect what they reward.")
         with gr.Tabs():
             with gr.Tab("Label", id="label"):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import enum
 import re
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -147,3 +150,56 @@ def operator_actor(store: Store) -> Actor:
     with store.write() as session:
         user_id = ensure_user(session, LOCAL_USER, role=Role.ADMIN)
     return Actor(user_id, LOCAL_USER, Role.ADMIN.value)
+
+
+class LoginThrottle:
+    """Failed logins slow down the one who fails, not everyone: per client address and per user name.
+
+    After ``free`` failures within ``window`` seconds, each further attempt must wait twice as long
+    as the one before, up to a cap: long for an address (one guesser), short for a user name (so a
+    guesser elsewhere cannot lock the real user out for more than ``user_max_wait`` seconds). A
+    success clears both. A throttled attempt is refused before any password hash is computed.
+    Bounded: the oldest keys are forgotten past ``max_keys``.
+    """
+
+    def __init__(self, *, address_free: int = 5, address_max_wait: float = 300.0, user_free: int = 10,
+                 user_max_wait: float = 30.0, window: float = 900.0, max_keys: int = 100_000,
+                 clock=time.monotonic) -> None:  # noqa: ANN001
+        self._rules = {"address": (address_free, address_max_wait), "user": (user_free, user_max_wait)}
+        self._window, self._max_keys, self._clock = window, max_keys, clock
+        self._failures: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, ()) if now - t < self._window]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def wait_seconds(self, address: str, user: str) -> float:
+        """How long this attempt must wait (0 when it may go ahead)."""
+        now = self._clock()
+        with self._lock:
+            waits = []
+            for kind, value in (("address", address), ("user", user.strip().lower())):
+                free, cap = self._rules[kind]
+                times = self._recent((kind, value), now)
+                if len(times) >= free:
+                    waits.append(times[-1] + min(cap, 2.0 ** (len(times) - free)) - now)
+            return max([0.0, *waits])
+
+    def failed(self, address: str, user: str) -> None:
+        now = self._clock()
+        with self._lock:
+            for key in (("address", address), ("user", user.strip().lower())):
+                self._failures[key] = [*self._recent(key, now), now]
+                self._failures.move_to_end(key)
+            while len(self._failures) > self._max_keys:
+                self._failures.popitem(last=False)
+
+    def succeeded(self, address: str, user: str) -> None:
+        with self._lock:
+            self._failures.pop(("address", address), None)
+            self._failures.pop(("user", user.strip().lower()), None)

@@ -17,11 +17,14 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
@@ -253,6 +256,18 @@ def _write_outputs(config: ExportConfig, train: list, test: list, staging: Path)
     return target
 
 
+STAGING_PREFIX = ".rewardlab-export-"
+
+
+def _remove_abandoned_staging(folder: Path) -> None:
+    """Remove staging folders left by an export that was killed: their name carries the exporting
+    process's id, and that process is gone."""
+    for entry in folder.glob(f"{STAGING_PREFIX}*"):
+        pid = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
     """Write the preference dataset described by ``config``; the output appears whole or not at all.
 
@@ -268,7 +283,8 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
     if config.test_size > 0 and not test:
         raise NothingToExport("only one row to export: a test split needs at least two (use --test-size 0)")
     config.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".rewardlab-export-", dir=config.out.parent) as staging:
+    _remove_abandoned_staging(config.out.parent)
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=config.out.parent) as staging:
         written = _write_outputs(config, train, test, Path(staging))
         if config.out.is_dir() and not config.out.is_symlink():
             shutil.rmtree(config.out)
@@ -276,12 +292,37 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
     return ExportReport(config.out, len(train), len(test), dict(prepared.left_out), prepared.content_hash)
 
 
-def export_for_download(store: Store, config: ExportConfig, *, actor: Actor) -> tuple[Path, ExportReport]:
-    """Export for a user of the web app (who needs the export permission), then give one file a
-    browser can download: the file itself, or a .zip of a folder."""
+DOWNLOAD_KEEP_SECONDS = 15 * 60  # a download stays long enough to be fetched; Gradio serves its own copy
+
+
+def _prune_downloads(folder: Path, *, keep_seconds: float) -> None:
+    """Remove earlier exports made for the web app: Gradio copies a returned file into its own
+    cache (pruned by the app's ``delete_cache``), so ours is only needed for the moment it is sent."""
+    now = time.time()
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        try:
+            if now - entry.stat().st_mtime > keep_seconds:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def export_for_download(store: Store, actor: Actor, *, format: str, prompt_format: str,  # noqa: A002
+                        test_size: float) -> tuple[Path, ExportReport]:
+    """Export for a user of the web app (who needs the export permission) into the store's
+    ``downloads/`` folder, then give one file a browser can download: the file itself, or a .zip of
+    a folder. Earlier downloads are removed once they are ``DOWNLOAD_KEEP_SECONDS`` old."""
     actor.require(Permission.EXPORT)
+    downloads = store.data_dir / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    _prune_downloads(downloads, keep_seconds=DOWNLOAD_KEEP_SECONDS)
+    folder = Path(tempfile.mkdtemp(prefix="export-", dir=downloads))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name = f"preferences-{stamp}" if format == "hf" or test_size > 0 else f"preferences-{stamp}.{format}"
+    config = ExportConfig(folder / name, format=format, prompt_format=prompt_format, test_size=test_size)
     report = export_dataset(store, config)
     if not config.out.is_dir():
         return config.out, report
     archive = shutil.make_archive(str(config.out), "zip", root_dir=config.out)
+    shutil.rmtree(config.out)
     return Path(archive), report
