@@ -99,8 +99,6 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
 
     def run_diagnosis(first_name: str | None, second_name: str | None, most_recent: float | None,
                       request: gr.Request) -> dict:
-        if not first_name:
-            return {summary: "Choose a registered model (the demo model appears a minute after a fresh start)."}
         try:
             report, disagreements = run_diagnostics(store, current_actor(store, request), first_name, second_name,
                                                     limit=int(most_recent or 500))

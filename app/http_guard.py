@@ -170,7 +170,7 @@ class RequestGuard:
         form = parse_qs(body.decode("utf-8", errors="replace"))
         user = (form.get("username") or [""])[0].strip()
         address = (scope.get("client") or ("unknown", 0))[0]
-        wait = self.throttle.wait_seconds(address, user)
+        wait = self.throttle.begin_attempt(address, user)
         if wait > 0:
             seconds = max(1, round(wait + 0.5))
             return await _respond(send, 429, f"too many failed logins: try again in {seconds} s",
@@ -184,6 +184,4 @@ class RequestGuard:
 
         await self.app(scope, _replay(body, receive), watch)
         if status.get("code") == 200:
-            self.throttle.succeeded(address, user)
-        elif status.get("code") in (400, 401):
-            self.throttle.failed(address, user)
+            self.throttle.succeeded(address, user)  # the attempt was counted as failed until now

@@ -139,8 +139,8 @@ def render_train_tab(store: Store, blocks: gr.Blocks) -> None:
             if selected is None and table:
                 selected = table[0][0]
             report = job_report(store, actor, int(selected)) if selected else None
-        except USER_ERRORS:
-            return {timer: gr.Timer(active=False)}  # not a training role: nothing to show
+        except USER_ERRORS as error:  # not a training role: the reason, and nothing else
+            return {progress: html.escape(str(error)), timer: gr.Timer(active=False)}
         active = any(row[1] in ("queued", "running") for row in table)
         return {jobs: table, job_id: selected, progress: _progress(report), chart: _figure(report.metrics) if report else None,
                 log: code_block(report.log) if report and report.log else "", timer: gr.Timer(active=active)}

@@ -178,26 +178,42 @@ class LoginThrottle:
             self._failures.pop(key, None)
         return times
 
-    def wait_seconds(self, address: str, user: str) -> float:
-        """How long this attempt must wait (0 when it may go ahead)."""
-        now = self._clock()
+    def begin_attempt(self, address: str, user: str) -> float:
+        """Check an attempt and, when it may go ahead (0 returned), count it as failed until
+        ``succeeded`` says otherwise: attempts in flight at once cannot all pass as the first.
+        Otherwise return how many seconds it must wait."""
         with self._lock:
-            waits = []
-            for kind, value in (("address", address), ("user", user.strip().lower())):
-                free, cap = self._rules[kind]
-                times = self._recent((kind, value), now)
-                if len(times) >= free:
-                    waits.append(times[-1] + min(cap, 2.0 ** (len(times) - free)) - now)
-            return max([0.0, *waits])
+            wait = self._wait(address, user)
+            if wait == 0:
+                self._record_failure(address, user)
+            return wait
+
+    def wait_seconds(self, address: str, user: str) -> float:
+        """How long an attempt must wait now (0 when it may go ahead)."""
+        with self._lock:
+            return self._wait(address, user)
+
+    def _wait(self, address: str, user: str) -> float:
+        now = self._clock()
+        waits = []
+        for kind, value in (("address", address), ("user", user.strip().lower())):
+            free, cap = self._rules[kind]
+            times = self._recent((kind, value), now)
+            if len(times) >= free:
+                waits.append(times[-1] + min(cap, 2.0 ** (len(times) - free)) - now)
+        return max([0.0, *waits])
 
     def failed(self, address: str, user: str) -> None:
-        now = self._clock()
         with self._lock:
-            for key in (("address", address), ("user", user.strip().lower())):
-                self._failures[key] = [*self._recent(key, now), now]
-                self._failures.move_to_end(key)
-            while len(self._failures) > self._max_keys:
-                self._failures.popitem(last=False)
+            self._record_failure(address, user)
+
+    def _record_failure(self, address: str, user: str) -> None:
+        now = self._clock()
+        for key in (("address", address), ("user", user.strip().lower())):
+            self._failures[key] = [*self._recent(key, now), now]
+            self._failures.move_to_end(key)
+        while len(self._failures) > self._max_keys:
+            self._failures.popitem(last=False)
 
     def succeeded(self, address: str, user: str) -> None:
         with self._lock:

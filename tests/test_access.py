@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from conftest import run_cli, start_app
 
@@ -32,6 +33,11 @@ def secured_app(tmp_path_factory):
         assert run_cli("adduser", name, "--role", role, "--password", PASSWORD, db_url=db_url).returncode == 0
     (folder / "models" / "secret-model").mkdir(parents=True)
     (folder / "models" / "secret-model" / "config.json").write_text('{"secret": true}')
+    from storage.engine import Store
+    from storage.registry import register_model
+
+    with Store(db_url).write() as session:  # registered, so the roles that may inspect see it listed
+        register_model(session, name="secret-model", path=str(folder / "models" / "secret-model"))
     app = start_app(db_url, folder / "app.log", "--no-demo")
     app.folder = folder
     yield app
@@ -51,11 +57,11 @@ def handler_ids(client: httpx.Client) -> dict[str, int]:
     return {dep["api_name"]: dep["id"] for dep in config["dependencies"] if dep.get("api_name")}
 
 
-def call(client: httpx.Client, fn_id: int, data: list) -> list:
+def call(client: httpx.Client, fn_id: int, data: list, headers: dict | None = None) -> list:
     """Run one event the way the page does: join the queue, read the result stream."""
     session = uuid.uuid4().hex[:10]
     joined = client.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_id, "session_hash": session,
-                                                          "event_data": None, "trigger_id": None})
+                                                          "event_data": None, "trigger_id": None}, headers=headers)
     assert joined.status_code == 200, joined.text
     with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
         for line in stream.iter_lines():
@@ -78,30 +84,82 @@ def test_the_public_api_is_next_and_label_for_every_role_and_nobody_without_logi
     assert anonymous.post("/gradio_api/queue/join", json={"data": [], "fn_index": 0, "session_hash": "x"}).status_code in (401, 403)
 
 
-def test_private_handlers_refuse_an_annotator_called_directly(secured_app):
-    annotator = session_for(secured_app, "ann")
-    ids = handler_ids(annotator)
-    upload = annotator.post("/gradio_api/upload", files={"files": ("p.jsonl", b'{"prompt": "Z", "chosen": "a", "rejected": "b"}\n')})
+# Every handler the page lists, with the permission it needs (None: any logged-in user) and the input
+# values that take it past its "fill in the form first" checks. A handler added to the page without
+# an entry here fails the test: nothing reaches users unclassified.
+HANDLER_PERMISSIONS = {
+    "load": "LABEL", "handler": "LABEL", "handler_1": "LABEL", "handler_2": "LABEL", "handler_3": "LABEL",
+    "handler_4": "LABEL", "undo_last_label": "LABEL", "change_label": "LABEL", "refresh": "LABEL",
+    "next": "LABEL", "label": "LABEL", "tabs_for": None, "demo_pair": None,
+    "save_guidelines": "EDIT_GUIDELINES", "save_overlap_setting": "CHANGE_SETTINGS",
+    "current_counts": "EXPORT", "current_counts_1": "EXPORT", "run_export": "EXPORT", "run_import": "IMPORT",
+    "show_jobs": "TRAIN", "show_jobs_1": "TRAIN", "show_jobs_2": "TRAIN", "preview": "TRAIN", "submit": "TRAIN",
+    "handler_5": "TRAIN", "handler_6": "TRAIN",
+    "choices": "INSPECT", "choices_1": "INSPECT", "choices_2": "INSPECT", "score": "INSPECT",
+    "run_diagnosis": "INSPECT", "from_store": "INSPECT",
+    "send_back": "REQUEUE", "show_team": "VIEW_TEAM",
+}
+INPUT_OVERRIDES = {  # (component label or type, value)
+    "change_label": {"number": 1}, "from_store": {"number": 1}, "send_back": {"textbox": "1, 2"},
+    "save_overlap_setting": {"number": 1}, "handler_5": {"number": 999}, "handler_6": {"number": 999},
+    "run_diagnosis": {"number": 10}, "save_guidelines": {"textbox": "# guidelines"},
+    "label": {"api": None}, "submit": {"max steps": 1, "output name": "access-test"},
+}
+
+
+def _inputs(config: dict, dependency: dict, overrides: dict, uploaded: dict) -> list:
+    components = {c["id"]: c for c in config["components"]}
+    values = []
+    for component_id in dependency["inputs"]:
+        component = components[component_id]
+        label = component.get("props", {}).get("label")
+        value = component.get("props", {}).get("value")
+        if component["type"] == "file":
+            value = uploaded
+        value = overrides.get(label, overrides.get(component["type"], value))
+        values.append(value)
+    if dependency.get("api_name") == "label":
+        values = [1, "a", "", ""]
+    return values
+
+
+def _refused(output) -> bool:  # noqa: ANN001
+    """The handler said no, and showed nothing else: a 'may not' message, or an empty model list."""
+    if "may not" in json.dumps(output):
+        return True
+    lists = [part.get("choices") for part in output if isinstance(part, dict)]
+    return bool(lists) and all(choices is not None and all(c in ("", ["", ""]) for c in choices) for choices in lists)
+
+
+def test_every_handler_the_page_lists_checks_the_role_of_whoever_calls_it_over_http(secured_app):
+    from core.accounts import ROLE_PERMISSIONS, Permission
+
+    upload_client = session_for(secured_app, "boss")
+    upload = upload_client.post("/gradio_api/upload", files={"files": ("p.jsonl", b'{"prompt": "Z", "chosen": "a", "rejected": "b"}\n')})
     uploaded = {"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": "p.jsonl"}
-    refusals = {
-        "run_import": call(annotator, ids["run_import"], [uploaded, False])[0],
-        "run_export": call(annotator, ids["run_export"], ["jsonl", "auto", 0])[0],
-        "save_guidelines": call(annotator, ids["save_guidelines"], ["# taken over"])[1],
-        "send_back": call(annotator, ids["send_back"], ["1, 2"])[0],
-        "save_overlap_setting": call(annotator, ids["save_overlap_setting"], [3])[0],
-        "show_jobs": call(annotator, ids["show_jobs"], [None]),
-    }
-    assert "ann is an annotator and may not import data" in refusals["run_import"]
-    assert "may not export data" in refusals["run_export"]
-    assert "may not edit the labeling guidelines" in refusals["save_guidelines"]
-    assert "may not send comparisons back" in refusals["send_back"]
-    assert "may not change labeling settings" in refusals["save_overlap_setting"]
-    # Only empty updates come back: no job table, no progress, no chart, no log.
-    assert all(part == {"__type__": "update"} for part in refusals["show_jobs"][:5]), refusals["show_jobs"]
-    team = call(annotator, ids["show_team"], [])
-    assert any("may not see the team" in str(part) for part in team)
-    engineer = session_for(secured_app, "eng")
-    assert "Exported." in call(engineer, handler_ids(engineer)["run_export"], ["jsonl", "auto", 0])[0]
+    config = upload_client.get("/config").json()
+    listed = {dep["api_name"] for dep in config["dependencies"]}
+    assert listed == set(HANDLER_PERMISSIONS), f"classify the new or removed handlers: {listed ^ set(HANDLER_PERMISSIONS)}"
+    anonymous = session_for(secured_app, None)
+    for dependency in config["dependencies"]:
+        joined = anonymous.post("/gradio_api/queue/join", json={"data": [], "fn_index": dependency["id"],
+                                                                "session_hash": uuid.uuid4().hex[:10]})
+        assert joined.status_code in (401, 403), (dependency["api_name"], joined.status_code)
+    outcomes = {}
+    for name, role in ROLES.items():
+        client = session_for(secured_app, name)
+        for dependency in config["dependencies"]:
+            handler = dependency["api_name"]
+            needed = HANDLER_PERMISSIONS[handler]
+            allowed = needed is None or Permission[needed] in ROLE_PERMISSIONS[role]
+            output = call(client, dependency["id"], _inputs(config, dependency, INPUT_OVERRIDES.get(handler, {}), uploaded))
+            outcomes[(role, handler)] = (allowed, _refused(output))
+            assert _refused(output) != allowed, f"{role} calling {handler}: allowed={allowed}, output={str(output)[:300]}"
+    # The annotator was refused everything beyond labeling; the engineer everything an admin alone may do.
+    assert {h for (r, h), (allowed, _) in outcomes.items() if r == "annotator" and not allowed} == {
+        h for h, p in HANDLER_PERMISSIONS.items() if p not in (None, "LABEL")}
+    assert {h for (r, h), (allowed, _) in outcomes.items() if r == "engineer" and not allowed} == {
+        "save_guidelines", "save_overlap_setting"}
 
 
 def test_no_file_route_serves_the_store_or_model_folders(secured_app):
@@ -130,3 +188,95 @@ def test_without_accounts_the_app_refuses_a_public_address(tmp_path):
 
 def test_analytics_are_off(secured_app):
     assert session_for(secured_app, "boss").get("/config").json()["analytics_enabled"] is False
+
+
+def test_a_state_changing_request_from_another_origin_is_refused_even_with_the_admins_cookies(secured_app):
+    """A page on another localhost port makes the admin's browser post to the app: the browser sends
+    its Origin (and Sec-Fetch-Site), and the request is refused before any handler runs."""
+    admin = session_for(secured_app, "boss")
+    fn = handler_ids(admin)["save_guidelines"]
+    body = {"data": ["# rewritten by another page"], "fn_index": fn, "session_hash": uuid.uuid4().hex[:10]}
+    port = secured_app.url.rsplit(":", 1)[1]
+    forged = admin.post("/gradio_api/queue/join", json=body,
+                        headers={"Origin": "http://127.0.0.1:9", "Sec-Fetch-Site": "same-site"})
+    assert forged.status_code == 403
+    sandboxed = admin.post("/gradio_api/queue/join", json=body, headers={"Origin": "null"})
+    assert sandboxed.status_code == 403
+    same = call(admin, fn, ["# kept"], headers={"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"})
+    assert same[1] == "Guidelines saved."
+    from storage.engine import Store
+
+    with Store(f"sqlite:///{secured_app.folder / 'store.db'}").read() as session:  # the oracle: the row itself
+        stored = session.exec(text("SELECT value FROM setting WHERE key = 'guidelines'")).one()[0]
+    assert stored == "# kept"
+
+
+def test_another_users_session_hash_reads_nothing_of_theirs(secured_app):
+    engineer, annotator = session_for(secured_app, "eng"), session_for(secured_app, "ann")
+    ids = handler_ids(engineer)
+    session = uuid.uuid4().hex[:10]
+    joined = engineer.post("/gradio_api/queue/join", json={"data": [], "fn_index": ids["show_team"],
+                                                           "session_hash": session})
+    assert joined.status_code == 200
+    stolen = annotator.get("/gradio_api/queue/data", params={"session_hash": session})
+    assert stolen.status_code == 403
+    hijack = annotator.post("/gradio_api/queue/join", json={"data": [], "fn_index": ids["show_team"],
+                                                            "session_hash": session})
+    assert hijack.status_code == 403
+    with engineer.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+        assert stream.status_code == 200
+
+
+def test_password_guessing_is_throttled_with_429_and_the_page_stays_responsive(secured_app):
+    """Guessers from 16 addresses (X-Forwarded-For, trusted from loopback as from a local proxy) hammer
+    one account: after a few failures each gets 429 with Retry-After and no password hash is spent;
+    meanwhile a logged-in user's page keeps answering (latency printed, not asserted: no timed
+    assertions in tests), and the real user, from their own address, waits at most 30 s."""
+    import statistics
+    import threading
+    import time
+
+    engineer = session_for(secured_app, "eng")
+
+    def page_latency(n: int = 15) -> list[float]:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            assert engineer.get("/gradio_api/info").status_code == 200
+            times.append(time.perf_counter() - start)
+        return times
+
+    before = page_latency()
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def guess(address: str) -> None:
+        client = httpx.Client(base_url=secured_app.url, timeout=60)
+        while not stop.is_set() and len(statuses) < 400:
+            response = client.post("/login", data={"username": "boss", "password": "guess"},
+                                   headers={"X-Forwarded-For": address})
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert 1 <= int(response.headers["retry-after"]) <= 300
+                assert "try again" in response.json()["detail"]
+
+    threads = [threading.Thread(target=guess, args=(f"10.9.0.{i}",)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    during = page_latency()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    print(f"\npage latency before the attack p50 {statistics.median(before) * 1000:.1f} ms, "
+          f"during it p50 {statistics.median(during) * 1000:.1f} ms, max {max(during) * 1000:.1f} ms; "
+          f"{len(statuses)} guesses: {statuses.count(429)} throttled (429), {statuses.count(400)} checked (400)")
+    assert statuses.count(429) > 0 and 200 not in statuses
+    assert statuses.count(400) <= 16 * 5 + 10  # each address's free tries, plus the user name's own
+    real = httpx.Client(base_url=secured_app.url, timeout=60)
+    response = real.post("/login", data={"username": "boss", "password": PASSWORD}, headers={"X-Forwarded-For": "10.8.0.1"})
+    if response.status_code == 429:  # the user name is throttled briefly, never for long
+        assert int(response.headers["retry-after"]) <= 30
+        time.sleep(int(response.headers["retry-after"]))
+        response = real.post("/login", data={"username": "boss", "password": PASSWORD},
+                             headers={"X-Forwarded-For": "10.8.0.1"})
+    assert response.status_code == 200

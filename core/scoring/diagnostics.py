@@ -181,6 +181,8 @@ def run_diagnostics(store: Store, actor: Actor, first_name: str, second_name: st
     disagrees with ``second_name``. Engineers and admins only (it reads every label). Raises
     ``PermissionDenied``, ``UnknownModel``, ``ModelLoadError`` or ``ValueError`` (nothing to diagnose)."""
     require_inspect(store, actor, stored_data=True)
+    if not first_name:
+        raise ValueError("choose a registered model (the demo model appears a minute after a fresh start)")
     if not 2 <= limit <= MAX_DIAGNOSED_PAIRS:
         raise ValueError(f"diagnose between 2 and {MAX_DIAGNOSED_PAIRS:,} comparisons, not {limit:,}")
     first = resolve_model(store, actor, first_name)
