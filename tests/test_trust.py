@@ -316,7 +316,7 @@ def test_login_throttle_waits_grow_per_address_stay_short_per_user_and_reset_on_
     assert throttle.begin_attempt("1.1.1.1", "boss") == pytest.approx(1.0)  # 2 ** 0 after the free tries
     waits = []
     for _ in range(12):
-        now[0] += 1000  # past every wait, but a new address each time: only the user name counts
+        now[0] += 31  # past the user cap, inside the window, a new address each time: only the name counts
         throttle.begin_attempt(f"2.2.2.{len(waits)}", "boss")
         waits.append(throttle.wait_seconds("9.9.9.9", "boss"))
     assert max(waits) <= 30  # the real user, elsewhere, never waits longer than the user cap
