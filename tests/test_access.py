@@ -38,7 +38,7 @@ def secured_app(tmp_path_factory):
 
     with Store(db_url).write() as session:  # registered, so the roles that may inspect see it listed
         register_model(session, name="secret-model", path=str(folder / "models" / "secret-model"))
-    app = start_app(db_url, folder / "app.log", "--no-demo")
+    app = start_app(db_url, folder / "app.log", "--no-demo", "--max-upload-mb", "1")
     app.folder = folder
     yield app
     app.process.terminate()
@@ -280,3 +280,47 @@ def test_password_guessing_is_throttled_with_429_and_the_page_stays_responsive(s
         response = real.post("/login", data={"username": "boss", "password": PASSWORD},
                              headers={"X-Forwarded-For": "10.8.0.1"})
     assert response.status_code == 200
+
+
+def test_an_upload_over_the_size_cap_is_refused_and_one_under_it_accepted(secured_app):
+    engineer = session_for(secured_app, "eng")
+    line = b'{"prompt": "Z", "chosen": "a", "rejected": "b"}\n'
+    too_big = engineer.post("/gradio_api/upload", files={"files": ("big.jsonl", line * (2 * 1024 * 1024 // len(line)))})
+    assert too_big.status_code == 413
+    fits = engineer.post("/gradio_api/upload", files={"files": ("small.jsonl", line * 1000)})
+    assert fits.status_code == 200
+
+
+def test_unexpected_errors_are_not_shown_to_users_with_their_raw_text(secured_app):
+    assert session_for(secured_app, "boss").get("/config").json()["show_error"] is False
+
+
+def test_serving_a_store_whose_data_folder_does_not_exist_yet_starts(db_url, tmp_path):
+    """On PostgreSQL the models, job folders and logs live in ./data, which a fresh working folder lacks:
+    the app creates it instead of crashing at start (on SQLite the folder is the store file's)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from conftest import PROJECT_ROOT, _free_port
+
+    workdir = tmp_path / "fresh"
+    workdir.mkdir()
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "app.py"), "serve", "--db", db_url, "--port", str(port)],
+                               cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.25)
+        assert process.poll() is None, process.stdout.read()
+        if not db_url.startswith("sqlite"):
+            assert (workdir / "data" / "models").is_dir()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
