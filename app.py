@@ -37,7 +37,7 @@ from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, eval
 from core.scoring.inspection import registered_models
 from core.training.config import TrainingConfig
 from core.training.jobs import recent_jobs, submit_job
-from core.training.worker import execute_job
+from core.training.worker import execute_job, stop_at_next_step_on_signals
 from storage.engine import DB_URL_ENV, Store, StoreConfigError
 
 EXIT_BAD_INPUT = 2
@@ -152,8 +152,13 @@ def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(TrainingConfig, args)
     store = Store(args.db)
     job_id = submit_job(store, operator_actor(store), config)
-    print(f"job {job_id}: training in the foreground (Ctrl-C stops it)")
-    return execute_job(store, job_id, log=lambda message: print(message, flush=True))
+    print(f"job {job_id}: training in the foreground (Ctrl-C stops it at the next step)", flush=True)
+    cancel_flag = [False]
+    stop_at_next_step_on_signals(cancel_flag, log=lambda message: print(message, flush=True))
+    try:
+        return execute_job(store, job_id, cancel_flag=cancel_flag, log=lambda message: print(message, flush=True))
+    except KeyboardInterrupt:
+        return 130
 
 
 def run_backup(args: argparse.Namespace) -> int:

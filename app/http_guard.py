@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable
@@ -172,7 +173,7 @@ class RequestGuard:
         address = (scope.get("client") or ("unknown", 0))[0]
         wait = self.throttle.begin_attempt(address, user)
         if wait > 0:
-            seconds = max(1, round(wait + 0.5))
+            seconds = max(1, math.ceil(wait))
             return await _respond(send, 429, f"too many failed logins: try again in {seconds} s",
                                   [(b"retry-after", str(seconds).encode())])
         status = {}

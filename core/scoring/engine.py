@@ -93,8 +93,13 @@ class RewardScorer:
         # backbone; encoders (BERT...) pool bidirectionally through a `classifier`.
         self.is_decoder = self.head is not None and self.backbone is not None
         eos = self.tokenizer.eos_token
+        if eos is None and self.tokenizer.sep_token is not None:
+            # The rule training follows (core.training.trainer): a tokenizer without EOS (BERT-style)
+            # ends examples with its separator, which RewardTrainer is told to use as EOS.
+            self.tokenizer.eos_token = eos = self.tokenizer.sep_token
         if eos is None:
-            raise ModelLoadError(f"{self.name}: the tokenizer has no EOS token; set one (RewardTrainer appends it)")
+            raise ModelLoadError(f"{self.name}: the tokenizer has neither an EOS nor a separator token; set "
+                                 "tokenizer.eos_token (RewardTrainer appends it to every example)")
         self.eos_token, self.eos_id = eos, self.tokenizer.eos_token_id
         vocab = self.tokenizer.get_vocab()
         self.think_close_id = vocab.get(THINK_CLOSE)

@@ -78,19 +78,33 @@ def _read_score_rows(path: Path) -> list[tuple[dict[str, Any], Any, str]]:
     return rows
 
 
+def _within_limit(model: RewardScorer, examples: list[tuple[Any, str]]) -> list[bool]:
+    """Whether each (prompt, response) fits the model's ``max_length``: the rule training applies
+    (RewardTrainer drops longer pairs). Longer inputs are never scored: past an encoder's position
+    limit the forward fails, and past a decoder's trained length the reward means nothing."""
+    if not model.max_length:
+        return [True] * len(examples)
+    return [len(model.format(prompt, response).ids) <= model.max_length for prompt, response in examples]
+
+
 def score_file(config: ScoreConfig, model: RewardScorer | None = None) -> int:
-    """Write ``config.output`` (whole or not at all) and return the number of rows scored."""
+    """Write ``config.output`` (whole or not at all) and return the number of rows scored. A row
+    longer than the model's ``max_length`` gets ``over_max_length: true`` and null rewards."""
     rows = _read_score_rows(config.input)
     model = model or RewardScorer(config.model, batch_tokens=config.batch_tokens)
-    results = model.score_responses([(prompt, response) for _, prompt, response in rows], trajectory=config.trajectory)
+    examples = [(prompt, response) for _, prompt, response in rows]
+    fits = _within_limit(model, examples)
+    scored_results = iter(model.score_responses([e for e, ok in zip(examples, fits, strict=True) if ok],
+                                                trajectory=config.trajectory))
     config.output.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(dir=config.output.parent, prefix=".score-", suffix=".jsonl")
     with os.fdopen(handle, "w", encoding="utf-8") as out:
-        for (row, _, _), result in zip(rows, results, strict=True):
-            scored = {**row, "reward": result.reward, "thinking_reward": result.thinking_reward,
-                      "answer_reward": result.answer_reward}
+        for (row, _, _), ok in zip(rows, fits, strict=True):
+            result = next(scored_results) if ok else None
+            scored = {**row, "reward": result and result.reward, "thinking_reward": result and result.thinking_reward,
+                      "answer_reward": result and result.answer_reward, "over_max_length": not ok}
             if config.trajectory:
-                scored["trajectory"] = [[token, reward] for token, reward in (result.trajectory or [])]
+                scored["trajectory"] = [[token, reward] for token, reward in (result.trajectory or [])] if result else None
             out.write(json.dumps(scored, ensure_ascii=False) + "\n")
     os.replace(staging, config.output)
     return len(rows)
@@ -98,16 +112,20 @@ def score_file(config: ScoreConfig, model: RewardScorer | None = None) -> int:
 
 @dataclass(frozen=True)
 class EvalResult:
-    accuracy: float
-    mean_margin: float
+    accuracy: float | None
+    mean_margin: float | None
     n: int
+    n_over_max_length: int = 0
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {"accuracy": self.accuracy, "mean_margin": self.mean_margin, "n": self.n}
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {"accuracy": self.accuracy, "mean_margin": self.mean_margin, "n": self.n,
+                "n_over_max_length": self.n_over_max_length}
 
 
 def evaluate_pairs(config: EvalConfig, model: RewardScorer | None = None) -> EvalResult:
-    """Accuracy (chosen scored strictly above rejected; a tie counts as wrong) and mean margin."""
+    """Accuracy (chosen scored strictly above rejected; a tie counts as wrong) and mean margin over
+    the pairs that fit the model's ``max_length``; ``n_over_max_length`` counts the others, which
+    are not scored (as training drops them)."""
     pairs, problems = [], []
     try:
         for raw in read_rows(config.input):
@@ -131,7 +149,13 @@ def evaluate_pairs(config: EvalConfig, model: RewardScorer | None = None) -> Eva
     if not pairs:
         raise InputRejected(f"{config.input}: no preference pairs")
     model = model or RewardScorer(config.model, batch_tokens=config.batch_tokens)
-    rewards = model.score_pairs([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs])
-    chosen, rejected = rewards[: len(pairs)], rewards[len(pairs) :]
+    chosen_fit = _within_limit(model, [(p, c) for p, c, _ in pairs])
+    rejected_fit = _within_limit(model, [(p, r) for p, _, r in pairs])
+    kept = [pair for pair, a, b in zip(pairs, chosen_fit, rejected_fit, strict=True) if a and b]
+    over = len(pairs) - len(kept)
+    if not kept:
+        return EvalResult(None, None, 0, over)
+    rewards = model.score_pairs([(p, c) for p, c, _ in kept] + [(p, r) for p, _, r in kept])
+    chosen, rejected = rewards[: len(kept)], rewards[len(kept) :]
     margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
-    return EvalResult(sum(m > 0 for m in margins) / len(margins), sum(margins) / len(margins), len(margins))
+    return EvalResult(sum(m > 0 for m in margins) / len(margins), sum(margins) / len(margins), len(margins), over)

@@ -21,6 +21,7 @@ saved; a resumed job continues from the newest marked checkpoint only.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
 import os
 import shutil
@@ -118,8 +119,12 @@ def load_tokenizer(config: TrainingConfig, snapshot: DataSnapshot, work_dir: Pat
         from core.training.demo_model import build_demo_reward_model
 
         base = work_dir / "demo-base"
-        if not (base / "config.json").exists():
-            build_demo_reward_model(base, _snapshot_texts(snapshot) * 2, seed=config.seed)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        # Several processes of one job (one per GPU) build it once: the first holds the lock.
+        with open(work_dir / ".demo-base.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (base / "config.json").exists():
+                build_demo_reward_model(base, _snapshot_texts(snapshot) * 2, seed=config.seed)
         return AutoTokenizer.from_pretrained(base)
     try:
         return AutoTokenizer.from_pretrained(config.base_model, token=hub_token(),
@@ -130,6 +135,21 @@ def load_tokenizer(config: TrainingConfig, snapshot: DataSnapshot, work_dir: Pat
             f"({str(error).splitlines()[0]}). Without network, use base_model 'demo' (a small model built locally) "
             "or a folder holding the model."
         ) from None
+
+
+def use_separator_as_eos(tokenizer: Any, base_model: str) -> str | None:
+    """BERT-style tokenizers have no EOS, and RewardTrainer appends EOS to every standard example:
+    their separator ends every sequence already, so it becomes EOS (the saved tokenizer keeps it,
+    and the scorer applies the same rule to a folder without one). Returns a note saying so, or None.
+    Raises ``TrainingError`` for a tokenizer with neither."""
+    if tokenizer.eos_token is not None:
+        return None
+    if tokenizer.sep_token is None:
+        raise TrainingError(f"{base_model}: the tokenizer has neither an EOS nor a separator token, and "
+                            "RewardTrainer ends every example with EOS: set eos_token in the model folder's "
+                            "tokenizer_config.json")
+    tokenizer.eos_token = tokenizer.sep_token
+    return f"the tokenizer has no EOS token: its separator {tokenizer.sep_token!r} is used as EOS"
 
 
 def local_files_only(name: str) -> bool:
@@ -237,17 +257,27 @@ def lora_config(config: TrainingConfig) -> Any:
     return get_peft_config(model_config(config))
 
 
-def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int | None) -> Any:
+def evaluation_interval(config: TrainingConfig, *, n_eval_pairs: int, batch_size: int) -> int:
+    """Steps between evaluations, so that evaluating costs at most ~10% of training: one evaluation
+    is a forward pass over ``n_eval_pairs`` pairs, about n_eval / (3 * batch) training steps (a step
+    is a forward and a backward pass over ``batch_size`` pairs); evaluating every k steps costs
+    n_eval / (3 * batch * k) of training, which is <= 0.1 for k >= 10 * n_eval / (3 * batch).
+    Never more often than metrics are logged. A final evaluation always runs at the end."""
+    return max(config.logging_steps, math.ceil(10 * n_eval_pairs / (3 * max(1, batch_size))))
+
+
+def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int | None, n_eval_pairs: int = 0) -> Any:
     from trl import RewardConfig
 
     use_cpu, bf16 = _device_precision(config)
     suggested_lr, suggested_batch = suggest_hyperparameters(n_parameters, demo=config.base_model == DEMO_BASE)
+    batch = config.per_device_train_batch_size or suggested_batch
     return RewardConfig(**{
         **_shared_fields(RewardConfig, config),
         # where RewardLab's field means something more than TRL's ("0 = suggested"):
         "learning_rate": config.learning_rate or suggested_lr,
-        "per_device_train_batch_size": config.per_device_train_batch_size or suggested_batch,
-        "per_device_eval_batch_size": config.per_device_train_batch_size or suggested_batch,
+        "per_device_train_batch_size": batch,
+        "per_device_eval_batch_size": batch,
         "max_steps": config.max_steps or -1,
         "center_rewards_coefficient": config.center_rewards_coefficient or None,
         # chosen by RewardLab for this machine and the job's folders:
@@ -256,12 +286,33 @@ def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int
         "use_cpu": use_cpu,
         "activation_checkpointing": False,
         "eval_strategy": "steps",
-        "eval_steps": config.logging_steps,
+        "eval_steps": evaluation_interval(config, n_eval_pairs=n_eval_pairs, batch_size=batch),
         "save_strategy": "steps",
         "save_total_limit": 3,
         "report_to": [],
         "disable_tqdm": False,
     })
+
+
+def held_out_accuracy(trainer: Any) -> tuple[float | None, float | None]:
+    """(accuracy, mean margin) per pair over the trainer's whole (tokenized) held-out split: chosen
+    scored strictly above rejected. None when every held-out pair was longer than max_length."""
+    import torch
+
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    correct, margins = 0, []
+    with torch.no_grad():
+        for example in trainer.eval_dataset:
+            rewards = [model(input_ids=torch.tensor([example[key]], device=model.device)).logits[0, 0].float().item()
+                       for key in ("chosen_ids", "rejected_ids")]
+            margins.append(rewards[0] - rewards[1])
+            correct += rewards[0] > rewards[1]
+    model.train(was_training)
+    if not margins:
+        return None, None
+    return correct / len(margins), sum(margins) / len(margins)
 
 
 def latest_complete_checkpoint(output_dir: Path) -> Path | None:
@@ -335,18 +386,28 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
     work_dir.mkdir(parents=True, exist_ok=True)
     snapshot = take_snapshot(store, config)
     tokenizer = load_tokenizer(config, snapshot, work_dir)
+    eos_note = use_separator_as_eos(tokenizer, config.base_model)
     report = length_report(tokenizer, snapshot, config.max_length)
     log(f"data snapshot {snapshot.content_hash[:12]}: {report.summary()}")
     if report.train_pairs - report.dropped_train < 1:
         raise TrainingError(f"every training pair is longer than max_length {config.max_length}: raise max_length")
+    # Seed before the model is built: a base model's fresh reward head is drawn from the RNG, and
+    # without this two runs with the same --seed differ (by up to 0.46 in reward on a base causal LM).
+    from transformers import set_seed
+
+    set_seed(config.seed)
     model, notes = load_model_for_training(config, tokenizer, work_dir)
     for note in notes:
         log(f"note: {note}")
     n_parameters = sum(p.numel() for p in model.parameters())
     checkpoints = work_dir / "checkpoints"
-    args = reward_config(config, checkpoints, n_parameters=n_parameters)
+    args = reward_config(config, checkpoints, n_parameters=n_parameters, n_eval_pairs=len(snapshot.eval))
+    if eos_note:
+        args.eos_token = tokenizer.eos_token  # the separator: RewardTrainer checks it is in the vocabulary
+        notes.append(eos_note)
+        log(f"note: {eos_note}")
     log(f"{n_parameters / 1e6:.2f}M parameters; learning rate {args.learning_rate}, batch {args.per_device_train_batch_size}, "
-        f"{'bf16' if args.bf16 else 'fp32'} on {'cpu' if args.use_cpu else 'gpu'}")
+        f"{'bf16' if args.bf16 else 'fp32'} on {'cpu' if args.use_cpu else 'gpu'}, {args.world_size} process(es)")
     datasets.disable_progress_bars()
     train = datasets.Dataset.from_list(snapshot.train)
     held_out = datasets.Dataset.from_list(snapshot.eval) if snapshot.eval else None
@@ -364,7 +425,16 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
     if cancel_flag[0]:
         log("cancelled: stopped at the next step as asked")
         return TrainOutcome("cancelled", None, None, None, None, report, notes, resume_from and resume_from.name)
-    metrics = trainer.evaluate() if held_out is not None else {}
+    metrics = trainer.evaluate() if held_out is not None else {}  # every rank takes part
+    if not trainer.is_world_process_zero():
+        # Launched as several processes, only the main one saves, registers and records; the others
+        # wait here until it has, so that none exits (and tears down the process group) early.
+        trainer.accelerator.wait_for_everyone()
+        return TrainOutcome("succeeded", None, None, None, None, report, notes, resume_from and resume_from.name)
+    if held_out is not None:
+        # The registry's figure is per pair over the whole held-out split; the trainer's eval_accuracy
+        # averages per-batch accuracies, which over-weights a short last batch.
+        metrics["eval_accuracy"], metrics["eval_margin"] = held_out_accuracy(trainer)
     base_name = config.output_name or (f"rm-job-{job_id}" if job_id else f"rm-{snapshot.content_hash[:8]}")
     models_root = models_folder(store)
     staging = models_root / f".staging-{base_name}-{os.getpid()}"
@@ -380,11 +450,12 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
         os.rename(staging, model_dir)
         register_model(
             session, name=name, path=str(model_dir), base_model=config.base_model, job_id=job_id,
-            config=config.to_record(), data_hash=snapshot.content_hash, n_pairs=snapshot.n_pairs,
+            config={**config.to_record(), "notes": notes}, data_hash=snapshot.content_hash, n_pairs=snapshot.n_pairs,
             eval_accuracy=float(accuracy) if accuracy is not None else None,
             eval_margin=float(margin) if margin is not None else None,
         )
     log(f"registered {name} at {model_dir} (held-out accuracy {accuracy}, margin {margin})")
+    trainer.accelerator.wait_for_everyone()
     return TrainOutcome("succeeded", name, model_dir, accuracy, margin, report, notes,
                         resume_from.name if resume_from else None)
 

@@ -20,29 +20,50 @@ from storage.jobs import finish_job, get_job, mark_started
 from storage.models import JobStatus
 
 
+def process_rank() -> int:
+    """This process's rank when launched as several (torchrun / accelerate launch set ``RANK``); 0 alone."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = None, log=print) -> int:  # noqa: ANN001
     """Run job ``job_id`` in this process and record how it ended; returns the exit code.
 
-    Used by the worker process and by ``python app.py train`` (the foreground path).
+    Used by the worker process and by ``python app.py train`` (the foreground path). Launched as
+    several processes (one per GPU), every rank trains, and only the main one (rank 0) writes: the job's
+    state, metrics, the model folder and the registry. Ctrl-C (KeyboardInterrupt) ends the job as
+    cancelled before the exception goes on, so no job is left "running" without a process.
     """
+    main_process = process_rank() == 0
     with store.read() as session:
         job = get_job(session, job_id)
     if job is None:
         log(f"there is no job {job_id}")
         return 2
     folder = job_dir(store, job.id)
-    with store.write() as session:
-        mark_started(session, job.id, pid=os.getpid(), log_path=str(folder / "train.log"), output_dir=str(folder))
+    if main_process:
+        with store.write() as session:
+            mark_started(session, job.id, pid=os.getpid(), log_path=str(folder / "train.log"), output_dir=str(folder))
     try:
         config = TrainingConfig.from_record(job.config)
         outcome = run_training(store, config, folder, job_id=job.id, resume=job.resume, cancel_flag=cancel_flag, log=log)
+    except KeyboardInterrupt:
+        if main_process:
+            with store.write() as session:
+                finish_job(session, job.id, JobStatus.CANCELLED, error="interrupted (Ctrl-C) before it finished")
+            log(f"job {job.id} cancelled: interrupted")
+        raise
     except Exception as error:  # noqa: BLE001 (any failure must end the job as failed, with its reason)
         traceback.print_exc()
         reason = str(error) if isinstance(error, TrainingError) else f"{type(error).__name__}: {error}"
-        with store.write() as session:
-            finish_job(session, job.id, JobStatus.FAILED, error=reason)
+        if main_process:
+            with store.write() as session:
+                finish_job(session, job.id, JobStatus.FAILED, error=reason)
         log(f"training failed: {reason}")
         return 1
+    finally:
+        _end_process_group()
+    if not main_process:
+        return 0
     status = JobStatus.SUCCEEDED if outcome.status == "succeeded" else JobStatus.CANCELLED
     with store.write() as session:
         finish_job(session, job.id, status, reward_model_name=outcome.model_name,
@@ -50,6 +71,27 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
     log(f"job {job.id} {status.value}" + (f": {outcome.model_name} (held-out accuracy {outcome.eval_accuracy}, "
                                           f"margin {outcome.eval_margin})" if outcome.model_name else ""))
     return 0
+
+
+def _end_process_group() -> None:
+    """Ranks that exit with the process group still up end with SIGABRT (gloo): close it first."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def stop_at_next_step_on_signals(cancel_flag: list[bool], log=print) -> None:  # noqa: ANN001
+    """SIGTERM or a first Ctrl-C: stop at the next step and record the job cancelled; a second Ctrl-C
+    interrupts at once (the job is still recorded cancelled, by ``execute_job``)."""
+
+    def first(signum: int, _frame) -> None:  # noqa: ANN001
+        cancel_flag[0] = True
+        log(f"{signal.Signals(signum).name}: stopping at the next step (Ctrl-C again to stop now)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, first)
+    signal.signal(signal.SIGINT, first)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", required=True, type=int)
     args = parser.parse_args(argv)
     cancel_flag = [False]
-    signal.signal(signal.SIGTERM, lambda *_: cancel_flag.__setitem__(0, True))
+    stop_at_next_step_on_signals(cancel_flag)
     return execute_job(Store(args.db), args.job, cancel_flag=cancel_flag, log=lambda message: print(message, flush=True))
 
 
