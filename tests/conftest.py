@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,21 +65,62 @@ def postgres_template() -> str | None:
     admin.dispose()
 
 
-@pytest.fixture
-def db_url(tmp_path: Path, postgres_template: str | None) -> str:
+@contextmanager
+def database_url(folder: Path, postgres_template: str | None, label: str):  # noqa: ANN201
+    """A fresh store URL: a SQLite file in ``folder``, or, in the PostgreSQL pass, a database of its
+    own copied from the migrated template (dropped afterwards)."""
     server = os.environ.get(TEST_POSTGRES_ENV)
     if not server:
-        yield f"sqlite:///{tmp_path / 'store.db'}"
+        yield f"sqlite:///{folder / 'store.db'}"
         return
-    name = f"rewardlab_test_{os.getpid()}_{tmp_path.name}".lower()[:63]
+    name = f"rewardlab_test_{os.getpid()}_{label}".lower()[:63]
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
-    yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _record_database(node, url: str) -> None:  # noqa: ANN001
+    node.user_properties.append(("database", make_url(url).get_backend_name()))
+
+
+@pytest.fixture
+def db_url(tmp_path: Path, postgres_template: str | None, request) -> str:  # noqa: ANN001
+    with database_url(tmp_path, postgres_template, tmp_path.name) as url:
+        _record_database(request.node, url)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_db_url(tmp_path_factory, postgres_template: str | None, request) -> str:  # noqa: ANN001
+    """One store URL shared by a module's tests (for fixtures that start an app once)."""
+    folder = tmp_path_factory.mktemp("module-store")
+    with database_url(folder, postgres_template, f"m_{folder.name}") as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def _database_of_module_stores(request) -> None:  # noqa: ANN001
+    if "module_db_url" in request.fixturenames:
+        _record_database(request.node, request.getfixturevalue("module_db_url"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN001
+    """Which database each test ran on: the PostgreSQL pass must really run on PostgreSQL."""
+    counts: dict[str, int] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) == "call":
+                backend = dict(getattr(report, "user_properties", ())).get("database", "no store")
+                counts[backend] = counts.get(backend, 0) + 1
+    if counts:
+        terminalreporter.write_line("tests by database: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
 
 @pytest.fixture
@@ -114,10 +156,10 @@ class RunningApp:
         return self.log_path.read_text(errors="replace")
 
 
-def start_app(db_url: str, log_path: Path, *extra: str) -> RunningApp:
+def start_app(db_url: str, log_path: Path, *extra: str, env: dict[str, str] | None = None) -> RunningApp:
     port = _free_port()
     log = open(log_path, "w")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "app.py", "serve", "--db", db_url, "--port", str(port), *extra],
         cwd=PROJECT_ROOT,

@@ -103,11 +103,11 @@ def test_the_corpus_has_at_least_200_files():
 
 
 @pytest.fixture(scope="module")
-def seeded_store(tmp_path_factory):
+def seeded_store(tmp_path_factory, module_db_url):
     from storage.engine import Store
 
     folder = tmp_path_factory.mktemp("hostile")
-    store = Store(f"sqlite:///{folder / 'store.db'}")
+    store = Store(module_db_url)
     import_file(store, ImportConfig(write_jsonl(folder / "seed.jsonl", PAIRS)))
     return store, folder
 

@@ -14,7 +14,6 @@ from core.data.exporter import build_preference_rows
 from core.data.importer import ImportConfig, ImportRejected, import_file
 from storage.engine import Store
 from storage.queries import store_counts
-from storage.transfer import store_digest
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -23,8 +22,46 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def store_fingerprint(store: Store) -> dict[str, tuple[int, str]]:
-    """Every row of every table, digested: equal before and after means nothing was written."""
-    return store_digest(store)
+    """Every row of every table, digested: equal before and after means nothing was written.
+
+    Independent of the code under test: its own engine, the tables the database itself lists, plain
+    ``SELECT *`` ordered by every column, values as the driver returns them."""
+    import hashlib
+
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(store.url)
+    try:
+        with engine.connect() as connection:
+            fingerprint = {}
+            for table in sorted(inspect(connection).get_table_names()):
+                columns = [c["name"] for c in inspect(connection).get_columns(table)]
+                order = ", ".join(str(i) for i in range(1, len(columns) + 1))
+                rows = connection.execute(text(f'SELECT * FROM "{table}" ORDER BY {order}')).all()
+                fingerprint[table] = (len(rows), hashlib.sha256(repr(rows).encode()).hexdigest())
+            return fingerprint
+    finally:
+        engine.dispose()
+
+
+def test_the_store_fingerprint_sees_an_insert_an_update_and_a_delete(store, tmp_path):
+    """The oracle of every "nothing was written" check must itself notice a write of each kind."""
+    from sqlalchemy import text
+
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "p.jsonl", PAIRS)))
+    before = store_fingerprint(store)
+    assert before == store_fingerprint(store)
+    with store.write() as session:
+        session.execute(text("UPDATE comparison SET priority = priority + 1 WHERE id = 1"))
+    after_update = store_fingerprint(store)
+    assert after_update != before and after_update["comparison"][0] == before["comparison"][0]
+    with store.write() as session:
+        session.execute(text("DELETE FROM label WHERE id = 1"))
+    after_delete = store_fingerprint(store)
+    assert after_delete["label"][0] == before["label"][0] - 1
+    with store.write() as session:
+        session.execute(text("INSERT INTO setting (key, value) VALUES ('guidelines', 'x')"))
+    assert store_fingerprint(store)["setting"][0] == after_delete["setting"][0] + 1
 
 
 def counts(store: Store):
@@ -102,8 +139,7 @@ def _formats(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "parquet", "jsonl.gz", "save_to_disk", "save_to_disk (splits)"])
-def test_every_file_format_imports_the_same_pairs(tmp_path, kind):
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+def test_every_file_format_imports_the_same_pairs(store, tmp_path, kind):
     report = import_file(store, ImportConfig(_formats(tmp_path)[kind]))
     assert report.counts.comparisons_added == 6
     assert sorted(build_preference_rows(store).rows, key=lambda r: r["prompt"]) == PAIRS

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from sqlalchemy import text
-from test_import import PAIRS, write_jsonl
+from test_import import PAIRS, store_fingerprint, write_jsonl
 
 from conftest import HH_RLHF_FILE, PROJECT_ROOT
 from core.data.exporter import ExportConfig, export_dataset
@@ -98,11 +98,11 @@ def test_a_store_moves_whole_and_exports_the_same_bytes(full_store, db_url, tmp_
 def test_a_target_with_data_is_refused_and_left_as_it_was(full_store, db_url, tmp_path):
     target = Store(db_url)
     import_file(target, ImportConfig(write_jsonl(tmp_path / "mine.jsonl", PAIRS)))
-    before = store_digest(target)
+    before = store_fingerprint(target)
     done = migrate(full_store.url, db_url)
     assert done.returncode == 2
     assert "is not empty: prompt (6 rows)" in done.stderr and "Nothing was written" in done.stderr
-    assert store_digest(target) == before
+    assert store_fingerprint(target) == before
 
 
 def test_a_missing_source_or_the_same_store_twice_is_refused(full_store, db_url, tmp_path):
