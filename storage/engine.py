@@ -29,6 +29,7 @@ from storage import models  # noqa: F401  (registers the tables on SQLModel.meta
 
 DB_URL_ENV = "REWARDLAB_DB"
 DEFAULT_DATA_DIR = Path("data")
+DATA_DIR_ENV = "REWARDLAB_DATA_DIR"  # where a PostgreSQL store's files live (models, jobs, downloads)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 64 * 1024
 
@@ -119,8 +120,11 @@ class Store:
 
     @property
     def data_dir(self) -> Path:
-        """Where files that belong with this store live (models, logs): beside a SQLite file, else ./data."""
-        return self.sqlite_path.parent if self.is_sqlite else DEFAULT_DATA_DIR
+        """Where files that belong with this store live (models, logs): beside a SQLite file, else
+        ``$REWARDLAB_DATA_DIR`` or ./data."""
+        if self.is_sqlite:
+            return self.sqlite_path.parent
+        return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
     @property
     def sqlite_path(self) -> Path | None:

@@ -91,7 +91,9 @@ def _record_database(node, url: str) -> None:  # noqa: ANN001
 
 
 @pytest.fixture
-def db_url(tmp_path: Path, postgres_template: str | None, request) -> str:  # noqa: ANN001
+def db_url(tmp_path: Path, postgres_template: str | None, request, monkeypatch) -> str:  # noqa: ANN001
+    # A PostgreSQL store keeps its files (models, jobs, downloads) in $REWARDLAB_DATA_DIR: the test's own.
+    monkeypatch.setenv("REWARDLAB_DATA_DIR", str(tmp_path / "data"))
     with database_url(tmp_path, postgres_template, tmp_path.name) as url:
         _record_database(request.node, url)
         yield url

@@ -304,6 +304,7 @@ def test_unexpected_errors_are_not_shown_to_users_with_their_raw_text(secured_ap
 def test_serving_a_store_whose_data_folder_does_not_exist_yet_starts(db_url, tmp_path):
     """On PostgreSQL the models, job folders and logs live in ./data, which a fresh working folder lacks:
     the app creates it instead of crashing at start (on SQLite the folder is the store file's)."""
+    import os
     import socket
     import subprocess
     import sys
@@ -314,8 +315,9 @@ def test_serving_a_store_whose_data_folder_does_not_exist_yet_starts(db_url, tmp
     workdir = tmp_path / "fresh"
     workdir.mkdir()
     port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REWARDLAB_DATA_DIR"}  # the default: ./data
     process = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "app.py"), "serve", "--db", db_url, "--port", str(port)],
-                               cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and process.poll() is None:
