@@ -17,7 +17,6 @@ import ipaddress  # noqa: E402
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import anyio  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
@@ -29,7 +28,7 @@ from core.data.demo_data import load_demo_data_if_empty  # noqa: E402
 from core.model_folders import model_folder  # noqa: E402
 from core.scoring.inspection import registered_models  # noqa: E402
 from core.training.demo_model import DEMO_MODEL_NAME  # noqa: E402
-from core.training.jobs import JobScheduler, recover_orphaned_jobs, worker_environment  # noqa: E402
+from core.training.jobs import PROJECT_ROOT, JobScheduler, recover_orphaned_jobs, worker_environment  # noqa: E402
 from storage.engine import Store  # noqa: E402
 
 
@@ -55,7 +54,7 @@ def start_demo_model_training(store: Store) -> None:
     log = open(store.data_dir / "demo-model.log", "w")  # noqa: SIM115 (the child writes to it)
     subprocess.Popen(
         [sys.executable, "-m", "core.training.demo_model", "--out", str(out)],
-        cwd=Path(__file__).resolve().parent.parent, env=worker_environment(store), stdout=log, stderr=subprocess.STDOUT,
+        cwd=PROJECT_ROOT, env=worker_environment(store), stdout=log, stderr=subprocess.STDOUT,
     )
     print(f"training the demo reward model in the background (log: {log.name})")
 

@@ -34,7 +34,7 @@ from storage.jobs import (
 )
 from storage.models import JobStatus
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # core/training/jobs.py -> the project
 
 
 class JobError(ValueError):
