@@ -46,21 +46,7 @@ def _component(field: dataclasses.Field, annotation) -> gr.components.Component:
 
 def _config_from_form(controls: dict, form: dict) -> TrainingConfig:
     """The config from a ``{component: value}`` dict of the form (Gradio's set-of-inputs call)."""
-    hints = typing.get_type_hints(TrainingConfig)
-    kwargs = {}
-    for name, control in controls.items():
-        value = form[control]
-        hint = hints[name]
-        if hint is int:
-            value = int(value or 0)
-        elif hint is float:
-            value = float(value or 0)
-        elif name == "labels_since":
-            value = datetime.fromisoformat(value) if value and value.strip() else None
-        elif name == "annotators":
-            value = [v.strip() for v in (value or "").split(",") if v.strip()] or None
-        kwargs[name] = value
-    return TrainingConfig(**kwargs)
+    return TrainingConfig.from_form({name: form[control] for name, control in controls.items()})
 
 
 def _jobs_table(store: Store, actor) -> list[list]:  # noqa: ANN001

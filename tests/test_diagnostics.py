@@ -54,16 +54,32 @@ def test_mislabeled_pairs_are_suspected_and_sent_back_for_review(store, trained)
     assert next_comparison(store, annotator) is None
 
 
+def _plain_margins(folder, rows: list[dict]) -> list[float]:
+    """The oracle: transformers' own forward on each side, formatted with the model's chat template."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+    def reward(messages: list[dict]) -> float:
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+
+    return [reward(row["prompt"] + row["chosen"]) - reward(row["prompt"] + row["rejected"]) for row in rows]
+
+
 def test_two_models_disagree_where_their_preferences_flip(store, trained, tmp_path):
     from core.training.demo_model import build_demo_reward_model
 
-    import_rows(store, demo_preference_rows(), source="demo")
-    untrained = RewardScorer(build_demo_reward_model(tmp_path / "raw", ["a b c"] * 10, hidden_size=32, num_layers=1,
-                                                    num_heads=2), device="cpu")
-    flips = compare_models(store, trained, untrained)
-    first = diagnose(store, trained, name="trained")
-    second = diagnose(store, untrained, name="untrained")
-    expected = {a.comparison_id for a, b in zip(first.pairs, second.pairs, strict=True) if (a.margin > 0) != (b.margin > 0)}
+    rows = demo_preference_rows()
+    import_rows(store, rows, source="demo")
+    raw = build_demo_reward_model(tmp_path / "raw", ["a b c"] * 10, hidden_size=32, num_layers=1, num_heads=2, seed=3)
+    flips = compare_models(store, trained, RewardScorer(raw, device="cpu"))
+    first, second = _plain_margins(trained.name, rows), _plain_margins(raw, rows)
+    expected = {index + 1 for index, (a, b) in enumerate(zip(first, second, strict=True)) if (a > 0) != (b > 0)}
+    assert expected, "the untrained model should disagree somewhere: the check would prove nothing"
     assert {f.comparison_id for f in flips} == expected
 
 

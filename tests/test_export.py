@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy import text
 from conftest import run_cli
 from sqlmodel import select
 from test_import import write_jsonl
@@ -64,14 +65,23 @@ def test_strength_becomes_the_trl_margin(candidates):
 
 
 def test_a_second_submit_changes_nothing_and_a_new_choice_updates_the_label(candidates):
-    label(candidates, 1, "ann", "a")
-    label(candidates, 1, "ann", "a")
+    """Through ``submit_label``, the path every label takes (page, API): a repeated submit is
+    reported unchanged and leaves one row; a new choice updates that row in place."""
+    from storage.queue import submit_label
+
+    with candidates.write() as session:
+        ann = ensure_user(session, "ann")
+        first = submit_label(session, LabelInput(1, ann, "a"))
+    with candidates.write() as session:
+        again = submit_label(session, LabelInput(1, ann, "a"))
+    assert first.changed and not again.changed and again.label_id == first.label_id
     with candidates.read() as session:
-        assert len(session.exec(select(Label)).all()) == 1
-    label(candidates, 1, "ann", "b", strength=2)
+        assert session.exec(text("SELECT count(*) FROM label")).one()[0] == 1
+    with candidates.write() as session:
+        changed = submit_label(session, LabelInput(1, ann, "b", strength=2))
+    assert changed.changed and changed.label_id == first.label_id
     with candidates.read() as session:
-        stored = session.exec(select(Label)).one()
-    assert (stored.choice, stored.strength) == ("b", 2)
+        assert session.exec(text("SELECT choice, strength FROM label")).all() == [("b", 2)]
 
 
 @pytest.mark.parametrize(

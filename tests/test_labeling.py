@@ -21,7 +21,7 @@ from core.labeling.actions import (
     update_guidelines,
 )
 from core.segments import split_thinking
-from storage.models import Label, User, utc_now
+from storage.models import Label, Setting, User, utc_now
 from storage.queue import QueueError, claim_next_comparison
 from storage.settings import set_setting
 from test_import import write_jsonl
@@ -182,6 +182,8 @@ def test_roles_are_enforced_below_the_ui(queue_store):
     with pytest.raises(PermissionDenied, match="ann is an annotator and may not edit the labeling guidelines"):
         update_guidelines(queue_store, ann, "# mine now")
     update_guidelines(queue_store, make_actor(queue_store, "boss", "admin"), "# Be fair")
+    with queue_store.read() as session:  # the oracle: the stored row, not the module's getter
+        assert session.execute(select(Setting.value).where(Setting.key == "guidelines")).scalar_one() == "# Be fair"
 
 
 def test_accounts_hash_passwords_and_check_them(store):

@@ -171,11 +171,17 @@ def test_concurrent_annotators_through_the_queue_label_each_comparison_exactly_o
     _assert_each_labeled_once(store, 80)
 
 
-def test_a_postgresql_store_points_to_pg_dump_for_backups(store, tmp_path):
+def test_a_postgresql_store_points_to_pg_dump_for_backups(tmp_path, postgres_template):
+    """Runs on a real PostgreSQL store only (the PostgreSQL pass); the SQLite backup has its own tests."""
+    from conftest import database_url
     from storage.backup import BackupError, backup_store
 
-    if store.is_sqlite:
-        assert backup_store(store, tmp_path / "copy.db") > 0
-        return
-    with pytest.raises(BackupError, match="pg_dump"):
-        backup_store(store, tmp_path / "copy.db")
+    if postgres_template is None:
+        pytest.skip("needs the PostgreSQL pass (REWARDLAB_TEST_POSTGRES)")
+    with database_url(tmp_path, postgres_template, "pgdump") as url:
+        store = Store(url)
+        assert not store.is_sqlite
+        with pytest.raises(BackupError, match="pg_dump"):
+            backup_store(store, tmp_path / "copy.db")
+        assert not (tmp_path / "copy.db").exists()
+        store.dispose()

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from sqlalchemy import text
 
 from core.accounts import actor_for
 from core.data.importer import import_rows
@@ -191,7 +192,9 @@ def test_suggestions_follow_the_guides_table():
     assert suggest_hyperparameters(8_000_000_000) == (5e-6, 2)
 
 
-def test_several_gpus_launch_through_accelerate():
+def test_the_worker_command_is_plain_python_on_one_device_and_accelerate_launch_on_several():
+    """Only the argument lists; the several-process run itself is
+    test_training_guarantees.py::test_two_processes_train_one_job_and_only_the_main_one_writes."""
     single = worker_command(7, gpus=1)
     assert single[1:] == ["-m", "core.training.worker", "--job", "7"]
     multi = worker_command(7, gpus=4)
@@ -200,14 +203,21 @@ def test_several_gpus_launch_through_accelerate():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_bf16_and_4bit_lora(training_store):
-    """On a CUDA GPU: bf16 is chosen, and 4-bit + LoRA trains a small Qwen built locally."""
-    from core.training.trainer import run_training
+def test_gpu_trains_in_bf16_and_4bit_lora_trains_a_small_qwen(training_store):
+    """On a CUDA GPU: the job's arguments and its log say bf16 on the GPU (mixed precision: the
+    master weights stay float32), and 4-bit + LoRA trains a small Qwen built locally."""
+    from core.training.trainer import reward_config, run_training
 
+    plain = TrainingConfig(max_steps=2, output_name="gpu-bf16")
+    args = reward_config(plain, training_store.data_dir / "x", n_parameters=None)
+    assert args.bf16 and not args.use_cpu
+    lines: list[str] = []
+    outcome = run_training(training_store, plain, training_store.data_dir / "jobs" / "bf16", log=lines.append)
+    assert any("bf16 on gpu" in line for line in lines), lines  # the trainer ran under bf16 autocast
     config = TrainingConfig(lora=True, load_in_4bit=True, max_steps=20, logging_steps=5, save_steps=20,
                             output_name="gpu-4bit")
-    outcome = run_training(training_store, config, training_store.data_dir / "jobs" / "gpu")
-    assert outcome.status == "succeeded"
+    outcome = run_training(training_store, config, training_store.data_dir / "jobs" / "gpu", log=lines.append)
+    assert outcome.status == "succeeded" and (outcome.model_dir / "adapter_config.json").exists()
 
 
 def test_an_unreachable_hub_model_says_so_and_offers_the_demo(training_store, monkeypatch):
@@ -252,3 +262,38 @@ def test_pad_equal_to_eos_gets_a_distinct_pad_token(tmp_path):
     assert tokenizer.pad_token == PAD_TOKEN and tokenizer.pad_token_id != tokenizer.eos_token_id
     assert model.config.pad_token_id == tokenizer.pad_token_id
     assert any("used EOS as its pad token" in note for note in notes)
+
+
+def test_the_form_becomes_the_config_empty_numbers_zero_dates_parsed_annotators_split():
+    form = {"base_model": "demo", "output_name": "from-form", "max_steps": None, "learning_rate": "",
+            "labels_since": " 2026-11-01 ", "annotators": " ann, bob ,, ", "lora": True, "eval_fraction": 0.2}
+    config = TrainingConfig.from_form(form)
+    assert (config.output_name, config.max_steps, config.learning_rate, config.lora) == ("from-form", 0, 0.0, True)
+    assert config.labels_since.isoformat() == "2026-11-01T00:00:00"
+    assert config.annotators == ["ann", "bob"]
+    assert TrainingConfig.from_form({"annotators": "", "labels_since": ""}).annotators is None
+    with pytest.raises(ConfigError, match="labels since"):
+        TrainingConfig.from_form({"labels_since": "last tuesday"})
+    with pytest.raises(ConfigError, match="output_name"):
+        TrainingConfig.from_form({"output_name": "../up"})
+
+
+def test_a_running_jobs_eta_is_the_time_per_step_so_far_times_the_steps_left(training_store):
+    from datetime import timedelta
+
+    from core.accounts import operator_actor
+    from core.training.jobs import job_report
+    from storage.models import utc_now
+
+    admin = operator_actor(training_store)
+    job_id = submit_job(training_store, admin, TrainingConfig(max_steps=40))
+    with training_store.write() as session:  # 10 of 40 steps in 100 s: 300 s to go
+        session.execute(text("UPDATE trainingjob SET status = 'running', current_step = 10, total_steps = 40, "
+                             "started_at = :started WHERE id = :id"), {"started": utc_now() - timedelta(seconds=100),
+                                                                       "id": job_id})
+    report = job_report(training_store, admin, job_id)
+    assert report.eta_seconds == pytest.approx(300, abs=5)
+    assert report.fraction == pytest.approx(0.25)
+    with training_store.write() as session:
+        session.execute(text("UPDATE trainingjob SET status = 'succeeded' WHERE id = :id"), {"id": job_id})
+    assert job_report(training_store, admin, job_id).eta_seconds is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -97,6 +98,28 @@ class TrainingConfig:
         record = dataclasses.asdict(self)
         record["labels_since"] = self.labels_since.isoformat() if self.labels_since else None
         return record
+
+    @classmethod
+    def from_form(cls, values: dict[str, Any]) -> "TrainingConfig":
+        """The config from a form's raw values by field name: empty numbers are 0, a date is ISO
+        text (empty = none), annotators are comma-separated names (empty = all). Raises ``ConfigError``."""
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for name, value in values.items():
+            hint = hints[name]
+            try:
+                if hint is int:
+                    value = int(value or 0)
+                elif hint is float:
+                    value = float(value or 0)
+                elif name == "labels_since":
+                    value = datetime.fromisoformat(value.strip()) if value and value.strip() else None
+                elif name == "annotators":
+                    value = [v.strip() for v in (value or "").split(",") if v.strip()] or None
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name.replace('_', ' ')}: {value!r} is not a valid value") from None
+            kwargs[name] = value
+        return cls(**kwargs)
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "TrainingConfig":
