@@ -12,6 +12,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def parse_with_smoke(parser, argv=None, **smoke):  # noqa: ANN001, ANN201
+    """Parse arguments, with ``--smoke``: a seconds-long run at the tiny sizes given in ``smoke`` (CI
+    runs every benchmark so, to keep them from rotting; the figures of a smoke run mean nothing)."""
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run at tiny sizes (what CI runs)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for name, value in smoke.items():
+            setattr(args, name, value)
+    return args
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile by nearest rank; NaN for no values."""
     ordered = sorted(values)

@@ -1,6 +1,6 @@
 """Import speed: RewardLab's importer against plain sqlite3 ``executemany`` in the same process.
 
-    python bench/import_speed.py [--rows 50000] [--repeats 3]
+    python bench/import_speed.py [--rows 50000] [--repeats 3] [--smoke]
 
 Both sides end with the same rows in the same schema (prompts, completions, comparisons, a source
 user and its labels) in a fresh SQLite file with the store's settings (WAL, synchronous=FULL):
@@ -26,10 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core.data.importer import ImportConfig, import_file  # noqa: E402
 from core.data.formats import completion_content_hash, prompt_content_hash  # noqa: E402
 from storage.engine import SQLITE_CACHE_KIB, Store  # noqa: E402
+from common import parse_with_smoke  # noqa: E402
 
 WORDS = "the model answer reward think step because therefore result value check first then so we".split()
 
@@ -56,7 +58,7 @@ def time_executemany(db_path: Path, rows: list[dict[str, str]]) -> float:
         prompts.append((i, prompt_content_hash(row["prompt"], None), row["prompt"], now))
         completions.append((2 * i - 1, i, completion_content_hash(row["chosen"]), row["chosen"], now))
         completions.append((2 * i, i, completion_content_hash(row["rejected"]), row["rejected"], now))
-        comparisons.append((i, i, 2 * i - 1, 2 * i, 0, "bench", now))
+        comparisons.append((i, i, 2 * i - 1, 2 * i, 0, "bench", 1, 0, 1, now))  # labeled by its source: done
         labels.append((i, i, 1, "a", now, now))
     connection = sqlite3.connect(db_path, isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")
@@ -70,8 +72,8 @@ def time_executemany(db_path: Path, rows: list[dict[str, str]]) -> float:
         "INSERT INTO completion (id, prompt_id, content_hash, text, created_at) VALUES (?, ?, ?, ?, ?)", completions
     )
     connection.executemany(
-        "INSERT INTO comparison (id, prompt_id, completion_a_id, completion_b_id, priority, source, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO comparison (id, prompt_id, completion_a_id, completion_b_id, priority, source, label_count, "
+        "extra_labels, done, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         comparisons,
     )
     connection.execute("INSERT INTO user (id, name, role, created_at) VALUES (1, 'bench', 'source', ?)", (now,))
@@ -99,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, rows=300, repeats=1)
     rows = make_rows(args.rows)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)

@@ -1,9 +1,10 @@
 """Labeling latency with 100,000 comparisons in the store.
 
-    python bench/label_latency.py [--comparisons 100000] [--labels 1000] [--clicks 40]
+    python bench/label_latency.py [--comparisons 100000] [--labels 1000] [--clicks 40] [--smoke]
 
 1. Server side: the work of one click on "Left is better", as the Label tab's handler does it
-   (store the label, claim and load the next comparison, progress, history), timed per click.
+   (``label_and_next``: store the label, claim and load the next comparison, progress, history, in
+   one transaction), timed per click.
    Baseline in the same process: one label row inserted and committed with plain ``sqlite3``
    (same file, WAL, synchronous=FULL), the floor for an acknowledged write.
 2. In Chromium: the round trip of one click, from the click until the next comparison is on screen.
@@ -28,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from core.accounts import actor_for  # noqa: E402
 from core.data.importer import ImportConfig, import_file  # noqa: E402
-from core.labeling.actions import history, label_on_screen, next_comparison, progress  # noqa: E402
+from core.labeling.actions import label_and_next, open_labeling_screen  # noqa: E402
 from storage.engine import Store  # noqa: E402
-from common import percentile, start_app_server  # noqa: E402
+from common import parse_with_smoke, percentile, start_app_server  # noqa: E402
 
 
 def build_store(path: Path, comparisons: int) -> Store:
@@ -57,14 +58,11 @@ def build_store(path: Path, comparisons: int) -> Store:
 
 def time_server_side(store: Store, labels: int) -> list[float]:
     actor = actor_for(store, None)
-    view = next_comparison(store, actor)
+    view = open_labeling_screen(store, actor).view
     timings = []
     for _ in range(labels):
         start = time.perf_counter()
-        label_on_screen(store, actor, view, "left", strength="clearly", seconds_spent=1.0)
-        view = next_comparison(store, actor)
-        progress(store, actor)
-        history(store, actor)
+        view = label_and_next(store, actor, view, "left", strength="clearly", seconds_spent=1.0).view
         timings.append(time.perf_counter() - start)
     return timings
 
@@ -121,7 +119,7 @@ def main() -> None:
     parser.add_argument("--comparisons", type=int, default=100_000)
     parser.add_argument("--labels", type=int, default=1000)
     parser.add_argument("--clicks", type=int, default=40)
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, comparisons=200, labels=20, clicks=2)
     with tempfile.TemporaryDirectory() as folder:
         db_path = Path(folder) / "bench.db"
         start = time.perf_counter()

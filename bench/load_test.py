@@ -43,7 +43,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from core.accounts import add_user  # noqa: E402
 from core.data.importer import ImportConfig, import_file  # noqa: E402
 from storage.engine import Store  # noqa: E402
-from common import free_port, percentile, start_app_server  # noqa: E402
+from common import free_port, parse_with_smoke, percentile, start_app_server  # noqa: E402
 
 PASSWORD = "load-test-password"
 CHOICES = ("a", "b", "a", "b", "tie")  # mostly preferences, like a real queue
@@ -286,7 +286,9 @@ def main() -> int:
     parser.add_argument("--postgres", help="a PostgreSQL server URL (default: start a throwaway one)")
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "load")
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, seconds=2.0, annotators=[1, 2], comparisons=300, databases=["sqlite"], out=None)
+    if args.out is None:  # a smoke run's figures are not results: they go to a temporary folder
+        args.out = Path(tempfile.mkdtemp(prefix="rewardlab-load-smoke-"))
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="rewardlab-load-") as tmp:
         folder = Path(tmp)

@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from common import parse_with_smoke  # noqa: E402
 
 from core.training.demo_model import build_demo_reward_model  # noqa: E402
 from core.scoring.engine import RewardScorer  # noqa: E402
@@ -63,11 +65,13 @@ def main() -> None:
     parser.add_argument("--trajectory-tokens", type=int, default=1000)
     parser.add_argument("--prefix-samples", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, texts=8, trajectory_tokens=40, prefix_samples=3, repeats=1)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
         corpus = texts_with_lengths(300, seed=1)
-        path = build_demo_reward_model(Path(folder) / "rm", corpus, hidden_size=512, num_layers=10, num_heads=8,
+        size = {"hidden_size": 64, "num_layers": 1, "num_heads": 4} if args.smoke else \
+            {"hidden_size": 512, "num_layers": 10, "num_heads": 8}
+        path = build_demo_reward_model(Path(folder) / "rm", corpus, **size,
                                        vocab_size=8192)
         engine = RewardScorer(path, device="cpu", batch_tokens=1024)
         from transformers import pipeline
