@@ -297,3 +297,20 @@ def test_a_running_jobs_eta_is_the_time_per_step_so_far_times_the_steps_left(tra
     with training_store.write() as session:
         session.execute(text("UPDATE trainingjob SET status = 'succeeded' WHERE id = :id"), {"id": job_id})
     assert job_report(training_store, admin, job_id).eta_seconds is None
+
+
+def test_check_data_uses_the_jobs_own_tokenizer_and_builds_no_model(training_store, tmp_path):
+    """The Train tab's "Check data" must answer at once: for the demo base it builds the job's BPE once
+    per data snapshot (no weights, nothing written), and it is exactly the tokenizer training builds."""
+    from core.accounts import operator_actor
+    from core.training.jobs import preview_training
+    from core.training.trainer import load_tokenizer, preview_tokenizer
+
+    config = TrainingConfig()
+    summary = preview_training(training_store, operator_actor(training_store), config)
+    assert "pairs train" in summary
+    assert not (training_store.data_dir / "jobs").exists()
+    snapshot = take_snapshot(training_store, config)
+    assert preview_tokenizer(config, snapshot) is preview_tokenizer(config, snapshot)  # built once
+    trained_with = load_tokenizer(config, snapshot, tmp_path / "job")
+    assert preview_tokenizer(config, snapshot).get_vocab() == trained_with.get_vocab()

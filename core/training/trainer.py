@@ -111,6 +111,23 @@ def _snapshot_texts(snapshot: DataSnapshot) -> list[str]:
     return texts
 
 
+_preview_tokenizers: dict[str, Any] = {}
+
+
+def preview_tokenizer(config: TrainingConfig, snapshot: DataSnapshot) -> Any:
+    """The tokenizer a job with this config would use, for a preview: for ``demo``, the same BPE the
+    job would train on the snapshot's texts, built once per data snapshot (no model weights, nothing
+    written), so that "Check data" answers at once after the first time."""
+    if config.base_model != DEMO_BASE:
+        return load_tokenizer(config, snapshot, Path())
+    if snapshot.content_hash not in _preview_tokenizers:
+        from core.training.demo_model import build_demo_tokenizer
+
+        _preview_tokenizers.clear()  # one snapshot at a time: the store's current data
+        _preview_tokenizers[snapshot.content_hash] = build_demo_tokenizer(_snapshot_texts(snapshot) * 2)
+    return _preview_tokenizers[snapshot.content_hash]
+
+
 def load_tokenizer(config: TrainingConfig, snapshot: DataSnapshot, work_dir: Path) -> Any:
     """The tokenizer training will use (for ``demo``, built from the snapshot's texts)."""
     from transformers import AutoTokenizer
