@@ -191,10 +191,17 @@ def test_evaluation_runs_on_a_cadence_that_keeps_it_near_a_tenth_of_training_and
     assert trained == 10
 
 
-def test_the_registry_accuracy_is_per_pair_over_the_whole_held_out_split(pair_store, tmp_path):
+def test_the_registry_accuracy_is_per_pair_over_the_whole_held_out_split(store, tmp_path):
     from core.data.exporter import build_preference_rows, split_rows
 
-    config = TrainingConfig(output_name="per-pair", max_steps=4, eval_fraction=0.3, per_device_train_batch_size=4)
+    # Half the pairs prefer the longer reply, half the shorter: a barely trained model gets some right.
+    mixed = [{**row, "chosen": row["rejected"], "rejected": row["chosen"]} if i % 2 else row for i, row in enumerate(PAIRS)]
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "mixed.jsonl", mixed)))
+    pair_store = store
+    # One tiny step: the model is still close to random, so held-out accuracy is far from 1 and the
+    # 7 held-out pairs fall in batches of 4 and 3, where a mean of batch accuracies is not per pair.
+    config = TrainingConfig(output_name="per-pair", max_steps=1, learning_rate=1e-5, eval_fraction=0.3,
+                            per_device_train_batch_size=4)
     outcome = run_training(pair_store, config, tmp_path / "job")
     _, held_out = split_rows(build_preference_rows(pair_store).rows, config.eval_fraction, config.seed)
     eos = "<|im_end|>"
@@ -202,6 +209,7 @@ def test_the_registry_accuracy_is_per_pair_over_the_whole_held_out_split(pair_st
     rejected = plain_rewards(outcome.model_dir, [r["prompt"] + r["rejected"] + eos for r in held_out])
     expected = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(held_out)
     stored = sql(pair_store, "SELECT eval_accuracy FROM rewardmodel WHERE name = 'per-pair'")[0][0]
+    assert len(held_out) == 7 and 0 < expected < 1
     assert stored == pytest.approx(expected)
 
 
@@ -228,7 +236,10 @@ def test_two_processes_train_one_job_and_only_the_main_one_writes(db_url, tmp_pa
     assert per_step == [(step, 1) for step in range(1, 7)]
     epoch = sql(store, "SELECT value FROM trainingmetric WHERE name = 'epoch' ORDER BY step DESC LIMIT 1")[0][0]
     assert epoch == pytest.approx(6 * 4 * 2 / len(PAIRS), rel=0.01)  # 2 ranks x 4 pairs per step
-    assert "2 process(es)" in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "2 process(es)" in output
+    assert output.count(f"job {job_id} succeeded") == 1  # one rank records the ending
+    assert sql(store, "SELECT reward_model_name FROM trainingjob") == [("two-ranks",)]
 
 
 def test_four_bit_lora_trains_here_registers_an_adapter_and_reloads_with_the_same_rewards(pair_store, tmp_path):
