@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -314,3 +315,38 @@ def test_check_data_uses_the_jobs_own_tokenizer_and_builds_no_model(training_sto
     assert preview_tokenizer(config, snapshot) is preview_tokenizer(config, snapshot)  # built once
     trained_with = load_tokenizer(config, snapshot, tmp_path / "job")
     assert preview_tokenizer(config, snapshot).get_vocab() == trained_with.get_vocab()
+
+
+def test_starting_a_job_holds_no_write_transaction_while_torch_loads_or_the_child_starts(training_store, monkeypatch):
+    """Counting GPUs imports torch (~2 s) and starting the child takes longer: a label written by
+    another thread meanwhile must go through, not wait for the scheduler's transaction."""
+    import threading
+
+    import core.training.jobs as jobs
+    from core.accounts import operator_actor
+
+    admin = operator_actor(training_store)
+    submit_job(training_store, admin, TrainingConfig(max_steps=1))
+    wrote_meanwhile = []
+
+    def write_from_another_thread() -> bool:
+        done = threading.Event()
+
+        def write() -> None:
+            with training_store.write() as session:
+                session.execute(text("UPDATE comparison SET priority = priority + 1"))
+            done.set()
+
+        threading.Thread(target=write, daemon=True).start()
+        return done.wait(timeout=20)
+
+    monkeypatch.setattr(jobs, "visible_gpus", lambda: wrote_meanwhile.append(write_from_another_thread()) or 0)
+    real_popen = jobs.subprocess.Popen
+
+    def popen(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        wrote_meanwhile.append(write_from_another_thread())
+        return real_popen([sys.executable, "-c", "pass"], **{k: v for k, v in kwargs.items() if k != "cwd"})
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", popen)
+    assert start_next_job(training_store) is not None
+    assert wrote_meanwhile == [True, True]
