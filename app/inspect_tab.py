@@ -96,7 +96,7 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
                 "`</think>`) and its answer, and how the reward moves token by token.")
     with gr.Row():
         models = gr.CheckboxGroup(label="Registered reward models", elem_id="inspect-models")
-        model_path = gr.Textbox(label="…or a model folder / hub id", elem_id="inspect-model-path")
+        model_path = gr.Textbox(label="…or a model folder (under the models folder)", elem_id="inspect-model-path")
         refresh = gr.Button("Refresh models", size="sm")
     with gr.Row():
         chat = gr.Checkbox(value=True, label="Chat prompt (scored through the chat template)")
