@@ -8,6 +8,7 @@ import gradio as gr
 from app.session import USER_ERRORS, current_actor
 from core.labeling.actions import change_overlap, labels_per_comparison
 from core.labeling.team_stats import TeamReport, team_report
+from core.scoring.inspection import allow_annotators_to_inspect, annotators_may_inspect
 from storage.engine import Store
 
 ANNOTATOR_HEADERS = ["annotator", "labels", "median seconds", "left-side pick rate"]
@@ -40,6 +41,8 @@ def render_team_tab(store: Store) -> gr.Button:
     with gr.Accordion("Labeling settings (admins)", open=False):
         overlap = gr.Number(label="Labels per comparison (overlap)", precision=0, minimum=1, maximum=10)
         save_overlap = gr.Button("Save", size="sm")
+        inspect_allowed = gr.Checkbox(label="Annotators may use the Inspect tab on text they paste (never stored "
+                                            "comparisons or diagnostics)", elem_id="team-annotators-inspect")
         settings_status = gr.Markdown()
 
     def show_team(request: gr.Request) -> dict:
@@ -55,9 +58,11 @@ def render_team_tab(store: Store) -> gr.Button:
             ],
             disagreements: [[d.comparison_id, d.prompt_excerpt, d.votes] for d in report.disagreements],
             overlap: current,
+            inspect_allowed: annotators_may_inspect(store),
         }
 
-    refresh.click(show_team, outputs=[summary, annotators, disagreements, overlap], api_visibility="private")
+    refresh.click(show_team, outputs=[summary, annotators, disagreements, overlap, inspect_allowed],
+                  api_visibility="private")
 
     def save_overlap_setting(value: float | None, request: gr.Request) -> str:
         try:
@@ -67,4 +72,14 @@ def render_team_tab(store: Store) -> gr.Button:
         return f"Saved: each comparison now needs {int(value)} label(s)."
 
     save_overlap.click(save_overlap_setting, inputs=overlap, outputs=settings_status, api_visibility="private")
+
+    def save_inspect_setting(allowed: bool, request: gr.Request) -> str:
+        try:
+            allow_annotators_to_inspect(store, current_actor(store, request), bool(allowed))
+        except USER_ERRORS as error:
+            return str(error)
+        return ("Saved: annotators see the Inspect tab (after a reload), for text they paste."
+                if allowed else "Saved: annotators do not see the Inspect tab.")
+
+    inspect_allowed.input(save_inspect_setting, inputs=inspect_allowed, outputs=settings_status, api_visibility="private")
     return refresh

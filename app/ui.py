@@ -12,6 +12,7 @@ from app.session import USER_ERRORS, current_actor
 from app.team_tab import render_team_tab
 from app.train_tab import render_train_tab
 from core.accounts import Permission
+from core.scoring.inspection import may_inspect
 from storage.engine import Store
 
 TITLE = "RewardLab"
@@ -46,7 +47,7 @@ def build_ui(store: Store) -> gr.Blocks:
             return {
                 data_tab: gr.Tab(visible=actor.can(Permission.IMPORT) or actor.can(Permission.EXPORT)),
                 train_tab: gr.Tab(visible=actor.can(Permission.TRAIN)),
-                inspect_tab: gr.Tab(visible=actor.can(Permission.INSPECT)),
+                inspect_tab: gr.Tab(visible=may_inspect(store, actor)),
                 team_tab: gr.Tab(visible=actor.can(Permission.VIEW_TEAM)),
             }
 

@@ -100,11 +100,11 @@ HANDLER_PERMISSIONS = {
     "handler_5": "TRAIN", "handler_6": "TRAIN",
     "choices": "INSPECT", "choices_1": "INSPECT", "choices_2": "INSPECT", "score": "INSPECT",
     "run_diagnosis": "INSPECT", "from_store": "INSPECT",
-    "send_back": "REQUEUE", "show_team": "VIEW_TEAM",
+    "send_back": "REQUEUE", "show_team": "VIEW_TEAM", "save_inspect_setting": "CHANGE_SETTINGS",
 }
 INPUT_OVERRIDES = {  # (component label or type, value)
     "change_label": {"number": 1}, "from_store": {"number": 1}, "send_back": {"textbox": "1, 2"},
-    "save_overlap_setting": {"number": 1}, "handler_5": {"number": 999}, "handler_6": {"number": 999},
+    "save_overlap_setting": {"number": 1}, "save_inspect_setting": {"checkbox": False}, "handler_5": {"number": 999}, "handler_6": {"number": 999},
     "run_diagnosis": {"number": 10}, "save_guidelines": {"textbox": "# guidelines"},
     "label": {"api": None}, "submit": {"max steps": 1, "output name": "access-test"},
 }
@@ -162,7 +162,7 @@ def test_every_handler_the_page_lists_checks_the_role_of_whoever_calls_it_over_h
     assert {h for (r, h), (allowed, _) in outcomes.items() if r == "annotator" and not allowed} == {
         h for h, p in HANDLER_PERMISSIONS.items() if p not in (None, "LABEL")}
     assert {h for (r, h), (allowed, _) in outcomes.items() if r == "engineer" and not allowed} == {
-        "save_guidelines", "save_overlap_setting"}
+        "save_guidelines", "save_overlap_setting", "save_inspect_setting"}
 
 
 def test_no_file_route_serves_the_store_or_model_folders(secured_app):

@@ -32,7 +32,6 @@ from core.scoring.inspection import (
 )
 from core.training.config import ConfigError, TrainingConfig
 from storage.queue import QueueError
-from storage.settings import set_setting
 from test_import import write_jsonl
 
 
@@ -162,8 +161,14 @@ def test_an_annotator_cannot_read_comparisons_inspect_or_diagnose_unless_allowed
 
     with pytest.raises(PermissionDenied):
         run_diagnostics(store, ann, "any")
-    with store.write() as session:
-        set_setting(session, "annotators_may_inspect", 1)
+    from core.scoring.inspection import allow_annotators_to_inspect, may_inspect
+
+    assert not may_inspect(store, ann)
+    with pytest.raises(PermissionDenied, match="may not change labeling settings"):
+        allow_annotators_to_inspect(store, make_actor(store, "eng2", "engineer"), True)
+    allow_annotators_to_inspect(store, operator_actor(store), True)  # an admin
+    assert sql(store, "SELECT value FROM setting WHERE key = 'annotators_may_inspect'") == [("1",)]
+    assert may_inspect(store, ann)
     with pytest.raises(UnknownModel):  # now past the role check, stopped at the unknown model
         inspect_with_models(store, ann, ["any"], "prompt", ["a", "b"])
     with pytest.raises(PermissionDenied):  # stored data stays closed to annotators

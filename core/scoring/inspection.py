@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from itertools import combinations
 
-from core.accounts import Actor, Permission
+from core.accounts import Actor, Permission, PermissionDenied
 from core.limits import MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
 from core.model_folders import folder_under_models_root
 from core.scoring.engine import ModelLoadError, Prompt, RewardScorer, ScoreResult
@@ -16,7 +16,7 @@ from storage.engine import Store
 from storage.queries import ComparisonContent, load_comparison
 from storage.models import RegisteredModel, Role
 from storage.registry import list_models, model_by_name
-from storage.settings import get_setting
+from storage.settings import get_setting, set_setting
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,27 @@ def require_inspect(store: Store, actor: Actor, *, stored_data: bool) -> None:
             if get_setting(session, "annotators_may_inspect"):
                 return
     actor.require(Permission.INSPECT)
+
+
+def may_inspect(store: Store, actor: Actor) -> bool:
+    """Whether the Inspect tab is for this actor (pasted text; stored data needs more)."""
+    try:
+        require_inspect(store, actor, stored_data=False)
+    except PermissionDenied:
+        return False
+    return True
+
+
+def annotators_may_inspect(store: Store) -> bool:
+    with store.read() as session:
+        return bool(get_setting(session, "annotators_may_inspect"))
+
+
+def allow_annotators_to_inspect(store: Store, actor: Actor, allowed: bool) -> None:
+    """Let annotators use the Inspect tab on text they paste (never stored data), or not."""
+    actor.require(Permission.CHANGE_SETTINGS)
+    with store.write() as session:
+        set_setting(session, "annotators_may_inspect", int(bool(allowed)))
 
 
 def resolve_model(store: Store, actor: Actor, name: str) -> RewardScorer:
