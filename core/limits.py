@@ -30,9 +30,10 @@ DEFAULT_MAX_UPLOAD_MB = 200
 # --- inspection (Inspect tab)
 MAX_INSPECT_RESPONSES = 8  # responses side by side in one request
 MAX_INSPECT_CHARS = 200_000  # characters per response, checked before tokenizing
-# Tokens per scored example (prompt + response). The trajectory probes one prefix per response
-# token: this cap bounds that work until the trajectory is computed in linear memory.
-MAX_INSPECT_TOKENS = _env_int("REWARDLAB_MAX_INSPECT_TOKENS", 4_096)
+# Tokens per scored example (prompt + response): a reasoning trace runs to tens of thousands. The
+# trajectory's memory is linear in the length (one cached forward, then probes in chunks), so the
+# cap bounds the time a request takes, not its memory.
+MAX_INSPECT_TOKENS = _env_int("REWARDLAB_MAX_INSPECT_TOKENS", 32_768)
 
 # --- diagnostics
 MAX_DIAGNOSED_PAIRS = 2_000  # most recent labeled pairs scored in one diagnosis

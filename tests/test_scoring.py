@@ -125,3 +125,38 @@ def test_a_model_with_several_labels_is_refused(tmp_path):
 def test_a_missing_model_says_so(tmp_path):
     with pytest.raises(ModelLoadError, match="cannot load"):
         RewardScorer(tmp_path / "nothing-here", device="cpu")
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=["standard", "conversational"])
+def test_the_cached_prefix_path_gives_each_prefix_reward_like_the_probe_rows(scorer, prompt):
+    """With a tiny ``batch_tokens`` every example takes the long-sequence path (one cached forward,
+    then EOS probes in chunks): each value is still the reward of its prefix plus EOS."""
+    long_path = RewardScorer(scorer.name, device="cpu", batch_tokens=8)
+    for response in RESPONSES:
+        example = long_path.format(prompt, response)
+        steps, think_end = long_path.trajectory_of(example)
+        start, end = example.response_tokens
+        assert len(steps) == end - start
+        for k, (_, value) in zip(range(start, end), steps, strict=True):
+            assert value == pytest.approx(reference(scorer, example.ids[: k + 1] + [scorer.eos_id]), abs=TOLERANCE)
+        batched_steps, batched_end = scorer.trajectory_of(scorer.format(prompt, response))
+        assert think_end == batched_end
+        assert [v for _, v in steps] == pytest.approx([v for _, v in batched_steps], abs=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_a_trajectory_over_8k_tokens_is_exact_at_every_sampled_prefix(tmp_path):
+    import random
+
+    folder = build_demo_reward_model(tmp_path / "rm", CORPUS, hidden_size=32, num_layers=2, num_heads=2, seed=5,
+                                     max_positions=65_536)
+    scorer = RewardScorer(folder, device="cpu")
+    response = "<think>" + "we add the numbers one by one and check. " * 300 + "</think> The answer is 4."
+    example = scorer.format(PROMPTS[0], response)
+    assert len(example.ids) >= 8_000
+    steps, think_end = scorer.trajectory_of(example)
+    start, end = example.response_tokens
+    assert len(steps) == end - start and steps[think_end][0] == "</think>"
+    for k in sorted({start, end - 1, start + think_end, *random.Random(0).sample(range(start, end), 24)}):
+        assert steps[k - start][1] == pytest.approx(reference(scorer, example.ids[: k + 1] + [scorer.eos_id]),
+                                                    abs=TOLERANCE)

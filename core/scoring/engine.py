@@ -37,6 +37,11 @@ from core.segments import THINK_CLOSE, split_thinking
 Prompt = str | list[dict[str, str]]
 
 
+# Attention scores one chunk of trajectory probes may hold per head (chunk x sequence length): ~4M
+# floats, 16 MB, whatever the length, so a 32k-token trajectory costs memory linear in its length.
+PROBE_SCORE_BUDGET = 4 * 1024 * 1024
+
+
 class ModelLoadError(ValueError):
     """A model that cannot be used as a reward model; the message says why and what to do."""
 
@@ -225,15 +230,26 @@ class RewardScorer:
 
     def trajectories(self, examples: Sequence[FormattedExample], *, padding_side: str = "right", batch_size: int = 4,
                      strategy: str = "bucket") -> list[tuple[list[tuple[str, float]], int | None]]:
-        """``trajectory_of`` for many examples, their probe rows run as padded batches."""
+        """``trajectory_of`` for many examples. Short ones (example and probes within ``batch_tokens``)
+        run as padded batches of probe rows; a longer one runs alone through the cached-prefix path,
+        whose memory grows linearly with its length (``_cached_prefix_probes``)."""
         del strategy  # each probe row holds one example and its probes; rows are batched by length
         if not self.is_decoder:
             raise ModelLoadError(f"{self.name} is an encoder (bidirectional) model: it has no per-token trajectory")
         results: list[tuple[list[tuple[str, float]], int | None]] = [([], None)] * len(examples)
         todo = [i for i, example in enumerate(examples) if example.response_tokens is not None]
         todo.sort(key=lambda i: len(examples[i].ids), reverse=True)
-        for begin in range(0, len(todo), batch_size):
-            chunk = todo[begin : begin + batch_size]
+
+        def probe_width(i: int) -> int:
+            start, end = examples[i].response_tokens
+            return len(examples[i].ids) + end - start
+
+        for i in [i for i in todo if probe_width(i) > self.batch_tokens]:
+            start, end = examples[i].response_tokens
+            results[i] = self._label_trajectory(examples[i], self._cached_prefix_probes(examples[i].ids, range(start, end)))
+        short = [i for i in todo if probe_width(i) <= self.batch_tokens]
+        for begin in range(0, len(short), batch_size):
+            chunk = short[begin : begin + batch_size]
             rows = []
             for i in chunk:
                 start, end = examples[i].response_tokens
@@ -241,6 +257,43 @@ class RewardScorer:
             for i, values in zip(chunk, self._run(rows, padding_side), strict=True):
                 results[i] = self._label_trajectory(examples[i], values)
         return results
+
+    def _cached_prefix_probes(self, ids: list[int], cut_after: Sequence[int]) -> list[float]:
+        """The reward of ``ids[: k + 1] + [EOS]`` for each k in ``cut_after``, in memory linear in len(ids).
+
+        One causal forward over the whole example keeps its key/value cache (no mask: attention's
+        causal fast path). Then the EOS probes run in chunks of ``probe_chunk`` on top of that cache:
+        probe k sits at position k + 1 and attends to cached tokens 0..k and to itself, a mask of
+        chunk x (length + chunk), never length x length. After each chunk the cache is cut back to
+        the example, so every probe sees exactly its prefix.
+        """
+        import torch
+
+        n, cuts = len(ids), list(cut_after)
+        if not cuts:
+            return []
+        # Probes per chunk: the chunk's attention scores (chunk x length per head) stay near a fixed budget.
+        chunk_size = max(8, min(256, PROBE_SCORE_BUDGET // max(1, n)))
+        with torch.inference_mode():
+            cache = self.backbone(input_ids=torch.tensor([ids], device=self.device), use_cache=True).past_key_values
+            values: list[float] = []
+            for begin in range(0, len(cuts), chunk_size):
+                chunk = torch.tensor(cuts[begin : begin + chunk_size])
+                m = len(chunk)
+                visible = torch.zeros(m, n + m, dtype=torch.bool)
+                visible[:, :n] = torch.arange(n)[None, :] <= chunk[:, None]
+                visible[torch.arange(m), n + torch.arange(m)] = True
+                mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill(~visible, torch.finfo(self.dtype).min)
+                hidden = self.backbone(
+                    input_ids=torch.full((1, m), self.eos_id, dtype=torch.long, device=self.device),
+                    position_ids=(chunk + 1)[None].to(self.device),
+                    attention_mask=mask[None, None].to(self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                ).last_hidden_state
+                cache.crop(-m)
+                values += self.head(hidden).squeeze(-1).float()[0].cpu().tolist()
+        return values
 
     def trajectory_of(self, example: FormattedExample) -> tuple[list[tuple[str, float]], int | None]:
         """(token text, reward of the example cut after that token + EOS) for each response token,

@@ -65,6 +65,7 @@ def build_demo_reward_model(
     vocab_size: int = 512,
     seed: int = 0,
     think_tokens: bool = True,
+    max_positions: int = 4096,
 ) -> Path:
     """Save a randomly initialised Qwen3 sequence classifier (``num_labels=1``) and its tokenizer
     to ``out_dir``; it loads with ``AutoModelForSequenceClassification.from_pretrained``."""
@@ -80,7 +81,7 @@ def build_demo_reward_model(
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
         head_dim=hidden_size // num_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_positions,
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
