@@ -128,11 +128,16 @@ def run_adduser(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     config = config_from_args(ScoreConfig, args)
-    try:
-        count = score_file(config)
-    except (InputRejected, ModelLoadError) as error:
-        print(f"score refused, nothing written:\n{error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    from tqdm import tqdm
+
+    # A progress bar on a terminal (silent when stderr is a file or pipe): trajectories of long
+    # reasoning traces take a while.
+    with tqdm(total=100, desc="scoring", unit="%", file=sys.stderr, disable=None) as bar:
+        try:
+            count = score_file(config, progress=lambda done: bar.update(round(done * 100) - bar.n))
+        except (InputRejected, ModelLoadError) as error:
+            print(f"score refused, nothing written:\n{error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     print(f"scored {count} rows into {config.output}")
     return 0
 

@@ -7,11 +7,12 @@ import html
 import gradio as gr
 import plotly.graph_objects as go
 
+from app.cancelling import CancelRequests
 from app.formatting import inline_text
 from app.session import USER_ERRORS, current_actor
 from core.scoring.diagnostics import Diagnostics, run_diagnostics, send_for_review
 from core.scoring.inspection import UnknownModel, registered_models
-from core.scoring.engine import ModelLoadError
+from core.scoring.engine import ModelLoadError, ScoringCancelled
 from storage.engine import Store
 
 PAIR_HEADERS = ["comparison", "prompt", "chosen reward", "rejected reward", "margin"]
@@ -70,7 +71,9 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
             model = gr.Dropdown(label="Model", elem_id="diag-model")
             second = gr.Dropdown(label="Compare with (optional)", elem_id="diag-second")
             limit = gr.Number(value=500, precision=0, label="Most recent labeled comparisons", minimum=2)
-        run = gr.Button("Diagnose", variant="primary", elem_id="diag-run")
+        with gr.Row():
+            run = gr.Button("Diagnose", variant="primary", elem_id="diag-run", scale=4)
+            stop = gr.Button("Cancel", elem_id="diag-cancel", scale=1)
         summary = gr.Markdown(elem_id="diag-summary")
         with gr.Row():
             margins = gr.Plot()
@@ -97,11 +100,16 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
 
     blocks.load(choices, outputs=[model, second], api_visibility="private")
 
+    cancel_requests = CancelRequests()
+
     def run_diagnosis(first_name: str | None, second_name: str | None, most_recent: float | None,
-                      request: gr.Request) -> dict:
+                      request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008
         try:
             report, disagreements = run_diagnostics(store, current_actor(store, request), first_name, second_name,
-                                                    limit=int(most_recent or 500))
+                                                    limit=int(most_recent or 500),
+                                                    progress=cancel_requests.reporter(request, progress, "diagnosing"))
+        except ScoringCancelled:
+            return {summary: "Cancelled."}
         except (*USER_ERRORS, ModelLoadError, UnknownModel, ValueError) as error:
             return {summary: inline_text(error)}
         return {
@@ -115,8 +123,14 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
             review_ids: ", ".join(str(p.comparison_id) for p in report.suspected_label_errors),
         }
 
-    run.click(run_diagnosis, inputs=[model, second, limit],
-              outputs=[summary, margins, lengths, suspects, ties, flips, review_ids], api_visibility="private")
+    diagnosing = run.click(run_diagnosis, inputs=[model, second, limit],
+                           outputs=[summary, margins, lengths, suspects, ties, flips, review_ids], api_visibility="private")
+
+    def cancel_diagnosis(request: gr.Request) -> str:
+        cancel_requests.cancel(request)
+        return "Cancelling…"
+
+    stop.click(cancel_diagnosis, outputs=summary, api_visibility="private", cancels=[diagnosing])
 
     def send_back(ids_text: str, request: gr.Request) -> str:
         try:

@@ -10,10 +10,11 @@ import plotly.colors
 import plotly.graph_objects as go
 
 from app.diagnostics_panel import render_diagnostics_panel
+from app.cancelling import CancelRequests
 from app.formatting import code_block, inline_text, plot_text
 from app.session import USER_ERRORS, current_actor
 from core.data.demo_data import DEMO_PREFERENCES
-from core.scoring.engine import ModelLoadError
+from core.scoring.engine import ModelLoadError, ScoringCancelled
 from core.scoring.inspection import (
     Inspection,
     UnknownComparison,
@@ -111,7 +112,9 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
         with gr.Row():
             response_c = gr.Textbox(label="Response C", lines=4)
             response_d = gr.Textbox(label="Response D", lines=4)
-    run = gr.Button("Score", variant="primary", elem_id="inspect-run")
+    with gr.Row():
+        run = gr.Button("Score", variant="primary", elem_id="inspect-run", scale=4)
+        stop = gr.Button("Cancel", elem_id="inspect-cancel", scale=1)
     status = gr.Markdown(elem_id="inspect-status")
     table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="inspect-table")
     flips = gr.Markdown(elem_id="inspect-flips")
@@ -153,13 +156,18 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
     load.click(from_store, inputs=comparison_id, outputs=[prompt, response_a, response_b, chat, status],
                api_visibility="private")
 
+    cancel_requests = CancelRequests()
+
     def score(names: list[str], path: str, prompt_text: str, as_chat: bool, a: str, b: str, c: str, d: str,
-              request: gr.Request) -> dict:
+              request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 (Gradio's idiom)
         responses = [text for text in (a, b, c, d) if text and text.strip()]
         wanted = list(names or []) + ([path.strip()] if path and path.strip() else [])
         full_prompt = [{"role": "user", "content": prompt_text or ""}] if as_chat else (prompt_text or "")
         try:
-            inspection = inspect_with_models(store, current_actor(store, request), wanted, full_prompt, responses)
+            inspection = inspect_with_models(store, current_actor(store, request), wanted, full_prompt, responses,
+                                             progress=cancel_requests.reporter(request, progress, "scoring"))
+        except ScoringCancelled:
+            return {status: "Cancelled."}
         except (*USER_ERRORS, InspectionRefused, ModelLoadError, UnknownModel) as error:
             return {status: inline_text(error)}
         no_trajectory = sorted({s.model for s in inspection.scores if s.result.trajectory is None})
@@ -167,5 +175,11 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
         return {table: results_table(inspection), flips: flips_markdown(inspection), chart: trajectory_figure(inspection),
                 model_view: model_view_markdown(inspection), status: f"Scored {len(responses)} responses.{note}"}
 
-    run.click(score, inputs=[models, model_path, prompt, chat, response_a, response_b, response_c, response_d],
-              outputs=[table, flips, chart, model_view, status], api_visibility="private")
+    scoring = run.click(score, inputs=[models, model_path, prompt, chat, response_a, response_b, response_c, response_d],
+                        outputs=[table, flips, chart, model_view, status], api_visibility="private")
+
+    def cancel_scoring(request: gr.Request) -> str:
+        cancel_requests.cancel(request)
+        return "Cancelling…"
+
+    stop.click(cancel_scoring, outputs=status, api_visibility="private", cancels=[scoring])

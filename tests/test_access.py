@@ -101,6 +101,7 @@ HANDLER_PERMISSIONS = {
     "choices": "INSPECT", "choices_1": "INSPECT", "choices_2": "INSPECT", "score": "INSPECT",
     "run_diagnosis": "INSPECT", "from_store": "INSPECT",
     "send_back": "REQUEUE", "show_team": "VIEW_TEAM", "save_inspect_setting": "CHANGE_SETTINGS",
+    "cancel_scoring": None, "cancel_diagnosis": None,  # only ever stop the caller's own session's work
 }
 INPUT_OVERRIDES = {  # (component label or type, value)
     "change_label": {"number": 1}, "from_store": {"number": 1}, "send_back": {"textbox": "1, 2"},

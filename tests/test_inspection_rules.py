@@ -18,7 +18,7 @@ class FixedScorer:
     def __init__(self, rewards: list[tuple[float, float]]) -> None:
         self.rewards = rewards  # (whole reward, answer reward) per response
 
-    def score_responses(self, examples, trajectory=False):  # noqa: ANN001, ANN201
+    def score_responses(self, examples, trajectory=False, progress=None):  # noqa: ANN001, ANN201
         return [ScoreResult(whole, None, answer, 3, False) for whole, answer in self.rewards[: len(examples)]]
 
     def format(self, prompt, response):  # noqa: ANN001, ANN201

@@ -160,3 +160,23 @@ def test_a_trajectory_over_8k_tokens_is_exact_at_every_sampled_prefix(tmp_path):
     for k in sorted({start, end - 1, start + think_end, *random.Random(0).sample(range(start, end), 24)}):
         assert steps[k - start][1] == pytest.approx(reference(scorer, example.ids[: k + 1] + [scorer.eos_id]),
                                                     abs=TOLERANCE)
+
+
+def test_progress_rises_to_one_and_a_cancelling_callback_stops_a_long_trajectory(scorer):
+    from core.scoring.engine import ScoringCancelled
+
+    long_path = RewardScorer(scorer.name, device="cpu", batch_tokens=8)
+    response = "<think>" + "we check each case. " * 60 + "</think> four"
+    reported: list[float] = []
+    long_path.score_responses([(PROMPTS[0], response)], trajectory=True, progress=reported.append)
+    assert reported == sorted(reported) and reported[-1] == pytest.approx(1.0) and len(reported) >= 3
+    calls = []
+
+    def cancel_after_two(done: float) -> None:
+        calls.append(done)
+        if len(calls) == 2:
+            raise ScoringCancelled
+
+    with pytest.raises(ScoringCancelled):
+        long_path.score_responses([(PROMPTS[0], response)], trajectory=True, progress=cancel_after_two)
+    assert len(calls) == 2 < len(reported)  # the work stopped at the next report, not at the end

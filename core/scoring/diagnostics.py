@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from core.accounts import Actor, Permission
 from core.data.exporter import build_preference_rows, response_text
 from core.limits import MAX_DIAGNOSED_PAIRS
-from core.scoring.engine import RewardScorer
+from core.scoring.engine import Progress, RewardScorer
 from core.scoring.inspection import require_inspect, resolve_model
 from storage.engine import Store
 from storage.queries import prompt_excerpt
@@ -73,7 +73,8 @@ def _ids_and_rows(store: Store, prompt_format: str) -> tuple[list[int], list[dic
     return prepared.comparison_ids, prepared.rows
 
 
-def _pairs(store: Store, model: RewardScorer, limit: int) -> tuple[list[PairDiagnosis], int]:
+def _pairs(store: Store, model: RewardScorer, limit: int,
+           progress: Progress | None = None) -> tuple[list[PairDiagnosis], int]:
     """The most recent ``limit`` labeled pairs scored by ``model``, and how many were skipped for a
     side longer than the model's ``max_length`` (scoring them would truncate nothing and read past
     the model's positions, or allocate attention for a length nobody bounded)."""
@@ -90,7 +91,7 @@ def _pairs(store: Store, model: RewardScorer, limit: int) -> tuple[list[PairDiag
             skipped += 1
             continue
         kept.append((comparison_id, row, sides))
-    results = model.score_responses([side for _, _, sides in kept for side in sides])
+    results = model.score_responses([side for _, _, sides in kept for side in sides], progress=progress)
     pairs = []
     for index, (comparison_id, row, _) in enumerate(kept):
         chosen, rejected = results[2 * index], results[2 * index + 1]
@@ -103,9 +104,10 @@ def _pairs(store: Store, model: RewardScorer, limit: int) -> tuple[list[PairDiag
     return pairs, skipped
 
 
-def diagnose(store: Store, model: RewardScorer, *, name: str, limit: int = 500) -> Diagnostics:
+def diagnose(store: Store, model: RewardScorer, *, name: str, limit: int = 500,
+             progress: Progress | None = None) -> Diagnostics:
     """Score up to ``limit`` of the most recent labeled comparisons with ``model`` and report."""
-    pairs, skipped = _pairs(store, model, limit)
+    pairs, skipped = _pairs(store, model, limit, progress)
     if not pairs:
         raise ValueError("no labeled comparison with a majority preference to diagnose"
                          + (f" ({skipped} skipped: longer than the model's max_length)" if skipped else ""))
@@ -167,16 +169,17 @@ class ModelDisagreement:
     second_margin: float
 
 
-def compare_models(store: Store, first: RewardScorer, second: RewardScorer, *, limit: int = 500) -> list[ModelDisagreement]:
+def compare_models(store: Store, first: RewardScorer, second: RewardScorer, *, limit: int = 500,
+                   progress: Progress | None = None) -> list[ModelDisagreement]:
     """Comparisons (scored by both) whose preferred side flips between two models."""
-    by_id = {pair.comparison_id: pair for pair in _pairs(store, second, limit)[0]}
+    by_id = {pair.comparison_id: pair for pair in _pairs(store, second, limit, progress)[0]}
     return [ModelDisagreement(x.comparison_id, x.prompt_excerpt, x.margin, y.margin)
             for x in _pairs(store, first, limit)[0]
             if (y := by_id.get(x.comparison_id)) is not None and (x.margin > 0) != (y.margin > 0)]
 
 
 def run_diagnostics(store: Store, actor: Actor, first_name: str, second_name: str | None = None, *,
-                    limit: int = 500) -> tuple[Diagnostics, list[ModelDisagreement]]:
+                    limit: int = 500, progress: Progress | None = None) -> tuple[Diagnostics, list[ModelDisagreement]]:
     """The Inspect tab's diagnosis: ``first_name`` over the store's labeled pairs, and where it
     disagrees with ``second_name``. Engineers and admins only (it reads every label). Raises
     ``PermissionDenied``, ``UnknownModel``, ``ModelLoadError`` or ``ValueError`` (nothing to diagnose)."""
@@ -186,8 +189,11 @@ def run_diagnostics(store: Store, actor: Actor, first_name: str, second_name: st
     if not 2 <= limit <= MAX_DIAGNOSED_PAIRS:
         raise ValueError(f"diagnose between 2 and {MAX_DIAGNOSED_PAIRS:,} comparisons, not {limit:,}")
     first = resolve_model(store, actor, first_name)
-    report = diagnose(store, first, name=first_name, limit=limit)
-    disagreements = compare_models(store, first, resolve_model(store, actor, second_name), limit=limit) if second_name else []
+    # Half the bar for the diagnosis, half for the second model when there is one.
+    part = (lambda start, width: (lambda done: progress(start + width * done))) if progress else (lambda *_: None)
+    report = diagnose(store, first, name=first_name, limit=limit, progress=part(0.0, 0.5 if second_name else 1.0))
+    disagreements = compare_models(store, first, resolve_model(store, actor, second_name), limit=limit,
+                                   progress=part(0.5, 0.5)) if second_name else []
     return report, disagreements
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from core.segments import THINK_CLOSE, split_thinking
 
@@ -40,6 +40,25 @@ Prompt = str | list[dict[str, str]]
 # Attention scores one chunk of trajectory probes may hold per head (chunk x sequence length): ~4M
 # floats, 16 MB, whatever the length, so a 32k-token trajectory costs memory linear in its length.
 PROBE_SCORE_BUDGET = 4 * 1024 * 1024
+
+
+class ScoringCancelled(Exception):
+    """Raised by a progress callback to stop long scoring (the user pressed Cancel)."""
+
+
+Progress = Callable[[float], None]  # called with the fraction done; may raise ScoringCancelled to stop
+
+
+class _WorkMeter:
+    """Counts units of work done (sequences scored, trajectory probes run) and reports the fraction."""
+
+    def __init__(self, total: int, report: Progress | None) -> None:
+        self.total, self.done, self.report = max(1, total), 0, report
+
+    def add(self, units: int) -> None:
+        self.done += units
+        if self.report is not None:
+            self.report(min(1.0, self.done / self.total))
 
 
 class ModelLoadError(ValueError):
@@ -169,7 +188,7 @@ class RewardScorer:
         return results
 
     def score_ids(self, sequences: Sequence[list[int]], *, strategy: str = "bucket", padding_side: str = "right",
-                  batch_size: int = 8) -> list[float]:
+                  batch_size: int = 8, meter: _WorkMeter | None = None) -> list[float]:
         """Rewards of already formatted token sequences, in input order.
 
         ``bucket`` (the default) batches sequences of similar length, longest first, up to
@@ -192,6 +211,8 @@ class RewardScorer:
             values = self._run([_causal_row(sequences[i]) for i in group], padding_side)
             for i, value in zip(group, values, strict=True):
                 rewards[i] = value[0]
+            if meter is not None:
+                meter.add(len(group))
         return rewards
 
     # ----- what users call --------------------------------------------------------------------
@@ -203,8 +224,9 @@ class RewardScorer:
         return self.score_ids([f.ids for f in formatted], **options)
 
     def score_responses(self, examples: Sequence[tuple[Prompt, str]], *, trajectory: bool = False,
-                        **options: Any) -> list[ScoreResult]:
-        """Reward, thinking reward, answer reward (and optionally the trajectory) of each example."""
+                        progress: Progress | None = None, **options: Any) -> list[ScoreResult]:
+        """Reward, thinking reward, answer reward (and optionally the trajectory) of each example.
+        ``progress`` is called with the fraction done as the work goes (and may stop it)."""
         whole = [self.format(prompt, response) for prompt, response in examples]
         segment_inputs: list[tuple[Prompt, str]] = []
         for prompt, response in examples:
@@ -212,9 +234,12 @@ class RewardScorer:
             if thinking is not None:
                 segment_inputs += [(prompt, thinking), (prompt, answer)]
         segment_ids = [self.format(p, r).ids for p, r in segment_inputs]
-        rewards = self.score_ids([f.ids for f in whole] + segment_ids, **options)
+        with_trajectory = trajectory and self.is_decoder
+        probes = sum(f.response_tokens[1] - f.response_tokens[0] for f in whole if f.response_tokens) if with_trajectory else 0
+        meter = _WorkMeter(len(whole) + len(segment_ids) + probes, progress)
+        rewards = self.score_ids([f.ids for f in whole] + segment_ids, meter=meter, **options)
         whole_rewards, segment_rewards = rewards[: len(whole)], iter(rewards[len(whole) :])
-        trajectories = self.trajectories(whole, **options) if trajectory and self.is_decoder else [(None, None)] * len(whole)
+        trajectories = self.trajectories(whole, meter=meter, **options) if with_trajectory else [(None, None)] * len(whole)
         results = []
         for (_, response), example, reward, (steps, think_end) in zip(
             examples, whole, whole_rewards, trajectories, strict=True
@@ -229,7 +254,7 @@ class RewardScorer:
         return results
 
     def trajectories(self, examples: Sequence[FormattedExample], *, padding_side: str = "right", batch_size: int = 4,
-                     strategy: str = "bucket") -> list[tuple[list[tuple[str, float]], int | None]]:
+                     strategy: str = "bucket", meter: _WorkMeter | None = None) -> list[tuple[list[tuple[str, float]], int | None]]:
         """``trajectory_of`` for many examples. Short ones (example and probes within ``batch_tokens``)
         run as padded batches of probe rows; a longer one runs alone through the cached-prefix path,
         whose memory grows linearly with its length (``_cached_prefix_probes``)."""
@@ -246,7 +271,8 @@ class RewardScorer:
 
         for i in [i for i in todo if probe_width(i) > self.batch_tokens]:
             start, end = examples[i].response_tokens
-            results[i] = self._label_trajectory(examples[i], self._cached_prefix_probes(examples[i].ids, range(start, end)))
+            results[i] = self._label_trajectory(examples[i], self._cached_prefix_probes(examples[i].ids, range(start, end),
+                                                                                        meter=meter))
         short = [i for i in todo if probe_width(i) <= self.batch_tokens]
         for begin in range(0, len(short), batch_size):
             chunk = short[begin : begin + batch_size]
@@ -256,9 +282,12 @@ class RewardScorer:
                 rows.append(_probe_row(examples[i].ids, list(range(start, end)), self.eos_id))
             for i, values in zip(chunk, self._run(rows, padding_side), strict=True):
                 results[i] = self._label_trajectory(examples[i], values)
+                if meter is not None:
+                    meter.add(len(values))
         return results
 
-    def _cached_prefix_probes(self, ids: list[int], cut_after: Sequence[int]) -> list[float]:
+    def _cached_prefix_probes(self, ids: list[int], cut_after: Sequence[int], *,
+                              meter: _WorkMeter | None = None) -> list[float]:
         """The reward of ``ids[: k + 1] + [EOS]`` for each k in ``cut_after``, in memory linear in len(ids).
 
         One causal forward over the whole example keeps its key/value cache (no mask: attention's
@@ -293,6 +322,8 @@ class RewardScorer:
                 ).last_hidden_state
                 cache.crop(-m)
                 values += self.head(hidden).squeeze(-1).float()[0].cpu().tolist()
+                if meter is not None:
+                    meter.add(m)
         return values
 
     def trajectory_of(self, example: FormattedExample) -> tuple[list[tuple[str, float]], int | None]:

@@ -12,7 +12,7 @@ from typing import Any
 from core.config_fields import ConfigError, config_field
 from core.data.readers import UnreadableFile, read_rows
 from core.data.formats import RowError, _check_messages, _check_text, parse_row
-from core.scoring.engine import RewardScorer
+from core.scoring.engine import Progress, RewardScorer
 
 
 class InputRejected(ValueError):
@@ -87,7 +87,7 @@ def _within_limit(model: RewardScorer, examples: list[tuple[Any, str]]) -> list[
     return [len(model.format(prompt, response).ids) <= model.max_length for prompt, response in examples]
 
 
-def score_file(config: ScoreConfig, model: RewardScorer | None = None) -> int:
+def score_file(config: ScoreConfig, model: RewardScorer | None = None, *, progress: Progress | None = None) -> int:
     """Write ``config.output`` (whole or not at all) and return the number of rows scored. A row
     longer than the model's ``max_length`` gets ``over_max_length: true`` and null rewards."""
     rows = _read_score_rows(config.input)
@@ -95,7 +95,7 @@ def score_file(config: ScoreConfig, model: RewardScorer | None = None) -> int:
     examples = [(prompt, response) for _, prompt, response in rows]
     fits = _within_limit(model, examples)
     scored_results = iter(model.score_responses([e for e, ok in zip(examples, fits, strict=True) if ok],
-                                                trajectory=config.trajectory))
+                                                trajectory=config.trajectory, progress=progress))
     config.output.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(dir=config.output.parent, prefix=".score-", suffix=".jsonl")
     with os.fdopen(handle, "w", encoding="utf-8") as out:

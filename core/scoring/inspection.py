@@ -11,7 +11,7 @@ from itertools import combinations
 from core.accounts import Actor, Permission, PermissionDenied
 from core.limits import MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
 from core.model_folders import folder_under_models_root
-from core.scoring.engine import ModelLoadError, Prompt, RewardScorer, ScoreResult
+from core.scoring.engine import ModelLoadError, Progress, Prompt, RewardScorer, ScoreResult
 from storage.engine import Store
 from storage.queries import ComparisonContent, load_comparison
 from storage.models import RegisteredModel, Role
@@ -126,10 +126,10 @@ class InspectionRefused(ValueError):
 
 
 def inspect_with_models(store: Store, actor: Actor, model_names: list[str], prompt: Prompt,
-                        responses: list[str]) -> Inspection:
+                        responses: list[str], *, progress: Progress | None = None) -> Inspection:
     """Score ``responses`` to ``prompt`` under each named model, within the caps of ``core.limits``
     (checked before any model runs). Raises ``PermissionDenied``, ``InspectionRefused``,
-    ``UnknownModel`` or ``ModelLoadError``."""
+    ``UnknownModel``, ``ModelLoadError`` or ``ScoringCancelled`` (from ``progress``)."""
     require_inspect(store, actor, stored_data=False)
     if not model_names:
         raise InspectionRefused("choose a registered model or give a model folder")
@@ -152,7 +152,7 @@ def inspect_with_models(store: Store, actor: Actor, model_names: list[str], prom
                     f"response {index + 1} is {n_tokens:,} tokens with its prompt under {name}; Inspect scores "
                     f"at most {MAX_INSPECT_TOKENS:,} tokens per response ($REWARDLAB_MAX_INSPECT_TOKENS)"
                 )
-    return inspect_responses(models, prompt, responses)
+    return inspect_responses(models, prompt, responses, progress=progress)
 
 
 def _prompt_text(prompt: Prompt) -> str:
@@ -183,12 +183,15 @@ class Inspection:
     flips: list[Flip]
 
 
-def inspect_responses(models: dict[str, RewardScorer], prompt: Prompt, responses: list[str]) -> Inspection:
+def inspect_responses(models: dict[str, RewardScorer], prompt: Prompt, responses: list[str], *,
+                      progress: Progress | None = None) -> Inspection:
     if len(responses) < 2:
         raise ValueError("give at least two responses to compare")
     scores, flips = [], []
-    for name, model in models.items():
-        results = model.score_responses([(prompt, r) for r in responses], trajectory=model.is_decoder)
+    for number, (name, model) in enumerate(models.items()):
+        # Each model's share of the progress bar, in turn.
+        share = (lambda done, n=number: progress((n + done) / len(models))) if progress else None
+        results = model.score_responses([(prompt, r) for r in responses], trajectory=model.is_decoder, progress=share)
         for index, (response, result) in enumerate(zip(responses, results, strict=True)):
             scores.append(ResponseScore(name, index, result, model.format(prompt, response).text, model.max_length))
         for i, j in combinations(range(len(responses)), 2):
