@@ -23,6 +23,7 @@ HUB_PRESETS = {
     "Qwen/Qwen3-4B-Thinking-2507": {"lora": True, "load_in_4bit": True},
 }
 QUANT_TYPES = ("nf4", "fp4")
+SAMPLING_STRATEGIES = ("group_by_length", "random")
 # A registered model's name is also its folder's name under the models folder: nothing that could
 # climb out of it ("..", "/", an absolute path) and no "@", which separates a name from its version.
 OUTPUT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -66,6 +67,11 @@ class TrainingConfig:
     center_rewards_coefficient: float = config_field(0.01, help="pulls rewards towards zero (guides: 0.01)")
     disable_dropout: bool = config_field(True, help="disable dropout in the model (TRL's default)")
     seed: int = config_field(42, help="random seed (data split and initialisation)")
+    train_sampling_strategy: str = config_field(
+        "group_by_length", choices=SAMPLING_STRATEGIES,
+        help="group_by_length: batches of pairs of similar length, so little of each batch is padding (long-tailed "
+             "reasoning data); random: TRL's default shuffling",
+    )
     logging_steps: int = config_field(5, help="log metrics every N steps")
     save_steps: int = config_field(50, help="save a resumable checkpoint every N steps")
     # --- data

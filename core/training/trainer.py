@@ -311,6 +311,41 @@ def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int
     })
 
 
+def length_grouped_reward_trainer() -> type:
+    """TRL's ``RewardTrainer`` whose ``group_by_length`` sampling measures a pair by its longer side.
+
+    transformers' ``LengthGroupedSampler`` looks for an ``input_ids`` (or ``length``) column; TRL's
+    tokenized pairs have ``chosen_ids`` and ``rejected_ids``, and the collator pads a batch to its
+    longest sequence, so batches of pairs of similar length waste little on padding. (TRL pads every
+    batch to its longest pair and has no packing: trl#3780.)
+    """
+    import datasets
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import RewardTrainer
+
+    def pair_lengths(dataset: Any) -> list[int] | None:
+        if isinstance(dataset, datasets.Dataset) and {"chosen_ids", "rejected_ids"} <= set(dataset.column_names):
+            return [max(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"], strict=True)]
+        return None
+
+    class LengthGroupedRewardTrainer(RewardTrainer):
+        def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = pair_lengths(dataset) if self.args.train_sampling_strategy == "group_by_length" else None
+            if lengths is not None:
+                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                            dataset=dataset, lengths=lengths)
+            return super()._get_train_sampler(train_dataset)
+
+        def _get_eval_sampler(self, eval_dataset):  # noqa: ANN001, ANN202
+            lengths = pair_lengths(eval_dataset) if self.args.train_sampling_strategy == "group_by_length" else None
+            if lengths is not None:
+                return LengthGroupedSampler(self.args.eval_batch_size, dataset=eval_dataset, lengths=lengths)
+            return super()._get_eval_sampler(eval_dataset)
+
+    return LengthGroupedRewardTrainer
+
+
 def held_out_accuracy(trainer: Any) -> tuple[float | None, float | None]:
     """(accuracy, mean margin) per pair over the trainer's whole (tokenized) held-out split: chosen
     scored strictly above rejected. None when every held-out pair was longer than max_length."""
@@ -397,7 +432,6 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
                  resume: bool = False, cancel_flag: list[bool] | None = None, log=print) -> TrainOutcome:  # noqa: ANN001
     """Train, evaluate, save and register a reward model. Raises ``TrainingError`` with the fix."""
     import datasets
-    from trl import RewardTrainer
 
     cancel_flag = cancel_flag if cancel_flag is not None else [False]
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -430,7 +464,7 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
     held_out = datasets.Dataset.from_list(snapshot.eval) if snapshot.eval else None
     if held_out is None:
         args.eval_strategy = "no"
-    trainer = RewardTrainer(
+    trainer = length_grouped_reward_trainer()(
         model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
         peft_config=lora_config(config) if config.lora else None,
         callbacks=[_store_callback(store, job_id, cancel_flag)],
