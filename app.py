@@ -28,10 +28,10 @@ from pathlib import Path
 
 from core.accounts import LOGIN_ROLES, AccountError, add_user, operator_actor
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
-from core.limits import DEFAULT_MAX_UPLOAD_MB
 from core.data.exporter import ExportConfig, NothingToExport, export_dataset
 from core.data.importer import ImportConfig, ImportRejected, import_file
 from core.data.store_move import BackupError, TransferError, back_up_store, move_store
+from core.limits import DEFAULT_MAX_UPLOAD_MB
 from core.scoring.engine import ModelLoadError
 from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
 from core.scoring.inspection import registered_models

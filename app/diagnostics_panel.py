@@ -11,8 +11,8 @@ from app.cancelling import CancelRequests
 from app.formatting import inline_text
 from app.session import USER_ERRORS, current_actor
 from core.scoring.diagnostics import Diagnostics, run_diagnostics, send_for_review
-from core.scoring.inspection import UnknownModel, registered_models
 from core.scoring.engine import ModelLoadError, ScoringCancelled
+from core.scoring.inspection import UnknownModel, registered_models
 from storage.engine import Store
 
 PAIR_HEADERS = ["comparison", "prompt", "chosen reward", "rejected reward", "margin"]

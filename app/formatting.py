@@ -11,7 +11,6 @@ import re
 
 from core.data.summary import StoreCounts
 
-
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 
 

@@ -9,17 +9,17 @@ import gradio as gr
 import plotly.colors
 import plotly.graph_objects as go
 
-from app.diagnostics_panel import render_diagnostics_panel
 from app.cancelling import CancelRequests
+from app.diagnostics_panel import render_diagnostics_panel
 from app.formatting import code_block, inline_text, plot_text
 from app.session import USER_ERRORS, current_actor
 from core.data.demo_data import DEMO_PREFERENCES
 from core.scoring.engine import ModelLoadError, ScoringCancelled
 from core.scoring.inspection import (
     Inspection,
+    InspectionRefused,
     UnknownComparison,
     UnknownModel,
-    InspectionRefused,
     comparison_for_inspection,
     inspect_with_models,
     registered_models,

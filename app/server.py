@@ -14,7 +14,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
 os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "2000")
 
 import ipaddress  # noqa: E402
-
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -23,8 +22,8 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from app.http_guard import RequestGuard  # noqa: E402
 from core.accounts import accounts_exist, authenticate, operator_actor  # noqa: E402
-from core.limits import DEFAULT_MAX_UPLOAD_MB  # noqa: E402
 from core.data.demo_data import load_demo_data_if_empty  # noqa: E402
+from core.limits import DEFAULT_MAX_UPLOAD_MB  # noqa: E402
 from core.model_folders import model_folder  # noqa: E402
 from core.scoring.inspection import registered_models  # noqa: E402
 from core.training.demo_model import DEMO_MODEL_NAME  # noqa: E402

@@ -15,9 +15,9 @@ from plotly.subplots import make_subplots
 from app.formatting import code_block, inline_text, plot_text
 from app.session import USER_ERRORS, current_actor
 from core.config_fields import ConfigError, field_base_type
+from core.training.config import DEMO_BASE, HUB_PRESETS, TrainingConfig
 from core.training.jobs import JobError, cancel_job, job_report, preview_training, recent_jobs, resume_job, submit_job
 from core.training.trainer import TrainingError
-from core.training.config import DEMO_BASE, HUB_PRESETS, TrainingConfig
 from storage.engine import Store
 
 MAIN_FIELDS = ("base_model", "output_name", "max_steps", "num_train_epochs", "learning_rate",

@@ -28,10 +28,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from core.data.importer import ImportConfig, import_file  # noqa: E402
-from core.data.formats import completion_content_hash, prompt_content_hash  # noqa: E402
-from storage.engine import SQLITE_CACHE_KIB, Store  # noqa: E402
 from common import parse_with_smoke  # noqa: E402
+
+from core.data.formats import completion_content_hash, prompt_content_hash  # noqa: E402
+from core.data.importer import ImportConfig, import_file  # noqa: E402
+from storage.engine import SQLITE_CACHE_KIB, Store  # noqa: E402
 
 WORDS = "the model answer reward think step because therefore result value check first then so we".split()
 

@@ -27,11 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import parse_with_smoke, percentile, start_app_server  # noqa: E402
+
 from core.accounts import actor_for  # noqa: E402
 from core.data.importer import ImportConfig, import_file  # noqa: E402
 from core.labeling.actions import label_and_next, open_labeling_screen  # noqa: E402
 from storage.engine import Store  # noqa: E402
-from common import parse_with_smoke, percentile, start_app_server  # noqa: E402
 
 
 def build_store(path: Path, comparisons: int) -> Store:

@@ -37,13 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import free_port, parse_with_smoke, percentile, start_app_server  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from core.accounts import add_user  # noqa: E402
 from core.data.importer import ImportConfig, import_file  # noqa: E402
 from storage.engine import Store  # noqa: E402
-from common import free_port, parse_with_smoke, percentile, start_app_server  # noqa: E402
 
 PASSWORD = "load-test-password"
 CHOICES = ("a", "b", "a", "b", "tie")  # mostly preferences, like a real queue

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import parse_with_smoke  # noqa: E402
 
-from core.training.demo_model import build_demo_reward_model  # noqa: E402
 from core.scoring.engine import RewardScorer  # noqa: E402
+from core.training.demo_model import build_demo_reward_model  # noqa: E402
 
 WORDS = ("the reward model reads each token and the answer follows a chain of thought about numbers such as "
          "seven plus five equals twelve so we check again before writing the final result").split()

@@ -16,9 +16,9 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, SQLModel
 
 from storage.bulk import dialect_insert, execute_many, insert_ignoring_conflicts
-
 from storage.models import Comparison, Completion, Label, Prompt, Role, User, utc_now
 from storage.queue import refresh_comparison_counts
+
 
 class PromptRecord(NamedTuple):
     content_hash: str

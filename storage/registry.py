@@ -13,7 +13,6 @@ from sqlmodel import Session
 
 from storage.models import RegisteredModel
 
-
 VERSION_SEPARATOR = "@v"
 
 

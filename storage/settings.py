@@ -8,7 +8,6 @@ from sqlmodel import Session
 
 from storage.models import Setting
 
-
 MAX_GUIDELINES_CHARS = 100_000
 
 

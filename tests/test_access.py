@@ -10,10 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import run_cli, start_app
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-
-from conftest import run_cli, start_app
 
 pytestmark = pytest.mark.slow
 PASSWORD = "long enough pw"

@@ -6,9 +6,9 @@ import json
 import threading
 
 import pytest
+from conftest import run_cli, start_app
 from sqlalchemy import func, select
 
-from conftest import run_cli, start_app
 from storage.engine import Store
 from storage.models import Label, User
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import save_screenshot
+
 from storage.engine import Store
 from storage.registry import list_models
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from conftest import run_cli, save_screenshot, start_app
 from sqlalchemy import select
 
-from conftest import run_cli, save_screenshot, start_app
 from storage.engine import Store
 from storage.models import Label, User
 

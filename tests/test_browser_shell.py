@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import save_screenshot
+
 from core.data.demo_data import DEMO_CANDIDATES, DEMO_PREFERENCES
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

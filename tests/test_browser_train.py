@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import save_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import run_cli, start_app
+
 from storage.engine import Store
 from storage.models import Label, User
 

@@ -7,11 +7,11 @@ import pytest
 
 from core.accounts import PermissionDenied, actor_for, add_user
 from core.data.demo_data import demo_preference_rows
-from core.training.demo_model import train_demo_reward_model
-from core.scoring.diagnostics import Diagnostics, _health, compare_models, diagnose, send_for_review
 from core.data.importer import import_rows
 from core.labeling.actions import next_comparison
+from core.scoring.diagnostics import Diagnostics, _health, compare_models, diagnose, send_for_review
 from core.scoring.engine import RewardScorer
+from core.training.demo_model import train_demo_reward_model
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import text
 from conftest import run_cli
+from sqlalchemy import text
 from sqlmodel import select
 from test_import import write_jsonl
 

@@ -13,9 +13,9 @@ import string
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_import import PAIRS, store_fingerprint, write_jsonl
 
 from core.data.importer import ImportConfig, ImportRejected, import_file
-from test_import import PAIRS, store_fingerprint, write_jsonl
 
 GOOD = {"prompt": "Which is better?", "chosen": " This one.", "rejected": " That one."}
 CHAT = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}],

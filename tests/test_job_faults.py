@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_cli, start_app
+from test_training import separable_pairs, wait_for
+
 from core.accounts import actor_for
 from core.data.importer import import_rows
-from core.training.jobs import start_next_job, submit_job
 from core.training.config import TrainingConfig
-from test_training import separable_pairs, wait_for
+from core.training.jobs import start_next_job, submit_job
 
 pytestmark = pytest.mark.slow
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from test_import import write_jsonl
 
 from core.accounts import AccountError, PermissionDenied, actor_for, add_user, authenticate
 from core.data.importer import ImportConfig, import_file
@@ -24,7 +25,6 @@ from core.segments import split_thinking
 from storage.models import Label, Setting, User, utc_now
 from storage.queue import QueueError, claim_next_comparison
 from storage.settings import set_setting
-from test_import import write_jsonl
 
 
 @pytest.fixture

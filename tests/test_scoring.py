@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.training.demo_model import build_demo_reward_model
 from core.scoring.engine import ModelLoadError, RewardScorer
+from core.training.demo_model import build_demo_reward_model
 
 TOLERANCE = 1e-4
 CORPUS = [

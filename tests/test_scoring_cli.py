@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import PROJECT_ROOT
-from core.training.demo_model import build_demo_reward_model
-from core.scoring.reward_fn import RewardEnsemble, RewardNormalizer, make_reward_fn
+
 from core.scoring.engine import RewardScorer
+from core.scoring.reward_fn import RewardEnsemble, RewardNormalizer, make_reward_fn
+from core.training.demo_model import build_demo_reward_model
 
 CORPUS = ["What is 2 + 2? <think>add them</think> It is 4.", "Name a color. Blue is a color."] * 20
 

@@ -174,6 +174,7 @@ def test_concurrent_annotators_through_the_queue_label_each_comparison_exactly_o
 def test_a_postgresql_store_points_to_pg_dump_for_backups(tmp_path, postgres_template):
     """Runs on a real PostgreSQL store only (the PostgreSQL pass); the SQLite backup has its own tests."""
     from conftest import database_url
+
     from storage.backup import BackupError, backup_store
 
     if postgres_template is None:

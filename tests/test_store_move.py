@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import HH_RLHF_FILE, PROJECT_ROOT
 from sqlalchemy import text
 from test_import import PAIRS, store_fingerprint, write_jsonl
 
-from conftest import HH_RLHF_FILE, PROJECT_ROOT
 from core.data.exporter import ExportConfig, export_dataset
 from core.data.importer import ImportConfig, import_file
 from core.data.store_move import move_store

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-
 from conftest import PROJECT_ROOT, run_cli
+from sqlalchemy import text
+from test_import import write_jsonl
+
 from core.data.importer import ImportConfig, import_file
 from core.training.config import TrainingConfig
 from core.training.trainer import evaluation_interval, run_training
-from test_import import write_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-
 from conftest import PROJECT_ROOT, run_cli
+from sqlalchemy import text
+from test_import import write_jsonl
+
 from core.accounts import LoginThrottle, PermissionDenied, actor_for, add_user, operator_actor
 from core.data.importer import ImportConfig, ImportRejected, import_file
 from core.labeling.actions import label_stored, next_comparison
@@ -32,7 +33,6 @@ from core.scoring.inspection import (
 )
 from core.training.config import ConfigError, TrainingConfig
 from storage.queue import QueueError
-from test_import import write_jsonl
 
 
 def sql(store, statement: str):  # noqa: ANN001, ANN201

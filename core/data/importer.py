@@ -14,8 +14,8 @@ from typing import Any, Iterable
 
 from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
-from core.data.readers import RawRow, UnreadableFile, read_rows
 from core.data.formats import ParsedRow, RowError, completion_content_hash, parse_row
+from core.data.readers import RawRow, UnreadableFile, read_rows
 from storage.engine import Store
 from storage.ingest import CompletionRecord, IngestBatch, IngestCounts, PairRecord, PromptRecord, write_batch
 

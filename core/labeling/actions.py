@@ -17,7 +17,7 @@ from core.accounts import Actor, Permission
 from core.limits import MAX_COMMENT_CHARS
 from core.segments import split_thinking
 from storage.engine import Store
-from storage.labels import LabelInput
+from storage.labels import LabelError, LabelInput
 from storage.queries import load_comparison
 from storage.queue import (
     HistoryItem,
@@ -33,7 +33,6 @@ from storage.queue import (
     submit_label,
     undo_last_label,
 )
-from storage.labels import LabelError
 from storage.settings import SettingError, get_setting, set_setting
 
 # Errors whose message is meant for the person labeling (re-exported so that app/ need not import storage/).

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from core.config_fields import ConfigError, config_field
-from core.data.readers import UnreadableFile, read_rows
 from core.data.formats import RowError, _check_messages, _check_text, parse_row
+from core.data.readers import UnreadableFile, read_rows
 from core.scoring.engine import Progress, RewardScorer
 
 

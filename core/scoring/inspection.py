@@ -13,8 +13,8 @@ from core.limits import MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TO
 from core.model_folders import folder_under_models_root
 from core.scoring.engine import ModelLoadError, Progress, Prompt, RewardScorer, ScoreResult
 from storage.engine import Store
-from storage.queries import ComparisonContent, load_comparison
 from storage.models import RegisteredModel, Role
+from storage.queries import ComparisonContent, load_comparison
 from storage.registry import list_models, model_by_name
 from storage.settings import get_setting, set_setting
 

@@ -222,8 +222,8 @@ def recent_jobs(store: Store, actor: Actor, limit: int = 20) -> list:
 def preview_training(store: Store, actor: Actor, config: TrainingConfig) -> str:
     """What a job with this config would train on, before any GPU time: pair counts, what
     max_length drops, token lengths, and the suggested learning rate and batch size."""
-    from core.training.trainer import length_report, preview_tokenizer, take_snapshot, use_separator_as_eos
     from core.training.config import DEMO_BASE, suggest_hyperparameters
+    from core.training.trainer import length_report, preview_tokenizer, take_snapshot, use_separator_as_eos
 
     actor.require(Permission.TRAIN)
     snapshot = take_snapshot(store, config)

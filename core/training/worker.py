@@ -12,9 +12,9 @@ import signal
 import sys
 import traceback
 
+from core.training.config import TrainingConfig
 from core.training.jobs import job_dir
 from core.training.trainer import TrainingError, run_training
-from core.training.config import TrainingConfig
 from storage.engine import Store
 from storage.jobs import finish_job, get_job, mark_started
 from storage.models import JobStatus
