@@ -25,6 +25,8 @@ from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from starlette.requests import cookie_parser
+
 from core.accounts import LoginThrottle
 
 ALLOWED_ORIGINS_ENV = "REWARDLAB_ALLOWED_ORIGINS"
@@ -81,6 +83,10 @@ async def _respond(send: Send, status: int, detail: str, headers: list[tuple[byt
     await send({"type": "http.response.body", "body": body})
 
 
+def _media_type(scope: Scope) -> str:
+    return (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -106,8 +112,15 @@ class RequestGuard:
                                              f"({_header(scope, b'origin')})")
         if method == "POST" and path.endswith("/login"):
             return await self._login(scope, receive, send)
-        session_hash = None
-        if method == "POST" and (_header(scope, b"content-type") or "").startswith("application/json"):
+        # Every session hash the request names, read the way Gradio will read it or more: each value of
+        # a repeated query parameter, the heartbeat path, and a JSON body whatever its content type says
+        # (FastAPI parses "APPLICATION/JSON" and "application/x+json" alike). Bodies other than file
+        # uploads are capped here; uploads have Gradio's max_file_size.
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        named = list(query.get("session_hash", []))
+        if "/heartbeat/" in path:
+            named.append(path.rsplit("/", 1)[-1])
+        if method not in SAFE_METHODS and not _media_type(scope).startswith("multipart/"):
             try:
                 body = await _read_body(receive, MAX_EVENT_BODY_BYTES)
             except _TooLarge:
@@ -115,16 +128,14 @@ class RequestGuard:
             receive = _replay(body, receive)
             try:
                 parsed = json.loads(body) if body else None
-            except ValueError:
+            except ValueError:  # not JSON: FastAPI will refuse it as a JSON body too
                 parsed = None
-            session_hash = parsed.get("session_hash") if isinstance(parsed, dict) else None
-        else:
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            session_hash = (query.get("session_hash") or [None])[0]
-            if session_hash is None and "/heartbeat/" in path:
-                session_hash = path.rsplit("/", 1)[-1]
-        if isinstance(session_hash, str) and session_hash:
-            if not self._claim_session(session_hash, self._user(scope)):
+            if isinstance(parsed, dict) and parsed.get("session_hash") is not None:
+                named.append(str(parsed["session_hash"]))
+        if len(set(named)) > 1:
+            return await _respond(send, 400, f"refused {method} {path}: it names more than one session")
+        if named and named[0]:
+            if not self._claim_session(named[0], self._user(scope)):
                 return await _respond(send, 403, f"refused {method} {path}: this session belongs to another user")
         return await self.app(scope, receive, send)
 
@@ -147,8 +158,7 @@ class RequestGuard:
         tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
         if not tokens or cookie_id is None:
             return ""
-        cookies = _header(scope, b"cookie") or ""
-        jar = dict(part.strip().split("=", 1) for part in cookies.split(";") if "=" in part)
+        jar = cookie_parser(_header(scope, b"cookie") or "")  # exactly as Starlette (and so Gradio) reads them
         token = jar.get(f"access-token-{cookie_id}") or jar.get(f"access-token-unsecure-{cookie_id}")
         return tokens.get(token, "") if token else ""
 
@@ -164,12 +174,18 @@ class RequestGuard:
 
     # ----- login
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _media_type(scope) != "application/x-www-form-urlencoded":
+            return await _respond(send, 415, "log in with a urlencoded form (username, password)")
         try:
             body = await _read_body(receive, MAX_LOGIN_BODY_BYTES)
         except _TooLarge:
             return await _respond(send, 413, "the login form is too large")
-        form = parse_qs(body.decode("utf-8", errors="replace"))
-        user = (form.get("username") or [""])[0].strip()
+        form = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+        names = form.get("username") or [""]
+        if len(names) != 1 or len(form.get("password") or [""]) != 1:
+            # The throttle must count the very name the password is checked for.
+            return await _respond(send, 400, "give one username and one password")
+        user = names[0].strip()
         address = (scope.get("client") or ("unknown", 0))[0]
         wait = self.throttle.begin_attempt(address, user)
         if wait > 0:

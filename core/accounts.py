@@ -158,7 +158,8 @@ class LoginThrottle:
     After ``free`` failures within ``window`` seconds, each further attempt must wait twice as long
     as the one before, up to a cap: long for an address (one guesser), short for a user name (so a
     guesser elsewhere cannot lock the real user out for more than ``user_max_wait`` seconds). A
-    success clears both. A throttled attempt is refused before any password hash is computed.
+    success takes back only its own attempt (see ``succeeded``). A throttled attempt is refused
+    before any password hash is computed.
     Bounded: the oldest keys are forgotten past ``max_keys``.
     """
 
@@ -216,6 +217,13 @@ class LoginThrottle:
             self._failures.popitem(last=False)
 
     def succeeded(self, address: str, user: str) -> None:
+        """A correct password: the attempt just counted as failed is taken back, for the address and
+        the name. Earlier failures stay: logging into one's own account must not reset the count of
+        guesses made from that address against others."""
         with self._lock:
-            self._failures.pop(("address", address), None)
-            self._failures.pop(("user", user.strip().lower()), None)
+            for key in (("address", address), ("user", user.strip().lower())):
+                times = self._failures.get(key)
+                if times:
+                    times.pop()
+                if not times:
+                    self._failures.pop(key, None)

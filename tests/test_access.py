@@ -334,3 +334,30 @@ def test_serving_a_store_whose_data_folder_does_not_exist_yet_starts(db_url, tmp
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_the_guard_reads_requests_as_gradio_does_repeated_names_and_odd_content_types_change_nothing(secured_app):
+    """Found by trying it as an attacker: a repeated session_hash, a JSON body sent as "APPLICATION/JSON"
+    or "application/x+json", a repeated username or a multipart login must not slip past the checks."""
+    engineer, annotator = session_for(secured_app, "eng"), session_for(secured_app, "ann")
+    ids = handler_ids(engineer)
+    mine, theirs = uuid.uuid4().hex[:10], uuid.uuid4().hex[:10]
+    call_body = {"data": [], "fn_index": ids["show_team"], "event_data": None, "trigger_id": None}
+    assert annotator.post("/gradio_api/queue/join", json={**call_body, "session_hash": mine}).status_code == 200
+    assert engineer.post("/gradio_api/queue/join", json={**call_body, "session_hash": theirs}).status_code == 200
+    both = annotator.get("/gradio_api/queue/data", params=[("session_hash", mine), ("session_hash", theirs)])
+    assert both.status_code == 400
+    for content_type in ("APPLICATION/JSON", "application/vnd.x+json", "text/plain"):
+        sneaked = annotator.post("/gradio_api/queue/join", content=json.dumps({**call_body, "session_hash": theirs}),
+                                 headers={"content-type": content_type})
+        assert sneaked.status_code == 403, content_type
+    huge = annotator.post("/gradio_api/queue/join", content=b"{" + b" " * (9 * 1024 * 1024) + b"}",
+                          headers={"content-type": "Application/Json"})
+    assert huge.status_code == 413
+    fresh = httpx.Client(base_url=secured_app.url, timeout=60)
+    two_names = fresh.post("/login", content=f"username=ann&username=boss&password={PASSWORD}".replace(" ", "+"),
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert two_names.status_code == 400
+    multipart = fresh.post("/login", files={"username": (None, "boss"), "password": (None, "wrong")})
+    assert multipart.status_code == 415
+    assert fresh.get("/gradio_api/user").status_code in (401, 403) or fresh.get("/gradio_api/user").json() is None

@@ -330,8 +330,14 @@ def test_login_throttle_waits_grow_per_address_stay_short_per_user_and_reset_on_
         throttle.failed("3.3.3.3", "other")
         now[0] += 1
     assert throttle.wait_seconds("3.3.3.3", "x") > 10  # one address guessing many names: long waits
-    throttle.succeeded("3.3.3.3", "other")
-    assert throttle.wait_seconds("3.3.3.3", "x") == 0
+    # A correct password takes back only its own attempt: an insider logging into their own account
+    # from the guessing address does not wipe the count of guesses made from there.
+    now[0] += 400  # past the wait, inside the window
+    assert throttle.begin_attempt("3.3.3.3", "insider") == 0
+    throttle.succeeded("3.3.3.3", "insider")
+    throttle.failed("3.3.3.3", "x")  # the next guess: the 10th from this address, so it waits 2**7 s
+    assert throttle.wait_seconds("3.3.3.3", "y") > 100
+    assert throttle.wait_seconds("4.4.4.4", "insider") == 0  # the insider's own name is not held back
 
 
 # ----- 8. markup in names
