@@ -25,7 +25,7 @@ from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from starlette.requests import cookie_parser
+from starlette.requests import Request, cookie_parser
 
 from core.accounts import LoginThrottle
 
@@ -174,16 +174,18 @@ class RequestGuard:
 
     # ----- login
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _media_type(scope) != "application/x-www-form-urlencoded":
-            return await _respond(send, 415, "log in with a urlencoded form (username, password)")
         try:
             body = await _read_body(receive, MAX_LOGIN_BODY_BYTES)
         except _TooLarge:
             return await _respond(send, 413, "the login form is too large")
-        form = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-        names = form.get("username") or [""]
-        if len(names) != 1 or len(form.get("password") or [""]) != 1:
-            # The throttle must count the very name the password is checked for.
+        # Parsed by Starlette, as FastAPI parses it for Gradio (urlencoded, or multipart from the page),
+        # so the throttle counts the very name the password is checked for.
+        try:
+            form = await Request(scope, _replay(body, receive)).form()
+            names, passwords = form.getlist("username"), form.getlist("password")
+        except Exception:  # noqa: BLE001 (a malformed form is refused like a missing field)
+            names, passwords = [], []
+        if len(names) != 1 or len(passwords) != 1 or not isinstance(names[0], str):
             return await _respond(send, 400, "give one username and one password")
         user = names[0].strip()
         address = (scope.get("client") or ("unknown", 0))[0]
