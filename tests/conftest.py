@@ -144,6 +144,36 @@ def run_cli(*args: str, db_url: str, stdin: str | None = None) -> subprocess.Com
     )
 
 
+def run_app(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python app.py ARGS`` for the commands that take no store (score, eval)."""
+    return subprocess.run([sys.executable, "app.py", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+_REPORT_PEAK_RSS = """
+import resource, runpy, sys
+sys.argv = ["app.py", *sys.argv[1:]]
+try:
+    runpy.run_path("app.py", run_name="__main__")
+finally:
+    print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+def run_app_measuring_peak_rss(*args: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, int]:
+    """``python app.py ARGS`` in a fresh process that reports its own peak RSS, returned in bytes: the
+    OS's figure, an oracle independent of the code under test."""
+    done = subprocess.run([sys.executable, "-c", _REPORT_PEAK_RSS, *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    return done, int(done.stderr.rsplit("peak_rss_kib", 1)[1].split()[0]) * 1024
+
+
+def sql(store: Store, statement: str) -> list:
+    """Rows of a raw SQL statement on the store: the tests' oracle, independent of the code under test."""
+    with store.read() as session:
+        return session.execute(text(statement)).all()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

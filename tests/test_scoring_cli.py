@@ -116,24 +116,11 @@ def test_the_normalizer_z_scores_and_clips():
     assert normalizer(100.0) == 1.0 and normalizer(-100.0) == -1.0
 
 
-_MEASURED_SCORE = """
-import resource, runpy, sys
-sys.argv = ["app.py", "score", *sys.argv[1:]]
-try:
-    runpy.run_path("app.py", run_name="__main__")
-finally:
-    print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-"""
-
-
 @pytest.mark.slow
 def test_score_trajectory_of_a_16k_token_response_runs_in_well_under_3_gb(tmp_path):
     """The per-token trajectory's memory grows linearly with the length (the oracle: the OS's peak RSS
     of the `score` process); 16k tokens once took 16 GB through a dense length x length mask."""
-    import subprocess
-    import sys
-
-    from conftest import PROJECT_ROOT
+    from conftest import run_app_measuring_peak_rss
 
     folder = build_demo_reward_model(tmp_path / "rm", ["step by step we add the numbers"] * 20, hidden_size=32,
                                      num_layers=2, num_heads=2, max_positions=65_536)
@@ -141,11 +128,9 @@ def test_score_trajectory_of_a_16k_token_response_runs_in_well_under_3_gb(tmp_pa
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"prompt": "2+2? ", "response": response}) + "\n")
     out = tmp_path / "out.jsonl"
-    done = subprocess.run([sys.executable, "-c", _MEASURED_SCORE, "--model", str(folder), "--input", str(rows),
-                           "--output", str(out), "--trajectory"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          timeout=600)
+    done, peak = run_app_measuring_peak_rss("score", "--model", str(folder), "--input", str(rows), "--output", str(out),
+                                            "--trajectory")
     assert done.returncode == 0, done.stderr[-2000:]
-    peak = int(done.stderr.rsplit("peak_rss_kib", 1)[1].split()[0]) * 1024
     scored = json.loads(out.read_text())
     print(f"\n{len(scored['trajectory']):,}-token trajectory: peak RSS {peak / 2**20:.0f} MiB")
     assert len(scored["trajectory"]) >= 16_000

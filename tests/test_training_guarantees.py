@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, run_cli
-from sqlalchemy import text
+from conftest import PROJECT_ROOT, run_app, run_cli, sql
 from test_import import write_jsonl
 
 from core.data.importer import ImportConfig, import_file
@@ -29,17 +28,6 @@ pytestmark = pytest.mark.slow
 
 PAIRS = [{"prompt": f"Question {i}? ", "chosen": f" a careful, correct and helpful answer number {i}",
           "rejected": f" no {i}"} for i in range(24)]
-
-
-def run_app(*args: str) -> subprocess.CompletedProcess:
-    """``python app.py ARGS`` for the commands that take no store (score, eval)."""
-    return subprocess.run([sys.executable, "app.py", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          timeout=300)
-
-
-def sql(store, statement: str):  # noqa: ANN001, ANN201
-    with store.read() as session:
-        return session.execute(text(statement)).all()
 
 
 def plain_rewards(folder: Path, texts: list[str]) -> list[float]:

@@ -9,15 +9,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, run_cli
-from sqlalchemy import text
+from conftest import PROJECT_ROOT, run_app_measuring_peak_rss, run_cli, sql
 from test_import import write_jsonl
 
 from core.accounts import LoginThrottle, PermissionDenied, actor_for, add_user, operator_actor
@@ -33,11 +31,6 @@ from core.scoring.inspection import (
 )
 from core.training.config import ConfigError, TrainingConfig
 from storage.queue import QueueError
-
-
-def sql(store, statement: str):  # noqa: ANN001, ANN201
-    with store.read() as session:
-        return session.execute(text(statement)).all()
 
 
 def make_actor(store, name: str, role: str = "annotator"):  # noqa: ANN001, ANN201
@@ -255,24 +248,6 @@ def test_diagnostics_skip_and_count_pairs_longer_than_the_model_instead_of_scori
     assert len(report.pairs) == 4 and all(p.prompt_excerpt != "Long?" for p in report.pairs)
 
 
-_MEASURED_IMPORT = """
-import resource, runpy, sys
-sys.argv = ["app.py", "import", sys.argv[1], "--db", sys.argv[2]]
-try:
-    runpy.run_path("app.py", run_name="__main__")
-finally:
-    print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-"""
-
-
-def _peak_rss_of_import(path: Path, db_url: str) -> tuple[subprocess.CompletedProcess, int]:
-    """Run ``python app.py import PATH`` in a fresh process that reports its own peak RSS (bytes)."""
-    done = subprocess.run([sys.executable, "-c", _MEASURED_IMPORT, str(path), db_url], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=300)
-    peak_kib = int(done.stderr.rsplit("peak_rss_kib", 1)[1].split()[0])
-    return done, peak_kib * 1024
-
-
 @pytest.mark.slow
 def test_a_gzip_that_inflates_past_the_cap_is_refused_holding_a_chunk_in_memory(db_url, tmp_path):
     """A 1 MB file that inflates to 1 GiB: refused by streaming, peak memory far under the inflated
@@ -284,8 +259,9 @@ def test_a_gzip_that_inflates_past_the_cap_is_refused_holding_a_chunk_in_memory(
             handle.write(line)
     assert bomb.stat().st_size < 8 * 1024 * 1024
     small = write_jsonl(tmp_path / "one.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
-    _, baseline = _peak_rss_of_import(small, f"sqlite:///{tmp_path / 'baseline.db'}")
-    done, peak = _peak_rss_of_import(bomb, db_url)
+    _, baseline = run_app_measuring_peak_rss("import", str(small), "--db", f"sqlite:///{tmp_path / 'baseline.db'}",
+                                             timeout=300)
+    done, peak = run_app_measuring_peak_rss("import", str(bomb), "--db", db_url, timeout=300)
     print(f"\ngzip bomb {bomb.stat().st_size / 2**20:.1f} MB -> 1 GiB: refused, peak RSS {peak / 2**20:.0f} MiB "
           f"(a one-row import: {baseline / 2**20:.0f} MiB)")
     assert done.returncode == 2 and "inflates to more than" in done.stderr
