@@ -95,8 +95,10 @@ def _pair_lookup():  # noqa: ANN202
     return joined.subquery("pair")
 
 
-def write_batch(session: Session, batch: IngestBatch, *, priority: int = 0) -> IngestCounts:
-    """Write ``batch`` inside the caller's (write) transaction and return what was new.
+def write_batch(session: Session, batch: IngestBatch, *, dataset_id: int, priority: int = 0) -> IngestCounts:
+    """Write ``batch`` into dataset ``dataset_id`` inside the caller's (write) transaction and return
+    what was new. Prompts and completions are shared by content across datasets; comparisons and
+    their labels belong to the dataset.
 
     Ids are resolved by the database (``INSERT ... SELECT`` through the content-hash indexes), so
     no id travels back to Python. New comparisons get ``priority``; existing ones keep theirs.
@@ -139,19 +141,19 @@ def write_batch(session: Session, batch: IngestBatch, *, priority: int = 0) -> I
     # SQLite needs a WHERE on an INSERT ... SELECT that has an ON CONFLICT clause, or it reads the
     # ON as a join constraint (https://www.sqlite.org/lang_upsert.html, "Parsing Ambiguity").
     comparison_source = select(
-        pair.c.prompt_id, pair.c.low, pair.c.high, literal(priority), literal(batch.source), timestamp,
-        literal(0), literal(0), literal(False),
+        literal(dataset_id), pair.c.prompt_id, pair.c.low, pair.c.high, literal(priority), literal(batch.source),
+        timestamp, literal(0), literal(0), literal(False),
     ).where(true())
     execute_many(
         session,
         insert(Comparison)
         .from_select(
-            ["prompt_id", "completion_a_id", "completion_b_id", "priority", "source", "created_at", "label_count",
-             "extra_labels", "done"],
+            ["dataset_id", "prompt_id", "completion_a_id", "completion_b_id", "priority", "source", "created_at",
+             "label_count", "extra_labels", "done"],
             comparison_source,
             include_defaults=False,
         )
-        .on_conflict_do_nothing(index_elements=["completion_a_id", "completion_b_id"]),
+        .on_conflict_do_nothing(index_elements=["dataset_id", "completion_a_id", "completion_b_id"]),
         pair_rows,
     )
 
@@ -166,7 +168,8 @@ def write_batch(session: Session, batch: IngestBatch, *, priority: int = 0) -> I
             bindparam("margin", type_=Float),
             timestamp,
             timestamp,
-        ).join(pair, (Comparison.completion_a_id == pair.c.low) & (Comparison.completion_b_id == pair.c.high))
+        ).join(pair, (Comparison.dataset_id == dataset_id) & (Comparison.completion_a_id == pair.c.low)
+               & (Comparison.completion_b_id == pair.c.high))
         # The first occurrence of a pair in a file wins; later duplicates add nothing.
         execute_many(
             session,

@@ -83,6 +83,43 @@ def _one_of(column: str, values: type[enum.Enum]) -> str:
     return f"{column} IN ({allowed})"
 
 
+class PromptKind(str, enum.Enum):
+    TEXT = "text"
+    CHAT = "chat"
+
+
+class Dataset(SQLModel, table=True):
+    """A named unit of labeling work (a project): its comparisons, who labels them and how.
+
+    ``prompt_kind`` is fixed by the first import (NULL until then): a dataset holds text prompts or
+    chat prompts, never both, so everything trained or exported from it has one shape.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    prompt_kind: Optional[str] = Field(default=None, max_length=10, description="'text' or 'chat'; NULL while empty")
+    guidelines: str = Field(default="", sa_column=Column(Text, nullable=False))
+    overlap: int = Field(default=1, description="how many annotators label each comparison (1 to 10)")
+    lease_seconds: int = Field(default=900, description="how long a comparison handed out stays reserved")
+    default_priority: int = Field(default=0, description="priority of comparisons imported without one")
+    open_to_all: bool = Field(default=True, description="every annotator may label it; else only its members")
+    archived: bool = Field(default=False, description="archived datasets hand out nothing and are hidden from Label")
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint("prompt_kind IS NULL OR prompt_kind IN ('text', 'chat')", name="dataset_prompt_kind_known"),
+        CheckConstraint("overlap BETWEEN 1 AND 10", name="dataset_overlap_range"),
+        CheckConstraint("lease_seconds BETWEEN 10 AND 86400", name="dataset_lease_range"),
+    )
+
+
+class DatasetMember(SQLModel, table=True):
+    """An annotator named to label a dataset that is not open to all."""
+
+    dataset_id: int = Field(foreign_key="dataset.id", primary_key=True)
+    user_id: int = Field(foreign_key="user.id", primary_key=True, index=True)
+
+
 class Prompt(SQLModel, table=True):
     """A prompt: plain text (``text``) or chat messages (``messages``), never both."""
 
@@ -111,10 +148,12 @@ class Completion(SQLModel, table=True):
 
 
 class Comparison(SQLModel, table=True):
-    """Two completions of one prompt, to be labeled. Stored with ``completion_a_id < completion_b_id``
-    so that a pair has exactly one row whichever order it arrived in."""
+    """Two completions of one prompt, to be labeled, in one dataset. Stored with
+    ``completion_a_id < completion_b_id`` so that a pair has exactly one row per dataset whichever
+    order it arrived in."""
 
     id: Optional[int] = Field(default=None, primary_key=True)
+    dataset_id: int = Field(foreign_key="dataset.id", index=True)
     prompt_id: int = Field(foreign_key="prompt.id", index=True)
     completion_a_id: int = Field(foreign_key="completion.id")
     completion_b_id: int = Field(foreign_key="completion.id")
@@ -122,11 +161,11 @@ class Comparison(SQLModel, table=True):
     source: str = Field(default="", max_length=300, description="where the pair came from")
     label_count: int = Field(default=0, description="labels other than skip, kept by storage.queue")
     extra_labels: int = Field(default=0, description="labels wanted beyond the overlap (sent back for review)")
-    done: bool = Field(default=False, description="label_count has reached labels_per_comparison + extra_labels")
+    done: bool = Field(default=False, description="label_count has reached the dataset's overlap + extra_labels")
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (
-        UniqueConstraint("completion_a_id", "completion_b_id", name="comparison_once_per_pair"),
+        UniqueConstraint("dataset_id", "completion_a_id", "completion_b_id", name="comparison_once_per_pair"),
         CheckConstraint("completion_a_id < completion_b_id", name="comparison_pair_ordered"),
         # The queue reads open comparisons in this order and stops at the first it may hand out,
         # so finished ones never have to be scanned past.
@@ -148,6 +187,7 @@ class User(SQLModel, table=True):
     name: str = Field(max_length=200, unique=True)
     role: str = Field(default=Role.ANNOTATOR.value, max_length=20)
     password_hash: Optional[str] = Field(default=None, max_length=300)
+    disabled_at: Optional[datetime] = Field(default=None, sa_type=UtcDateTime, description="login disabled (labels kept)")
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (CheckConstraint(_one_of("role", Role), name="user_role_known"),)
@@ -228,7 +268,7 @@ class RegisteredModel(SQLModel, table=True):
 
 
 class Setting(SQLModel, table=True):
-    """Store-wide settings that admins change at run time (overlap, guidelines)."""
+    """Store-wide settings that admins change at run time (per-dataset ones live on ``Dataset``)."""
 
     key: str = Field(primary_key=True, max_length=100)
     value: str = Field(sa_column=Column(Text, nullable=False))

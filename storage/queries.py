@@ -11,7 +11,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from storage.bulk import chunked
-from storage.models import Comparison, Completion, Label, Prompt, Role, User
+from storage.models import Comparison, Completion, Dataset, Label, Prompt, Role, User
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,21 @@ class Vote:
     choice: str
     strength: int | None
     margin: float | None
+    comment: str | None = None
+    seconds_spent: float | None = None
+    updated_at: datetime | None = None
+    shown_left: str | None = None
 
 
 def votes_by_comparison(
-    session: Session, *, since: datetime | None = None, annotators: Iterable[str] | None = None
+    session: Session, *, since: datetime | None = None, annotators: Iterable[str] | None = None,
+    dataset_ids: Iterable[int] | None = None,
 ) -> dict[int, list[Vote]]:
-    """Every label, grouped by comparison id, optionally only those updated since ``since`` or
-    given by the named annotators (user names, import sources included)."""
+    """Every label, grouped by comparison id, optionally only those updated since ``since``, given
+    by the named annotators (user names, import sources included), or in the given datasets."""
     statement = (
-        select(Label.comparison_id, User.name, Label.choice, Label.strength, Label.margin)
+        select(Label.comparison_id, User.name, Label.choice, Label.strength, Label.margin, Label.comment,
+               Label.seconds_spent, Label.updated_at, Label.shown_left)
         .join(User, User.id == Label.annotator_id)
         .order_by(Label.comparison_id, User.name)
     )
@@ -60,10 +66,21 @@ def votes_by_comparison(
         statement = statement.where(Label.updated_at >= since)
     if annotators is not None:
         statement = statement.where(User.name.in_(list(annotators)))
+    if dataset_ids is not None:
+        statement = statement.join(Comparison, Comparison.id == Label.comparison_id).where(
+            Comparison.dataset_id.in_(list(dataset_ids))
+        )
     votes: dict[int, list[Vote]] = {}
-    for comparison_id, name, choice, strength, margin in session.execute(statement):
-        votes.setdefault(comparison_id, []).append(Vote(name, choice, strength, margin))
+    for comparison_id, *fields in session.execute(statement):
+        votes.setdefault(comparison_id, []).append(Vote(*fields))
     return votes
+
+
+def count_comparisons(session: Session, dataset_ids: Iterable[int] | None = None) -> int:
+    statement = select(func.count()).select_from(Comparison)
+    if dataset_ids is not None:
+        statement = statement.where(Comparison.dataset_id.in_(list(dataset_ids)))
+    return session.execute(statement).scalar_one()
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,8 @@ class ComparisonContent:
     a_model: str | None
     b_text: str
     b_model: str | None
+    dataset: str = ""
+    source: str = ""
 
 
 def comparison_contents(session: Session, comparison_ids: list[int]) -> dict[int, ComparisonContent]:
@@ -84,8 +103,10 @@ def comparison_contents(session: Session, comparison_ids: list[int]) -> dict[int
     contents: dict[int, ComparisonContent] = {}
     for chunk in chunked(sorted(comparison_ids), 1):
         statement = (
-            select(Comparison.id, Prompt.text, Prompt.messages, a.text, a.model, b.text, b.model)
+            select(Comparison.id, Prompt.text, Prompt.messages, a.text, a.model, b.text, b.model, Dataset.name,
+                   Comparison.source)
             .join(Prompt, Prompt.id == Comparison.prompt_id)
+            .join(Dataset, Dataset.id == Comparison.dataset_id)
             .join(a, a.id == Comparison.completion_a_id)
             .join(b, b.id == Comparison.completion_b_id)
             .where(Comparison.id.in_(chunk))

@@ -1,6 +1,6 @@
 """The labeling queue: who gets which comparison next, and storing what they said.
 
-* A comparison is **open** while fewer than ``labels_per_comparison`` people have labeled it
+* A comparison is **open** while fewer than its dataset's ``overlap`` people have labeled it
   (skips do not count: a skip asks someone else to judge). ``Comparison.label_count`` and
   ``Comparison.done`` keep that state so the queue never scans finished items.
 * ``claim_next_comparison`` hands an annotator the highest-priority open comparison they have not
@@ -23,9 +23,9 @@ from sqlmodel import Session
 
 from storage.bulk import chunked, dialect_insert
 from storage.labels import LabelInput, upsert_label
-from storage.models import Comparison, Label, Lease, Prompt, Role, User, utc_now
+from storage.datasets import labelable_dataset_ids
+from storage.models import Comparison, Dataset, Label, Lease, Prompt, Role, User, utc_now
 from storage.queries import prompt_excerpt
-from storage.settings import get_setting
 
 
 class QueueError(ValueError):
@@ -41,27 +41,42 @@ def _labeled_by_a_source():  # noqa: ANN202
     )
 
 
-def labels_needed(overlap: int):  # noqa: ANN201
-    """How many non-skip labels a comparison needs, as a SQL expression: ``overlap`` for one that
-    people label; for one imported with its label, that label alone, so raising the overlap never
+def _overlap_of_dataset():  # noqa: ANN202
+    return select(Dataset.overlap).where(Dataset.id == Comparison.dataset_id).correlate(Comparison).scalar_subquery()
+
+
+def _lease_seconds_of(session: Session, comparison_id: int) -> int:
+    return session.execute(
+        select(Dataset.lease_seconds).join(Comparison, Comparison.dataset_id == Dataset.id)
+        .where(Comparison.id == comparison_id)
+    ).scalar_one()
+
+
+def labels_needed():  # noqa: ANN201
+    """How many non-skip labels a comparison needs, as a SQL expression: its dataset's overlap for
+    one that people label; for one imported with its label, that label alone, so raising the overlap never
     sends imported pairs to annotators. Either way plus ``extra_labels``: an engineer sending a
     comparison back asks for that many more human labels."""
-    return case((_labeled_by_a_source(), 1), else_=overlap) + Comparison.extra_labels
+    return case((_labeled_by_a_source(), 1), else_=_overlap_of_dataset()) + Comparison.extra_labels
 
 
 def refresh_comparison_counts(
-    session: Session, comparison_ids: list[int] | None = None, *, labeled_by: int | None = None
+    session: Session, comparison_ids: list[int] | None = None, *, labeled_by: int | None = None,
+    dataset_id: int | None = None,
 ) -> None:
     """Recompute ``label_count`` and ``done`` from the labels: of the given comparisons, of those
-    labeled by user ``labeled_by`` (after an import), or of all (when the overlap changes)."""
-    overlap = get_setting(session, "labels_per_comparison")
+    labeled by user ``labeled_by`` (after an import), of one dataset (when its overlap changes), or
+    of all."""
     counted = (
         select(func.count())
         .where(Label.comparison_id == Comparison.id, Label.choice != "skip")
         .correlate(Comparison)
         .scalar_subquery()
     )
-    statement = update(Comparison).values(label_count=counted, done=counted >= labels_needed(overlap))
+    statement = update(Comparison).values(label_count=counted, done=counted >= labels_needed())
+    if dataset_id is not None:
+        session.execute(statement.where(Comparison.dataset_id == dataset_id))
+        return
     if labeled_by is not None:
         session.execute(
             statement.where(Comparison.id.in_(select(Label.comparison_id).where(Label.annotator_id == labeled_by)))
@@ -89,22 +104,24 @@ def _labeled_by(annotator_id: int):  # noqa: ANN202
     return exists().where(Label.comparison_id == Comparison.id, Label.annotator_id == annotator_id)
 
 
-def claim_next_comparison(session: Session, *, annotator_id: int, now: datetime | None = None) -> int | None:
-    """Reserve and return the id of the next comparison for this annotator, or None when none is left."""
+def claim_next_comparison(
+    session: Session, *, annotator_id: int, dataset_id: int | None = None, now: datetime | None = None
+) -> int | None:
+    """Reserve and return the id of the next comparison for this annotator, from dataset
+    ``dataset_id`` or from any dataset they may label, or None when none is left."""
     now = now or utc_now()
-    overlap = get_setting(session, "labels_per_comparison")
-    expires = now + timedelta(seconds=get_setting(session, "lease_seconds"))
     session.execute(delete(Lease).where(Lease.expires_at <= now))
+    allowed = Comparison.dataset_id.in_(labelable_dataset_ids(annotator_id, dataset_id))
 
     held = session.execute(
         select(Lease.comparison_id)
         .join(Comparison, Comparison.id == Lease.comparison_id)
-        .where(Lease.annotator_id == annotator_id, ~_labeled_by(annotator_id))
+        .where(Lease.annotator_id == annotator_id, ~_labeled_by(annotator_id), allowed)
         .order_by(Lease.comparison_id)
         .limit(1)
     ).scalar()
     if held is not None:
-        _lease(session, held, annotator_id, expires)
+        _lease(session, held, annotator_id, now + timedelta(seconds=_lease_seconds_of(session, held)))
         return held
 
     reserved_by_others = (
@@ -113,13 +130,15 @@ def claim_next_comparison(session: Session, *, annotator_id: int, now: datetime 
         .correlate(Comparison)
         .scalar_subquery()
     )
-    has_room = Comparison.label_count + reserved_by_others < labels_needed(overlap)
+    has_room = Comparison.label_count + reserved_by_others < labels_needed()
     passed_over: list[int] = []
     while True:
         # On PostgreSQL, FOR UPDATE SKIP LOCKED lets concurrent claims pass over a comparison that
         # another annotator is claiming or labeling this instant instead of queueing behind it.
         # SQLite ignores the clause: BEGIN IMMEDIATE already runs one claim at a time.
-        candidates = select(Comparison.id).where(Comparison.done.is_(False), ~_labeled_by(annotator_id), has_room)
+        candidates = select(Comparison.id).where(
+            Comparison.done.is_(False), allowed, ~_labeled_by(annotator_id), has_room
+        )
         if passed_over:
             candidates = candidates.where(Comparison.id.not_in(passed_over))
         next_id = session.execute(
@@ -133,7 +152,7 @@ def claim_next_comparison(session: Session, *, annotator_id: int, now: datetime 
         passed_over.append(next_id)
     session.execute(delete(Lease).where(Lease.annotator_id == annotator_id))
     if next_id is not None:
-        _lease(session, next_id, annotator_id, expires)
+        _lease(session, next_id, annotator_id, now + timedelta(seconds=_lease_seconds_of(session, next_id)))
     return next_id
 
 
@@ -166,7 +185,7 @@ def reserve_for(session: Session, *, annotator_id: int, comparison_id: int, now:
     """Reserve one comparison for this annotator (after undo, or to change a label from history)."""
     now = now or utc_now()
     session.execute(delete(Lease).where(Lease.annotator_id == annotator_id))
-    _lease(session, comparison_id, annotator_id, now + timedelta(seconds=get_setting(session, "lease_seconds")))
+    _lease(session, comparison_id, annotator_id, now + timedelta(seconds=_lease_seconds_of(session, comparison_id)))
 
 
 @dataclass(frozen=True)
@@ -179,7 +198,7 @@ def submit_label(session: Session, label: LabelInput, *, now: datetime | None = 
     """Store ``label`` for its annotator, update the comparison's counts and release the lease.
 
     Raises ``QueueError`` for an unknown comparison, or for a new label on a comparison that
-    already has ``labels_per_comparison`` labels (or is reserved by others up to that number).
+    already has the labels its dataset's overlap asks for (or is reserved by others up to that number).
     """
     now = now or utc_now()
     # Lock the comparison (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers) so that
@@ -202,8 +221,7 @@ def submit_label(session: Session, label: LabelInput, *, now: datetime | None = 
     # unless this annotator holds one. Changing one's own vote (a to b) adds nobody.
     adds_a_voter = mine is None or (mine.choice == "skip" and label.choice != "skip")
     if adds_a_voter:
-        needed = session.execute(select(labels_needed(get_setting(session, "labels_per_comparison")))
-                                 .where(Comparison.id == label.comparison_id)).scalar_one()
+        needed = session.execute(select(labels_needed()).where(Comparison.id == label.comparison_id)).scalar_one()
         i_hold_lease = session.execute(
             select(Lease.comparison_id).where(
                 Lease.comparison_id == label.comparison_id,
@@ -289,7 +307,13 @@ class Progress:
     open_comparisons: int  # team-wide: still need labels
 
 
-def progress_of(session: Session, *, annotator_id: int) -> Progress:
-    mine = session.execute(select(func.count()).where(Label.annotator_id == annotator_id)).scalar_one()
-    open_count = session.execute(select(func.count()).where(Comparison.done.is_(False))).scalar_one()
+def progress_of(session: Session, *, annotator_id: int, dataset_id: int | None = None) -> Progress:
+    """This annotator's label count and the comparisons still open, in the datasets they may label
+    (in ``dataset_id`` alone when given)."""
+    allowed = Comparison.dataset_id.in_(labelable_dataset_ids(annotator_id, dataset_id))
+    mine = session.execute(
+        select(func.count()).select_from(Label).join(Comparison, Comparison.id == Label.comparison_id)
+        .where(Label.annotator_id == annotator_id, allowed)
+    ).scalar_one()
+    open_count = session.execute(select(func.count()).where(Comparison.done.is_(False), allowed)).scalar_one()
     return Progress(mine, open_count)

@@ -12,8 +12,10 @@ recognised by their tables and stamped at 0001 before upgrading.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
@@ -64,16 +66,52 @@ def upgrade(store, *, to: str = "head") -> None:  # noqa: ANN001  (storage.engin
         with store.read_engine.connect() as connection:
             if current_revision(connection) == head_revision():
                 return
-    with store.write_engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
-        current = current_revision(connection)
-        known = {script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()}
-        if current is not None and current not in known:
-            raise SchemaError(
-                f"the store at {store.display_url} is at schema revision {current}, newer than this RewardLab "
-                f"knows (newest: {head_revision()}); upgrade RewardLab instead of opening it with this version"
-            )
-        if current is None and inspect(connection).has_table("comparison"):
-            command.stamp(_config(connection), BASELINE_REVISION)
-        command.upgrade(_config(connection), to)
+    with migration_connection(store) as connection:
+        _upgrade_in_transaction(store, connection, to)
+
+
+def downgrade(store, to: str) -> None:  # noqa: ANN001  (storage.engine.Store)
+    """Take ``store`` back to revision ``to`` ("base" = empty), keeping what each downgrade keeps."""
+    with migration_connection(store) as connection:
+        command.downgrade(_config(connection), to)
+
+
+@contextmanager
+def migration_connection(store) -> Iterator[Connection]:  # noqa: ANN001
+    """A write connection in one transaction for changing the schema, committed when the block ends.
+
+    SQLite changes a table's constraints by copying it and dropping the old one, which the foreign
+    keys of other tables forbid; its documented procedure turns them off (outside a transaction: the
+    pragma is a no-op inside one) and checks them all before the commit.
+    https://www.sqlite.org/lang_altertable.html#otheralter
+    """
+    with store.write_engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise SchemaError(f"the schema change would leave {len(broken)} broken reference(s), e.g. "
+                                          f"{tuple(broken[0])}; nothing was changed")
+        finally:
+            if sqlite:
+                connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+
+def _upgrade_in_transaction(store, connection: Connection, to: str) -> None:  # noqa: ANN001
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+    current = current_revision(connection)
+    known = {script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaError(
+            f"the store at {store.display_url} is at schema revision {current}, newer than this RewardLab "
+            f"knows (newest: {head_revision()}); upgrade RewardLab instead of opening it with this version"
+        )
+    if current is None and inspect(connection).has_table("comparison"):
+        command.stamp(_config(connection), BASELINE_REVISION)
+    command.upgrade(_config(connection), to)

@@ -113,15 +113,18 @@ def test_nothing_to_export_says_why(candidates, tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_mixed_text_and_chat_prompts_need_a_choice(store, tmp_path):
+def test_an_export_over_datasets_of_both_prompt_kinds_is_refused_and_names_the_datasets(store, tmp_path):
     import_file(store, ImportConfig(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Q?", "chosen": " a", "rejected": " b"}])))
     chat = {"prompt": [{"role": "user", "content": "Q?"}], "chosen": [{"role": "assistant", "content": "a"}],
             "rejected": [{"role": "assistant", "content": "b"}]}
-    import_file(store, ImportConfig(write_jsonl(tmp_path / "c.jsonl", [chat])))
-    with pytest.raises(NothingToExport, match="1 plain-text and 1 chat"):
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "c.jsonl", [chat]), dataset="chats"))
+    with pytest.raises(NothingToExport, match=r"1 plain-text and 1 chat prompts \(chat: chats; text: default\).*--dataset"):
         build_preference_rows(store)
+    with pytest.raises(NothingToExport, match="different prompt kinds"):
+        build_preference_rows(store, datasets=["default", "chats"])
+    assert build_preference_rows(store, datasets=["chats"]).rows == [chat]
+    assert build_preference_rows(store, datasets=["default"]).rows == [{"prompt": "Q?", "chosen": " a", "rejected": " b"}]
     assert build_preference_rows(store, prompt_format="chat").rows == [chat]
-    assert build_preference_rows(store, prompt_format="text").rows == [{"prompt": "Q?", "chosen": " a", "rejected": " b"}]
 
 
 @pytest.mark.parametrize("format_name", ["jsonl", "parquet"])

@@ -4,10 +4,12 @@ flips once the thinking is removed, and the range of every admin setting."""
 from __future__ import annotations
 
 import pytest
+from conftest import sql
 
 from core.scoring.engine import FormattedExample, ScoreResult
 from core.scoring.inspection import inspect_responses
-from storage.settings import MAX_GUIDELINES_CHARS, SettingError, get_setting, set_setting
+from storage.datasets import MAX_GUIDELINES_CHARS, DatasetError, DatasetSettings, change_dataset, get_or_create_dataset
+from storage.settings import SettingError, get_setting, set_setting
 
 
 class FixedScorer:
@@ -37,12 +39,8 @@ def test_a_flip_is_reported_where_the_whole_and_the_answer_prefer_different_resp
         inspect_responses({"m": scorer}, "p", ["only one"])
 
 
-@pytest.mark.parametrize("key,bad,good", [
-    ("labels_per_comparison", [0, 11, "two"], [1, 10]),
-    ("lease_seconds", [9, 86_401], [10, 86_400]),
-    ("annotators_may_inspect", [2, -1], [0, 1]),
-])
-def test_every_setting_refuses_values_out_of_its_range_and_keeps_the_last_good_one(store, key, bad, good):
+@pytest.mark.parametrize("key,bad,good", [("annotators_may_inspect", [2, -1], [0, 1])])
+def test_every_store_setting_refuses_values_out_of_its_range_and_keeps_the_last_good_one(store, key, bad, good):
     for value in good:
         with store.write() as session:
             set_setting(session, key, value)
@@ -56,10 +54,35 @@ def test_every_setting_refuses_values_out_of_its_range_and_keeps_the_last_good_o
             assert get_setting(session, key) == good[-1]
 
 
-def test_guidelines_over_the_cap_and_unknown_settings_are_refused(store):
-    with pytest.raises(SettingError, match=f"{MAX_GUIDELINES_CHARS:,}"):
+@pytest.mark.parametrize("field,bad,good", [
+    ("overlap", [0, 11], [1, 10]),
+    ("lease_seconds", [9, 86_401], [10, 86_400]),
+    ("default_priority", [-1_000_001, 1_000_001], [-5, 7]),
+])
+def test_every_dataset_setting_refuses_values_out_of_its_range_and_keeps_the_last_good_one(store, field, bad, good):
+    with store.write() as session:
+        get_or_create_dataset(session, "d")
+    for value in good:
         with store.write() as session:
-            set_setting(session, "guidelines", "x" * (MAX_GUIDELINES_CHARS + 1))
+            change_dataset(session, "d", DatasetSettings(**{field: value}))
+        assert sql(store, f"SELECT {field} FROM dataset WHERE name = 'd'") == [(value,)]
+    for value in bad:
+        with pytest.raises(DatasetError, match=str(value)):
+            with store.write() as session:
+                change_dataset(session, "d", DatasetSettings(**{field: value}))
+        assert sql(store, f"SELECT {field} FROM dataset WHERE name = 'd'") == [(good[-1],)]
+
+
+def test_guidelines_over_the_cap_unknown_datasets_and_unknown_settings_are_refused(store):
+    with store.write() as session:
+        get_or_create_dataset(session, "d")
+    with pytest.raises(DatasetError, match=f"{MAX_GUIDELINES_CHARS:,}"):
+        with store.write() as session:
+            change_dataset(session, "d", DatasetSettings(guidelines="x" * (MAX_GUIDELINES_CHARS + 1)))
+    assert sql(store, "SELECT length(guidelines) < 1000 FROM dataset WHERE name = 'd'") == [(True,)]
+    with pytest.raises(DatasetError, match="no dataset named 'nope'"):
+        with store.write() as session:
+            change_dataset(session, "nope", DatasetSettings(overlap=2))
     with pytest.raises(SettingError, match="unknown setting"):
         with store.write() as session:
             set_setting(session, "overlap", 2)

@@ -22,7 +22,8 @@ from core.labeling.actions import (
     update_guidelines,
 )
 from core.segments import split_thinking
-from storage.models import Label, Setting, User, utc_now
+from storage.datasets import DatasetSettings, change_dataset
+from storage.models import Dataset, Label, User, utc_now
 from storage.queue import QueueError, claim_next_comparison
 from storage.settings import set_setting
 
@@ -81,7 +82,7 @@ def test_two_annotators_never_get_the_same_comparison_with_overlap_1(queue_store
 
 def test_overlap_2_gives_each_comparison_to_two_people(queue_store):
     with queue_store.write() as session:
-        set_setting(session, "labels_per_comparison", 2)
+        change_dataset(session, "default", DatasetSettings(overlap=2))
     people = [make_actor(queue_store, name) for name in ("ann", "bob", "cyd")]
     for _ in range(40):
         for who in people:
@@ -183,7 +184,7 @@ def test_roles_are_enforced_below_the_ui(queue_store):
         update_guidelines(queue_store, ann, "# mine now")
     update_guidelines(queue_store, make_actor(queue_store, "boss", "admin"), "# Be fair")
     with queue_store.read() as session:  # the oracle: the stored row, not the module's getter
-        assert session.execute(select(Setting.value).where(Setting.key == "guidelines")).scalar_one() == "# Be fair"
+        assert session.execute(select(Dataset.guidelines).where(Dataset.name == "default")).scalar_one() == "# Be fair"
 
 
 def test_accounts_hash_passwords_and_check_them(store):

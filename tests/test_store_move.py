@@ -21,6 +21,7 @@ from storage.jobs import create_job, record_metrics
 from storage.labels import LabelInput, ensure_user
 from storage.queue import claim_next_comparison, submit_label
 from storage.registry import register_model
+from storage.datasets import DatasetSettings, change_dataset
 from storage.settings import set_setting
 from storage.transfer import TransferError, store_digest
 
@@ -44,15 +45,17 @@ def full_store(tmp_path) -> Store:
     with gzip.open(HH_RLHF_FILE, "rt", encoding="utf-8") as source:
         (tmp_path / "hh.jsonl").write_text("".join(itertools.islice(source, 300)), encoding="utf-8")
     import_file(store, ImportConfig(tmp_path / "hh.jsonl"))
-    import_file(store, ImportConfig(write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)))
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS), dataset="chat"))
     with store.write() as session:
-        set_setting(session, "labels_per_comparison", 2)
+        change_dataset(session, "chat", DatasetSettings(overlap=2))
+        set_setting(session, "annotators_may_inspect", 1)
         for name, strength in (("ann", 2), ("bob", 1)):
             annotator = ensure_user(session, name)
             for _ in range(3):
                 comparison = claim_next_comparison(session, annotator_id=annotator)
                 submit_label(session, LabelInput(comparison, annotator, "a", strength=strength, comment=f"{name}: é ✓"))
         claim_next_comparison(session, annotator_id=ensure_user(session, "carol"))
+        change_dataset(session, "default", DatasetSettings(open_to_all=False, members=("ann", "carol")))
         job = create_job(session, {"base_model": "demo", "epochs": 1})
         record_metrics(session, job, 1, {"loss": 0.69, "accuracy": 0.5})
         register_model(session, name="rm-1", path=str(tmp_path / "models" / "rm-1"), job_id=job, eval_accuracy=0.75)
@@ -101,7 +104,7 @@ def test_a_target_with_data_is_refused_and_left_as_it_was(full_store, db_url, tm
     before = store_fingerprint(target)
     done = migrate(full_store.url, db_url)
     assert done.returncode == 2
-    assert "is not empty: prompt (6 rows)" in done.stderr and "Nothing was written" in done.stderr
+    assert "is not empty: dataset (1 rows), prompt (6 rows)" in done.stderr and "Nothing was written" in done.stderr
     assert store_fingerprint(target) == before
 
 

@@ -147,6 +147,9 @@ DEMO_CANDIDATES: list[dict] = [
 ]
 
 
+DEMO_DATASET = "demo"
+
+
 def load_demo_data_if_empty(store: Store) -> bool:
     """Import the demo dataset when the store holds no comparisons. Returns whether it did."""
     from core.data.importer import import_rows
@@ -154,8 +157,9 @@ def load_demo_data_if_empty(store: Store) -> bool:
     with store.read() as session:
         if store_counts(session).comparisons:
             return False
-    import_rows(store, demo_preference_rows(), source="demo:preferences")
-    import_rows(store, demo_candidate_rows(), source="demo:candidates")
+    # Its own dataset, so that a team's first import (into ``default``) can be text or chat.
+    import_rows(store, demo_preference_rows(), source="demo:preferences", dataset=DEMO_DATASET)
+    import_rows(store, demo_candidate_rows(), source="demo:candidates", dataset=DEMO_DATASET)
     return True
 
 

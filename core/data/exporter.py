@@ -28,8 +28,9 @@ import psutil
 
 from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
+from core.data.datasets import DatasetError, resolve_datasets
 from storage.engine import Store
-from storage.queries import Vote, comparison_contents, store_counts, votes_by_comparison
+from storage.queries import ComparisonContent, Vote, comparison_contents, count_comparisons, votes_by_comparison
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf", "csv")
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
@@ -57,6 +58,13 @@ class ExportConfig:
     since: datetime | None = config_field(None, help="only labels created or changed at or after this time (ISO date)")
     annotators: list[str] | None = config_field(
         None, help="only labels by these user names (import sources like import:file.jsonl included)"
+    )
+    dataset: list[str] | None = config_field(
+        None, help="only these datasets (several of one prompt kind may be combined); empty = all datasets"
+    )
+    with_metadata: bool = config_field(
+        False, help="add the evidence behind each row: comparison id, dataset, source, the models of each side, and "
+        "every label (annotator, vote, strength, comment, seconds, time); TRL ignores the extra columns"
     )
 
     def __post_init__(self) -> None:
@@ -117,17 +125,54 @@ class PreferenceRows:
         return digest.hexdigest()
 
 
-def build_preference_rows(
-    store: Store, *, prompt_format: str = "auto", since: datetime | None = None, annotators: list[str] | None = None
-) -> PreferenceRows:
-    """Fold the store's labels into TRL preference rows, ordered by comparison id.
+def _vote_as_row_side(choice: str, chosen_side: str) -> str:
+    if choice in ("a", "b"):
+        return "chosen" if choice == chosen_side else "rejected"
+    return choice
 
-    Raises ``NothingToExport`` when a store mixes text and chat prompts under ``prompt_format='auto'``.
+
+def _metadata(comparison_id: int, content: ComparisonContent, chosen_side: str, votes: list[Vote]) -> dict[str, Any]:
+    """The evidence behind one exported row; votes name the row's sides (chosen/rejected)."""
+    rejected_side = "b" if chosen_side == "a" else "a"
+    models = {"a": content.a_model, "b": content.b_model}
+    return {
+        "comparison_id": comparison_id,
+        "dataset": content.dataset,
+        "source": content.source,
+        "chosen_model": models[chosen_side],
+        "rejected_model": models[rejected_side],
+        "labels": [
+            {
+                "annotator": vote.annotator,
+                "vote": _vote_as_row_side(vote.choice, chosen_side),
+                "strength": {1: "slightly", 2: "clearly"}.get(vote.strength),
+                "comment": vote.comment,
+                "seconds": vote.seconds_spent,
+                "time": vote.updated_at.isoformat() if vote.updated_at is not None else None,
+            }
+            for vote in votes
+        ],
+    }
+
+
+def build_preference_rows(
+    store: Store, *, prompt_format: str = "auto", since: datetime | None = None, annotators: list[str] | None = None,
+    datasets: list[str] | None = None, with_metadata: bool = False,
+) -> PreferenceRows:
+    """Fold the labels of ``datasets`` (all datasets when None) into TRL preference rows, ordered by
+    comparison id; ``with_metadata`` adds the evidence columns.
+
+    Raises ``NothingToExport`` for an unknown dataset, datasets of different prompt kinds, or labels
+    that mix text and chat prompts under ``prompt_format='auto'``.
     """
+    try:
+        dataset_ids, _ = resolve_datasets(store, datasets)
+    except DatasetError as error:
+        raise NothingToExport(str(error)) from None
     with store.read() as session:
-        votes = votes_by_comparison(session, since=since, annotators=annotators)
+        votes = votes_by_comparison(session, since=since, annotators=annotators, dataset_ids=dataset_ids)
         contents = comparison_contents(session, list(votes))
-        total = store_counts(session).comparisons
+        total = count_comparisons(session, dataset_ids)
     result = PreferenceRows(rows=[])
     if total > len(votes):
         result.left_out["without labels"] = total - len(votes)
@@ -140,9 +185,14 @@ def build_preference_rows(
             result.left_out[verdict.outcome] += 1
     styles = Counter("chat" if contents[cid].prompt_messages is not None else "text" for cid, _ in decided)
     if prompt_format == "auto" and len(styles) > 1:
+        by_kind: dict[str, set[str]] = {}
+        for comparison_id, _ in decided:
+            content = contents[comparison_id]
+            by_kind.setdefault("chat" if content.prompt_messages is not None else "text", set()).add(content.dataset)
+        listed = "; ".join(f"{kind}: {', '.join(sorted(names))}" for kind, names in sorted(by_kind.items()))
         raise NothingToExport(
-            f"the labels cover {styles['text']} plain-text and {styles['chat']} chat prompts, and one dataset "
-            "holds one kind; export them separately with prompt_format 'text' and 'chat' (--prompt-format)"
+            f"the labels cover {styles['text']} plain-text and {styles['chat']} chat prompts ({listed}), and a "
+            "preference dataset holds one kind; choose datasets of one kind (--dataset NAME, or the Dataset choice)"
         )
     with_margin = any(verdict.margin is not None for _, verdict in decided)
     for comparison_id, verdict in decided:
@@ -163,6 +213,8 @@ def build_preference_rows(
         if with_margin:
             # TRL applies a margin column to every row; a row without one gets 0 (plain Bradley-Terry).
             row["margin"] = verdict.margin if verdict.margin is not None else 0.0
+        if with_metadata:
+            row.update(_metadata(comparison_id, content, verdict.outcome, votes[comparison_id]))
         result.rows.append(row)
         result.comparison_ids.append(comparison_id)
     return result
@@ -210,6 +262,8 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
 def spreadsheet_safe(value: Any) -> str:
     """A CSV cell that a spreadsheet shows as text: chat messages as JSON, and a leading apostrophe
     on anything that starts like a formula (``=cmd|' /C calc'!A0`` would otherwise run)."""
+    if value is None:
+        return ""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
@@ -274,7 +328,8 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
     Raises ``NothingToExport`` when no comparison has a majority preference.
     """
     prepared = build_preference_rows(
-        store, prompt_format=config.prompt_format, since=config.since, annotators=config.annotators
+        store, prompt_format=config.prompt_format, since=config.since, annotators=config.annotators,
+        datasets=config.dataset, with_metadata=config.with_metadata,
     )
     if not prepared.rows:
         left = ", ".join(f"{n} {reason}" for reason, n in sorted(prepared.left_out.items())) or "no labels at all"
@@ -308,7 +363,8 @@ def _prune_downloads(folder: Path, *, keep_seconds: float) -> None:
 
 
 def export_for_download(store: Store, actor: Actor, *, format: str, prompt_format: str,  # noqa: A002
-                        test_size: float) -> tuple[Path, ExportReport]:
+                        test_size: float, datasets: list[str] | None = None,
+                        with_metadata: bool = False) -> tuple[Path, ExportReport]:
     """Export for a user of the web app (who needs the export permission) into the store's
     ``downloads/`` folder, then give one file a browser can download: the file itself, or a .zip of
     a folder. Earlier downloads are removed once they are ``DOWNLOAD_KEEP_SECONDS`` old."""
@@ -318,8 +374,12 @@ def export_for_download(store: Store, actor: Actor, *, format: str, prompt_forma
     _prune_downloads(downloads, keep_seconds=DOWNLOAD_KEEP_SECONDS)
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=downloads))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    name = f"preferences-{stamp}" if format == "hf" or test_size > 0 else f"preferences-{stamp}.{format}"
-    config = ExportConfig(folder / name, format=format, prompt_format=prompt_format, test_size=test_size)
+    # Dataset names are restricted to letters, digits, '.', '_' and '-', so they are safe in a file name.
+    what = "+".join(datasets) if datasets else "all"
+    stem = f"preferences-{what}{'-metadata' if with_metadata else ''}-{stamp}"
+    name = stem if format == "hf" or test_size > 0 else f"{stem}.{format}"
+    config = ExportConfig(folder / name, format=format, prompt_format=prompt_format, test_size=test_size,
+                          dataset=datasets, with_metadata=with_metadata)
     report = export_dataset(store, config)
     if not config.out.is_dir():
         return config.out, report

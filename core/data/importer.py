@@ -17,6 +17,14 @@ from core.config_fields import ConfigError, config_field
 from core.data.formats import ParsedRow, RowError, completion_content_hash, parse_row
 from core.data.readers import RawRow, UnreadableFile, read_rows
 from storage.engine import Store
+from storage.datasets import (
+    DEFAULT_DATASET,
+    DatasetError,
+    check_dataset_name,
+    dataset_by_name,
+    fix_prompt_kind,
+    get_or_create_dataset,
+)
 from storage.ingest import CompletionRecord, IngestBatch, IngestCounts, PairRecord, PromptRecord, write_batch
 
 
@@ -30,7 +38,12 @@ class ImportConfig:
     source: str = config_field(
         "", help="name recorded on new comparisons and as the annotator of imported labels; empty = import:<file name>"
     )
-    priority: int = config_field(0, help="queue priority of the new comparisons (higher is labeled first)")
+    dataset: str = config_field(
+        DEFAULT_DATASET, help="dataset to import into (made on first use; its prompt kind is fixed by its first import)"
+    )
+    priority: int | None = config_field(
+        None, help="queue priority of the new comparisons (higher is labeled first); empty = the dataset's default"
+    )
     dry_run: bool = config_field(False, help="validate and count, but write nothing")
     max_problems_shown: int = config_field(50, help="how many problems to list before summarising the rest")
 
@@ -42,6 +55,10 @@ class ImportConfig:
             raise ConfigError(f"source name is {len(self.source)} characters long; use at most 200")
         if self.max_problems_shown < 1:
             raise ConfigError("max_problems_shown must be at least 1")
+        try:
+            check_dataset_name(self.dataset)
+        except DatasetError as error:
+            raise ConfigError(str(error)) from None
 
 
 class ImportRejected(Exception):
@@ -58,6 +75,7 @@ class ImportRejected(Exception):
 @dataclass(frozen=True)
 class ImportReport:
     source: str
+    dataset: str
     rows: int
     kind: str  # "preference" | "candidates" | "empty"
     style: str  # "text" | "chat" | ""
@@ -65,7 +83,7 @@ class ImportReport:
     dry_run: bool = False
 
     def summary(self) -> str:
-        what = f"{self.rows} {self.kind} rows" + (f" ({self.style})" if self.style else "")
+        what = f"{self.rows} {self.kind} rows" + (f" ({self.style})" if self.style else "") + f" for dataset {self.dataset!r}"
         if self.counts is None:
             return f"{what} valid; dry run, nothing written"
         c = self.counts
@@ -148,20 +166,34 @@ def _batch(source: str, rows: list[ParsedRow]) -> IngestBatch:
     return batch
 
 
-def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, priority: int, dry_run: bool,
-            max_problems_shown: int, empty_message: str) -> ImportReport:
+def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, dataset: str, priority: int | None,
+            dry_run: bool, max_problems_shown: int, empty_message: str) -> ImportReport:
     collected = _collect(raw_rows, max_problems_shown)
     if collected.problem_count:
         raise ImportRejected(collected.problems, collected.problem_count)
     if not collected.rows:
         raise ImportRejected([empty_message])
     kind, style, _ = collected.first_kind
+    what = f"{source} ({len(collected.rows)} rows)"
     if dry_run:
-        return ImportReport(source, len(collected.rows), kind, style, None, dry_run=True)
+        with store.read() as session:
+            existing = dataset_by_name(session, dataset)
+            if existing is not None and existing.prompt_kind not in (None, style):
+                try:
+                    fix_prompt_kind(session, existing, style, what=what)
+                except DatasetError as error:
+                    raise ImportRejected([str(error)]) from None
+        return ImportReport(source, dataset, len(collected.rows), kind, style, None, dry_run=True)
     batch = _batch(source, collected.rows)
-    with store.write() as session:
-        counts = write_batch(session, batch, priority=priority)
-    return ImportReport(source, len(collected.rows), kind, style, counts)
+    try:
+        with store.write() as session:
+            target = get_or_create_dataset(session, dataset)
+            fix_prompt_kind(session, target, style, what=what)
+            counts = write_batch(session, batch, dataset_id=target.id,
+                                 priority=target.default_priority if priority is None else priority)
+    except DatasetError as error:
+        raise ImportRejected([str(error)]) from None
+    return ImportReport(source, dataset, len(collected.rows), kind, style, counts)
 
 
 def import_file(store: Store, config: ImportConfig) -> ImportReport:
@@ -173,6 +205,7 @@ def import_file(store: Store, config: ImportConfig) -> ImportReport:
         store,
         read_rows(config.path),
         source=config.source,
+        dataset=config.dataset,
         priority=config.priority,
         dry_run=config.dry_run,
         max_problems_shown=config.max_problems_shown,
@@ -180,10 +213,11 @@ def import_file(store: Store, config: ImportConfig) -> ImportReport:
     )
 
 
-def import_rows(store: Store, rows: Iterable[Any], *, source: str, priority: int = 0) -> ImportReport:
+def import_rows(store: Store, rows: Iterable[Any], *, source: str, dataset: str = DEFAULT_DATASET,
+                priority: int | None = None) -> ImportReport:
     """Import rows already in memory (demo data, API callers) with the same checks as a file."""
     raw_rows = (RawRow(f"{source}:{number}", value=row) for number, row in enumerate(rows, start=1))
-    return _import(store, raw_rows, source=source, priority=priority, dry_run=False,
+    return _import(store, raw_rows, source=source, dataset=dataset, priority=priority, dry_run=False,
                    max_problems_shown=50, empty_message=f"{source}: no rows to import")
 
 

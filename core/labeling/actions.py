@@ -28,15 +28,23 @@ from storage.queue import (
     label_history,
     label_of,
     progress_of,
-    refresh_comparison_counts,
     reserve_for,
     submit_label,
     undo_last_label,
 )
-from storage.settings import SettingError, get_setting, set_setting
+from storage.datasets import (
+    DEFAULT_DATASET,
+    DatasetError,
+    DatasetSettings,
+    change_dataset,
+    dataset_name_of,
+    may_label_comparison,
+    require_dataset,
+)
+from storage.settings import SettingError
 
 # Errors whose message is meant for the person labeling (re-exported so that app/ need not import storage/).
-LABELING_ERRORS = (QueueError, LabelError, SettingError)
+LABELING_ERRORS = (QueueError, LabelError, SettingError, DatasetError)
 
 SCREEN_CHOICES = ("left", "right", "tie", "both_bad", "skip")
 STRENGTHS = {"slightly": 1, "clearly": 2}
@@ -59,6 +67,7 @@ class ComparisonView:
     left: ResponseView
     right: ResponseView
     existing_choice: str | None = None  # the actor's label, in screen terms, when changing one
+    dataset: str = ""  # the dataset the comparison belongs to
 
     @property
     def shown_left(self) -> str:
@@ -94,6 +103,7 @@ def _view_in(session: Session, actor: Actor, comparison_id: int) -> ComparisonVi
         responses[left],
         responses[right],
         existing_choice=_to_screen(existing.choice, left) if existing is not None else None,
+        dataset=dataset_name_of(session, comparison_id) or "",
     )
 
 
@@ -111,11 +121,27 @@ def _to_stored(screen_choice: str, shown_left: str) -> str:
     return screen_choice
 
 
-def next_comparison(store: Store, actor: Actor) -> ComparisonView | None:
-    """Reserve and show the actor's next comparison; None when nothing is left for them."""
+def _dataset_id(session: Session, dataset: str | None) -> int | None:
+    """The id of the dataset an annotator chose; None (any dataset they may label) for no choice."""
+    return None if not dataset else require_dataset(session, dataset).id
+
+
+def _check_may_label(session: Session, actor: Actor, comparison_id: int) -> None:
+    if not may_label_comparison(session, annotator_id=actor.user_id, comparison_id=comparison_id):
+        dataset = dataset_name_of(session, comparison_id)
+        raise QueueError(
+            f"comparison {comparison_id} is in dataset {dataset!r}, which is archived or not open to you; "
+            "ask an admin to add you to it"
+        )
+
+
+def next_comparison(store: Store, actor: Actor, dataset: str | None = None) -> ComparisonView | None:
+    """Reserve and show the actor's next comparison (from ``dataset``, or from any dataset they may
+    label); None when nothing is left for them."""
     actor.require(Permission.LABEL)
     with store.write() as session:
-        comparison_id = claim_next_comparison(session, annotator_id=actor.user_id)
+        comparison_id = claim_next_comparison(session, annotator_id=actor.user_id,
+                                              dataset_id=_dataset_id(session, dataset))
         return None if comparison_id is None else _view_in(session, actor, comparison_id)
 
 
@@ -187,6 +213,7 @@ def label_stored(
     label = _label_input(actor, comparison_id, choice, strength=strength, comment=comment, shown_left=shown_left,
                          seconds_spent=seconds_spent)
     with store.write() as session:
+        _check_may_label(session, actor, label.comparison_id)
         return submit_label(session, label)
 
 
@@ -201,20 +228,23 @@ class LabelingScreen:
 
 
 def _screen(session: Session, actor: Actor, comparison_id: int | None, result: SubmitResult | None = None,
-            history_limit: int = 50) -> LabelingScreen:
+            history_limit: int = 50, dataset_id: int | None = None) -> LabelingScreen:
     return LabelingScreen(
         None if comparison_id is None else _view_in(session, actor, comparison_id),
-        progress_of(session, annotator_id=actor.user_id),
+        progress_of(session, annotator_id=actor.user_id, dataset_id=dataset_id),
         label_history(session, annotator_id=actor.user_id, limit=history_limit),
         result,
     )
 
 
-def open_labeling_screen(store: Store, actor: Actor) -> LabelingScreen:
-    """Reserve the actor's next comparison and read what the tab shows with it, in one transaction."""
+def open_labeling_screen(store: Store, actor: Actor, dataset: str | None = None) -> LabelingScreen:
+    """Reserve the actor's next comparison (from ``dataset``, or any dataset they may label) and read
+    what the tab shows with it, in one transaction."""
     actor.require(Permission.LABEL)
     with store.write() as session:
-        return _screen(session, actor, claim_next_comparison(session, annotator_id=actor.user_id))
+        dataset_id = _dataset_id(session, dataset)
+        return _screen(session, actor, claim_next_comparison(session, annotator_id=actor.user_id, dataset_id=dataset_id),
+                       dataset_id=dataset_id)
 
 
 def label_and_next(
@@ -226,17 +256,22 @@ def label_and_next(
     strength: str | None = None,
     comment: str | None = None,
     seconds_spent: float | None = None,
+    dataset: str | None = None,
 ) -> LabelingScreen:
-    """One click: store a label given in screen terms, reserve the next comparison, and read the
-    progress and history to show, all in one write transaction (all of it happens, or none)."""
+    """One click: store a label given in screen terms, reserve the next comparison (from ``dataset``,
+    or any dataset the actor may label), and read the progress and history to show, all in one
+    write transaction (all of it happens, or none)."""
     actor.require(Permission.LABEL)
     if screen_choice not in SCREEN_CHOICES:
         raise QueueError(f"choice must be one of {', '.join(SCREEN_CHOICES)}, got {screen_choice!r}")
     label = _label_input(actor, view.comparison_id, _to_stored(screen_choice, view.shown_left), strength=strength,
                          comment=comment, shown_left=view.shown_left, seconds_spent=seconds_spent)
     with store.write() as session:
+        _check_may_label(session, actor, label.comparison_id)
+        dataset_id = _dataset_id(session, dataset)
         result = submit_label(session, label)
-        return _screen(session, actor, claim_next_comparison(session, annotator_id=actor.user_id), result)
+        next_id = claim_next_comparison(session, annotator_id=actor.user_id, dataset_id=dataset_id)
+        return _screen(session, actor, next_id, result, dataset_id=dataset_id)
 
 
 def undo_last_screen(store: Store, actor: Actor) -> LabelingScreen | None:
@@ -258,6 +293,7 @@ def change_label_screen(store: Store, actor: Actor, comparison_id: int) -> Label
 def _reserve_own_label(session: Session, actor: Actor, comparison_id: int) -> None:
     if label_of(session, annotator_id=actor.user_id, comparison_id=comparison_id) is None:
         raise QueueError(f"you have not labeled comparison {comparison_id}")
+    _check_may_label(session, actor, comparison_id)
     reserve_for(session, annotator_id=actor.user_id, comparison_id=comparison_id)
 
 
@@ -277,30 +313,32 @@ def screen_choice_of(item: HistoryItem) -> str:
     return _to_screen(item.choice, item.shown_left) if item.shown_left else item.choice
 
 
-def progress(store: Store, actor: Actor) -> Progress:
+def progress(store: Store, actor: Actor, dataset: str | None = None) -> Progress:
     with store.read() as session:
-        return progress_of(session, annotator_id=actor.user_id)
+        return progress_of(session, annotator_id=actor.user_id, dataset_id=_dataset_id(session, dataset))
 
 
-def guidelines(store: Store) -> str:
+def guidelines(store: Store, dataset: str = DEFAULT_DATASET) -> str:
+    """The labeling guidelines (Markdown) of ``dataset``."""
     with store.read() as session:
-        return get_setting(session, "guidelines")
+        return require_dataset(session, dataset).guidelines
 
 
-def update_guidelines(store: Store, actor: Actor, markdown: str) -> None:
+def update_guidelines(store: Store, actor: Actor, markdown: str, dataset: str = DEFAULT_DATASET) -> None:
     actor.require(Permission.EDIT_GUIDELINES)
     with store.write() as session:
-        set_setting(session, "guidelines", markdown)
+        change_dataset(session, dataset, DatasetSettings(guidelines=markdown))
 
 
-def labels_per_comparison(store: Store) -> int:
+def labels_per_comparison(store: Store, dataset: str = DEFAULT_DATASET) -> int:
+    """The overlap of ``dataset``: how many annotators label each comparison that people label."""
     with store.read() as session:
-        return get_setting(session, "labels_per_comparison")
+        return require_dataset(session, dataset).overlap
 
 
-def change_overlap(store: Store, actor: Actor, labels_needed: int) -> None:
-    """Set how many annotators label each comparison, and reopen or close comparisons to match."""
+def change_overlap(store: Store, actor: Actor, labels_needed: int, dataset: str = DEFAULT_DATASET) -> None:
+    """Set how many annotators label each comparison of ``dataset``, and reopen or close its
+    comparisons to match (imported labeled pairs never reopen)."""
     actor.require(Permission.CHANGE_SETTINGS)
     with store.write() as session:
-        set_setting(session, "labels_per_comparison", labels_needed)
-        refresh_comparison_counts(session)
+        change_dataset(session, dataset, DatasetSettings(overlap=int(labels_needed)))

@@ -78,6 +78,9 @@ class TrainingConfig:
     eval_fraction: float = config_field(0.1, help="fraction of pairs held out for evaluation (0 to 0.5)")
     labels_since: datetime | None = config_field(None, help="only labels given at or after this time (ISO date)")
     annotators: list[str] | None = config_field(None, help="only labels by these user names")
+    dataset: list[str] | None = config_field(
+        None, help="train on these datasets (several of one prompt kind may be combined); empty = all datasets"
+    )
 
     def __post_init__(self) -> None:
         if not self.base_model.strip():
@@ -108,7 +111,7 @@ class TrainingConfig:
     @classmethod
     def from_form(cls, values: dict[str, Any]) -> "TrainingConfig":
         """The config from a form's raw values by field name: empty numbers are 0, a date is ISO
-        text (empty = none), annotators are comma-separated names (empty = all). Raises ``ConfigError``."""
+        text (empty = none), annotators and datasets are comma-separated names or lists (empty = all). Raises ``ConfigError``."""
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for name, value in values.items():
@@ -120,8 +123,10 @@ class TrainingConfig:
                     value = float(value or 0)
                 elif name == "labels_since":
                     value = datetime.fromisoformat(value.strip()) if value and value.strip() else None
-                elif name == "annotators":
-                    value = [v.strip() for v in (value or "").split(",") if v.strip()] or None
+                elif name in ("annotators", "dataset"):
+                    if isinstance(value, str):
+                        value = value.split(",")
+                    value = [v.strip() for v in (value or []) if v and v.strip()] or None
             except (TypeError, ValueError):
                 raise ConfigError(f"{name.replace('_', ' ')}: {value!r} is not a valid value") from None
             kwargs[name] = value

@@ -61,7 +61,8 @@ class DataSnapshot:
 
 def take_snapshot(store: Store, config: TrainingConfig) -> DataSnapshot:
     try:
-        prepared: PreferenceRows = build_preference_rows(store, since=config.labels_since, annotators=config.annotators)
+        prepared: PreferenceRows = build_preference_rows(store, since=config.labels_since, annotators=config.annotators,
+                                                         datasets=config.dataset)
     except ValueError as error:
         raise TrainingError(str(error)) from None
     if len(prepared.rows) < 2:

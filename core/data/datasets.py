@@ -1,0 +1,61 @@
+"""Datasets as users see them: listing with counts, changing settings, and choosing one or several
+for export and training. Every function checks the actor's permission first."""
+
+from __future__ import annotations
+
+from core.accounts import Actor, Permission
+from storage.datasets import (
+    DEFAULT_DATASET,
+    DatasetError,
+    DatasetSettings,
+    DatasetSummary,
+    change_dataset,
+    dataset_ids_for,
+    get_or_create_dataset,
+    summarize_datasets,
+)
+from storage.engine import Store
+
+__all__ = ["DEFAULT_DATASET", "DatasetError", "DatasetSettings", "DatasetSummary", "change_dataset_settings",
+           "create_dataset", "datasets_for", "resolve_datasets"]
+
+
+def datasets_for(store: Store, actor: Actor) -> list[DatasetSummary]:
+    """The datasets this actor works on: all of them for whoever sees the team's work, else those
+    the actor may label (open to all or naming them, not archived)."""
+    with store.read() as session:
+        if actor.can(Permission.VIEW_TEAM):
+            return summarize_datasets(session)
+        actor.require(Permission.LABEL)
+        return summarize_datasets(session, annotator_id=actor.user_id)
+
+
+def create_dataset(store: Store, actor: Actor, name: str) -> DatasetSummary:
+    """Make an empty dataset (its prompt kind is fixed by its first import)."""
+    actor.require(Permission.IMPORT)
+    with store.write() as session:
+        get_or_create_dataset(session, name)
+    return next(summary for summary in datasets_for(store, actor) if summary.name == name)
+
+
+def change_dataset_settings(store: Store, actor: Actor, name: str, settings: DatasetSettings) -> DatasetSummary:
+    """Change a dataset's settings; guidelines alone need the guidelines permission, anything else
+    the settings permission. Raising the overlap reopens its comparisons that people label (never
+    imported labeled pairs); lowering it closes them."""
+    others = DatasetSettings(**{**settings.__dict__, "guidelines": None})
+    if others != DatasetSettings():
+        actor.require(Permission.CHANGE_SETTINGS)
+    if settings.guidelines is not None:
+        actor.require(Permission.EDIT_GUIDELINES)
+    with store.write() as session:
+        change_dataset(session, name, settings)
+    return next(summary for summary in datasets_for(store, actor) if summary.name == name)
+
+
+def resolve_datasets(store: Store, names: list[str] | tuple[str, ...] | None) -> tuple[list[int] | None, str | None]:
+    """Dataset ids and their prompt kind for export or training; ``None`` ids = every dataset.
+    Raises ``DatasetError`` for an unknown name or datasets of different prompt kinds."""
+    if not names:
+        return None, None
+    with store.read() as session:
+        return dataset_ids_for(session, list(names))
