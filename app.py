@@ -1,8 +1,9 @@
 """RewardLab: label preferences, train reward models on them, and inspect what they reward.
 
     python app.py                      serve the app on http://127.0.0.1:7860 (demo data if empty)
-    python app.py import FILE          import preference pairs or candidates to label
-    python app.py export OUT           write a TRL-ready preference dataset
+    python app.py import FILE [--dataset NAME]     import preference pairs or candidates to label
+    python app.py datasets [NAME --overlap N --guidelines FILE --archive ...]   list datasets / change one
+    python app.py export OUT [--dataset NAME ...] [--with-metadata]   write a TRL-ready preference dataset
     python app.py score --model M --input IN --output OUT [--trajectory]
     python app.py eval --model M --input PAIRS     accuracy and mean margin as JSON
     python app.py adduser NAME --role annotator|engineer|admin   create a login (password from stdin)
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from core.accounts import LOGIN_ROLES, AccountError, add_user, operator_actor
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
+from core.data.datasets import DatasetError, DatasetSettings, change_dataset_settings, create_dataset, datasets_for
 from core.data.exporter import ExportConfig, NothingToExport, export_dataset
 from core.data.importer import ImportConfig, ImportRejected, import_file
 from core.data.store_move import BackupError, TransferError, back_up_store, move_store
@@ -74,6 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_argument(importer)
     add_config_arguments(importer, ImportConfig, positional=("path",))
 
+    datasets = commands.add_parser(
+        "datasets", help="list datasets with their counts, or create one / change its settings",
+        description="Without NAME: list every dataset. With NAME and flags: change that dataset (admins' settings).",
+    )
+    datasets.add_argument("name", nargs="?", help="the dataset to create or change")
+    datasets.add_argument("--create", action="store_true", help="create NAME, empty (import also creates datasets)")
+    datasets.add_argument("--overlap", type=int, help="annotators per comparison that people label (1 to 10)")
+    datasets.add_argument("--lease-seconds", type=int, help="how long a comparison handed out stays reserved")
+    datasets.add_argument("--default-priority", type=int, help="priority of comparisons imported without one")
+    datasets.add_argument("--guidelines", type=Path, help="a Markdown file with the labeling guidelines")
+    archive = datasets.add_mutually_exclusive_group()
+    archive.add_argument("--archive", dest="archived", action="store_const", const=True,
+                         help="hand out nothing more from it and hide it from the Label tab (labels are kept)")
+    archive.add_argument("--unarchive", dest="archived", action="store_const", const=False, help="open it again")
+    datasets.add_argument("--annotators", nargs="+", metavar="NAME",
+                          help="only these users may label it; 'all' opens it to every annotator")
+    _add_db_argument(datasets)
     exporter = commands.add_parser("export", help="write a TRL-ready preference dataset")
     _add_db_argument(exporter)
     add_config_arguments(exporter, ExportConfig, positional=("out",))
@@ -156,7 +175,11 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(TrainingConfig, args)
     store = Store(args.db)
-    job_id = submit_job(store, operator_actor(store), config)
+    try:
+        job_id = submit_job(store, operator_actor(store), config)
+    except DatasetError as error:
+        print(f"train refused: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"job {job_id}: training in the foreground (Ctrl-C stops it at the next step)", flush=True)
     cancel_flag = [False]
     stop_at_next_step_on_signals(cancel_flag, log=lambda message: print(message, flush=True))
@@ -224,6 +247,46 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_guidelines(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the guidelines file {path}: {error}") from None
+
+
+def run_datasets(args: argparse.Namespace) -> int:
+    store = Store(args.db)
+    actor = operator_actor(store)
+    try:
+        if args.name is not None:
+            if args.create:
+                create_dataset(store, actor, args.name)
+            members = None if args.annotators in (None, ["all"]) else tuple(args.annotators)
+            settings = DatasetSettings(
+                overlap=args.overlap, lease_seconds=args.lease_seconds, default_priority=args.default_priority,
+                guidelines=_read_guidelines(args.guidelines) if args.guidelines else None, archived=args.archived,
+                open_to_all=None if args.annotators is None else members is None, members=members,
+            )
+            if settings != DatasetSettings():
+                change_dataset_settings(store, actor, args.name, settings)
+        summaries = datasets_for(store, actor)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.name is not None:
+        summaries = [summary for summary in summaries if summary.name == args.name]
+        if not summaries:
+            print(f"error: no dataset named {args.name!r} (create it with --create, or import into it)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    print(f"{'name':<24} {'kind':<5} {'comparisons':>11} {'labeled':>8} {'waiting':>8} {'labels':>7} {'overlap':>7}  who")
+    for summary in summaries:
+        who = "all annotators" if summary.open_to_all else (", ".join(summary.members) or "nobody yet")
+        state = " (archived)" if summary.archived else ""
+        print(f"{summary.name:<24} {summary.prompt_kind or '-':<5} {summary.comparisons:>11} {summary.labeled:>8} "
+              f"{summary.waiting:>8} {summary.labels:>7} {summary.overlap:>7}  {who}{state}")
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     config = config_from_args(ExportConfig, args)
     try:
@@ -253,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
-    handlers = {"serve": run_serve, "import": run_import, "export": run_export, "adduser": run_adduser,
+    handlers = {"serve": run_serve, "import": run_import, "datasets": run_datasets, "export": run_export,
+                "adduser": run_adduser,
                 "score": run_score, "eval": run_eval, "train": run_train, "jobs": run_jobs, "models": run_models,
                 "backup": run_backup, "migrate-store": run_migrate_store}
     try:

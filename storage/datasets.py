@@ -202,12 +202,15 @@ def dataset_ids_for(session: Session, names: list[str]) -> tuple[list[int], str 
 
 
 def may_label_comparison(session: Session, *, annotator_id: int, comparison_id: int) -> bool:
-    """Whether this annotator may label this comparison (its dataset is open to them and not archived).
+    """Whether this annotator may label this comparison (it is not archived, and its dataset is open
+    to them and not archived).
     True for a comparison that does not exist, which the queue then refuses by name."""
-    dataset_id = session.execute(select(Comparison.dataset_id).where(Comparison.id == comparison_id)).scalar()
-    if dataset_id is None:
+    found = session.execute(select(Comparison.dataset_id, Comparison.archived).where(Comparison.id == comparison_id)).first()
+    if found is None:
         return True
-    return session.execute(labelable_dataset_ids(annotator_id, dataset_id)).first() is not None
+    if found.archived:
+        return False
+    return session.execute(labelable_dataset_ids(annotator_id, found.dataset_id)).first() is not None
 
 
 def dataset_name_of(session: Session, comparison_id: int) -> str | None:

@@ -142,14 +142,14 @@ def write_batch(session: Session, batch: IngestBatch, *, dataset_id: int, priori
     # ON as a join constraint (https://www.sqlite.org/lang_upsert.html, "Parsing Ambiguity").
     comparison_source = select(
         literal(dataset_id), pair.c.prompt_id, pair.c.low, pair.c.high, literal(priority), literal(batch.source),
-        timestamp, literal(0), literal(0), literal(False),
+        timestamp, literal(0), literal(0), literal(False), literal(False),
     ).where(true())
     execute_many(
         session,
         insert(Comparison)
         .from_select(
             ["dataset_id", "prompt_id", "completion_a_id", "completion_b_id", "priority", "source", "created_at",
-             "label_count", "extra_labels", "done"],
+             "label_count", "extra_labels", "done", "archived"],
             comparison_source,
             include_defaults=False,
         )

@@ -162,6 +162,7 @@ class Comparison(SQLModel, table=True):
     label_count: int = Field(default=0, description="labels other than skip, kept by storage.queue")
     extra_labels: int = Field(default=0, description="labels wanted beyond the overlap (sent back for review)")
     done: bool = Field(default=False, description="label_count has reached the dataset's overlap + extra_labels")
+    archived: bool = Field(default=False, description="set aside by an engineer: never handed out, never exported")
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (

@@ -54,8 +54,9 @@ def votes_by_comparison(
     session: Session, *, since: datetime | None = None, annotators: Iterable[str] | None = None,
     dataset_ids: Iterable[int] | None = None,
 ) -> dict[int, list[Vote]]:
-    """Every label, grouped by comparison id, optionally only those updated since ``since``, given
-    by the named annotators (user names, import sources included), or in the given datasets."""
+    """Every label of a comparison that is not archived, grouped by comparison id, optionally only
+    those updated since ``since``, given by the named annotators (user names, import sources
+    included), or in the given datasets."""
     statement = (
         select(Label.comparison_id, User.name, Label.choice, Label.strength, Label.margin, Label.comment,
                Label.seconds_spent, Label.updated_at, Label.shown_left)
@@ -66,18 +67,17 @@ def votes_by_comparison(
         statement = statement.where(Label.updated_at >= since)
     if annotators is not None:
         statement = statement.where(User.name.in_(list(annotators)))
+    statement = statement.join(Comparison, Comparison.id == Label.comparison_id).where(Comparison.archived.is_(False))
     if dataset_ids is not None:
-        statement = statement.join(Comparison, Comparison.id == Label.comparison_id).where(
-            Comparison.dataset_id.in_(list(dataset_ids))
-        )
+        statement = statement.where(Comparison.dataset_id.in_(list(dataset_ids)))
     votes: dict[int, list[Vote]] = {}
     for comparison_id, *fields in session.execute(statement):
         votes.setdefault(comparison_id, []).append(Vote(*fields))
     return votes
 
 
-def count_comparisons(session: Session, dataset_ids: Iterable[int] | None = None) -> int:
-    statement = select(func.count()).select_from(Comparison)
+def count_comparisons(session: Session, dataset_ids: Iterable[int] | None = None, *, archived: bool = False) -> int:
+    statement = select(func.count()).select_from(Comparison).where(Comparison.archived.is_(archived))
     if dataset_ids is not None:
         statement = statement.where(Comparison.dataset_id.in_(list(dataset_ids)))
     return session.execute(statement).scalar_one()

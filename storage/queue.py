@@ -111,7 +111,7 @@ def claim_next_comparison(
     ``dataset_id`` or from any dataset they may label, or None when none is left."""
     now = now or utc_now()
     session.execute(delete(Lease).where(Lease.expires_at <= now))
-    allowed = Comparison.dataset_id.in_(labelable_dataset_ids(annotator_id, dataset_id))
+    allowed = Comparison.dataset_id.in_(labelable_dataset_ids(annotator_id, dataset_id)) & Comparison.archived.is_(False)
 
     held = session.execute(
         select(Lease.comparison_id)

@@ -173,7 +173,10 @@ def build_preference_rows(
         votes = votes_by_comparison(session, since=since, annotators=annotators, dataset_ids=dataset_ids)
         contents = comparison_contents(session, list(votes))
         total = count_comparisons(session, dataset_ids)
+        archived = count_comparisons(session, dataset_ids, archived=True)
     result = PreferenceRows(rows=[])
+    if archived:
+        result.left_out["archived"] = archived
     if total > len(votes):
         result.left_out["without labels"] = total - len(votes)
     decided: list[tuple[int, Verdict]] = []

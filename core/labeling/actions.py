@@ -47,6 +47,19 @@ from storage.settings import SettingError
 LABELING_ERRORS = (QueueError, LabelError, SettingError, DatasetError)
 
 SCREEN_CHOICES = ("left", "right", "tie", "both_bad", "skip")
+
+
+class StaleScreen(QueueError):
+    """A label given on a screen that did not show the actor's stored label (it was labeled in
+    another tab meanwhile); nothing was saved. ``stored_choice`` is the stored label in screen terms."""
+
+    def __init__(self, comparison_id: int, stored_choice: str, new_choice: str) -> None:
+        self.comparison_id, self.stored_choice = comparison_id, stored_choice
+        super().__init__(
+            f"you already labeled comparison {comparison_id} as {stored_choice!r} (in another tab or window), which "
+            f"this screen did not show, so {new_choice!r} was not saved. Choose \"Change it\" to replace your label, "
+            "or go on to the next comparison"
+        )
 STRENGTHS = {"slightly": 1, "clearly": 2}
 
 
@@ -130,8 +143,8 @@ def _check_may_label(session: Session, actor: Actor, comparison_id: int) -> None
     if not may_label_comparison(session, annotator_id=actor.user_id, comparison_id=comparison_id):
         dataset = dataset_name_of(session, comparison_id)
         raise QueueError(
-            f"comparison {comparison_id} is in dataset {dataset!r}, which is archived or not open to you; "
-            "ask an admin to add you to it"
+            f"comparison {comparison_id} (dataset {dataset!r}) is archived, or its dataset is archived or not open "
+            "to you; take the next one, or ask an admin to add you to the dataset"
         )
 
 
@@ -159,21 +172,36 @@ def label_on_screen(
     strength: str | None = None,
     comment: str | None = None,
     seconds_spent: float | None = None,
+    replace_existing: bool = False,
 ) -> SubmitResult:
     """Store a label given in screen terms (left/right/tie/both_bad/skip); scripts and tests use
-    this, the Label tab uses ``label_and_next``."""
+    this, the Label tab uses ``label_and_next``. Raises ``StaleScreen`` when the actor's stored
+    label is not the one ``view`` showed, unless ``replace_existing``."""
+    actor.require(Permission.LABEL)
     if screen_choice not in SCREEN_CHOICES:
         raise QueueError(f"choice must be one of {', '.join(SCREEN_CHOICES)}, got {screen_choice!r}")
-    return label_stored(
-        store,
-        actor,
-        view.comparison_id,
-        _to_stored(screen_choice, view.shown_left),
-        strength=strength,
-        comment=comment,
-        shown_left=view.shown_left,
-        seconds_spent=seconds_spent,
-    )
+    label = _label_input(actor, view.comparison_id, _to_stored(screen_choice, view.shown_left), strength=strength,
+                         comment=comment, shown_left=view.shown_left, seconds_spent=seconds_spent)
+    with store.write() as session:
+        _check_may_label(session, actor, label.comparison_id)
+        if not replace_existing:
+            _refuse_stale(session, actor, view, label, screen_choice)
+        return submit_label(session, label)
+
+
+def _refuse_stale(session: Session, actor: Actor, view: ComparisonView, label: LabelInput, screen_choice: str) -> None:
+    """Refuse a label from a screen that showed another state of the actor's own label than the
+    stored one: a second tab must not silently overwrite what the first one saved. Repeating the
+    stored label exactly (a double click) is not a change and passes."""
+    stored = label_of(session, annotator_id=actor.user_id, comparison_id=view.comparison_id)
+    if stored is None:
+        return
+    stored_screen = _to_screen(stored.choice, stored.shown_left or view.shown_left)
+    if stored_screen == view.existing_choice:
+        return
+    if (stored.choice, stored.strength, stored.comment) == (label.choice, label.strength, label.comment):
+        return
+    raise StaleScreen(view.comparison_id, stored_screen, screen_choice)
 
 
 def _label_input(actor: Actor, comparison_id: int, choice: str, *, strength: str | None, comment: str | None,
@@ -257,10 +285,12 @@ def label_and_next(
     comment: str | None = None,
     seconds_spent: float | None = None,
     dataset: str | None = None,
+    replace_existing: bool = False,
 ) -> LabelingScreen:
     """One click: store a label given in screen terms, reserve the next comparison (from ``dataset``,
     or any dataset the actor may label), and read the progress and history to show, all in one
-    write transaction (all of it happens, or none)."""
+    write transaction (all of it happens, or none). Raises ``StaleScreen`` (nothing saved) when
+    the actor's stored label is not the one ``view`` showed, unless ``replace_existing``."""
     actor.require(Permission.LABEL)
     if screen_choice not in SCREEN_CHOICES:
         raise QueueError(f"choice must be one of {', '.join(SCREEN_CHOICES)}, got {screen_choice!r}")
@@ -268,6 +298,8 @@ def label_and_next(
                          comment=comment, shown_left=view.shown_left, seconds_spent=seconds_spent)
     with store.write() as session:
         _check_may_label(session, actor, label.comparison_id)
+        if not replace_existing:
+            _refuse_stale(session, actor, view, label, screen_choice)
         dataset_id = _dataset_id(session, dataset)
         result = submit_label(session, label)
         next_id = claim_next_comparison(session, annotator_id=actor.user_id, dataset_id=dataset_id)

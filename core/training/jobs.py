@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.accounts import Actor, Permission
+from core.data.datasets import resolve_datasets
 from core.training.config import TrainingConfig
 from storage.engine import DB_URL_ENV, Store
 from storage.jobs import (
@@ -67,7 +68,10 @@ def visible_gpus() -> int:
 
 
 def submit_job(store: Store, actor: Actor, config: TrainingConfig) -> int:
+    """Queue a training job. Refuses at once (``DatasetError``) datasets that do not exist or mix
+    prompt kinds, rather than failing when the job starts."""
     actor.require(Permission.TRAIN)
+    resolve_datasets(store, config.dataset)
     with store.write() as session:
         return create_job(session, config.to_record())
 

@@ -1,5 +1,5 @@
 """datasets: every comparison belongs to a named dataset with its own overlap, lease, guidelines and
-annotators; users can be disabled
+annotators; comparisons can be archived; users can be disabled
 
 Existing comparisons move into one dataset per prompt kind: the kind with more comparisons (chat on
 a tie) becomes ``default``, the other is named after its kind (``text`` or ``chat``). Each takes the
@@ -85,6 +85,7 @@ def upgrade() -> None:
     op.drop_index('comparison_queue_order', table_name='comparison')
     with op.batch_alter_table('comparison', schema=None) as batch_op:
         batch_op.add_column(sa.Column('dataset_id', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('archived', sa.Boolean(), nullable=False, server_default=sa.false()))
     for kind, dataset_id in dataset_ids.items():
         connection.execute(sa.text(
             f"UPDATE comparison SET dataset_id = :dataset_id WHERE prompt_id IN "
@@ -96,6 +97,7 @@ def upgrade() -> None:
         batch_op.create_unique_constraint('comparison_once_per_pair', ['dataset_id', 'completion_a_id', 'completion_b_id'])
         batch_op.create_foreign_key('fk_comparison_dataset_id_dataset', 'dataset', ['dataset_id'], ['id'])
         batch_op.create_index(batch_op.f('ix_comparison_dataset_id'), ['dataset_id'], unique=False)
+        batch_op.alter_column('archived', existing_type=sa.Boolean(), server_default=None)
     op.create_index('comparison_queue_order', 'comparison', ['done', sa.text('priority DESC'), 'id'], unique=False)
     connection.execute(sa.text("DELETE FROM setting WHERE key IN ('labels_per_comparison', 'lease_seconds', 'guidelines')"))
 
@@ -123,6 +125,7 @@ def downgrade() -> None:
         batch_op.drop_constraint('comparison_once_per_pair', type_='unique')
         batch_op.create_unique_constraint('comparison_once_per_pair', ['completion_a_id', 'completion_b_id'])
         batch_op.drop_column('dataset_id')
+        batch_op.drop_column('archived')
     op.create_index('comparison_queue_order', 'comparison', ['done', sa.text('priority DESC'), 'id'], unique=False)
     with op.batch_alter_table('user', schema=None) as batch_op:
         batch_op.drop_column('disabled_at')
