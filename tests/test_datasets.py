@@ -73,7 +73,9 @@ def test_the_same_pair_imported_into_two_datasets_is_one_comparison_in_each(stor
     assert sql(store, "SELECT count(*) FROM prompt") == [(3,)]
 
 
-def test_an_annotator_is_given_comparisons_of_the_dataset_they_chose_only(two_kinds):
+def test_an_annotator_is_given_comparisons_of_the_dataset_they_chose_only(two_kinds, tmp_path):
+    urgent_text = [{"prompt": f"U{i}?", "completions": [f" p{i}", f" q{i}"]} for i in range(3)]
+    import_file(two_kinds, ImportConfig(write_jsonl(tmp_path / "u.jsonl", urgent_text), dataset="texts", priority=99))
     ann = _actor(two_kinds, "ann")
     seen = set()
     while (view := next_comparison(two_kinds, ann, dataset="chats")) is not None:
@@ -225,7 +227,8 @@ def test_the_record_browser_filters_and_pages_on_the_server(two_kinds, tmp_path)
     assert browse(two_kinds, eng, "chats", RecordFilter(status="done")).total == 1
     assert browse(two_kinds, eng, "chats", RecordFilter(status="waiting")).total == 33
     assert [r.prompt_excerpt for r in browse(two_kinds, eng, "chats", RecordFilter(text="page 17")).rows] == ["Page 17?"]
-    assert browse(two_kinds, eng, "chats", RecordFilter(text="100%_")).total == 0  # LIKE wildcards are literal
+    assert browse(two_kinds, eng, "chats", RecordFilter(text="%")).total == 0  # LIKE wildcards are literal
+    assert browse(two_kinds, eng, "chats", RecordFilter(text="_")).total == 0
     with pytest.raises(RecordError, match="limit is 200"):
         browse(two_kinds, eng, "chats", RecordFilter(text="x" * 201))
     with pytest.raises(PermissionDenied):
