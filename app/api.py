@@ -15,11 +15,12 @@ from storage.engine import Store
 def register_api(store: Store) -> None:
     """Declare the endpoints inside the current Blocks."""
 
-    def api_next(request: gr.Request) -> dict[str, Any] | None:
-        """Reserve the next comparison for you: its id, the prompt (text or chat messages) and the
-        two completions as `a` and `b` in stored order; null when nothing is left for you."""
+    def api_next(dataset: str = "", request: gr.Request = None) -> dict[str, Any] | None:
+        """Reserve the next comparison for you, from `dataset` (empty: any dataset you may label): its
+        id, dataset, the prompt (text or chat messages) and the two completions as `a` and `b` in
+        stored order; null when nothing is left for you."""
         try:
-            view = next_comparison(store, current_actor(store, request))
+            view = next_comparison(store, current_actor(store, request), dataset or None)
         except USER_ERRORS as error:
             raise gr.Error(str(error)) from None
         if view is None:
@@ -27,6 +28,7 @@ def register_api(store: Store) -> None:
         sides = {view.left.side: view.left, view.right.side: view.right}
         return {
             "comparison_id": view.comparison_id,
+            "dataset": view.dataset,
             "prompt": view.prompt_messages if view.prompt_messages is not None else view.prompt_text,
             "a": sides["a"].text,
             "b": sides["b"].text,

@@ -1,4 +1,5 @@
-"""The Data tab: what the store holds, importing a file, exporting a TRL dataset."""
+"""The Data tab: the datasets and what they hold, importing a file into a dataset, exporting a TRL
+dataset (with or without the evidence), and the record browser."""
 
 from __future__ import annotations
 
@@ -8,72 +9,120 @@ from pathlib import Path
 import gradio as gr
 
 from app.formatting import code_block, counts_markdown, inline_text
+from app.records_panel import render_records_panel
 from app.session import USER_ERRORS, current_actor
 from core.config_fields import ConfigError
+from core.data.datasets import DEFAULT_DATASET, datasets_for
 from core.data.exporter import EXPORT_FORMATS, PROMPT_FORMATS, NothingToExport, export_for_download
 from core.data.importer import ImportConfig, ImportRejected, import_upload
 from core.data.summary import store_summary
 from storage.engine import Store
 
 
-def render_data_tab(store: Store, blocks: gr.Blocks) -> gr.Markdown:
-    """Build the tab inside the current Blocks; returns the counts panel so other tabs can refresh it."""
+def _datasets_markdown(summaries: list) -> str:
+    if not summaries:
+        return "_No dataset yet: import a file to make one._"
+    lines = ["| dataset | kind | comparisons | labeled | waiting | labels | overlap | who labels |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for s in summaries:
+        who = "all annotators" if s.open_to_all else (", ".join(s.members) or "nobody yet")
+        name = inline_text(s.name) + (" (archived)" if s.archived else "")
+        lines.append(f"| {name} | {s.prompt_kind or '-'} | {s.comparisons} | {s.labeled} | {s.waiting} | {s.labels} "
+                     f"| {s.overlap} | {inline_text(who)} |")
+    return "\n".join(lines)
 
-    def current_counts(request: gr.Request) -> str:
-        try:
-            return counts_markdown(store_summary(store, current_actor(store, request)))
-        except USER_ERRORS as error:
-            return html.escape(str(error))
+
+def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) -> gr.Markdown:
+    """Build the tab inside the current Blocks; its counts refresh when ``tab`` is opened. Returns
+    the counts panel so other tabs can refresh it."""
 
     counts = gr.Markdown(elem_id="store-counts")
+    datasets_md = gr.Markdown(elem_id="data-datasets")
     refresh = gr.Button("Refresh counts", size="sm")
-    refresh.click(current_counts, outputs=counts, api_visibility="private")
-    blocks.load(current_counts, outputs=counts, api_visibility="private")
-
     with gr.Row():
         with gr.Column():
             gr.Markdown(
                 "### Import\nTRL preference rows (`prompt`/`chosen`/`rejected`, standard or conversational, "
                 "implicit prompt allowed, optional `margin`) or candidates to label (`prompt` + `completions`). "
-                "JSONL, JSON, CSV, Parquet, `.gz`. A file with any bad row is refused whole."
+                "JSONL, JSON, CSV, Parquet, `.gz`. A file with any bad row is refused whole. A dataset holds "
+                "text prompts or chat prompts, fixed by its first import; type a new name to make a dataset."
             )
             upload = gr.File(label="File to import", file_types=[".jsonl", ".json", ".csv", ".parquet", ".gz", ".ndjson"])
+            import_dataset = gr.Dropdown(choices=[DEFAULT_DATASET], value=DEFAULT_DATASET, allow_custom_value=True,
+                                         label="Into dataset", elem_id="import-dataset")
             dry_run = gr.Checkbox(label="Check only (dry run)", value=False)
             import_button = gr.Button("Import", variant="primary", elem_id="import-button")
             import_result = gr.Markdown(elem_id="import-result")
         with gr.Column():
             gr.Markdown("### Export\nOne row per comparison, annotators folded by majority; ties, both-bad and skips left out.")
+            export_datasets = gr.Dropdown(choices=[], multiselect=True, label="Datasets (one prompt kind; none = all)",
+                                          elem_id="export-datasets")
             export_format = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Format")
             prompt_format = gr.Dropdown(
                 list(PROMPT_FORMATS), value="auto", label="Prompts", info="auto: all, refused if text and chat are mixed"
             )
             test_size = gr.Slider(0.0, 0.5, value=0.0, step=0.05, label="Held-out test fraction")
+            with_metadata = gr.Checkbox(label="With metadata: comparison id, dataset, source, models, every vote with its "
+                                              "strength, comment, seconds and time (TRL ignores the extra columns)",
+                                        elem_id="export-metadata")
             export_button = gr.Button("Export", elem_id="export-button")
             export_result = gr.Markdown(elem_id="export-result")
             export_file = gr.File(label="Download", interactive=False)
+    with gr.Accordion("Records", open=True):
+        records_dataset = gr.Dropdown(choices=[], label="Dataset", elem_id="records-dataset")
+        render_records_panel(store, records_dataset)
+
+    def current_counts(request: gr.Request) -> dict:
+        try:
+            actor = current_actor(store, request)
+            summaries = datasets_for(store, actor)
+            totals = counts_markdown(store_summary(store, actor))
+        except USER_ERRORS as error:
+            return {counts: html.escape(str(error))}
+        names = [s.name for s in summaries]
+        return {
+            counts: totals,
+            datasets_md: _datasets_markdown(summaries),
+            import_dataset: gr.Dropdown(choices=sorted(set(names) | {DEFAULT_DATASET})),
+            export_datasets: gr.Dropdown(choices=names),
+            records_dataset: gr.Dropdown(choices=names),
+        }
+
+    count_outputs = [counts, datasets_md, import_dataset, export_datasets, records_dataset]
+    refresh.click(current_counts, outputs=count_outputs, api_visibility="private")
+    blocks.load(current_counts, outputs=count_outputs, api_visibility="private")
+    if tab is not None:
+        tab.select(current_counts, outputs=count_outputs, api_visibility="private")
 
     # Each import clears the upload box, so the next file (or the fixed one) can be dropped in.
-    def run_import(path: str | None, check_only: bool, request: gr.Request) -> tuple[str, str, None]:
+    def run_import(path: str | None, dataset: str | None, check_only: bool, request: gr.Request) -> dict:
+        def outcome(message: str) -> dict:
+            return {import_result: message, upload: None, **current_counts(request)}
+
         if not path:
-            return "Choose a file first.", current_counts(request), None
+            return outcome("Choose a file first.")
         try:
-            config = ImportConfig(Path(path), dry_run=check_only)
+            config = ImportConfig(Path(path), dataset=(dataset or DEFAULT_DATASET).strip(), dry_run=check_only)
             report = import_upload(store, current_actor(store, request), config)
+        except ConfigError as error:
+            return outcome(f"**Not imported.** {inline_text(error)}")
         except USER_ERRORS as error:
-            return f"**Not allowed.** {error}", current_counts(request), None
+            return outcome(f"**Not allowed.** {error}")
         except ImportRejected as rejected:
             # Problems name the uploaded file's temporary path; show the user's file name instead.
             message = str(rejected).replace(str(Path(path).parent) + "/", "")
-            refusal = f"**Import refused, nothing written** ({rejected.total} problem(s)):\n\n{code_block(message)}"
-            return refusal, current_counts(request), None
-        return f"**Imported.** {report.summary()}", current_counts(request), None
+            return outcome(f"**Import refused, nothing written** ({rejected.total} problem(s)):\n\n{code_block(message)}")
+        return outcome(f"**Imported.** {inline_text(report.summary())}")
 
-    import_button.click(run_import, inputs=[upload, dry_run], outputs=[import_result, counts, upload], api_visibility="private")
+    import_button.click(run_import, inputs=[upload, import_dataset, dry_run],
+                        outputs=[import_result, upload, *count_outputs], api_visibility="private")
 
-    def run_export(format_name: str, prompts: str, test_fraction: float, request: gr.Request) -> tuple[str, str | None]:
+    def run_export(datasets: list[str] | None, format_name: str, prompts: str, test_fraction: float, metadata: bool,
+                   request: gr.Request) -> tuple[str, str | None]:
         try:
             download, report = export_for_download(store, current_actor(store, request), format=format_name,
-                                                   prompt_format=prompts, test_size=float(test_fraction or 0))
+                                                   prompt_format=prompts, test_size=float(test_fraction or 0),
+                                                   datasets=list(datasets or []) or None, with_metadata=bool(metadata))
         except USER_ERRORS as error:
             return f"**Not allowed.** {error}", None
         except (NothingToExport, ConfigError) as error:
@@ -81,6 +130,7 @@ def render_data_tab(store: Store, blocks: gr.Blocks) -> gr.Markdown:
         return f"**Exported.** {report.summary().replace(str(report.out), download.name)}", str(download)
 
     export_button.click(
-        run_export, inputs=[export_format, prompt_format, test_size], outputs=[export_result, export_file], api_visibility="private"
+        run_export, inputs=[export_datasets, export_format, prompt_format, test_size, with_metadata],
+        outputs=[export_result, export_file], api_visibility="private"
     )
     return counts

@@ -11,8 +11,10 @@ import gradio as gr
 from app.rendering import render_prompt, render_response
 from app.session import USER_ERRORS, current_actor
 from core.accounts import Permission
+from core.data.datasets import datasets_for
 from core.labeling.actions import (
     LabelingScreen,
+    StaleScreen,
     change_label_screen,
     guidelines,
     history,
@@ -35,6 +37,7 @@ CHOICE_BUTTONS = (
 UNDO_KEY = "u"
 STRENGTH_KEYS = {"q": "slightly", "w": "clearly"}
 HISTORY_HEADERS = ["comparison", "labeled at (UTC)", "your choice", "strength", "comment", "prompt"]
+ALL_DATASETS = ""  # the dataset choice that means "any dataset I may label"
 
 
 def shortcuts_script() -> str:
@@ -72,6 +75,8 @@ def shortcuts_legend() -> str:
 class LabelTab:
     """The tab's components, so that handlers can return ``{component: value}`` updates."""
 
+    dataset: gr.Dropdown
+    datasets_table: gr.Markdown
     progress: gr.Markdown
     guidelines: gr.Markdown
     guidelines_editor: gr.Textbox
@@ -84,24 +89,44 @@ class LabelTab:
     current: gr.Markdown
     status: gr.Markdown
     history: gr.Dataframe
+    change_it: gr.Button
     view: gr.State
     shown_at: gr.State
+    refused: gr.State  # (screen choice, strength, comment) of a label refused as stale, for "Change it"
 
     @property
     def view_outputs(self) -> list:
         return [self.prompt, self.left, self.right, self.comment, self.strength, self.current, self.status, self.progress,
-                self.view, self.shown_at, self.history]
+                self.view, self.shown_at, self.history, self.change_it, self.refused, self.guidelines]
 
 
 def _message(text: str) -> str:
     return html.escape(text)
 
 
-def _show(tab: LabelTab, actor, screen: LabelingScreen, status: str = "") -> dict:  # noqa: ANN001
+def _datasets_choices(summaries: list) -> list[tuple[str, str]]:
+    return [("All my datasets", ALL_DATASETS)] + [
+        (f"{s.name} ({s.prompt_kind or 'empty'}) · {s.waiting} waiting", s.name) for s in summaries if not s.archived
+    ]
+
+
+def _datasets_markdown(summaries: list) -> str:
+    shown = [s for s in summaries if not s.archived]
+    if not shown:
+        return "_No dataset is open to you yet._"
+    lines = ["| dataset | kind | comparisons | still waiting | labels so far |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {s.name} | {s.prompt_kind or '-'} | {s.comparisons} | {s.waiting} | {s.labels} |" for s in shown]
+    return "\n".join(lines)
+
+
+def _show(tab: LabelTab, actor, screen: LabelingScreen, status: str = "", store: Store | None = None) -> dict:  # noqa: ANN001
     view, done = screen.view, screen.progress
     updates = {
         tab.progress: f"**{actor.name}** · labeled by you: **{done.labeled_by_me}** · "
-        f"comparisons still needing labels (team): **{done.open_comparisons}**",
+        f"comparisons still needing labels: **{done.open_comparisons}**"
+        + (f" · dataset **{view.dataset}**" if view is not None and view.dataset else ""),
+        tab.change_it: gr.Button(visible=False),
+        tab.refused: None,
         tab.status: status,
         tab.view: view,
         tab.shown_at: time.monotonic(),
@@ -109,8 +134,11 @@ def _show(tab: LabelTab, actor, screen: LabelingScreen, status: str = "") -> dic
         tab.strength: "clearly",  # a "slightly" must be chosen again, never carried over by accident
         tab.history: _history_rows(screen.history),
     }
+    if store is not None and view is not None and view.dataset:
+        # The guidelines of the dataset being labeled, which may change from one comparison to the next.
+        updates[tab.guidelines] = guidelines(store, view.dataset)
     if view is None:
-        updates[tab.prompt] = '<div class="rl-empty">Nothing left for you to label. Thank you!</div>'
+        updates[tab.prompt] = '<div class="rl-empty">Nothing left for you to label here. Thank you!</div>'
         updates[tab.left] = updates[tab.right] = updates[tab.current] = ""
         return updates
     changing = f" · changing your label (**{view.existing_choice}**)" if view.existing_choice else ""
@@ -136,6 +164,11 @@ def _history_rows(items: list) -> list[list]:
 
 
 def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
+    with gr.Row():
+        dataset_choice = gr.Dropdown(choices=[("All my datasets", ALL_DATASETS)], value=ALL_DATASETS, label="Dataset",
+                                     elem_id="label-dataset", scale=1)
+        with gr.Accordion("My datasets", open=False):
+            datasets_md = gr.Markdown(elem_id="label-datasets")
     progress_md = gr.Markdown(elem_id="label-progress")
     with gr.Accordion("Guidelines", open=False):
         guidelines_md = gr.Markdown(elem_id="label-guidelines")
@@ -158,54 +191,84 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
     with gr.Row():
         current = gr.Markdown(elem_id="label-current")
         status = gr.Markdown(elem_id="label-status")
+        change_it = gr.Button("Change it", elem_id="btn-change-it", visible=False, size="sm", variant="stop")
     with gr.Accordion("My labels", open=False):
+        gr.Markdown("Click a row to open that comparison and change your label.")
         history_table = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, elem_id="label-history", wrap=True)
         with gr.Row():
             change_id = gr.Number(label="Comparison to change", precision=0, elem_id="change-id")
             change = gr.Button("Open it to change my label", elem_id="btn-change")
             refresh_history = gr.Button("Refresh", size="sm")
     tab = LabelTab(
-        progress_md, guidelines_md, guidelines_editor, guidelines_save, prompt_html, left_html, right_html,
-        strength, comment, current, status, history_table, gr.State(None), gr.State(0.0),
+        dataset_choice, datasets_md, progress_md, guidelines_md, guidelines_editor, guidelines_save, prompt_html,
+        left_html, right_html, strength, comment, current, status, history_table, change_it, gr.State(None),
+        gr.State(0.0), gr.State(None),
     )
 
-    def load(request: gr.Request) -> dict:
+    def open_dataset(dataset: str | None, request: gr.Request) -> dict:
+        """Show the actor's datasets and their next comparison from ``dataset`` (or any)."""
         try:
             actor = current_actor(store, request)
-            screen = open_labeling_screen(store, actor)
+            summaries = datasets_for(store, actor)
+            names = {s.name for s in summaries if not s.archived}
+            dataset = dataset if dataset in names else ALL_DATASETS
+            screen = open_labeling_screen(store, actor, dataset or None)
+            text = guidelines(store, dataset) if dataset else ""  # with no choice, those of the comparison shown
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
         is_editor = actor.can(Permission.EDIT_GUIDELINES)
-        text = guidelines(store)
-        return {
-            **_show(tab, actor, screen),
+        updates = {
             tab.guidelines: text,
+            **_show(tab, actor, screen, store=store),
+            tab.dataset: gr.Dropdown(choices=_datasets_choices(summaries), value=dataset),
+            tab.datasets_table: _datasets_markdown(summaries),
             tab.guidelines_editor: gr.Textbox(value=text, visible=is_editor),
             tab.guidelines_save: gr.Button(visible=is_editor),
         }
+        if is_editor and screen.view is not None:
+            updates[tab.guidelines_editor] = gr.Textbox(value=guidelines(store, screen.view.dataset), visible=True)
+        return updates
 
-    blocks.load(load, outputs=[*tab.view_outputs, guidelines_md, guidelines_editor, guidelines_save],
-                api_visibility="private")
+    dataset_outputs = [*tab.view_outputs, dataset_choice, datasets_md, guidelines_editor, guidelines_save]
+    blocks.load(open_dataset, inputs=dataset_choice, outputs=dataset_outputs, api_visibility="private")
+    dataset_choice.input(open_dataset, inputs=dataset_choice, outputs=dataset_outputs, api_visibility="private")
+
+    def submit(view, shown_at, screen_choice: str, how_much, note, dataset, request: gr.Request,  # noqa: ANN001
+               replace_existing: bool = False) -> dict:
+        try:
+            actor = current_actor(store, request)
+            if view is None:
+                return _show(tab, actor, open_labeling_screen(store, actor, dataset or None), store=store)
+            seconds = round(time.monotonic() - shown_at, 2) if shown_at else None
+            screen = label_and_next(store, actor, view, screen_choice, strength=how_much, comment=note,
+                                    seconds_spent=seconds, dataset=dataset or None, replace_existing=replace_existing)
+        except StaleScreen as stale:
+            # Nothing was saved: say so, and offer to replace the stored label with this choice.
+            return {tab.status: _message(str(stale)), tab.change_it: gr.Button(visible=True),
+                    tab.refused: (screen_choice, how_much, note)}
+        except USER_ERRORS as error:
+            return {tab.status: _message(str(error))}
+        done = "Saved" if screen.result.changed else "Already saved"
+        return _show(tab, actor, screen, f"{done}: #{view.comparison_id} → {screen_choice.replace('_', ' ')}", store=store)
 
     def choose(screen_choice: str):  # noqa: ANN202
-        def handler(view, shown_at, how_much, note, request: gr.Request) -> dict:  # noqa: ANN001
-            try:
-                actor = current_actor(store, request)
-                if view is None:
-                    return _show(tab, actor, open_labeling_screen(store, actor))
-                seconds = round(time.monotonic() - shown_at, 2) if shown_at else None
-                screen = label_and_next(store, actor, view, screen_choice, strength=how_much, comment=note,
-                                        seconds_spent=seconds)
-            except USER_ERRORS as error:
-                return {tab.status: _message(str(error))}
-            done = "Saved" if screen.result.changed else "Already saved"
-            return _show(tab, actor, screen, f"{done}: #{view.comparison_id} → {screen_choice.replace('_', ' ')}")
+        def handler(view, shown_at, how_much, note, dataset, request: gr.Request) -> dict:  # noqa: ANN001
+            return submit(view, shown_at, screen_choice, how_much, note, dataset, request)
 
         return handler
 
     for screen_choice, button in choice_buttons.items():
-        button.click(choose(screen_choice), inputs=[tab.view, tab.shown_at, strength, comment],
+        button.click(choose(screen_choice), inputs=[tab.view, tab.shown_at, strength, comment, dataset_choice],
                      outputs=tab.view_outputs, api_visibility="private")
+
+    def change_it_now(view, shown_at, refused, dataset, request: gr.Request) -> dict:  # noqa: ANN001
+        if not refused:
+            return {tab.change_it: gr.Button(visible=False)}
+        screen_choice, how_much, note = refused
+        return submit(view, shown_at, screen_choice, how_much, note, dataset, request, replace_existing=True)
+
+    change_it.click(change_it_now, inputs=[tab.view, tab.shown_at, tab.refused, dataset_choice],
+                    outputs=tab.view_outputs, api_visibility="private")
 
     def undo_last_label(request: gr.Request) -> dict:
         try:
@@ -215,7 +278,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             return {tab.status: _message(str(error))}
         if screen is None:
             return {tab.status: "Nothing to undo."}
-        return _show(tab, actor, screen, f"Undone: #{screen.view.comparison_id} is back for you to label.")
+        return _show(tab, actor, screen, f"Undone: #{screen.view.comparison_id} is back for you to label.", store=store)
 
     undo.click(undo_last_label, outputs=tab.view_outputs, api_visibility="private")
 
@@ -227,9 +290,15 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             screen = change_label_screen(store, actor, int(comparison_id))
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
-        return _show(tab, actor, screen)
+        return _show(tab, actor, screen, store=store)
 
     change.click(change_label, inputs=change_id, outputs=tab.view_outputs, api_visibility="private")
+
+    def change_from_row(event: gr.SelectData, request: gr.Request) -> dict:
+        row = getattr(event, "row_value", None) or []  # no row when called without a click
+        return change_label(row[0] if row else None, request)
+
+    history_table.select(change_from_row, outputs=tab.view_outputs, api_visibility="private")
 
     def refresh(request: gr.Request) -> dict:
         try:
@@ -240,13 +309,15 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
 
     refresh_history.click(refresh, outputs=[history_table, status], api_visibility="private")
 
-    def save_guidelines(text: str, request: gr.Request) -> dict:
+    def save_guidelines(text: str, view, dataset, request: gr.Request) -> dict:  # noqa: ANN001
+        # The guidelines shown are those of the comparison on screen, else of the chosen dataset.
+        target = view.dataset if view is not None and view.dataset else dataset
         try:
-            update_guidelines(store, current_actor(store, request), text)
+            update_guidelines(store, current_actor(store, request), text, target or "")
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
         return {tab.guidelines: text, tab.status: "Guidelines saved."}
 
-    guidelines_save.click(save_guidelines, inputs=guidelines_editor, outputs=[guidelines_md, status],
-                          api_visibility="private")
+    guidelines_save.click(save_guidelines, inputs=[guidelines_editor, tab.view, dataset_choice],
+                          outputs=[guidelines_md, status], api_visibility="private")
     return tab

@@ -1,30 +1,34 @@
 """The Team tab (engineers and admins): who labels how much and how fast, position bias, agreement,
-and the comparisons annotators disagree on. Admins set the overlap here."""
+the comparisons annotators disagree on and their comments, per dataset. Admins change each
+dataset's settings here."""
 
 from __future__ import annotations
 
 import gradio as gr
 
 from app.session import USER_ERRORS, current_actor
-from core.labeling.actions import change_overlap, labels_per_comparison
+from core.data.datasets import DatasetSettings, change_dataset_settings, datasets_for
 from core.labeling.team_stats import TeamReport, team_report
 from core.scoring.inspection import allow_annotators_to_inspect, annotators_may_inspect
 from storage.engine import Store
 
 ANNOTATOR_HEADERS = ["annotator", "labels", "median seconds", "left-side pick rate"]
 DISAGREEMENT_HEADERS = ["comparison", "prompt", "votes"]
+COMMENT_HEADERS = ["comparison", "annotator", "comment", "prompt"]
+ALL_DATASETS = ""
 
 
 def _number(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _summary(report: TeamReport, overlap: int) -> str:
+def _summary(report: TeamReport, overlap: int | None) -> str:
     fleiss = _number(report.fleiss_kappa)
     if report.fleiss_raters:
         fleiss += f" (comparisons with {report.fleiss_raters} raters)"
+    setting = f"Overlap setting: **{overlap}** label(s) per comparison · " if overlap is not None else ""
     return (
-        f"Overlap setting: **{overlap}** label(s) per comparison · comparisons labeled by 2+ people: "
+        f"{setting}comparisons labeled by 2+ people: "
         f"**{report.overlapping_comparisons}**\n\n"
         f"Percent agreement: **{_number(None if report.percent_agreement is None else 100 * report.percent_agreement, 1)}%** · "
         f"Cohen's kappa (mean over annotator pairs): **{_number(report.cohens_kappa)}** · Fleiss' kappa: **{fleiss}**\n\n"
@@ -32,46 +36,86 @@ def _summary(report: TeamReport, overlap: int) -> str:
     )
 
 
-def render_team_tab(store: Store) -> gr.Button:
+def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
+    """Build the tab; it loads its report when ``tab`` is opened, and on Refresh."""
+    dataset = gr.Dropdown(choices=[("All datasets", ALL_DATASETS)], value=ALL_DATASETS, label="Dataset",
+                          elem_id="team-dataset")
     summary = gr.Markdown(elem_id="team-summary")
     annotators = gr.Dataframe(headers=ANNOTATOR_HEADERS, interactive=False, elem_id="team-annotators")
     gr.Markdown("### Disagreements")
     disagreements = gr.Dataframe(headers=DISAGREEMENT_HEADERS, interactive=False, wrap=True, elem_id="team-disagreements")
+    gr.Markdown("### Comments")
+    comments = gr.Dataframe(headers=COMMENT_HEADERS, interactive=False, wrap=True, elem_id="team-comments")
     refresh = gr.Button("Refresh", elem_id="team-refresh")
-    with gr.Accordion("Labeling settings (admins)", open=False):
-        overlap = gr.Number(label="Labels per comparison (overlap)", precision=0, minimum=1, maximum=10)
-        save_overlap = gr.Button("Save", size="sm")
+    with gr.Accordion("Dataset settings (admins)", open=False):
+        gr.Markdown("Settings of the dataset chosen above. Raising the overlap asks for more human labels on the "
+                    "comparisons people label; imported labeled pairs never return to the queue.")
+        with gr.Row():
+            overlap = gr.Number(label="Labels per comparison (overlap)", precision=0, minimum=1, maximum=10,
+                                elem_id="team-overlap")
+            lease = gr.Number(label="Lease (seconds)", precision=0, minimum=10, maximum=86_400)
+            default_priority = gr.Number(label="Default priority of new comparisons", precision=0)
+        with gr.Row():
+            open_to_all = gr.Checkbox(label="Open to every annotator", value=True)
+            members = gr.Textbox(label="Or only these annotators (comma-separated names)")
+            archived = gr.Checkbox(label="Archived (hands out nothing)")
+        dataset_guidelines = gr.Textbox(label="Guidelines (Markdown)", lines=6, elem_id="team-guidelines")
+        save_dataset = gr.Button("Save dataset settings", size="sm", elem_id="team-save-dataset")
+    with gr.Accordion("Store settings (admins)", open=False):
         inspect_allowed = gr.Checkbox(label="Annotators may use the Inspect tab on text they paste (never stored "
                                             "comparisons or diagnostics)", elem_id="team-annotators-inspect")
-        settings_status = gr.Markdown()
+    settings_status = gr.Markdown(elem_id="team-settings-status")
+    settings_fields = [overlap, lease, default_priority, open_to_all, members, archived, dataset_guidelines]
 
-    def show_team(request: gr.Request) -> dict:
+    def show_team(chosen: str | None, request: gr.Request) -> dict:
         try:
-            report = team_report(store, current_actor(store, request))
+            actor = current_actor(store, request)
+            summaries = datasets_for(store, actor)
+            names = [s.name for s in summaries]
+            chosen = chosen if chosen in names else ALL_DATASETS
+            report = team_report(store, actor, dataset=chosen or None)
         except USER_ERRORS as error:
             return {summary: str(error)}
-        current = labels_per_comparison(store)
-        return {
-            summary: _summary(report, current),
+        picked = next((s for s in summaries if s.name == chosen), None)
+        updates = {
+            dataset: gr.Dropdown(choices=[("All datasets", ALL_DATASETS)] + [(name, name) for name in names],
+                                 value=chosen),
+            summary: _summary(report, picked.overlap if picked else None),
             annotators: [
                 [a.name, a.labels, _number(a.median_seconds, 1), _number(a.left_pick_rate)] for a in report.annotators
             ],
             disagreements: [[d.comparison_id, d.prompt_excerpt, d.votes] for d in report.disagreements],
-            overlap: current,
+            comments: [[c.comparison_id, c.annotator, c.comment, c.prompt_excerpt] for c in report.comments],
             inspect_allowed: annotators_may_inspect(store),
         }
+        if picked is not None:
+            updates.update({overlap: picked.overlap, lease: picked.lease_seconds,
+                            default_priority: picked.default_priority, open_to_all: picked.open_to_all,
+                            members: ", ".join(picked.members), archived: picked.archived,
+                            dataset_guidelines: picked.guidelines})
+        return updates
 
-    refresh.click(show_team, outputs=[summary, annotators, disagreements, overlap, inspect_allowed],
-                  api_visibility="private")
+    team_outputs = [dataset, summary, annotators, disagreements, comments, inspect_allowed, *settings_fields]
+    refresh.click(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private")
+    dataset.input(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private")
+    if tab is not None:
+        tab.select(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private")
 
-    def save_overlap_setting(value: float | None, request: gr.Request) -> str:
+    def save_dataset_settings(chosen, overlap_value, lease_value, priority_value, everyone, names, is_archived,  # noqa: ANN001
+                              text, request: gr.Request) -> str:
+        listed = tuple(name.strip() for name in (names or "").split(",") if name.strip())
         try:
-            change_overlap(store, current_actor(store, request), int(value or 0))
+            change_dataset_settings(store, current_actor(store, request), chosen or "", DatasetSettings(
+                overlap=int(overlap_value or 0), lease_seconds=int(lease_value or 0),
+                default_priority=int(priority_value or 0), guidelines=text or "", archived=bool(is_archived),
+                open_to_all=bool(everyone) or not listed, members=() if everyone or not listed else listed,
+            ))
         except USER_ERRORS as error:
             return str(error)
-        return f"Saved: each comparison now needs {int(value)} label(s)."
+        return f"Saved the settings of dataset {chosen}."
 
-    save_overlap.click(save_overlap_setting, inputs=overlap, outputs=settings_status, api_visibility="private")
+    save_dataset.click(save_dataset_settings, inputs=[dataset, *settings_fields], outputs=settings_status,
+                       api_visibility="private")
 
     def save_inspect_setting(allowed: bool, request: gr.Request) -> str:
         try:

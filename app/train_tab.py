@@ -14,13 +14,15 @@ from plotly.subplots import make_subplots
 
 from app.formatting import code_block, inline_text, plot_text
 from app.session import USER_ERRORS, current_actor
+from core.accounts import Permission
 from core.config_fields import ConfigError, field_base_type
+from core.data.datasets import datasets_for
 from core.training.config import DEMO_BASE, HUB_PRESETS, TrainingConfig
 from core.training.jobs import JobError, cancel_job, job_report, preview_training, recent_jobs, resume_job, submit_job
 from core.training.trainer import TrainingError
 from storage.engine import Store
 
-MAIN_FIELDS = ("base_model", "output_name", "max_steps", "num_train_epochs", "learning_rate",
+MAIN_FIELDS = ("base_model", "output_name", "dataset", "max_steps", "num_train_epochs", "learning_rate",
                "per_device_train_batch_size", "max_length", "eval_fraction", "lora")
 JOB_HEADERS = ["job", "status", "base model", "progress", "reward model", "error"]
 CHARTS = (("loss", "loss"), ("accuracy", "accuracy"), ("margin", "margin"), ("reward", "mean_reward"))
@@ -32,6 +34,8 @@ def _component(field: dataclasses.Field, annotation) -> gr.components.Component:
     base, _ = field_base_type(annotation)
     if field.name == "base_model":
         return gr.Dropdown([DEMO_BASE, *HUB_PRESETS], value=field.default, allow_custom_value=True, label=label, info=info)
+    if field.name == "dataset":  # choices are the store's datasets, filled when the page loads
+        return gr.Dropdown([], value=[], multiselect=True, label="datasets", info=info, elem_id="train-datasets")
     if "choices" in field.metadata:
         return gr.Dropdown(list(field.metadata["choices"]), value=field.default, label=label, info=info)
     if annotation is bool:
@@ -91,11 +95,11 @@ def render_train_tab(store: Store, blocks: gr.Blocks) -> None:
     controls: dict[str, gr.components.Component] = {}
     with gr.Row():
         for field in fields:
-            if field.name in MAIN_FIELDS[:4]:
+            if field.name in MAIN_FIELDS[:5]:
                 controls[field.name] = _component(field, hints[field.name])
     with gr.Row():
         for field in fields:
-            if field.name in MAIN_FIELDS[4:]:
+            if field.name in MAIN_FIELDS[5:]:
                 controls[field.name] = _component(field, hints[field.name])
     with gr.Accordion("All options (LoRA, 4-bit, optimisation, data filters)", open=False):
         with gr.Row(equal_height=False):
@@ -133,6 +137,24 @@ def render_train_tab(store: Store, blocks: gr.Blocks) -> None:
 
     outputs = [jobs, job_id, progress, chart, log, timer]
     blocks.load(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
+
+    def pick_job(event: gr.SelectData, request: gr.Request) -> dict:
+        row = getattr(event, "row_value", None) or []  # no row when called without a click
+        return show_jobs(row[0] if row else None, request)
+
+    jobs.select(pick_job, outputs=outputs, api_visibility="private")
+
+    def dataset_choices(request: gr.Request) -> dict:
+        try:
+            actor = current_actor(store, request)
+            actor.require(Permission.TRAIN)
+            summaries = datasets_for(store, actor)
+        except USER_ERRORS as error:
+            return {form_status: html.escape(str(error))}
+        return {controls["dataset"]: gr.Dropdown(choices=[(f"{s.name} ({s.prompt_kind or 'empty'})", s.name)
+                                                          for s in summaries if s.labels])}
+
+    blocks.load(dataset_choices, outputs=[controls["dataset"], form_status], api_visibility="private")
     timer.tick(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
     job_id.submit(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
 

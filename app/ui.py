@@ -29,13 +29,13 @@ def build_ui(store: Store) -> gr.Blocks:
             # Restricted tabs start hidden and are shown to the roles that may use them: in Gradio 6.31 an
             # update to visible=False leaves the tab button on screen, while visible=True works.
             with gr.Tab("Data", id="data", visible=False) as data_tab:
-                render_data_tab(store, blocks)
+                render_data_tab(store, blocks, data_tab)
             with gr.Tab("Train", id="train", visible=False) as train_tab:
                 render_train_tab(store, blocks)
             with gr.Tab("Inspect", id="inspect", visible=False) as inspect_tab:
                 render_inspect_tab(store, blocks)
             with gr.Tab("Team", id="team", visible=False) as team_tab:
-                render_team_tab(store)
+                render_team_tab(store, team_tab)
         register_api(store)
 
         # Show each person the tabs their role may use; the handlers check the role again.

@@ -128,22 +128,27 @@ class HumanLabel:
     shown_left: str | None
     seconds_spent: float | None
     prompt_excerpt: str
+    comment: str | None = None
+    updated_at: datetime | None = None
 
 
-def human_labels(session: Session) -> list[HumanLabel]:
-    """Every label given by a person (not an import source), with a short prompt excerpt."""
-    rows = session.execute(
+def human_labels(session: Session, dataset_id: int | None = None) -> list[HumanLabel]:
+    """Every label given by a person (not an import source), with a short prompt excerpt; of one
+    dataset when ``dataset_id`` is given."""
+    statement = (
         select(Label.comparison_id, User.name, Label.choice, Label.shown_left, Label.seconds_spent, Prompt.text,
-               Prompt.messages)
+               Prompt.messages, Label.comment, Label.updated_at)
         .join(User, User.id == Label.annotator_id)
         .join(Comparison, Comparison.id == Label.comparison_id)
         .join(Prompt, Prompt.id == Comparison.prompt_id)
         .where(User.role != Role.SOURCE.value)
         .order_by(Label.comparison_id, User.name)
-    ).all()
+    )
+    if dataset_id is not None:
+        statement = statement.where(Comparison.dataset_id == dataset_id)
     return [
-        HumanLabel(cid, name, choice, shown_left, seconds, prompt_excerpt(text, messages))
-        for cid, name, choice, shown_left, seconds, text, messages in rows
+        HumanLabel(cid, name, choice, shown_left, seconds, prompt_excerpt(text, messages), comment, updated_at)
+        for cid, name, choice, shown_left, seconds, text, messages, comment, updated_at in session.execute(statement)
     ]
 
 

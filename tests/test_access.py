@@ -59,11 +59,11 @@ def handler_ids(client: httpx.Client) -> dict[str, int]:
     return {dep["api_name"]: dep["id"] for dep in config["dependencies"] if dep.get("api_name")}
 
 
-def call(client: httpx.Client, fn_id: int, data: list, headers: dict | None = None) -> list:
+def call(client: httpx.Client, fn_id: int, data: list, headers: dict | None = None, event_data: dict | None = None) -> list:
     """Run one event the way the page does: join the queue, read the result stream."""
     session = uuid.uuid4().hex[:10]
     joined = client.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_id, "session_hash": session,
-                                                          "event_data": None, "trigger_id": None}, headers=headers)
+                                                          "event_data": event_data, "trigger_id": None}, headers=headers)
     assert joined.status_code == 200, joined.text
     with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
         for line in stream.iter_lines():
@@ -90,21 +90,31 @@ def test_the_public_api_is_next_and_label_for_every_role_and_nobody_without_logi
 # values that take it past its "fill in the form first" checks. A handler added to the page without
 # an entry here fails the test: nothing reaches users unclassified.
 HANDLER_PERMISSIONS = {
-    "load": "LABEL", "handler": "LABEL", "handler_1": "LABEL", "handler_2": "LABEL", "handler_3": "LABEL",
+    "open_dataset": "LABEL", "open_dataset_1": "LABEL", "change_it_now": "LABEL", "change_from_row": "LABEL",
+    "handler": "LABEL", "handler_1": "LABEL", "handler_2": "LABEL", "handler_3": "LABEL",
     "handler_4": "LABEL", "undo_last_label": "LABEL", "change_label": "LABEL", "refresh": "LABEL",
     "next": "LABEL", "label": "LABEL", "tabs_for": None, "demo_pair": None,
-    "save_guidelines": "EDIT_GUIDELINES", "save_overlap_setting": "CHANGE_SETTINGS",
-    "current_counts": "EXPORT", "current_counts_1": "EXPORT", "run_export": "EXPORT", "run_import": "IMPORT",
+    "save_guidelines": "EDIT_GUIDELINES", "save_dataset_settings": "CHANGE_SETTINGS",
+    "current_counts": "EXPORT", "current_counts_1": "EXPORT", "current_counts_2": "EXPORT", "run_export": "EXPORT",
+    "run_import": "IMPORT",
+    "show": "VIEW_TEAM", "open_row": "VIEW_TEAM", "run_bulk": "REQUEUE", "run_bulk_1": "REQUEUE",
+    "run_bulk_2": "REQUEUE", "run_bulk_3": "REQUEUE", "save_my_label": "LABEL",
+    "select_whole_page": None, "clear_selection": None,  # echo the caller's own selection back; read nothing
+    "pick_job": "TRAIN", "dataset_choices": "TRAIN",
     "show_jobs": "TRAIN", "show_jobs_1": "TRAIN", "show_jobs_2": "TRAIN", "preview": "TRAIN", "submit": "TRAIN",
     "handler_5": "TRAIN", "handler_6": "TRAIN",
     "choices": "INSPECT", "choices_1": "INSPECT", "choices_2": "INSPECT", "score": "INSPECT",
     "run_diagnosis": "INSPECT", "from_store": "INSPECT",
-    "send_back": "REQUEUE", "show_team": "VIEW_TEAM", "save_inspect_setting": "CHANGE_SETTINGS",
+    "send_back": "REQUEUE", "show_team": "VIEW_TEAM", "show_team_1": "VIEW_TEAM", "show_team_2": "VIEW_TEAM",
+    "save_inspect_setting": "CHANGE_SETTINGS",
     "cancel_scoring": None, "cancel_diagnosis": None,  # only ever stop the caller's own session's work
 }
+# A click on the first row of a table, as the browser sends it with a .select event.
+ROW_CLICK = {"index": [0, 0], "value": 1, "row_value": [1], "col_value": [1], "selected": True}
+EVENT_DATA = {"open_row": ROW_CLICK, "change_from_row": ROW_CLICK, "pick_job": ROW_CLICK}
 INPUT_OVERRIDES = {  # (component label or type, value)
     "change_label": {"number": 1}, "from_store": {"number": 1}, "send_back": {"textbox": "1, 2"},
-    "save_overlap_setting": {"number": 1}, "save_inspect_setting": {"checkbox": False}, "handler_5": {"number": 999}, "handler_6": {"number": 999},
+    "save_inspect_setting": {"checkbox": False}, "handler_5": {"number": 999}, "handler_6": {"number": 999},
     "run_diagnosis": {"number": 10}, "save_guidelines": {"textbox": "# guidelines"},
     "label": {"api": None}, "submit": {"max steps": 1, "output name": "access-test"},
 }
@@ -157,14 +167,15 @@ def test_every_handler_the_page_lists_checks_the_role_of_whoever_calls_it_over_h
             handler = dependency["api_name"]
             needed = HANDLER_PERMISSIONS[handler]
             allowed = needed is None or Permission[needed] in ROLE_PERMISSIONS[role]
-            output = call(client, dependency["id"], _inputs(config, dependency, INPUT_OVERRIDES.get(handler, {}), uploaded))
+            output = call(client, dependency["id"], _inputs(config, dependency, INPUT_OVERRIDES.get(handler, {}), uploaded),
+                          event_data=EVENT_DATA.get(handler))
             outcomes[(role, handler)] = (allowed, _refused(output))
             assert _refused(output) != allowed, f"{role} calling {handler}: allowed={allowed}, output={str(output)[:300]}"
     # The annotator was refused everything beyond labeling; the engineer everything an admin alone may do.
     assert {h for (r, h), (allowed, _) in outcomes.items() if r == "annotator" and not allowed} == {
         h for h, p in HANDLER_PERMISSIONS.items() if p not in (None, "LABEL")}
     assert {h for (r, h), (allowed, _) in outcomes.items() if r == "engineer" and not allowed} == {
-        "save_guidelines", "save_overlap_setting", "save_inspect_setting"}
+        "save_guidelines", "save_dataset_settings", "save_inspect_setting"}
 
 
 def test_no_file_route_serves_the_store_or_model_folders(secured_app):

@@ -94,7 +94,7 @@ def record_detail(store: Store, actor: Actor, comparison_id: int) -> RecordDetai
 
 def _ids(session, dataset: str, comparison_ids: list[int]) -> list[int]:  # noqa: ANN001
     if not comparison_ids:
-        raise RecordError("no comparisons selected: tick rows first (or give ids)")
+        raise RecordError("no comparisons selected: click rows to select them first (or type their ids)")
     if len(comparison_ids) > MAX_BULK_IDS:
         raise RecordError(f"{len(comparison_ids):,} comparisons selected; the limit is {MAX_BULK_IDS:,} per action")
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from core.accounts import Actor, Permission
+from storage.datasets import require_dataset
 from storage.engine import Store
 from storage.queries import human_labels
 
@@ -36,6 +37,14 @@ class Disagreement:
 
 
 @dataclass(frozen=True)
+class LabelComment:
+    comparison_id: int
+    annotator: str
+    comment: str
+    prompt_excerpt: str
+
+
+@dataclass(frozen=True)
 class TeamReport:
     annotators: list[AnnotatorStats]
     overlapping_comparisons: int
@@ -44,6 +53,7 @@ class TeamReport:
     fleiss_kappa: float | None
     fleiss_raters: int | None
     disagreements: list[Disagreement]
+    comments: list[LabelComment] = ()  # newest first
 
 
 def _finite(value: float) -> float | None:
@@ -89,10 +99,13 @@ def _fleiss_kappa(by_comparison: dict[int, dict[str, str]]) -> tuple[float | Non
     return _finite(fleiss_kappa(np.array(rows))), raters
 
 
-def team_report(store: Store, actor: Actor, *, max_disagreements: int = 100) -> TeamReport:
+def team_report(store: Store, actor: Actor, *, dataset: str | None = None, max_disagreements: int = 100,
+                max_comments: int = 200) -> TeamReport:
+    """The team's labeling statistics, of one dataset or of all; raises ``DatasetError`` for an
+    unknown dataset."""
     actor.require(Permission.VIEW_TEAM)
     with store.read() as session:
-        labels = human_labels(session)
+        labels = human_labels(session, None if not dataset else require_dataset(session, dataset).id)
     per_person: dict[str, list] = defaultdict(list)
     by_comparison: dict[int, dict[str, str]] = defaultdict(dict)
     excerpts: dict[int, str] = {}
@@ -132,4 +145,9 @@ def team_report(store: Store, actor: Actor, *, max_disagreements: int = 100) -> 
         fleiss_kappa=fleiss,
         fleiss_raters=raters,
         disagreements=disagreements,
+        comments=[
+            LabelComment(label.comparison_id, label.annotator, label.comment, label.prompt_excerpt)
+            for label in sorted((label for label in labels if label.comment),
+                                key=lambda label: (label.updated_at, label.comparison_id), reverse=True)
+        ][:max_comments],
     )
