@@ -208,8 +208,6 @@ body:has(#label-raw input:checked) .rl-thinking { display: none; }
 .rl-response { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px 14px; min-height: 120px;
   max-height: 60vh; overflow-y: auto; overflow-x: hidden; }
 .rl-response h4 { margin: 0 0 8px 0; }
-/* Flex items default to min-width: auto, so one long code line would widen a side past the page. */
-#label-left, #label-right { min-width: 0; }
 .rl-thinking { margin-bottom: 10px; opacity: 0.85; }
 .rl-thinking summary { cursor: pointer; font-size: 0.9em; }
 .rl-thinking .rl-text { font-size: 0.9em; border-left: 2px dashed var(--border-color-primary); padding-left: 8px; }

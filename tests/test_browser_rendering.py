@@ -76,7 +76,12 @@ def test_label_tab_at_900x800_renders_markdown_scrolls_each_side_keeps_buttons_o
         for button in ("#btn-left", "#btn-right", "#btn-tie", "#btn-both-bad", "#btn-skip"):
             box = page.locator(button).bounding_box()
             assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 800, (button, box)
+        # Nothing sticks out sideways: not the page, and not a side or a button cut off by Gradio's
+        # container (which clips what overflows it).
         assert page.evaluate("document.documentElement.scrollWidth") <= 900
+        for element in ("#label-left .rl-response", "#label-right .rl-response", "#btn-undo", "#label-raw"):
+            box = page.locator(element).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 900, (element, box)
         page.screenshot(path="/tmp/render-markdown.png")
         page.locator("#label-left .rl-response").evaluate("(el) => el.scrollTop = 400")
         page.screenshot(path="/tmp/render-scrolled.png")
