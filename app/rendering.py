@@ -14,10 +14,10 @@ Stored text is shown two ways, both in every block, and a checkbox on the Label 
 
 (``gr.Markdown`` would keep ``<img src=...>`` and fetch it; ``gr.HTML`` would run it; hence this.)
 
-Cost is linear in the text: markdown-it parses in linear time with a nesting limit, nh3 is a
-streaming HTML5 parser, and Pygments, whose regex lexers can backtrack badly on some inputs, only
-sees code blocks up to ``MAX_HIGHLIGHT_CHARS``. The text itself is capped at import
-(``core/limits.py``).
+Cost is linear in the text and bounded: markdown-it parses in linear time with a nesting limit, nh3
+is a streaming HTML5 parser, a text longer than ``MAX_MARKDOWN_CHARS`` is shown raw, and Pygments,
+whose regex lexers can backtrack badly on some inputs, sees at most ``MAX_HIGHLIGHT_CHARS`` of code
+per text. The text itself is capped at import (``core/limits.py``, 1,000,000 characters a field).
 """
 
 from __future__ import annotations
@@ -37,11 +37,17 @@ from pygments.util import ClassNotFound
 from core.labeling.actions import ComparisonView, ResponseView
 from core.segments import thinking_body
 
-# Pygments is skipped for a code block longer than this: its lexers are regular expressions, some of
-# which backtrack (super-linear time) on pathological input, and a completion may be 1,000,000
-# characters. 20,000 characters is a few hundred lines, more than an annotator reads as highlighted
-# code; longer blocks still show, escaped and monospaced, just without colour.
+# Characters of code Pygments highlights per text, blocks taken in order; a block that does not fit
+# in what is left (so any block longer than this) shows escaped and monospaced, without colour.
+# Pygments' lexers are regular expressions, some of which backtrack (super-linear time) on
+# pathological input, and highlighted HTML is ~15 times the size of the code; a completion may be
+# 1,000,000 characters. 20,000 is a few hundred lines, more than an annotator reads closely.
 MAX_HIGHLIGHT_CHARS = 20_000
+# A text longer than this is shown as raw text, not Markdown. markdown-it is linear but not fast:
+# on this project's 2-core machine adversarial Markdown ("[[[[...", a long table) renders at about
+# 100,000 characters a second, and every comparison shown renders its texts again. 200,000
+# characters is a 50,000-token reasoning trace.
+MAX_MARKDOWN_CHARS = 200_000
 
 # Pygments' token classes get a prefix so that they cannot collide with Gradio's own classes, and
 # only those classes survive the sanitizer.
@@ -65,7 +71,7 @@ def _code_block(content: str, language: str) -> str:
     """A code block as ``<pre class="rl-code">``: highlighted when Pygments knows the language and
     the block is short enough, else escaped as it is. Either way indentation is kept (``pre``)."""
     body = None
-    if language and len(content) <= MAX_HIGHLIGHT_CHARS:
+    if language:
         try:
             lexer = get_lexer_by_name(language, stripnl=False, ensurenl=False)
         except ClassNotFound:  # an unknown or made-up language name: plain code
@@ -124,8 +130,20 @@ def sanitize(fragment: str) -> str:
 
 
 def render_markdown(text: str) -> str:
-    """Untrusted Markdown as sanitized HTML (see the module docstring for what survives)."""
-    return sanitize(_MARKDOWN.render(text))
+    """Untrusted Markdown as sanitized HTML (see the module docstring for what survives); a text
+    over ``MAX_MARKDOWN_CHARS`` as escaped raw text with a note saying why."""
+    if len(text) > MAX_MARKDOWN_CHARS:
+        return (f'<p class="rl-note">Longer than {MAX_MARKDOWN_CHARS:,} characters: shown as raw text.</p>'
+                f'<div class="rl-raw-long">{html.escape(text)}</div>')
+    tokens = _MARKDOWN.parse(text)
+    budget = MAX_HIGHLIGHT_CHARS
+    for token in tokens:  # fenced blocks are all in this flat list, however deeply nested
+        if token.type == "fence":
+            if len(token.content) > budget:
+                token.info = ""  # no language: `_highlight` shows it escaped
+            else:
+                budget -= len(token.content)
+    return sanitize(_MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {}))
 
 
 def _text(value: str, raw_value: str | None = None) -> str:
@@ -189,6 +207,9 @@ LABEL_CSS = """
   white-space: pre; overflow-x: auto; overflow-wrap: normal; max-width: 100%; padding: 8px 10px;
   background: #f6f8fa; color: #1f2328; border-radius: 6px; font-size: 0.85em; line-height: 1.45; }
 .rl-md pre.rl-code code { font-family: inherit; font-size: inherit; white-space: pre; background: none; padding: 0; }
+.rl-note { font-style: italic; opacity: 0.7; }
+.rl-raw-long { white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.45; font-size: 0.9em;
+  font-family: var(--font-mono), ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 /* The exact stored text ("Show raw text"): shown instead of the rendered text when the box is ticked. */
 .rl-raw { display: none; white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.45; font-size: 0.9em;
   font-family: var(--font-mono), ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }

@@ -11,7 +11,15 @@ import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
-from app.rendering import LABEL_CSS, MAX_HIGHLIGHT_CHARS, render_markdown, render_prompt, render_response, sanitize
+from app.rendering import (
+    LABEL_CSS,
+    MAX_HIGHLIGHT_CHARS,
+    MAX_MARKDOWN_CHARS,
+    render_markdown,
+    render_prompt,
+    render_response,
+    sanitize,
+)
 from core.labeling.actions import ComparisonView, ResponseView
 from core.segments import split_thinking
 
@@ -145,6 +153,26 @@ def test_a_code_block_over_the_highlight_cap_is_shown_whole_without_highlighting
     [block] = tree.find_all("pre")
     assert block.find_all("span") == []
     assert block.text() == code
+
+
+def test_code_is_highlighted_until_the_text_has_used_its_highlight_budget():
+    line = "x = 1  # filler\n"
+    first = line * (MAX_HIGHLIGHT_CHARS * 3 // 4 // len(line))  # fits
+    second = line * (MAX_HIGHLIGHT_CHARS // 2 // len(line))  # fits alone, not after the first
+    third = "y = 2\n"  # still fits in what is left
+    tree = parse(render_markdown(f"```python\n{first}```\n\n> ```python\n> {second.rstrip().replace(chr(10), chr(10) + '> ')}\n> ```\n\n"
+                                 f"```python\n{third}```\n"))
+    blocks = tree.find_all("pre")
+    assert [block.text() for block in blocks] == [first, second, third]
+    assert [bool(block.find_all("span")) for block in blocks] == [True, False, True]
+
+
+def test_a_text_over_the_markdown_cap_is_shown_raw_and_whole():
+    text = "**not bold** <b>x</b>\n" * (MAX_MARKDOWN_CHARS // 20)
+    assert len(text) > MAX_MARKDOWN_CHARS
+    tree = parse(render_markdown(text))
+    assert tree.find_all("strong") == [] and tree.find_all("b") == []
+    assert text in tree.text()
 
 
 def test_a_remote_image_becomes_a_link_showing_its_text_and_url_and_no_img_is_emitted():
