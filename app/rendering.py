@@ -199,7 +199,11 @@ LABEL_CSS = """
 .rl-md h4, .rl-md h5, .rl-md h6 { font-size: 1em; margin: 0.8em 0 0.4em; }
 /* A wide table scrolls sideways inside its side instead of widening it. */
 .rl-md table { border-collapse: collapse; border: none; display: block; width: max-content; max-width: 100%; overflow-x: auto; margin: 0.5em 0; }
-.rl-md th, .rl-md td { border: 1px solid var(--border-color-primary); padding: 2px 8px; }
+/* Cells break between words only (the text around them may break anywhere), so a wide table
+   scrolls instead of stacking its headers one letter a line. */
+.rl-md th, .rl-md td { border: 1px solid var(--border-color-primary); padding: 2px 8px; overflow-wrap: normal; }
+/* Gradio styles links inside gr.HTML like buttons (padding); these are links in running text. */
+.gradio-container .rl-text.rl-md a { padding: 0; color: var(--link-text-color, #2563eb); text-decoration: underline; }
 .rl-md blockquote { border-left: 3px solid var(--border-color-primary); margin: 0.5em 0; padding-left: 10px; opacity: 0.85; }
 .rl-md code { font-family: var(--font-mono), ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.9em; }
 /* Code keeps its indentation and never wraps: a long line scrolls inside the block. */
