@@ -162,7 +162,9 @@ def render_prompt(view: ComparisonView) -> str:
     turns = []
     for message in view.prompt_messages:
         role = html.escape(message["role"])
-        turns.append(f'<div class="rl-turn rl-{role}"><div class="rl-role">{role}</div>{_text(message["content"])}</div>')
+        turns.append(
+            f'<div class="rl-turn rl-{role}"><div class="rl-role">{role}</div>{_text(message["content"])}</div>'
+        )
     return '<div class="rl-prompt">' + "".join(turns) + "</div>"
 
 
@@ -185,10 +187,13 @@ def render_response(response: ResponseView, title: str) -> str:
 # the page, which is not ours to change.
 # Gradio patches a changed gr.HTML in place, so a scrolled box would keep its scroll position into
 # the next comparison; the Label tab runs this in the browser whenever a box's content changes.
-SCROLL_BOXES_TO_TOP_JS = "() => { document.querySelectorAll('.rl-prompt, .rl-response').forEach((box) => { box.scrollTop = 0; }); }"
+SCROLL_BOXES_TO_TOP_JS = (
+    "() => { document.querySelectorAll('.rl-prompt, .rl-response').forEach((box) => { box.scrollTop = 0; }); }"
+)
 
 _CODE_COLOURS = "\n".join(
-    line for line in _FORMATTER.get_style_defs(".rl-code").splitlines() if line.startswith(".rl-code ." + _TOKEN_CLASS_PREFIX)
+    line for line in _FORMATTER.get_style_defs(".rl-code").splitlines()
+    if line.startswith(".rl-code ." + _TOKEN_CLASS_PREFIX)
 )
 
 LABEL_CSS = """
@@ -198,7 +203,8 @@ LABEL_CSS = """
 .rl-md h1, .rl-md h2, .rl-md h3 { font-size: 1.15em; margin: 0.8em 0 0.4em; }
 .rl-md h4, .rl-md h5, .rl-md h6 { font-size: 1em; margin: 0.8em 0 0.4em; }
 /* A wide table scrolls sideways inside its side instead of widening it. */
-.rl-md table { border-collapse: collapse; border: none; display: block; width: max-content; max-width: 100%; overflow-x: auto; margin: 0.5em 0; }
+.rl-md table { border-collapse: collapse; border: none; display: block; width: max-content; max-width: 100%;
+  overflow-x: auto; margin: 0.5em 0; }
 /* Cells break between words only (the text around them may break anywhere), so a wide table
    scrolls instead of stacking its headers one letter a line. */
 .rl-md th, .rl-md td { border: 1px solid var(--border-color-primary); padding: 2px 8px; overflow-wrap: normal; }

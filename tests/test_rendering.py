@@ -160,8 +160,8 @@ def test_code_is_highlighted_until_the_text_has_used_its_highlight_budget():
     first = line * (MAX_HIGHLIGHT_CHARS * 3 // 4 // len(line))  # fits
     second = line * (MAX_HIGHLIGHT_CHARS // 2 // len(line))  # fits alone, not after the first
     third = "y = 2\n"  # still fits in what is left
-    tree = parse(render_markdown(f"```python\n{first}```\n\n> ```python\n> {second.rstrip().replace(chr(10), chr(10) + '> ')}\n> ```\n\n"
-                                 f"```python\n{third}```\n"))
+    quoted_second = "".join(f"> {line}\n" for line in second.splitlines())  # a fence inside a blockquote
+    tree = parse(render_markdown(f"```python\n{first}```\n\n> ```python\n{quoted_second}> ```\n\n```python\n{third}```\n"))
     blocks = tree.find_all("pre")
     assert [block.text() for block in blocks] == [first, second, third]
     assert [bool(block.find_all("span")) for block in blocks] == [True, False, True]
