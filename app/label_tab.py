@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from app.rendering import render_prompt, render_response
+from app.rendering import SCROLL_BOXES_TO_TOP_JS, render_prompt, render_response
 from app.session import USER_ERRORS, current_actor
 from core.accounts import Permission
 from core.data.datasets import datasets_for
@@ -178,16 +178,23 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
     with gr.Row(equal_height=True):
         left_html = gr.HTML(elem_id="label-left")
         right_html = gr.HTML(elem_id="label-right")
-    with gr.Row():
-        strength = gr.Radio(["slightly", "clearly"], value="clearly", label="How much better", elem_id="label-strength")
-        comment = gr.Textbox(label="Comment (optional)", elem_id="label-comment", scale=2)
-    with gr.Row():
-        choice_buttons = {
-            choice: gr.Button(text, elem_id=element_id, variant="primary" if choice in ("left", "right") else "secondary")
-            for choice, text, element_id, _ in CHOICE_BUTTONS
-        }
-        undo = gr.Button("Undo last", elem_id="btn-undo")
-    gr.HTML(shortcuts_legend())
+    # Sticks to the bottom of the window (LABEL_CSS), so it is compact: one row of options, one of buttons.
+    with gr.Column(elem_id="label-choice-bar"):
+        with gr.Row(equal_height=True):
+            strength = gr.Radio(["slightly", "clearly"], value="clearly", label="How much better",
+                                elem_id="label-strength", min_width=250)
+            comment = gr.Textbox(label="Comment (optional)", elem_id="label-comment", scale=2, min_width=160)
+            # Switches every block between rendered Markdown and the exact stored text in CSS alone
+            # (app/rendering.py): no handler, and it stays as set for the next comparison.
+            gr.Checkbox(label="Show raw text", value=False, elem_id="label-raw", min_width=130)
+        with gr.Row():
+            choice_buttons = {
+                choice: gr.Button(text, elem_id=element_id, size="sm", min_width=90,
+                                  variant="primary" if choice in ("left", "right") else "secondary")
+                for choice, text, element_id, _ in CHOICE_BUTTONS
+            }
+            undo = gr.Button("Undo last", elem_id="btn-undo", size="sm", min_width=90)
+        gr.HTML(shortcuts_legend())
     with gr.Row():
         current = gr.Markdown(elem_id="label-current")
         status = gr.Markdown(elem_id="label-status")
@@ -199,6 +206,8 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             change_id = gr.Number(label="Comparison to change", precision=0, elem_id="change-id")
             change = gr.Button("Open it to change my label", elem_id="btn-change")
             refresh_history = gr.Button("Refresh", size="sm")
+    for box in (prompt_html, left_html, right_html):
+        box.change(None, js=SCROLL_BOXES_TO_TOP_JS)  # a new comparison starts at its top
     tab = LabelTab(
         dataset_choice, datasets_md, progress_md, guidelines_md, guidelines_editor, guidelines_save, prompt_html,
         left_html, right_html, strength, comment, current, status, history_table, change_it, gr.State(None),

@@ -202,8 +202,15 @@ def test_hostile_completions_show_as_text_and_do_nothing(db_url, tmp_path, page)
             shown = page.locator("#label-left").inner_text() + page.locator("#label-right").inner_text()
             assert "<" in shown  # the markup is visible as characters
             assert page.locator("#label-left img, #label-right img, #label-left script, #label-right script, "
-                                "#label-left style, #label-right style, #label-left a, #label-right a, "
+                                "#label-left style, #label-right style, "
                                 "#label-left iframe, #label-right iframe, #label-prompt b").count() == 0
+            # Markdown may make links (the tracker image is shown as one, text and URL); none may run code
+            # or open without rel=noopener noreferrer nofollow.
+            links = page.locator("#label-left a, #label-right a").evaluate_all(
+                "(links) => links.map((a) => [a.getAttribute('href'), a.getAttribute('rel'), a.innerText])")
+            for href, rel, text in links:
+                assert href == "http://attacker.invalid/track.png" and href in text
+                assert set(rel.split()) >= {"noopener", "noreferrer", "nofollow"}
             page.locator("#label-left").hover()
             page.locator("#label-prompt").hover()
             color = page.evaluate("getComputedStyle(document.body).backgroundColor")
