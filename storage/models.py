@@ -148,6 +148,7 @@ class User(SQLModel, table=True):
     name: str = Field(max_length=200, unique=True)
     role: str = Field(default=Role.ANNOTATOR.value, max_length=20)
     password_hash: Optional[str] = Field(default=None, max_length=300)
+    disabled_at: Optional[datetime] = Field(default=None, sa_type=UtcDateTime, description="login disabled (labels kept)")
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (CheckConstraint(_one_of("role", Role), name="user_role_known"),)
