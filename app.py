@@ -6,6 +6,7 @@
     python app.py score --model M --input IN --output OUT [--trajectory]
     python app.py eval --model M --input PAIRS     accuracy and mean margin as JSON
     python app.py adduser NAME --role annotator|engineer|admin   create a login (password from stdin)
+    python app.py users | passwd NAME | deluser NAME              list logins / set a password / disable a login
     python app.py train [--base-model demo|FOLDER|HUB_ID] [flags]   train a reward model in the foreground
     python app.py jobs | models                                      list training jobs / registered models
     python app.py backup OUT.db                                      copy the store while the app runs
@@ -26,7 +27,15 @@ import json
 import sys
 from pathlib import Path
 
-from core.accounts import LOGIN_ROLES, AccountError, add_user, operator_actor
+from core.accounts import (
+    LOGIN_ROLES,
+    AccountError,
+    add_user,
+    disable_account,
+    list_accounts,
+    operator_actor,
+    set_password,
+)
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
 from core.data.exporter import ExportConfig, NothingToExport, export_dataset
 from core.data.importer import ImportConfig, ImportRejected, import_file
@@ -107,22 +116,69 @@ def build_parser() -> argparse.ArgumentParser:
     adduser.add_argument("--role", required=True, choices=[role.value for role in LOGIN_ROLES],
                          help="annotator: label; engineer: also import, export, train, team view; admin: everything")
     adduser.add_argument("--password", help="the password (default: read from standard input, or asked for)")
+    users = commands.add_parser("users", help="list login accounts: role, created, disabled, label count")
+    _add_db_argument(users)
+    passwd = commands.add_parser("passwd", help="set a new password for a login account")
+    _add_db_argument(passwd)
+    passwd.add_argument("name", help="the account's user name")
+    passwd.add_argument("--password", help="the new password (default: read from standard input, or asked for)")
+    deluser = commands.add_parser(
+        "deluser", help="disable a login: its labels are kept, and its open sessions stop at their next request")
+    _add_db_argument(deluser)
+    deluser.add_argument("name", help="the account's user name")
     return parser
 
 
+def _password_from(args: argparse.Namespace) -> str:
+    """``--password``, else one line of standard input, else asked for on the terminal."""
+    if args.password is not None:
+        return args.password
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for {args.name}: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
 def run_adduser(args: argparse.Namespace) -> int:
-    password = args.password
-    if password is None:
-        if sys.stdin.isatty():
-            password = getpass.getpass(f"password for {args.name}: ")
-        else:
-            password = sys.stdin.readline().rstrip("\n")
+    password = _password_from(args)
     try:
         add_user(Store(args.db), args.name, args.role, password)
     except AccountError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"created {args.role} {args.name!r}; a running app must be restarted to require logins")
+    return 0
+
+
+def run_users(args: argparse.Namespace) -> int:
+    store = Store(args.db)
+    print(f"{'name':<24} {'role':<10} {'created (UTC)':<17} {'disabled (UTC)':<17} {'labels':>7}")
+    for account in list_accounts(store, operator_actor(store)):
+        created = f"{account.created_at:%Y-%m-%d %H:%M}"
+        disabled = f"{account.disabled_at:%Y-%m-%d %H:%M}" if account.disabled else "-"
+        print(f"{account.name:<24} {account.role:<10} {created:<17} {disabled:<17} {account.labels:>7}")
+    return 0
+
+
+def run_passwd(args: argparse.Namespace) -> int:
+    password = _password_from(args)
+    store = Store(args.db)
+    try:
+        set_password(store, operator_actor(store), args.name, password)
+    except AccountError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"password of {args.name!r} changed")
+    return 0
+
+
+def run_deluser(args: argparse.Namespace) -> int:
+    store = Store(args.db)
+    try:
+        changed = disable_account(store, operator_actor(store), args.name)
+    except AccountError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"disabled the login of {args.name!r}; its labels are kept" if changed else f"{args.name!r} was already disabled")
     return 0
 
 
@@ -255,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": run_serve, "import": run_import, "export": run_export, "adduser": run_adduser,
                 "score": run_score, "eval": run_eval, "train": run_train, "jobs": run_jobs, "models": run_models,
-                "backup": run_backup, "migrate-store": run_migrate_store}
+                "backup": run_backup, "migrate-store": run_migrate_store,
+                "users": run_users, "passwd": run_passwd, "deluser": run_deluser}
     try:
         return handlers[args.command](args)
     except (ConfigError, StoreConfigError) as error:
