@@ -22,7 +22,7 @@ def build_ui(store: Store) -> gr.Blocks:
     # Files Gradio serves (exports, uploads) are copied into its cache: delete those older than 15
     # minutes, checking every 10, so no export lingers in the temporary folder.
     with gr.Blocks(title=TITLE, delete_cache=(600, 900)) as blocks:
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=False):
             gr.Markdown(f"# {TITLE}\nLabel preferences, train reward models on them, and inspect what they reward.")
             # Gradio serves /logout when logins are on (the server asks for them exactly when accounts
             # exist): it deletes this user's session cookies and tokens and redirects to the login page.
