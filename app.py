@@ -3,7 +3,7 @@
     python app.py                      serve the app on http://127.0.0.1:7860 (demo data if empty)
     python app.py import FILE          import preference pairs or candidates to label
     python app.py export OUT           write a TRL-ready preference dataset
-    python app.py score --model M --input IN --output OUT [--trajectory]
+    python app.py score --model M --input IN --output OUT [--trajectory]   M: registered name[@vN] or folder
     python app.py eval --model M --input PAIRS     accuracy and mean margin as JSON
     python app.py adduser NAME --role annotator|engineer|admin   create a login (password from stdin)
     python app.py users | passwd NAME | deluser NAME              list logins / set a password / disable a login
@@ -44,6 +44,7 @@ from core.limits import DEFAULT_MAX_UPLOAD_MB
 from core.scoring.engine import ModelLoadError
 from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
 from core.scoring.inspection import registered_models
+from core.scoring.model_names import model_references
 from core.training.config import TrainingConfig
 from core.training.jobs import recent_jobs, submit_job
 from core.training.worker import execute_job, stop_at_next_step_on_signals
@@ -261,10 +262,12 @@ def run_jobs(args: argparse.Namespace) -> int:
 def run_models(args: argparse.Namespace) -> int:
     store = Store(args.db)
     rows = registered_models(store, operator_actor(store))
+    # Each model under the name that loads it (a plain name loads its newest version; name@v1 the first).
+    references = model_references([model.name for model in rows])
     print(f"{'name':<28} {'accuracy':>8} {'pairs':>6}  {'base model':<28} path")
     for model in rows:
         accuracy = f"{model.eval_accuracy:.3f}" if model.eval_accuracy is not None else "-"
-        print(f"{model.name:<28} {accuracy:>8} {model.n_pairs or 0:>6}  {model.base_model or '':<28} {model.path}")
+        print(f"{references[model.name]:<28} {accuracy:>8} {model.n_pairs or 0:>6}  {model.base_model or '':<28} {model.path}")
     return 0
 
 
