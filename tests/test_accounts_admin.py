@@ -34,12 +34,12 @@ PASSWORD = "correct horse battery"
 
 def _users_table(store) -> list:  # noqa: ANN001
     """The login accounts as stored (the command line's own operator row, ``local``, has no password)."""
-    return sql(store, "SELECT name, role, password_hash, disabled_at FROM user WHERE password_hash IS NOT NULL "
+    return sql(store, "SELECT name, role, password_hash, disabled_at FROM \"user\" WHERE password_hash IS NOT NULL "
                       "ORDER BY name")
 
 
 def _labels_of(store, name: str) -> int:  # noqa: ANN001
-    return sql(store, f"SELECT count(*) FROM label JOIN user ON user.id = label.annotator_id WHERE user.name = '{name}'")[0][0]
+    return sql(store, f"SELECT count(*) FROM label JOIN \"user\" ON \"user\".id = label.annotator_id WHERE \"user\".name = '{name}'")[0][0]
 
 
 def _label_some(store, tmp_path: Path, name: str, count: int) -> None:  # noqa: ANN001
@@ -96,14 +96,14 @@ def test_the_last_active_admin_can_be_neither_disabled_nor_demoted(store, db_url
 
     assert refused.returncode == 2
     assert "'boss' is the last active admin" in refused.stderr and "another account an admin" in refused.stderr
-    assert sql(store, "SELECT disabled_at, role FROM user WHERE name = 'boss'") == [(None, "admin")]
+    assert sql(store, "SELECT disabled_at, role FROM \"user\" WHERE name = 'boss'") == [(None, "admin")]
     with pytest.raises(AccountError, match="last active admin"):
         change_role(store, operator_actor(store), "boss", "engineer")
-    assert sql(store, "SELECT role FROM user WHERE name = 'boss'") == [("admin",)]
+    assert sql(store, "SELECT role FROM \"user\" WHERE name = 'boss'") == [("admin",)]
     # With a second active admin, the first one may go.
     change_role(store, operator_actor(store), "ann", "admin")
     assert run_cli("deluser", "boss", db_url=db_url).returncode == 0
-    assert sql(store, "SELECT disabled_at IS NOT NULL FROM user WHERE name = 'boss'") == [(1,)]
+    assert sql(store, "SELECT disabled_at IS NOT NULL FROM \"user\" WHERE name = 'boss'") == [(1,)]
 
 
 def test_a_disabled_admin_does_not_count_as_the_other_active_admin(store):
@@ -114,7 +114,7 @@ def test_a_disabled_admin_does_not_count_as_the_other_active_admin(store):
     add_user(store, "eng", "engineer", PASSWORD)
     with pytest.raises(AccountError, match="last active admin"):
         disable_account(store, operator_actor(store), "boss")
-    assert sql(store, "SELECT name FROM user WHERE disabled_at IS NULL AND role = 'admin' AND password_hash IS NOT NULL") == [("boss",)]
+    assert sql(store, "SELECT name FROM \"user\" WHERE disabled_at IS NULL AND role = 'admin' AND password_hash IS NOT NULL") == [("boss",)]
 
 
 def test_an_admin_cannot_disable_or_change_the_role_of_their_own_account(store):
@@ -159,18 +159,18 @@ def test_an_admin_can_add_change_reset_disable_and_re_enable_an_account(store):
     create_account(store, boss, "newbie", "annotator", PASSWORD)
     change_role(store, boss, "newbie", "engineer")
     set_password(store, boss, "newbie", "another long one")
-    assert sql(store, "SELECT role, disabled_at FROM user WHERE name = 'newbie'") == [("engineer", None)]
+    assert sql(store, "SELECT role, disabled_at FROM \"user\" WHERE name = 'newbie'") == [("engineer", None)]
     assert authenticate(store, "newbie", "another long one") and not authenticate(store, "newbie", PASSWORD)
 
     assert disable_account(store, boss, "newbie") is True
     assert disable_account(store, boss, "newbie") is False  # already disabled: nothing changes
-    assert sql(store, "SELECT disabled_at IS NOT NULL FROM user WHERE name = 'newbie'") == [(1,)]
+    assert sql(store, "SELECT disabled_at IS NOT NULL FROM \"user\" WHERE name = 'newbie'") == [(1,)]
     assert not authenticate(store, "newbie", "another long one")
     with pytest.raises(PermissionDenied, match="disabled"):
         actor_for(store, "newbie")
 
     assert enable_account(store, boss, "newbie") is True
-    assert sql(store, "SELECT disabled_at FROM user WHERE name = 'newbie'") == [(None,)]
+    assert sql(store, "SELECT disabled_at FROM \"user\" WHERE name = 'newbie'") == [(None,)]
     assert authenticate(store, "newbie", "another long one")
     assert [(a.name, a.role, a.disabled) for a in list_accounts(store, boss)] == [
         ("boss", "admin", False), ("newbie", "engineer", False)]
@@ -228,7 +228,7 @@ def test_deluser_keeps_the_labels_refuses_the_login_and_ends_the_open_session(ac
 
     assert done.returncode == 0, done.stderr
     assert _labels_of(store, "ann") == labels_before
-    assert sql(store, "SELECT count(*) FROM user WHERE name = 'ann'") == [(1,)]
+    assert sql(store, "SELECT count(*) FROM \"user\" WHERE name = 'ann'") == [(1,)]
     assert _login(accounts_app, "ann", PASSWORD)[0] == 400
     # The session opened before: its next event is refused (the label is not stored); the refusal
     # also drops its login token, so its result stream may already be refused with 401.
