@@ -4,9 +4,10 @@
     python app.py import FILE [--dataset NAME]     import preference pairs or candidates to label
     python app.py datasets [NAME --overlap N --guidelines FILE --archive ...]   list datasets / change one
     python app.py export OUT [--dataset NAME ...] [--with-metadata]   write a TRL-ready preference dataset
-    python app.py score --model M --input IN --output OUT [--trajectory]
+    python app.py score --model M --input IN --output OUT [--trajectory]   M: registered name[@vN] or folder
     python app.py eval --model M --input PAIRS     accuracy and mean margin as JSON
     python app.py adduser NAME --role annotator|engineer|admin   create a login (password from stdin)
+    python app.py users | passwd NAME | deluser NAME              list logins / set a password / disable a login
     python app.py train [--base-model demo|FOLDER|HUB_ID] [flags]   train a reward model in the foreground
     python app.py jobs | models                                      list training jobs / registered models
     python app.py backup OUT.db                                      copy the store while the app runs
@@ -27,7 +28,15 @@ import json
 import sys
 from pathlib import Path
 
-from core.accounts import LOGIN_ROLES, AccountError, add_user, operator_actor
+from core.accounts import (
+    LOGIN_ROLES,
+    AccountError,
+    add_user,
+    disable_account,
+    list_accounts,
+    operator_actor,
+    set_password,
+)
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
 from core.data.datasets import DatasetError, DatasetSettings, change_dataset_settings, create_dataset, datasets_for
 from core.data.exporter import ExportConfig, NothingToExport, export_dataset
@@ -37,6 +46,7 @@ from core.limits import DEFAULT_MAX_UPLOAD_MB
 from core.scoring.engine import ModelLoadError
 from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
 from core.scoring.inspection import registered_models
+from core.scoring.model_names import model_references
 from core.training.config import TrainingConfig
 from core.training.jobs import recent_jobs, submit_job
 from core.training.worker import execute_job, stop_at_next_step_on_signals
@@ -126,22 +136,69 @@ def build_parser() -> argparse.ArgumentParser:
     adduser.add_argument("--role", required=True, choices=[role.value for role in LOGIN_ROLES],
                          help="annotator: label; engineer: also import, export, train, team view; admin: everything")
     adduser.add_argument("--password", help="the password (default: read from standard input, or asked for)")
+    users = commands.add_parser("users", help="list login accounts: role, created, disabled, label count")
+    _add_db_argument(users)
+    passwd = commands.add_parser("passwd", help="set a new password for a login account")
+    _add_db_argument(passwd)
+    passwd.add_argument("name", help="the account's user name")
+    passwd.add_argument("--password", help="the new password (default: read from standard input, or asked for)")
+    deluser = commands.add_parser(
+        "deluser", help="disable a login: its labels are kept, and its open sessions stop at their next request")
+    _add_db_argument(deluser)
+    deluser.add_argument("name", help="the account's user name")
     return parser
 
 
+def _password_from(args: argparse.Namespace) -> str:
+    """``--password``, else one line of standard input, else asked for on the terminal."""
+    if args.password is not None:
+        return args.password
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for {args.name}: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
 def run_adduser(args: argparse.Namespace) -> int:
-    password = args.password
-    if password is None:
-        if sys.stdin.isatty():
-            password = getpass.getpass(f"password for {args.name}: ")
-        else:
-            password = sys.stdin.readline().rstrip("\n")
+    password = _password_from(args)
     try:
         add_user(Store(args.db), args.name, args.role, password)
     except AccountError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"created {args.role} {args.name!r}; a running app must be restarted to require logins")
+    return 0
+
+
+def run_users(args: argparse.Namespace) -> int:
+    store = Store(args.db)
+    print(f"{'name':<24} {'role':<10} {'created (UTC)':<17} {'disabled (UTC)':<17} {'labels':>7}")
+    for account in list_accounts(store, operator_actor(store)):
+        created = f"{account.created_at:%Y-%m-%d %H:%M}"
+        disabled = f"{account.disabled_at:%Y-%m-%d %H:%M}" if account.disabled else "-"
+        print(f"{account.name:<24} {account.role:<10} {created:<17} {disabled:<17} {account.labels:>7}")
+    return 0
+
+
+def run_passwd(args: argparse.Namespace) -> int:
+    password = _password_from(args)
+    store = Store(args.db)
+    try:
+        set_password(store, operator_actor(store), args.name, password)
+    except AccountError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"password of {args.name!r} changed")
+    return 0
+
+
+def run_deluser(args: argparse.Namespace) -> int:
+    store = Store(args.db)
+    try:
+        changed = disable_account(store, operator_actor(store), args.name)
+    except AccountError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"disabled the login of {args.name!r}; its labels are kept" if changed else f"{args.name!r} was already disabled")
     return 0
 
 
@@ -228,10 +285,12 @@ def run_jobs(args: argparse.Namespace) -> int:
 def run_models(args: argparse.Namespace) -> int:
     store = Store(args.db)
     rows = registered_models(store, operator_actor(store))
+    # Each model under the name that loads it (a plain name loads its newest version; name@v1 the first).
+    references = model_references([model.name for model in rows])
     print(f"{'name':<28} {'accuracy':>8} {'pairs':>6}  {'base model':<28} path")
     for model in rows:
         accuracy = f"{model.eval_accuracy:.3f}" if model.eval_accuracy is not None else "-"
-        print(f"{model.name:<28} {accuracy:>8} {model.n_pairs or 0:>6}  {model.base_model or '':<28} {model.path}")
+        print(f"{references[model.name]:<28} {accuracy:>8} {model.n_pairs or 0:>6}  {model.base_model or '':<28} {model.path}")
     return 0
 
 
@@ -319,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"serve": run_serve, "import": run_import, "datasets": run_datasets, "export": run_export,
                 "adduser": run_adduser,
                 "score": run_score, "eval": run_eval, "train": run_train, "jobs": run_jobs, "models": run_models,
-                "backup": run_backup, "migrate-store": run_migrate_store}
+                "backup": run_backup, "migrate-store": run_migrate_store,
+                "users": run_users, "passwd": run_passwd, "deluser": run_deluser}
     try:
         return handlers[args.command](args)
     except (ConfigError, StoreConfigError) as error:

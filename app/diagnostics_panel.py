@@ -12,7 +12,7 @@ from app.formatting import inline_text
 from app.session import USER_ERRORS, current_actor
 from core.scoring.diagnostics import Diagnostics, run_diagnostics, send_for_review
 from core.scoring.engine import ModelLoadError, ScoringCancelled
-from core.scoring.inspection import UnknownModel, registered_models
+from core.scoring.inspection import UnknownModel, model_choices
 from storage.engine import Store
 
 PAIR_HEADERS = ["comparison", "prompt", "chosen reward", "rejected reward", "margin"]
@@ -92,7 +92,7 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
 
     def choices(request: gr.Request) -> dict:
         try:
-            names = [m.name for m in registered_models(store, current_actor(store, request))]
+            names = model_choices(store, current_actor(store, request))
         except USER_ERRORS:
             names = []
         return {model: gr.Dropdown(choices=names, value=names[0] if names else None),

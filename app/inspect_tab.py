@@ -22,7 +22,7 @@ from core.scoring.inspection import (
     UnknownModel,
     comparison_for_inspection,
     inspect_with_models,
-    registered_models,
+    model_choices,
 )
 from storage.engine import Store
 
@@ -125,7 +125,7 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
 
     def choices(request: gr.Request):  # noqa: ANN202
         try:
-            names = [model.name for model in registered_models(store, current_actor(store, request))]
+            names = model_choices(store, current_actor(store, request))
         except USER_ERRORS:
             names = []
         return gr.CheckboxGroup(choices=names, value=names[:1])

@@ -9,9 +9,9 @@ from app.data_tab import render_data_tab
 from app.inspect_tab import render_inspect_tab
 from app.label_tab import render_label_tab
 from app.session import USER_ERRORS, current_actor
-from app.team_tab import render_team_tab
+from app.team_tab import render_team_tab, render_users_section
 from app.train_tab import render_train_tab
-from core.accounts import Permission
+from core.accounts import Permission, accounts_exist
 from core.scoring.inspection import may_inspect
 from storage.engine import Store
 
@@ -22,7 +22,12 @@ def build_ui(store: Store) -> gr.Blocks:
     # Files Gradio serves (exports, uploads) are copied into its cache: delete those older than 15
     # minutes, checking every 10, so no export lingers in the temporary folder.
     with gr.Blocks(title=TITLE, delete_cache=(600, 900)) as blocks:
-        gr.Markdown(f"# {TITLE}\nLabel preferences, train reward models on them, and inspect what they reward.")
+        with gr.Row(equal_height=False):
+            gr.Markdown(f"# {TITLE}\nLabel preferences, train reward models on them, and inspect what they reward.")
+            # Gradio serves /logout when logins are on (the server asks for them exactly when accounts
+            # exist): it deletes this user's session cookies and tokens and redirects to the login page.
+            gr.Button("Log out", link="/logout", size="sm", scale=0, min_width=100, visible=accounts_exist(store),
+                      elem_id="logout-button")
         with gr.Tabs():
             with gr.Tab("Label", id="label"):
                 render_label_tab(store, blocks)
@@ -36,6 +41,7 @@ def build_ui(store: Store) -> gr.Blocks:
                 render_inspect_tab(store, blocks)
             with gr.Tab("Team", id="team", visible=False) as team_tab:
                 render_team_tab(store, team_tab)
+                users_section = render_users_section(store)
         register_api(store)
 
         # Show each person the tabs their role may use; the handlers check the role again.
@@ -49,7 +55,9 @@ def build_ui(store: Store) -> gr.Blocks:
                 train_tab: gr.Tab(visible=actor.can(Permission.TRAIN)),
                 inspect_tab: gr.Tab(visible=may_inspect(store, actor)),
                 team_tab: gr.Tab(visible=actor.can(Permission.VIEW_TEAM)),
+                users_section: gr.Accordion(visible=actor.can(Permission.MANAGE_USERS)),
             }
 
-        blocks.load(tabs_for, outputs=[data_tab, train_tab, inspect_tab, team_tab], api_visibility="private")
+        blocks.load(tabs_for, outputs=[data_tab, train_tab, inspect_tab, team_tab, users_section],
+                    api_visibility="private")
     return blocks

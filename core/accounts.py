@@ -14,14 +14,15 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from storage.engine import Store
 from storage.labels import ensure_user
-from storage.models import Role, User
+from storage.models import Label, Role, User, utc_now
 
 LOCAL_USER = "local"
 LOGIN_ROLES = (Role.ANNOTATOR, Role.ENGINEER, Role.ADMIN)
@@ -38,6 +39,10 @@ class PermissionDenied(PermissionError):
     """The user's role does not allow this action."""
 
 
+class AccountDisabled(PermissionDenied):
+    """The account exists but an admin disabled its login."""
+
+
 class Permission(enum.Enum):
     LABEL = "label comparisons"
     IMPORT = "import data"
@@ -48,6 +53,7 @@ class Permission(enum.Enum):
     CHANGE_SETTINGS = "change labeling settings"
     REQUEUE = "send comparisons back to the labeling queue"
     INSPECT = "inspect reward models and the comparisons they score"
+    MANAGE_USERS = "manage user accounts"
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -93,12 +99,16 @@ def add_user(store: Store, name: str, role: str, password: str) -> None:
         )
     if role not in {r.value for r in LOGIN_ROLES}:
         raise AccountError(f"role must be one of {', '.join(r.value for r in LOGIN_ROLES)}, got {role!r}")
-    if len(password or "") < MIN_PASSWORD_LENGTH:
-        raise AccountError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
+    _check_password(password)
     with store.write() as session:
         if session.execute(select(User.id).where(User.name == name)).first() is not None:
             raise AccountError(f"user {name!r} already exists")
         session.add(User(name=name, role=role, password_hash=hash_password(password)))
+
+
+def _check_password(password: str | None) -> None:
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
 
 
 def accounts_exist(store: Store) -> bool:
@@ -107,10 +117,11 @@ def accounts_exist(store: Store) -> bool:
 
 
 def authenticate(store: Store, name: str, password: str) -> bool:
-    """Whether ``name``/``password`` is a login account (Gradio's ``auth`` callable)."""
+    """Whether ``name``/``password`` is a login account that is not disabled (Gradio's ``auth`` callable)."""
     with store.read() as session:
         stored = session.execute(
-            select(User.password_hash).where(User.name == name, User.password_hash.is_not(None))
+            select(User.password_hash).where(User.name == name, User.password_hash.is_not(None),
+                                             User.disabled_at.is_(None))
         ).scalar_one_or_none()
     if stored is None:
         # Spend the same time as a real check, so timing does not tell which names exist.
@@ -127,7 +138,8 @@ _DUMMY_HASH = _hasher.hash("rewardlab-no-such-user")
 
 def actor_for(store: Store, username: str | None) -> Actor:
     """The actor behind a request: the logged-in account, or the single local user when the store
-    has no accounts (then the app listens on 127.0.0.1 only). Raises ``PermissionDenied``."""
+    has no accounts (then the app listens on 127.0.0.1 only). Raises ``PermissionDenied``, and
+    ``AccountDisabled`` for an account disabled since it logged in: its session stops at this request."""
     if username is None:
         if accounts_exist(store):
             raise PermissionDenied(
@@ -140,6 +152,8 @@ def actor_for(store: Store, username: str | None) -> Actor:
         ).scalar_one_or_none()
     if user is None:
         raise PermissionDenied(f"no account named {username!r}")
+    if user.disabled_at is not None:
+        raise AccountDisabled(f"the account {username!r} is disabled: ask an admin to re-enable it")
     return Actor(user.id, user.name, user.role)
 
 
@@ -150,6 +164,129 @@ def operator_actor(store: Store) -> Actor:
     with store.write() as session:
         user_id = ensure_user(session, LOCAL_USER, role=Role.ADMIN)
     return Actor(user_id, LOCAL_USER, Role.ADMIN.value)
+
+
+# ----- Managing accounts (admins, from the Team tab; the command line as the operator)
+# Each function checks MANAGE_USERS itself and does its reads and its write in one transaction, so
+# "is this the last active admin?" is answered under the same write lock as the change it guards.
+
+
+@dataclass(frozen=True)
+class AccountSummary:
+    """One login account as an admin sees it."""
+
+    name: str
+    role: str
+    created_at: datetime
+    disabled_at: datetime | None
+    labels: int
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_at is not None
+
+
+def list_accounts(store: Store, actor: Actor) -> list[AccountSummary]:
+    """Every login account (not import sources, not the local operator), by name, with its label count.
+    Raises ``PermissionDenied``."""
+    actor.require(Permission.MANAGE_USERS)
+    labels = (select(Label.annotator_id, func.count().label("labels")).group_by(Label.annotator_id)).subquery()
+    with store.read() as session:
+        rows = session.execute(
+            select(User.name, User.role, User.created_at, User.disabled_at, func.coalesce(labels.c.labels, 0))
+            .outerjoin(labels, labels.c.annotator_id == User.id)
+            .where(User.password_hash.is_not(None))
+            .order_by(User.name)
+        ).all()
+    return [AccountSummary(*row) for row in rows]
+
+
+def create_account(store: Store, actor: Actor, name: str, role: str, password: str) -> None:
+    """``add_user`` for an admin. Raises ``PermissionDenied`` or ``AccountError``."""
+    actor.require(Permission.MANAGE_USERS)
+    add_user(store, name, role, password)
+
+
+def _login_account(session, name: str) -> User:  # noqa: ANN001
+    user = session.execute(
+        select(User).where(User.name == name, User.password_hash.is_not(None))
+    ).scalar_one_or_none()
+    if user is None:
+        raise AccountError(f"no login account named {name!r}")
+    return user
+
+
+def _refuse_removing_the_last_admin(session, user: User, what: str) -> None:  # noqa: ANN001
+    if user.role != Role.ADMIN.value or user.disabled_at is not None:
+        return
+    # FOR UPDATE: on PostgreSQL two admins disabling each other at once are serialized on these rows
+    # (SQLite's write transactions are serialized already by BEGIN IMMEDIATE).
+    active_admins = session.execute(
+        select(User.id).where(User.role == Role.ADMIN.value, User.password_hash.is_not(None),
+                              User.disabled_at.is_(None)).with_for_update()
+    ).all()
+    if len(active_admins) <= 1:
+        raise AccountError(
+            f"refused to {what}: {user.name!r} is the last active admin, and nobody could manage accounts "
+            "afterwards. Make another account an admin first."
+        )
+
+
+def _refuse_self(actor: Actor, name: str, what: str) -> None:
+    if actor.name == name:
+        raise AccountError(f"refused to {what}: you cannot do that to your own account; ask another admin")
+
+
+def change_role(store: Store, actor: Actor, name: str, role: str) -> None:
+    """Give ``name`` another login role. Refuses one's own account and the last active admin.
+    Raises ``PermissionDenied`` or ``AccountError``."""
+    actor.require(Permission.MANAGE_USERS)
+    if role not in {r.value for r in LOGIN_ROLES}:
+        raise AccountError(f"role must be one of {', '.join(r.value for r in LOGIN_ROLES)}, got {role!r}")
+    _refuse_self(actor, name, f"change the role of {name!r}")
+    with store.write() as session:
+        user = _login_account(session, name)
+        if role != Role.ADMIN.value:
+            _refuse_removing_the_last_admin(session, user, f"make {name!r} {'an' if role[0] in 'aeiou' else 'a'} {role}")
+        session.execute(update(User).where(User.id == user.id).values(role=role))
+
+
+def set_password(store: Store, actor: Actor, name: str, password: str) -> None:
+    """Replace the password of ``name`` (same rules as ``add_user``). Raises ``PermissionDenied`` or
+    ``AccountError``."""
+    actor.require(Permission.MANAGE_USERS)
+    _check_password(password)
+    password_hash = hash_password(password)  # ~100 ms of CPU: not while holding the write lock
+    with store.write() as session:
+        user = _login_account(session, name)
+        session.execute(update(User).where(User.id == user.id).values(password_hash=password_hash))
+
+
+def disable_account(store: Store, actor: Actor, name: str) -> bool:
+    """Stop ``name`` from logging in; its labels stay, and its open sessions are refused at their next
+    request (``actor_for``). Returns False when it was disabled already. Refuses one's own account and
+    the last active admin. Raises ``PermissionDenied`` or ``AccountError``."""
+    actor.require(Permission.MANAGE_USERS)
+    _refuse_self(actor, name, f"disable {name!r}")
+    with store.write() as session:
+        user = _login_account(session, name)
+        if user.disabled_at is not None:
+            return False
+        _refuse_removing_the_last_admin(session, user, f"disable {name!r}")
+        session.execute(update(User).where(User.id == user.id).values(disabled_at=utc_now()))
+    return True
+
+
+def enable_account(store: Store, actor: Actor, name: str) -> bool:
+    """Let ``name`` log in again. Returns False when it was not disabled. Raises ``PermissionDenied`` or
+    ``AccountError``."""
+    actor.require(Permission.MANAGE_USERS)
+    with store.write() as session:
+        user = _login_account(session, name)
+        if user.disabled_at is None:
+            return False
+        session.execute(update(User).where(User.id == user.id).values(disabled_at=None))
+    return True
 
 
 class LoginThrottle:

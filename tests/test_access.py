@@ -108,10 +108,13 @@ HANDLER_PERMISSIONS = {
     "send_back": "REQUEUE", "show_team": "VIEW_TEAM", "show_team_1": "VIEW_TEAM", "show_team_2": "VIEW_TEAM",
     "save_inspect_setting": "CHANGE_SETTINGS",
     "cancel_scoring": None, "cancel_diagnosis": None,  # only ever stop the caller's own session's work
+    "show_users": "MANAGE_USERS", "add_account": "MANAGE_USERS", "change_account_role": "MANAGE_USERS",
+    "reset_account_password": "MANAGE_USERS", "disable_login": "MANAGE_USERS", "enable_login": "MANAGE_USERS",
 }
 # A click on the first row of a table, as the browser sends it with a .select event.
 ROW_CLICK = {"index": [0, 0], "value": 1, "row_value": [1], "col_value": [1], "selected": True}
 EVENT_DATA = {"open_row": ROW_CLICK, "change_from_row": ROW_CLICK, "pick_job": ROW_CLICK}
+ACCOUNT_HANDLERS = {h for h, p in HANDLER_PERMISSIONS.items() if p == "MANAGE_USERS"}
 INPUT_OVERRIDES = {  # (component label or type, value)
     "change_label": {"number": 1}, "from_store": {"number": 1}, "send_back": {"textbox": "1, 2"},
     "save_inspect_setting": {"checkbox": False}, "handler_5": {"number": 999}, "handler_6": {"number": 999},
@@ -175,7 +178,7 @@ def test_every_handler_the_page_lists_checks_the_role_of_whoever_calls_it_over_h
     assert {h for (r, h), (allowed, _) in outcomes.items() if r == "annotator" and not allowed} == {
         h for h, p in HANDLER_PERMISSIONS.items() if p not in (None, "LABEL")}
     assert {h for (r, h), (allowed, _) in outcomes.items() if r == "engineer" and not allowed} == {
-        "save_guidelines", "save_dataset_settings", "save_inspect_setting"}
+        "save_guidelines", "save_dataset_settings", "save_inspect_setting", *ACCOUNT_HANDLERS}
 
 
 def test_no_file_route_serves_the_store_or_model_folders(secured_app):

@@ -7,12 +7,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from core.config_fields import ConfigError, config_field
 from core.data.formats import RowError, _check_messages, _check_text, parse_row
 from core.data.readers import UnreadableFile, read_rows
 from core.scoring.engine import Progress, RewardScorer
+from core.scoring.model_names import existing_folder, model_folder_for, registry_store
 
 
 class InputRejected(ValueError):
@@ -23,11 +24,14 @@ class InputRejected(ValueError):
 class ScoreConfig:
     """Score prompt/response rows with a reward model."""
 
-    model: str = config_field(help="reward model: a local folder (full model or LoRA adapter) or a hub id")
+    model: str = config_field(help="reward model: a registered name (name@vN for an older version) or a local folder "
+                              "(full model or LoRA adapter); never looked up on the hub")
     input: Path = config_field(help="rows with 'prompt' (text or chat messages) and 'response' (.jsonl, .json, .csv, .parquet)")
     output: Path = config_field(help="output .jsonl: the input rows plus reward, thinking_reward, answer_reward")
     trajectory: bool = config_field(False, help="also write 'trajectory': [token, reward of the prefix] per response token")
     batch_tokens: int = config_field(1024, help="most tokens in one batched forward pass (speed only)")
+    db: Optional[str] = config_field(None, help="store whose registered models --model may name (default: $REWARDLAB_DB, "
+                                                "or data/rewardlab.db when it exists)")
 
     def __post_init__(self) -> None:
         self.input, self.output = Path(self.input), Path(self.output)
@@ -39,12 +43,26 @@ class ScoreConfig:
 class EvalConfig:
     """Accuracy and margin of a reward model on preference pairs."""
 
-    model: str = config_field(help="reward model: a local folder (full model or LoRA adapter) or a hub id")
+    model: str = config_field(help="reward model: a registered name (name@vN for an older version) or a local folder "
+                              "(full model or LoRA adapter); never looked up on the hub")
     input: Path = config_field(help="preference pairs in any format `import` takes")
     batch_tokens: int = config_field(1024, help="most tokens in one batched forward pass (speed only)")
+    db: Optional[str] = config_field(None, help="store whose registered models --model may name (default: $REWARDLAB_DB, "
+                                                "or data/rewardlab.db when it exists)")
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)
+
+
+def model_folder(config: ScoreConfig | EvalConfig) -> str:
+    """The folder ``config.model`` names (``core.scoring.model_names``): decided before any input is read
+    or model loaded, without network. Raises ``UnknownModel``."""
+    store = registry_store(config.db)
+    try:
+        return model_folder_for(store, config.model, local_folder=existing_folder)
+    finally:
+        if store is not None:
+            store.dispose()
 
 
 def _read_score_rows(path: Path) -> list[tuple[dict[str, Any], Any, str]]:
@@ -90,8 +108,9 @@ def _within_limit(model: RewardScorer, examples: list[tuple[Any, str]]) -> list[
 def score_file(config: ScoreConfig, model: RewardScorer | None = None, *, progress: Progress | None = None) -> int:
     """Write ``config.output`` (whole or not at all) and return the number of rows scored. A row
     longer than the model's ``max_length`` gets ``over_max_length: true`` and null rewards."""
+    folder = None if model is not None else model_folder(config)
     rows = _read_score_rows(config.input)
-    model = model or RewardScorer(config.model, batch_tokens=config.batch_tokens)
+    model = model or RewardScorer(folder, batch_tokens=config.batch_tokens)
     examples = [(prompt, response) for _, prompt, response in rows]
     fits = _within_limit(model, examples)
     scored_results = iter(model.score_responses([e for e, ok in zip(examples, fits, strict=True) if ok],
@@ -126,6 +145,7 @@ def evaluate_pairs(config: EvalConfig, model: RewardScorer | None = None) -> Eva
     """Accuracy (chosen scored strictly above rejected; a tie counts as wrong) and mean margin over
     the pairs that fit the model's ``max_length``; ``n_over_max_length`` counts the others, which
     are not scored (as training drops them)."""
+    folder = None if model is not None else model_folder(config)
     pairs, problems = [], []
     try:
         for raw in read_rows(config.input):
@@ -148,7 +168,7 @@ def evaluate_pairs(config: EvalConfig, model: RewardScorer | None = None) -> Eva
         raise InputRejected("\n".join(problems[:50]))
     if not pairs:
         raise InputRejected(f"{config.input}: no preference pairs")
-    model = model or RewardScorer(config.model, batch_tokens=config.batch_tokens)
+    model = model or RewardScorer(folder, batch_tokens=config.batch_tokens)
     chosen_fit = _within_limit(model, [(p, c) for p, c, _ in pairs])
     rejected_fit = _within_limit(model, [(p, r) for p, _, r in pairs])
     kept = [pair for pair, a, b in zip(pairs, chosen_fit, rejected_fit, strict=True) if a and b]

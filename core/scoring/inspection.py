@@ -12,10 +12,11 @@ from core.accounts import Actor, Permission, PermissionDenied
 from core.limits import MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
 from core.model_folders import folder_under_models_root
 from core.scoring.engine import ModelLoadError, Progress, Prompt, RewardScorer, ScoreResult
+from core.scoring.model_names import UnknownModel, model_folder_for, registered_references  # noqa: F401 (UnknownModel: re-exported)
 from storage.engine import Store
 from storage.models import RegisteredModel, Role
 from storage.queries import ComparisonContent, load_comparison
-from storage.registry import list_models, model_by_name
+from storage.registry import list_models
 from storage.settings import get_setting, set_setting
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,6 @@ log = logging.getLogger(__name__)
 _cache: dict[str, RewardScorer] = {}
 _cache_lock = threading.Lock()
 MAX_CACHED_MODELS = 4
-
-
-class UnknownModel(ValueError):
-    pass
 
 
 class UnknownComparison(ValueError):
@@ -59,6 +56,13 @@ def registered_models(store: Store, actor: Actor) -> list[RegisteredModel]:
     require_inspect(store, actor, stored_data=False)
     with store.read() as session:
         return list_models(session)
+
+
+def model_choices(store: Store, actor: Actor) -> list[str]:
+    """The registered models as names that each load that one model (``name@v1`` for a first version
+    with later ones, whose plain name means the newest), newest first."""
+    require_inspect(store, actor, stored_data=False)
+    return registered_references(store)
 
 
 def require_inspect(store: Store, actor: Actor, *, stored_data: bool) -> None:
@@ -96,21 +100,12 @@ def allow_annotators_to_inspect(store: Store, actor: Actor, allowed: bool) -> No
 
 
 def resolve_model(store: Store, actor: Actor, name: str) -> RewardScorer:
-    """A registered model by name, else a model folder under the models folder (by path, absolute
-    or relative to it). Raises ``PermissionDenied``, ``UnknownModel`` (the same message whether or
-    not a path outside the models folder exists) or ``ModelLoadError``."""
+    """A registered model (``name@vN``, or a plain name's newest version), else a model folder under
+    the models folder (by path, absolute or relative to it); never the hub. Raises
+    ``PermissionDenied``, ``UnknownModel`` (listing the registered names, and the same whether or not
+    a path outside the models folder exists) or ``ModelLoadError``."""
     require_inspect(store, actor, stored_data=False)
-    name = (name or "").strip()
-    if not name:
-        raise UnknownModel("choose a registered model or give a model folder")
-    with store.read() as session:
-        record = model_by_name(session, name)
-    folder = record.path if record is not None else folder_under_models_root(store, name)
-    if folder is None:
-        raise UnknownModel(
-            f"no registered model and no model folder under the models folder is called {name!r} "
-            "(train one, or put the folder under the models folder)"
-        )
+    folder = model_folder_for(store, name, local_folder=lambda path: folder_under_models_root(store, path))
     try:
         return load_scorer(str(folder))
     except ModelLoadError:
