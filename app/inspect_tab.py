@@ -4,6 +4,7 @@ rewards, per-token reward trajectories, and what the model actually sees."""
 from __future__ import annotations
 
 import html
+import json
 
 import gradio as gr
 import plotly.colors
@@ -20,6 +21,7 @@ from core.scoring.inspection import (
     InspectionRefused,
     UnknownComparison,
     UnknownModel,
+    chat_prompt,
     comparison_for_inspection,
     inspect_with_models,
     model_choices,
@@ -104,7 +106,9 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
         comparison_id = gr.Number(label="Load comparison #", precision=0)
         load = gr.Button("Load from store", size="sm")
         demo = gr.Button("Load a demo pair", size="sm", elem_id="inspect-demo")
-    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="inspect-prompt")
+    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="inspect-prompt",
+                        info="for a chat prompt: plain text (one user turn) or a JSON list of {\"role\", \"content\"} "
+                             "messages, as Load from store fills it")
     with gr.Row():
         response_a = gr.Textbox(label="Response A", lines=6, elem_id="inspect-a")
         response_b = gr.Textbox(label="Response B", lines=6, elem_id="inspect-b")
@@ -143,15 +147,22 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
         if number is None:
             return {status: "Type a comparison number first."}
         try:
-            record = comparison_for_inspection(store, current_actor(store, request), int(number))
+            stored = comparison_for_inspection(store, current_actor(store, request), int(number))
         except (*USER_ERRORS, UnknownComparison) as error:
             return {status: inline_text(error)}
-        if record.prompt_messages is not None:
-            text = "\n\n".join(m["content"] for m in record.prompt_messages if m["role"] == "user")
-        else:
-            text = record.prompt_text
+        record = stored.content
+        # A chat prompt keeps every turn (system and earlier turns too) as JSON messages, so the model
+        # scores what training saw; plain text stays text.
+        text = json.dumps(record.prompt_messages, ensure_ascii=False, indent=1) if record.prompt_messages is not None \
+            else record.prompt_text
+        verdict = {"a": "A", "b": "B", "tie": "a tie", "both_bad": "both bad", "skipped": "only skips",
+                   "no_majority": "no majority"}.get(stored.human_verdict)
+        said = (f" Humans preferred **{verdict}**" if stored.human_verdict in ("a", "b") else
+                f" Humans said: **{verdict}**" if verdict else " No human label yet")
+        said += f" ({inline_text(stored.votes)})." if stored.votes else "."
         return {prompt: text, response_a: record.a_text, response_b: record.b_text,
-                chat: record.prompt_messages is not None, status: f"Loaded comparison {int(number)}."}
+                chat: record.prompt_messages is not None,
+                status: f"Loaded comparison {int(number)} (dataset {inline_text(record.dataset)}).{said}"}
 
     load.click(from_store, inputs=comparison_id, outputs=[prompt, response_a, response_b, chat, status],
                api_visibility="private")
@@ -162,8 +173,8 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
               request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 (Gradio's idiom)
         responses = [text for text in (a, b, c, d) if text and text.strip()]
         wanted = list(names or []) + ([path.strip()] if path and path.strip() else [])
-        full_prompt = [{"role": "user", "content": prompt_text or ""}] if as_chat else (prompt_text or "")
         try:
+            full_prompt = chat_prompt(prompt_text) if as_chat else (prompt_text or "")
             inspection = inspect_with_models(store, current_actor(store, request), wanted, full_prompt, responses,
                                              progress=cancel_requests.reporter(request, progress, "scoring"))
         except ScoringCancelled:

@@ -52,7 +52,7 @@ class Vote:
 
 def votes_by_comparison(
     session: Session, *, since: datetime | None = None, annotators: Iterable[str] | None = None,
-    dataset_ids: Iterable[int] | None = None,
+    dataset_ids: Iterable[int] | None = None, comparison_ids: Iterable[int] | None = None,
 ) -> dict[int, list[Vote]]:
     """Every label of a comparison that is not archived, grouped by comparison id, optionally only
     those updated since ``since``, given by the named annotators (user names, import sources
@@ -70,6 +70,8 @@ def votes_by_comparison(
     statement = statement.join(Comparison, Comparison.id == Label.comparison_id).where(Comparison.archived.is_(False))
     if dataset_ids is not None:
         statement = statement.where(Comparison.dataset_id.in_(list(dataset_ids)))
+    if comparison_ids is not None:
+        statement = statement.where(Comparison.id.in_(list(comparison_ids)))
     votes: dict[int, list[Vote]] = {}
     for comparison_id, *fields in session.execute(statement):
         votes.setdefault(comparison_id, []).append(Vote(*fields))

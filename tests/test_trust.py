@@ -25,6 +25,7 @@ from core.limits import MAX_COMMENT_CHARS, MAX_INSPECT_RESPONSES
 from core.scoring.inspection import (
     InspectionRefused,
     UnknownModel,
+    chat_prompt,
     comparison_for_inspection,
     inspect_with_models,
     resolve_model,
@@ -169,7 +170,7 @@ def test_an_annotator_cannot_read_comparisons_inspect_or_diagnose_unless_allowed
     with pytest.raises(PermissionDenied):
         run_diagnostics(store, ann, "any")
     engineer = make_actor(store, "eng", "engineer")
-    assert comparison_for_inspection(store, engineer, 1).prompt_text == "Q?"
+    assert comparison_for_inspection(store, engineer, 1).content.prompt_text == "Q?"
 
 
 def test_a_path_outside_the_models_folder_is_unknown_whether_or_not_it_exists(store, tmp_path):
@@ -234,6 +235,45 @@ def test_inspect_refuses_too_many_too_long_or_too_many_token_responses_before_sc
         inspect_with_models(store, engineer, ["tiny"], "p", ["short", "word " * 200])
     scored = inspect_with_models(store, engineer, ["tiny"], "p", ["short", "also short"])
     assert len(scored.scores) == 2
+
+
+def test_inspect_flags_a_registered_model_at_the_max_length_it_was_trained_with(store, tiny_model, monkeypatch):
+    from storage.registry import register_model
+
+    monkeypatch.setenv("REWARDLAB_MODELS_ROOT", str(tiny_model.parent))
+    with store.write() as session:
+        register_model(session, name="short-rm", path=str(tiny_model), config={"max_length": 24})
+    engineer = make_actor(store, "eng", "engineer")
+    long_response = "the quick brown fox " * 12
+    # The oracle: the token count of the formatted pair, read from the model's own tokenizer files.
+    from transformers import AutoTokenizer
+
+    n_tokens = len(AutoTokenizer.from_pretrained(tiny_model)("p" + long_response)["input_ids"])
+    assert n_tokens > 24
+    by_registry = inspect_with_models(store, engineer, ["short-rm"], "p", ["short", long_response])
+    assert [s.result.exceeds_max_length for s in by_registry.scores] == [False, True]
+    assert {s.max_length for s in by_registry.scores} == {24}
+    by_folder = inspect_with_models(store, engineer, ["tiny"], "p", ["short", long_response])
+    assert [s.result.exceeds_max_length for s in by_folder.scores] == [False, False]
+
+
+def test_load_from_store_keeps_every_chat_turn_and_says_what_humans_preferred(store, tmp_path):
+    chat = {"prompt": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
+                       {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}],
+            "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "5"}]}
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "c.jsonl", [chat])))
+    engineer = make_actor(store, "eng", "engineer")
+    stored = comparison_for_inspection(store, engineer, 1)
+    assert stored.content.prompt_messages == chat["prompt"]
+    side_of_4 = sql(store, "SELECT CASE WHEN a.text = '4' THEN 'a' ELSE 'b' END FROM comparison c "
+                           "JOIN completion a ON a.id = c.completion_a_id WHERE c.id = 1")[0][0]
+    assert stored.human_verdict == side_of_4 and stored.votes == f"import:c.jsonl: {side_of_4}"
+    assert chat_prompt(json.dumps(chat["prompt"])) == chat["prompt"]
+    assert chat_prompt("just text") == [{"role": "user", "content": "just text"}]
+    with pytest.raises(InspectionRefused, match="list of"):
+        chat_prompt('[{"role": "wizard", "content": "x"}]')
+    with pytest.raises(InspectionRefused, match="not valid"):
+        chat_prompt('[{"role": "user", ')
 
 
 def test_diagnostics_skip_and_count_pairs_longer_than_the_model_instead_of_scoring_them(store, tmp_path, tiny_model):

@@ -3,25 +3,27 @@ the preference flips once the thinking is removed, and the per-token trajectorie
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
 from itertools import combinations
 
 from core.accounts import Actor, Permission, PermissionDenied
+from core.data.exporter import fold_votes
 from core.limits import MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
 from core.model_folders import folder_under_models_root
 from core.scoring.engine import ModelLoadError, Progress, Prompt, RewardScorer, ScoreResult
 from core.scoring.model_names import UnknownModel, model_folder_for, registered_references  # noqa: F401 (UnknownModel: re-exported)
 from storage.engine import Store
 from storage.models import RegisteredModel, Role
-from storage.queries import ComparisonContent, load_comparison
-from storage.registry import list_models
+from storage.queries import ComparisonContent, load_comparison, votes_by_comparison
+from storage.registry import find_model, list_models
 from storage.settings import get_setting, set_setting
 
 log = logging.getLogger(__name__)
 
-_cache: dict[str, RewardScorer] = {}
+_cache: dict[tuple[str, int | None], RewardScorer] = {}
 _cache_lock = threading.Lock()
 MAX_CACHED_MODELS = 4
 
@@ -30,25 +32,61 @@ class UnknownComparison(ValueError):
     pass
 
 
-def load_scorer(path: str) -> RewardScorer:
-    """Load a reward model once per process and reuse it (the oldest is dropped past four)."""
+def load_scorer(path: str, max_length: int | None = None) -> RewardScorer:
+    """Load a reward model once per process and reuse it (the oldest is dropped past four).
+    ``max_length``: the length the model was trained to, which flags longer inputs (default: the
+    tokenizer's limit)."""
+    key = (path, max_length)
     with _cache_lock:
-        if path not in _cache:
+        if key not in _cache:
             if len(_cache) >= MAX_CACHED_MODELS:
                 _cache.pop(next(iter(_cache)))
-            _cache[path] = RewardScorer(path)
-        return _cache[path]
+            _cache[key] = RewardScorer(path, max_length=max_length)
+        return _cache[key]
 
 
-def comparison_for_inspection(store: Store, actor: Actor, comparison_id: int) -> ComparisonContent:
-    """A stored comparison's prompt and completions, to score in the Inspect tab. Raises
-    ``PermissionDenied`` for a role that may not inspect, ``UnknownComparison`` for a missing id."""
+@dataclass(frozen=True)
+class StoredComparison:
+    """A stored comparison as Inspect loads it: the whole prompt (every chat turn) and what people said."""
+
+    content: ComparisonContent
+    human_verdict: str  # "a", "b", "tie", "both_bad", "skipped", "no_majority", or "" without labels
+    votes: str  # "ann: a · bob: a"
+
+
+def comparison_for_inspection(store: Store, actor: Actor, comparison_id: int) -> StoredComparison:
+    """A stored comparison's prompt and completions, with the humans' verdict, to score in the
+    Inspect tab. Raises ``PermissionDenied`` for a role that may not inspect, ``UnknownComparison``
+    for a missing id."""
     require_inspect(store, actor, stored_data=True)
     with store.read() as session:
         record = load_comparison(session, comparison_id)
+        votes = votes_by_comparison(session, comparison_ids=[comparison_id]).get(comparison_id, [])
     if record is None:
         raise UnknownComparison(f"there is no comparison {comparison_id}")
-    return record
+    verdict = fold_votes(votes).outcome if votes else ""
+    return StoredComparison(record, verdict, " · ".join(f"{vote.annotator}: {vote.choice}" for vote in votes))
+
+
+def chat_prompt(text: str) -> list[dict[str, str]]:
+    """The chat prompt typed in Inspect: a JSON list of ``{"role", "content"}`` messages (as Load
+    from store fills it, every turn kept), or plain text taken as one user message. Raises
+    ``InspectionRefused`` for a JSON list that is not messages."""
+    stripped = (text or "").strip()
+    if not stripped.startswith("["):
+        return [{"role": "user", "content": text or ""}]
+    try:
+        messages = json.loads(stripped)
+    except json.JSONDecodeError as error:
+        raise InspectionRefused(f"the chat prompt looks like JSON but is not valid: {error}") from None
+    roles = ("system", "developer", "user", "assistant", "tool")
+    if not isinstance(messages, list) or not messages or not all(
+        isinstance(m, dict) and m.get("role") in roles and isinstance(m.get("content"), str) for m in messages
+    ):
+        raise InspectionRefused(
+            f'a chat prompt in JSON is a list of {{"role": ..., "content": "..."}} messages, roles among {", ".join(roles)}'
+        )
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def registered_models(store: Store, actor: Actor) -> list[RegisteredModel]:
@@ -107,7 +145,7 @@ def resolve_model(store: Store, actor: Actor, name: str) -> RewardScorer:
     require_inspect(store, actor, stored_data=False)
     folder = model_folder_for(store, name, local_folder=lambda path: folder_under_models_root(store, path))
     try:
-        return load_scorer(str(folder))
+        return load_scorer(str(folder), trained_max_length(store, name))
     except ModelLoadError:
         raise
     except Exception:  # noqa: BLE001 (a corrupt folder raises anything: pickle, safetensors, json errors)
@@ -118,6 +156,15 @@ def resolve_model(store: Store, actor: Actor, name: str) -> RewardScorer:
 
 class InspectionRefused(ValueError):
     """A request over one of the inspection caps; the message names the cap."""
+
+
+def trained_max_length(store: Store, name: str) -> int | None:
+    """The ``max_length`` a registered model was trained with (its registry record), so Inspect flags
+    what training would have dropped; None for an unregistered folder."""
+    with store.read() as session:
+        record = find_model(session, (name or "").strip())
+    value = (record.config or {}).get("max_length") if record is not None else None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def inspect_with_models(store: Store, actor: Actor, model_names: list[str], prompt: Prompt,
