@@ -15,12 +15,19 @@ from storage.engine import Store
 def register_api(store: Store) -> None:
     """Declare the endpoints inside the current Blocks."""
 
-    def api_next(dataset: str = "", request: gr.Request = None) -> dict[str, Any] | None:
-        """Reserve the next comparison for you, from `dataset` (empty: any dataset you may label): its
-        id, dataset, the prompt (text or chat messages) and the two completions as `a` and `b` in
-        stored order; null when nothing is left for you."""
+    def api_next(request: gr.Request) -> dict[str, Any] | None:
+        """Reserve the next comparison for you from any dataset you may label: its id, dataset, the
+        prompt (text or chat messages) and the two completions as `a` and `b` in stored order; null
+        when nothing is left for you."""
+        return _next(None, request)
+
+    def api_next_in_dataset(dataset: str, request: gr.Request) -> dict[str, Any] | None:
+        """As `next`, from dataset `dataset` only."""
+        return _next(dataset or None, request)
+
+    def _next(dataset: str | None, request: gr.Request) -> dict[str, Any] | None:
         try:
-            view = next_comparison(store, current_actor(store, request), dataset or None)
+            view = next_comparison(store, current_actor(store, request), dataset)
         except USER_ERRORS as error:
             raise gr.Error(str(error)) from None
         if view is None:
@@ -49,5 +56,6 @@ def register_api(store: Store) -> None:
         return {"label_id": result.label_id, "changed": result.changed}
 
     gr.api(api_next, api_name="next")
+    gr.api(api_next_in_dataset, api_name="next_in_dataset")
     gr.api(api_label, api_name="label")
 

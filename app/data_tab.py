@@ -67,7 +67,7 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
                                         elem_id="export-metadata")
             export_button = gr.Button("Export", elem_id="export-button")
             export_result = gr.Markdown(elem_id="export-result")
-            export_file = gr.File(label="Download", interactive=False)
+            export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
     with gr.Accordion("Records", open=True):
         records_dataset = gr.Dropdown(choices=[], label="Dataset", elem_id="records-dataset")
         render_records_panel(store, records_dataset)

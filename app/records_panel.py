@@ -176,7 +176,8 @@ def render_records_panel(store: Store, dataset_choices: gr.Dropdown) -> None:
         if comparison_id is None or not choice:
             return {action_result: "Open a comparison and choose your label first."}
         try:
-            result = label_stored(store, current_actor(store, request), int(comparison_id), choice)
+            # The record view always shows A on the left, so that is how this annotator saw the pair.
+            result = label_stored(store, current_actor(store, request), int(comparison_id), choice, shown_left="a")
         except ERRORS as error:
             return {action_result: f"**Not saved.** {inline_text(error)}"}
         updates = open_record(comparison_id, selection, request)

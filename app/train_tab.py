@@ -24,7 +24,7 @@ from storage.engine import Store
 
 MAIN_FIELDS = ("base_model", "output_name", "dataset", "max_steps", "num_train_epochs", "learning_rate",
                "per_device_train_batch_size", "max_length", "eval_fraction", "lora")
-JOB_HEADERS = ["job", "status", "base model", "progress", "reward model", "error"]
+JOB_HEADERS = ["job", "status", "base model", "datasets", "progress", "reward model", "error"]
 CHARTS = (("loss", "loss"), ("accuracy", "accuracy"), ("margin", "margin"), ("reward", "mean_reward"))
 
 
@@ -57,7 +57,8 @@ def _jobs_table(store: Store, actor) -> list[list]:  # noqa: ANN001
     rows = []
     for job in recent_jobs(store, actor):
         progress = f"{job.current_step}/{job.total_steps}" if job.total_steps else (str(job.current_step) if job.current_step else "")
-        rows.append([job.id, job.status, job.config.get("base_model", ""), progress, job.reward_model_name or "",
+        rows.append([job.id, job.status, job.config.get("base_model", ""), ", ".join(job.config.get("dataset") or []) or "all",
+                     progress, job.reward_model_name or "",
                      (job.error or "").splitlines()[0][:120] if job.error else ""])
     return rows
 
@@ -89,7 +90,7 @@ def _progress(report) -> str:  # noqa: ANN001
     return "\n\n".join(lines)
 
 
-def render_train_tab(store: Store, blocks: gr.Blocks) -> None:
+def render_train_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) -> None:
     hints = typing.get_type_hints(TrainingConfig)
     fields = [f for f in dataclasses.fields(TrainingConfig) if "help" in f.metadata]
     controls: dict[str, gr.components.Component] = {}
@@ -155,6 +156,8 @@ def render_train_tab(store: Store, blocks: gr.Blocks) -> None:
                                                           for s in summaries if s.labels])}
 
     blocks.load(dataset_choices, outputs=[controls["dataset"], form_status], api_visibility="private")
+    if tab is not None:  # labels given since the page loaded make more datasets trainable
+        tab.select(dataset_choices, outputs=[controls["dataset"], form_status], api_visibility="private")
     timer.tick(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
     job_id.submit(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
 

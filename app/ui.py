@@ -36,7 +36,7 @@ def build_ui(store: Store) -> gr.Blocks:
             with gr.Tab("Data", id="data", visible=False) as data_tab:
                 render_data_tab(store, blocks, data_tab)
             with gr.Tab("Train", id="train", visible=False) as train_tab:
-                render_train_tab(store, blocks)
+                render_train_tab(store, blocks, train_tab)
             with gr.Tab("Inspect", id="inspect", visible=False) as inspect_tab:
                 render_inspect_tab(store, blocks)
             with gr.Tab("Team", id="team", visible=False) as team_tab:

@@ -59,7 +59,7 @@ def time_executemany(db_path: Path, rows: list[dict[str, str]]) -> float:
         prompts.append((i, prompt_content_hash(row["prompt"], None), row["prompt"], now))
         completions.append((2 * i - 1, i, completion_content_hash(row["chosen"]), row["chosen"], now))
         completions.append((2 * i, i, completion_content_hash(row["rejected"]), row["rejected"], now))
-        comparisons.append((i, i, 2 * i - 1, 2 * i, 0, "bench", 1, 0, 1, now))  # labeled by its source: done
+        comparisons.append((i, 1, i, 2 * i - 1, 2 * i, 0, "bench", 1, 0, 1, 0, now))  # labeled by its source: done
         labels.append((i, i, 1, "a", now, now))
     connection = sqlite3.connect(db_path, isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")
@@ -68,13 +68,17 @@ def time_executemany(db_path: Path, rows: list[dict[str, str]]) -> float:
     connection.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     start = time.perf_counter()
     connection.execute("BEGIN IMMEDIATE")
+    connection.execute(
+        "INSERT INTO dataset (id, name, prompt_kind, guidelines, overlap, lease_seconds, default_priority, open_to_all, "
+        "archived, created_at) VALUES (1, 'default', 'text', '', 1, 900, 0, 1, 0, ?)", (now,)
+    )
     connection.executemany("INSERT INTO prompt (id, content_hash, text, created_at) VALUES (?, ?, ?, ?)", prompts)
     connection.executemany(
         "INSERT INTO completion (id, prompt_id, content_hash, text, created_at) VALUES (?, ?, ?, ?, ?)", completions
     )
     connection.executemany(
-        "INSERT INTO comparison (id, prompt_id, completion_a_id, completion_b_id, priority, source, label_count, "
-        "extra_labels, done, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO comparison (id, dataset_id, prompt_id, completion_a_id, completion_b_id, priority, source, "
+        "label_count, extra_labels, done, archived, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         comparisons,
     )
     connection.execute("INSERT INTO user (id, name, role, created_at) VALUES (1, 'bench', 'source', ?)", (now,))

@@ -74,12 +74,13 @@ def call(client: httpx.Client, fn_id: int, data: list, headers: dict | None = No
     raise AssertionError("no result")
 
 
-def test_the_public_api_is_next_and_label_for_every_role_and_nobody_without_login(secured_app):
+def test_the_public_api_is_next_next_in_dataset_and_label_for_every_role_and_nobody_without_login(secured_app):
     from gradio_client import Client
 
     for name in ROLES:
         client = Client(secured_app.url, auth=(name, PASSWORD), verbose=False)
-        assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/next", "/label"}
+        assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {
+            "/next", "/next_in_dataset", "/label"}
         assert client.predict(api_name="/next") is not None
     anonymous = session_for(secured_app, None)
     assert anonymous.get("/config").status_code in (401, 403)
@@ -93,14 +94,14 @@ HANDLER_PERMISSIONS = {
     "open_dataset": "LABEL", "open_dataset_1": "LABEL", "change_it_now": "LABEL", "change_from_row": "LABEL",
     "handler": "LABEL", "handler_1": "LABEL", "handler_2": "LABEL", "handler_3": "LABEL",
     "handler_4": "LABEL", "undo_last_label": "LABEL", "change_label": "LABEL", "refresh": "LABEL",
-    "next": "LABEL", "label": "LABEL", "tabs_for": None, "demo_pair": None,
+    "next": "LABEL", "next_in_dataset": "LABEL", "label": "LABEL", "tabs_for": None, "demo_pair": None,
     "save_guidelines": "EDIT_GUIDELINES", "save_dataset_settings": "CHANGE_SETTINGS",
     "current_counts": "EXPORT", "current_counts_1": "EXPORT", "current_counts_2": "EXPORT", "run_export": "EXPORT",
     "run_import": "IMPORT",
     "show": "VIEW_TEAM", "open_row": "VIEW_TEAM", "run_bulk": "REQUEUE", "run_bulk_1": "REQUEUE",
     "run_bulk_2": "REQUEUE", "run_bulk_3": "REQUEUE", "save_my_label": "LABEL",
     "select_whole_page": None, "clear_selection": None,  # echo the caller's own selection back; read nothing
-    "pick_job": "TRAIN", "dataset_choices": "TRAIN",
+    "pick_job": "TRAIN", "dataset_choices": "TRAIN", "dataset_choices_1": "TRAIN",
     "show_jobs": "TRAIN", "show_jobs_1": "TRAIN", "show_jobs_2": "TRAIN", "preview": "TRAIN", "submit": "TRAIN",
     "handler_5": "TRAIN", "handler_6": "TRAIN",
     "choices": "INSPECT", "choices_1": "INSPECT", "choices_2": "INSPECT", "score": "INSPECT",
@@ -119,7 +120,7 @@ INPUT_OVERRIDES = {  # (component label or type, value)
     "change_label": {"number": 1}, "from_store": {"number": 1}, "send_back": {"textbox": "1, 2"},
     "save_inspect_setting": {"checkbox": False}, "handler_5": {"number": 999}, "handler_6": {"number": 999},
     "run_diagnosis": {"number": 10}, "save_guidelines": {"textbox": "# guidelines"},
-    "label": {"api": None}, "submit": {"max steps": 1, "output name": "access-test"},
+    "label": {"api": None}, "next_in_dataset": {"api": ""}, "submit": {"max steps": 1, "output name": "access-test"},
 }
 
 
@@ -213,21 +214,25 @@ def test_a_state_changing_request_from_another_origin_is_refused_even_with_the_a
     """A page on another localhost port makes the admin's browser post to the app: the browser sends
     its Origin (and Sec-Fetch-Site), and the request is refused before any handler runs."""
     admin = session_for(secured_app, "boss")
-    fn = handler_ids(admin)["save_guidelines"]
-    body = {"data": ["# rewritten by another page"], "fn_index": fn, "session_hash": uuid.uuid4().hex[:10]}
+    fn = handler_ids(admin)["save_inspect_setting"]
+    body = {"data": [True], "fn_index": fn, "session_hash": uuid.uuid4().hex[:10]}
     port = secured_app.url.rsplit(":", 1)[1]
     forged = admin.post("/gradio_api/queue/join", json=body,
                         headers={"Origin": "http://127.0.0.1:9", "Sec-Fetch-Site": "same-site"})
     assert forged.status_code == 403
     sandboxed = admin.post("/gradio_api/queue/join", json=body, headers={"Origin": "null"})
     assert sandboxed.status_code == 403
-    same = call(admin, fn, ["# kept"], headers={"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"})
-    assert same[1] == "Guidelines saved."
     from storage.engine import Store
 
-    with Store(secured_app.db_url).read() as session:  # the oracle: the row itself
-        stored = session.exec(text("SELECT value FROM setting WHERE key = 'guidelines'")).one()[0]
-    assert stored == "# kept"
+    def stored() -> list:  # the oracle: the row itself
+        with Store(secured_app.db_url).read() as session:
+            return session.exec(text("SELECT value FROM setting WHERE key = 'annotators_may_inspect'")).all()
+
+    assert stored() in ([], [("0",)])
+    same = call(admin, fn, [True], headers={"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"})
+    assert same[0].startswith("Saved"), same
+    assert stored() == [("1",)]
+    call(admin, fn, [False], headers={"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"})
 
 
 def test_another_users_session_hash_reads_nothing_of_theirs(secured_app):

@@ -38,11 +38,11 @@ def test_labels_are_served_while_a_job_trains(db_url, tmp_path, store):
     rows = [{"prompt": f"P{i}", "completions": [f"x{i}", f"y{i}"]} for i in range(20)]
     source = tmp_path / "c.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert run_cli("import", str(source), db_url=db_url).returncode == 0
+    assert run_cli("import", str(source), "--dataset", "to-label", db_url=db_url).returncode == 0
     assert run_cli("adduser", "ann", "--role", "annotator", "--password", "long enough pw", db_url=db_url).returncode == 0
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")
     try:
-        job_id = submit_job(store, _admin(store), TrainingConfig(max_steps=3000))
+        job_id = submit_job(store, _admin(store), TrainingConfig(max_steps=3000, dataset=["default"]))
         wait_for(store, job_id, ("running",), condition=lambda job: job.current_step > 0)
         client = Client(app.url, auth=("ann", "long enough pw"), verbose=False)
         for _ in range(10):
