@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from app.cancelling import CancelRequests
 from app.formatting import inline_text
 from app.session import USER_ERRORS, current_actor
+from core.data.datasets import datasets_for
 from core.scoring.diagnostics import Diagnostics, run_diagnostics, send_for_review
 from core.scoring.engine import ModelLoadError, ScoringCancelled
 from core.scoring.inspection import UnknownModel, model_choices
@@ -70,6 +71,7 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
         with gr.Row():
             model = gr.Dropdown(label="Model", elem_id="diag-model")
             second = gr.Dropdown(label="Compare with (optional)", elem_id="diag-second")
+            diag_dataset = gr.Dropdown(choices=[("All datasets", "")], value="", label="Dataset", elem_id="diag-dataset")
             limit = gr.Number(value=500, precision=0, label="Most recent labeled comparisons", minimum=2)
         with gr.Row():
             run = gr.Button("Diagnose", variant="primary", elem_id="diag-run", scale=4)
@@ -92,21 +94,25 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
 
     def choices(request: gr.Request) -> dict:
         try:
-            names = model_choices(store, current_actor(store, request))
-        except USER_ERRORS:
-            names = []
+            actor = current_actor(store, request)
+            names = model_choices(store, actor)
+            datasets = [s.name for s in datasets_for(store, actor)]
+        except USER_ERRORS:  # not allowed: nothing to choose from
+            return {model: gr.Dropdown(choices=[], value=None), second: gr.Dropdown(choices=[""], value=""),
+                    diag_dataset: gr.Dropdown(choices=[], value=None)}
         return {model: gr.Dropdown(choices=names, value=names[0] if names else None),
-                second: gr.Dropdown(choices=["", *names], value="")}
+                second: gr.Dropdown(choices=["", *names], value=""),
+                diag_dataset: gr.Dropdown(choices=[("All datasets", ""), *[(name, name) for name in datasets]], value="")}
 
-    blocks.load(choices, outputs=[model, second], api_visibility="private")
+    blocks.load(choices, outputs=[model, second, diag_dataset], api_visibility="private")
 
     cancel_requests = CancelRequests()
 
-    def run_diagnosis(first_name: str | None, second_name: str | None, most_recent: float | None,
+    def run_diagnosis(first_name: str | None, second_name: str | None, dataset: str | None, most_recent: float | None,
                       request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008
         try:
             report, disagreements = run_diagnostics(store, current_actor(store, request), first_name, second_name,
-                                                    limit=int(most_recent or 500),
+                                                    limit=int(most_recent or 500), dataset=dataset or None,
                                                     progress=cancel_requests.reporter(request, progress, "diagnosing"))
         except ScoringCancelled:
             return {summary: "Cancelled."}
@@ -123,7 +129,7 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
             review_ids: ", ".join(str(p.comparison_id) for p in report.suspected_label_errors),
         }
 
-    diagnosing = run.click(run_diagnosis, inputs=[model, second, limit],
+    diagnosing = run.click(run_diagnosis, inputs=[model, second, diag_dataset, limit],
                            outputs=[summary, margins, lengths, suspects, ties, flips, review_ids], api_visibility="private")
 
     def cancel_diagnosis(request: gr.Request) -> str:

@@ -257,6 +257,20 @@ def test_inspect_flags_a_registered_model_at_the_max_length_it_was_trained_with(
     assert [s.result.exceeds_max_length for s in by_folder.scores] == [False, False]
 
 
+def test_diagnostics_of_one_dataset_score_only_its_comparisons(store, tmp_path, tiny_model):
+    from core.scoring.diagnostics import diagnose
+    from core.scoring.engine import RewardScorer
+
+    for dataset in ("first", "second"):
+        pairs = [{"prompt": f"{dataset} Q{i}? ", "chosen": " yes", "rejected": " no"} for i in range(3)]
+        import_file(store, ImportConfig(write_jsonl(tmp_path / f"{dataset}.jsonl", pairs), dataset=dataset))
+    scorer = RewardScorer(tiny_model, device="cpu", max_length=256)
+    expected = {row[0] for row in sql(store, "SELECT c.id FROM comparison c JOIN dataset d ON d.id = c.dataset_id "
+                                             "WHERE d.name = 'second'")}
+    assert {p.comparison_id for p in diagnose(store, scorer, name="tiny", dataset="second").pairs} == expected
+    assert len(diagnose(store, scorer, name="tiny").pairs) == 6
+
+
 def test_load_from_store_keeps_every_chat_turn_and_says_what_humans_preferred(store, tmp_path):
     chat = {"prompt": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
                        {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}],

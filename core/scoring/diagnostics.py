@@ -68,13 +68,13 @@ def _pearson(xs: list[float], ys: list[float]) -> float | None:
     return statistics.correlation(xs, ys)
 
 
-def _ids_and_rows(store: Store, prompt_format: str) -> tuple[list[int], list[dict]]:
-    prepared = build_preference_rows(store, prompt_format=prompt_format)
+def _ids_and_rows(store: Store, prompt_format: str, dataset: str | None) -> tuple[list[int], list[dict]]:
+    prepared = build_preference_rows(store, prompt_format=prompt_format, datasets=[dataset] if dataset else None)
     return prepared.comparison_ids, prepared.rows
 
 
-def _pairs(store: Store, model: RewardScorer, limit: int,
-           progress: Progress | None = None) -> tuple[list[PairDiagnosis], int]:
+def _pairs(store: Store, model: RewardScorer, limit: int, progress: Progress | None = None,
+           dataset: str | None = None) -> tuple[list[PairDiagnosis], int]:
     """The most recent ``limit`` labeled pairs scored by ``model``, and how many were skipped for a
     side longer than the model's ``max_length`` (scoring them would truncate nothing and read past
     the model's positions, or allocate attention for a length nobody bounded)."""
@@ -82,7 +82,7 @@ def _pairs(store: Store, model: RewardScorer, limit: int,
     rows = sorted(
         (comparison_id, row)
         for kind in ("text", "chat")
-        for comparison_id, row in zip(*_ids_and_rows(store, kind), strict=True)
+        for comparison_id, row in zip(*_ids_and_rows(store, kind, dataset), strict=True)
     )[-min(limit, MAX_DIAGNOSED_PAIRS):]
     kept, skipped = [], 0
     for comparison_id, row in rows:
@@ -105,9 +105,10 @@ def _pairs(store: Store, model: RewardScorer, limit: int,
 
 
 def diagnose(store: Store, model: RewardScorer, *, name: str, limit: int = 500,
-             progress: Progress | None = None) -> Diagnostics:
-    """Score up to ``limit`` of the most recent labeled comparisons with ``model`` and report."""
-    pairs, skipped = _pairs(store, model, limit, progress)
+             progress: Progress | None = None, dataset: str | None = None) -> Diagnostics:
+    """Score up to ``limit`` of the most recent labeled comparisons (of ``dataset``, or of all) with
+    ``model`` and report."""
+    pairs, skipped = _pairs(store, model, limit, progress, dataset)
     if not pairs:
         raise ValueError("no labeled comparison with a majority preference to diagnose"
                          + (f" ({skipped} skipped: longer than the model's max_length)" if skipped else ""))
@@ -170,18 +171,19 @@ class ModelDisagreement:
 
 
 def compare_models(store: Store, first: RewardScorer, second: RewardScorer, *, limit: int = 500,
-                   progress: Progress | None = None) -> list[ModelDisagreement]:
+                   progress: Progress | None = None, dataset: str | None = None) -> list[ModelDisagreement]:
     """Comparisons (scored by both) whose preferred side flips between two models."""
-    by_id = {pair.comparison_id: pair for pair in _pairs(store, second, limit, progress)[0]}
+    by_id = {pair.comparison_id: pair for pair in _pairs(store, second, limit, progress, dataset)[0]}
     return [ModelDisagreement(x.comparison_id, x.prompt_excerpt, x.margin, y.margin)
-            for x in _pairs(store, first, limit)[0]
+            for x in _pairs(store, first, limit, dataset=dataset)[0]
             if (y := by_id.get(x.comparison_id)) is not None and (x.margin > 0) != (y.margin > 0)]
 
 
 def run_diagnostics(store: Store, actor: Actor, first_name: str, second_name: str | None = None, *,
-                    limit: int = 500, progress: Progress | None = None) -> tuple[Diagnostics, list[ModelDisagreement]]:
-    """The Inspect tab's diagnosis: ``first_name`` over the store's labeled pairs, and where it
-    disagrees with ``second_name``. Engineers and admins only (it reads every label). Raises
+                    limit: int = 500, progress: Progress | None = None,
+                    dataset: str | None = None) -> tuple[Diagnostics, list[ModelDisagreement]]:
+    """The Inspect tab's diagnosis: ``first_name`` over the labeled pairs of ``dataset`` (all datasets
+    when None), and where it disagrees with ``second_name``. Engineers and admins only (it reads every label). Raises
     ``PermissionDenied``, ``UnknownModel``, ``ModelLoadError`` or ``ValueError`` (nothing to diagnose)."""
     require_inspect(store, actor, stored_data=True)
     if not first_name:
@@ -191,9 +193,10 @@ def run_diagnostics(store: Store, actor: Actor, first_name: str, second_name: st
     first = resolve_model(store, actor, first_name)
     # Half the bar for the diagnosis, half for the second model when there is one.
     part = (lambda start, width: (lambda done: progress(start + width * done))) if progress else (lambda *_: None)
-    report = diagnose(store, first, name=first_name, limit=limit, progress=part(0.0, 0.5 if second_name else 1.0))
+    report = diagnose(store, first, name=first_name, limit=limit, progress=part(0.0, 0.5 if second_name else 1.0),
+                      dataset=dataset)
     disagreements = compare_models(store, first, resolve_model(store, actor, second_name), limit=limit,
-                                   progress=part(0.5, 0.5)) if second_name else []
+                                   progress=part(0.5, 0.5), dataset=dataset) if second_name else []
     return report, disagreements
 
 
