@@ -90,6 +90,7 @@ class LabelTab:
     status: gr.Markdown
     history: gr.Dataframe
     change_it: gr.Button
+    keep_it: gr.Button
     view: gr.State
     shown_at: gr.State
     refused: gr.State  # (screen choice, strength, comment) of a label refused as stale, for "Change it"
@@ -97,7 +98,7 @@ class LabelTab:
     @property
     def view_outputs(self) -> list:
         return [self.prompt, self.left, self.right, self.comment, self.strength, self.current, self.status, self.progress,
-                self.view, self.shown_at, self.history, self.change_it, self.refused, self.guidelines]
+                self.view, self.shown_at, self.history, self.change_it, self.keep_it, self.refused, self.guidelines]
 
 
 def _message(text: str) -> str:
@@ -123,9 +124,10 @@ def _show(tab: LabelTab, actor, screen: LabelingScreen, status: str = "", store:
     view, done = screen.view, screen.progress
     updates = {
         tab.progress: f"**{actor.name}** · labeled by you: **{done.labeled_by_me}** · "
-        f"comparisons still needing labels: **{done.open_comparisons}**"
+        f"still open to you: **{done.open_comparisons}**"
         + (f" · dataset **{view.dataset}**" if view is not None and view.dataset else ""),
         tab.change_it: gr.Button(visible=False),
+        tab.keep_it: gr.Button(visible=False),
         tab.refused: None,
         tab.status: status,
         tab.view: view,
@@ -199,6 +201,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         current = gr.Markdown(elem_id="label-current")
         status = gr.Markdown(elem_id="label-status")
         change_it = gr.Button("Change it", elem_id="btn-change-it", visible=False, size="sm", variant="stop")
+        keep_it = gr.Button("Keep my label, next", elem_id="btn-keep-it", visible=False, size="sm")
     with gr.Accordion("My labels", open=False):
         gr.Markdown("Click a row to open that comparison and change your label.")
         history_table = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, elem_id="label-history", wrap=True)
@@ -210,7 +213,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         box.change(None, js=SCROLL_BOXES_TO_TOP_JS)  # a new comparison starts at its top
     tab = LabelTab(
         dataset_choice, datasets_md, progress_md, guidelines_md, guidelines_editor, guidelines_save, prompt_html,
-        left_html, right_html, strength, comment, current, status, history_table, change_it, gr.State(None),
+        left_html, right_html, strength, comment, current, status, history_table, change_it, keep_it, gr.State(None),
         gr.State(0.0), gr.State(None),
     )
 
@@ -254,7 +257,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         except StaleScreen as stale:
             # Nothing was saved: say so, and offer to replace the stored label with this choice.
             return {tab.status: _message(str(stale)), tab.change_it: gr.Button(visible=True),
-                    tab.refused: (screen_choice, how_much, note)}
+                    tab.keep_it: gr.Button(visible=True), tab.refused: (screen_choice, how_much, note)}
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
         done = "Saved" if screen.result.changed else "Already saved"
@@ -278,6 +281,17 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
 
     change_it.click(change_it_now, inputs=[tab.view, tab.shown_at, tab.refused, dataset_choice],
                     outputs=tab.view_outputs, api_visibility="private")
+
+    def keep_stored_label(dataset, request: gr.Request) -> dict:  # noqa: ANN001
+        # The stored label stays; the next comparison skips this one, which the actor has labeled.
+        try:
+            actor = current_actor(store, request)
+            screen = open_labeling_screen(store, actor, dataset or None)
+        except USER_ERRORS as error:
+            return {tab.status: _message(str(error))}
+        return _show(tab, actor, screen, "Kept your stored label.", store=store)
+
+    keep_it.click(keep_stored_label, inputs=dataset_choice, outputs=tab.view_outputs, api_visibility="private")
 
     def undo_last_label(request: gr.Request) -> dict:
         try:

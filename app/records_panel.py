@@ -163,14 +163,16 @@ def render_records_panel(store: Store, dataset_choices: gr.Dropdown) -> None:
                     changed = archive_records(store, actor, dataset or "", ids, archived=action == "archive")
             except ERRORS as error:
                 return f"**Nothing changed.** {inline_text(error)}"
-            return f"**Done:** {action} on {changed} comparison(s). Show the records again to see the change."
+            return f"**Done:** {action} on {changed} comparison(s)."
 
         return run_bulk
 
     for action, button in (("send back", send_back_button), ("set priority", priority_button),
                            ("archive", archive_button), ("restore", restore_button)):
+        # Then show the page again, so the table says what the action changed.
         button.click(bulk(action), inputs=[dataset_choices, selected, priority], outputs=action_result,
-                     api_visibility="private")
+                     api_visibility="private").then(show, inputs=filters, outputs=[found, table, page_ids],
+                                                    api_visibility="private")
 
     def save_my_label(comparison_id: int | None, choice: str | None, selection: str, request: gr.Request) -> dict:
         if comparison_id is None or not choice:
@@ -184,4 +186,6 @@ def render_records_panel(store: Store, dataset_choices: gr.Dropdown) -> None:
         updates[action_result] = "**Saved** your label." if result.changed else "Your label was already that."
         return updates
 
-    save_mine.click(save_my_label, inputs=[shown, my_choice, selected], outputs=detail_outputs, api_visibility="private")
+    save_mine.click(save_my_label, inputs=[shown, my_choice, selected], outputs=detail_outputs,
+                    api_visibility="private").then(show, inputs=filters, outputs=[found, table, page_ids],
+                                                   api_visibility="private")

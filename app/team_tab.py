@@ -13,6 +13,7 @@ from core.accounts import (
     LOGIN_ROLES,
     AccountError,
     AccountSummary,
+    Permission,
     change_role,
     create_account,
     disable_account,
@@ -43,7 +44,7 @@ def _summary(report: TeamReport, overlap: int | None) -> str:
     return (
         f"{setting}comparisons labeled by 2+ people: "
         f"**{report.overlapping_comparisons}**\n\n"
-        f"Percent agreement: **{_number(None if report.percent_agreement is None else 100 * report.percent_agreement, 1)}%** · "
+        f"Percent agreement: **{'n/a' if report.percent_agreement is None else f'{100 * report.percent_agreement:.1f}%'}** · "
         f"Cohen's kappa (mean over annotator pairs): **{_number(report.cohens_kappa)}** · Fleiss' kappa: **{fleiss}**\n\n"
         "A left-side pick rate far from 0.5 suggests position bias (sides are randomized per comparison)."
     )
@@ -60,13 +61,14 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
     gr.Markdown("### Comments")
     comments = gr.Dataframe(headers=COMMENT_HEADERS, interactive=False, wrap=True, elem_id="team-comments")
     refresh = gr.Button("Refresh", elem_id="team-refresh")
-    with gr.Accordion("Dataset settings (admins)", open=False):
+    # Shown to those who may change them (admins); the core functions check again.
+    with gr.Accordion("Dataset settings (admins)", open=False, visible=False) as dataset_settings:
         gr.Markdown("Settings of the dataset chosen above. Raising the overlap asks for more human labels on the "
                     "comparisons people label; imported labeled pairs never return to the queue.")
         with gr.Row():
-            overlap = gr.Number(label="Labels per comparison (overlap)", precision=0, minimum=1, maximum=10,
-                                elem_id="team-overlap")
-            lease = gr.Number(label="Lease (seconds)", precision=0, minimum=10, maximum=86_400)
+            # No minimum/maximum here: the ranges are checked in core, whose message says what to change.
+            overlap = gr.Number(label="Labels per comparison (overlap, 1 to 10)", precision=0, elem_id="team-overlap")
+            lease = gr.Number(label="Lease (seconds, 10 to 86400)", precision=0)
             default_priority = gr.Number(label="Default priority of new comparisons", precision=0)
         with gr.Row():
             open_to_all = gr.Checkbox(label="Open to every annotator", value=True)
@@ -74,7 +76,7 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
             archived = gr.Checkbox(label="Archived (hands out nothing)")
         dataset_guidelines = gr.Textbox(label="Guidelines (Markdown)", lines=6, elem_id="team-guidelines")
         save_dataset = gr.Button("Save dataset settings", size="sm", elem_id="team-save-dataset")
-    with gr.Accordion("Store settings (admins)", open=False):
+    with gr.Accordion("Store settings (admins)", open=False, visible=False) as store_settings:
         inspect_allowed = gr.Checkbox(label="Annotators may use the Inspect tab on text they paste (never stored "
                                             "comparisons or diagnostics)", elem_id="team-annotators-inspect")
     settings_status = gr.Markdown(elem_id="team-settings-status")
@@ -100,6 +102,8 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
             disagreements: [[d.comparison_id, d.prompt_excerpt, d.votes] for d in report.disagreements],
             comments: [[c.comparison_id, c.annotator, c.comment, c.prompt_excerpt] for c in report.comments],
             inspect_allowed: annotators_may_inspect(store),
+            dataset_settings: gr.Accordion(visible=actor.can(Permission.CHANGE_SETTINGS)),
+            store_settings: gr.Accordion(visible=actor.can(Permission.CHANGE_SETTINGS)),
         }
         if picked is not None:
             updates.update({overlap: picked.overlap, lease: picked.lease_seconds,
@@ -108,7 +112,8 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
                             dataset_guidelines: picked.guidelines})
         return updates
 
-    team_outputs = [dataset, summary, annotators, disagreements, comments, inspect_allowed, *settings_fields]
+    team_outputs = [dataset, summary, annotators, disagreements, comments, inspect_allowed, dataset_settings,
+                    store_settings, *settings_fields]
     refresh.click(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private")
     dataset.input(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private")
     if tab is not None:

@@ -31,8 +31,10 @@ class DatasetError(ValueError):
 
 def check_dataset_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
+        shown = repr(name[:64]) + ("..." if isinstance(name, str) and len(name) > 64 else "") if isinstance(name, str) \
+            else repr(name)
         raise DatasetError(
-            f"dataset name {name!r} is not allowed: use 1 to 64 letters, digits, '.', '_' or '-', starting with a "
+            f"dataset name {shown} is not allowed: use 1 to 64 letters, digits, '.', '_' or '-', starting with a "
             "letter or digit"
         )
     return name
@@ -55,6 +57,10 @@ def get_or_create_dataset(session: Session, name: str) -> Dataset:
     check_dataset_name(name)
     dataset = dataset_by_name(session, name)
     if dataset is None:
+        twin = session.execute(select(Dataset.name).where(func.lower(Dataset.name) == name.lower())).scalar()
+        if twin is not None:
+            raise DatasetError(f"a dataset named {twin!r} exists; names differing only in case are refused, "
+                               f"so use {twin!r} or another name")
         dataset = Dataset(name=name, guidelines=DEFAULT_GUIDELINES)
         session.add(dataset)
         session.flush()
@@ -72,7 +78,7 @@ def fix_prompt_kind(session: Session, dataset: Dataset, kind: str, *, what: str)
         raise DatasetError(
             f"dataset {dataset.name!r} holds {dataset.prompt_kind} prompts and {what} has {kind} prompts: one dataset "
             f"holds one kind, so that what is trained or exported from it has one shape. Import it into another "
-            f"dataset (--dataset NAME, e.g. --dataset {dataset.name}-{kind})"
+            f"dataset, e.g. {dataset.name}-{kind} (--dataset on the command line, 'Into dataset' on the Data tab)"
         )
 
 
@@ -188,6 +194,11 @@ def summarize_datasets(session: Session, *, annotator_id: int | None = None) -> 
             tuple(member_names(session, dataset.id)) if not dataset.open_to_all else (),
         ))
     return summaries
+
+
+def open_dataset_ids(session: Session) -> list[int]:
+    """Every dataset that is not archived: what "all datasets" means for export and training."""
+    return list(session.execute(select(Dataset.id).where(Dataset.archived.is_(False)).order_by(Dataset.id)).scalars())
 
 
 def dataset_ids_for(session: Session, names: list[str]) -> tuple[list[int], str | None]:

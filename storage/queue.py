@@ -241,7 +241,6 @@ def submit_label(session: Session, label: LabelInput, *, now: datetime | None = 
             raise QueueError(
                 f"comparison {label.comparison_id} already has the {needed} label(s) it needs"
                 + ("" if comparison.label_count >= needed else " reserved by other annotators")
-                + ("; your reservation had expired" if mine is None else "")
                 + ". Take the next one."
             )
     label_id = upsert_label(session, label)
@@ -304,16 +303,19 @@ def label_history(session: Session, *, annotator_id: int, limit: int = 50) -> li
 @dataclass(frozen=True)
 class Progress:
     labeled_by_me: int
-    open_comparisons: int  # team-wide: still need labels
+    open_comparisons: int  # still wanting labels, open to this annotator and not yet labeled by them
 
 
 def progress_of(session: Session, *, annotator_id: int, dataset_id: int | None = None) -> Progress:
-    """This annotator's label count and the comparisons still open, in the datasets they may label
-    (in ``dataset_id`` alone when given)."""
-    allowed = Comparison.dataset_id.in_(labelable_dataset_ids(annotator_id, dataset_id))
-    mine = session.execute(
-        select(func.count()).select_from(Label).join(Comparison, Comparison.id == Label.comparison_id)
-        .where(Label.annotator_id == annotator_id, allowed)
+    """This annotator's label count (in ``dataset_id``, or in all datasets) and the comparisons still
+    open to them: wanting labels, not archived, not yet labeled by them, in the datasets they may
+    label (in ``dataset_id`` alone when given)."""
+    mine = select(func.count()).select_from(Label).join(Comparison, Comparison.id == Label.comparison_id).where(
+        Label.annotator_id == annotator_id)
+    if dataset_id is not None:
+        mine = mine.where(Comparison.dataset_id == dataset_id)
+    allowed = Comparison.dataset_id.in_(labelable_dataset_ids(annotator_id, dataset_id)) & Comparison.archived.is_(False)
+    open_count = session.execute(
+        select(func.count()).where(Comparison.done.is_(False), allowed, ~_labeled_by(annotator_id))
     ).scalar_one()
-    open_count = session.execute(select(func.count()).where(Comparison.done.is_(False), allowed)).scalar_one()
-    return Progress(mine, open_count)
+    return Progress(session.execute(mine).scalar_one(), open_count)

@@ -91,14 +91,15 @@ def test_the_public_api_is_next_next_in_dataset_and_label_for_every_role_and_nob
 # values that take it past its "fill in the form first" checks. A handler added to the page without
 # an entry here fails the test: nothing reaches users unclassified.
 HANDLER_PERMISSIONS = {
-    "open_dataset": "LABEL", "open_dataset_1": "LABEL", "change_it_now": "LABEL", "change_from_row": "LABEL",
+    "open_dataset": "LABEL", "open_dataset_1": "LABEL", "change_it_now": "LABEL", "keep_stored_label": "LABEL", "change_from_row": "LABEL",
     "handler": "LABEL", "handler_1": "LABEL", "handler_2": "LABEL", "handler_3": "LABEL",
     "handler_4": "LABEL", "undo_last_label": "LABEL", "change_label": "LABEL", "refresh": "LABEL",
     "next": "LABEL", "next_in_dataset": "LABEL", "label": "LABEL", "tabs_for": None, "demo_pair": None,
     "save_guidelines": "EDIT_GUIDELINES", "save_dataset_settings": "CHANGE_SETTINGS",
     "current_counts": "EXPORT", "current_counts_1": "EXPORT", "current_counts_2": "EXPORT", "run_export": "EXPORT",
     "run_import": "IMPORT",
-    "show": "VIEW_TEAM", "open_row": "VIEW_TEAM", "run_bulk": "REQUEUE", "run_bulk_1": "REQUEUE",
+    "show": "VIEW_TEAM", "show_1": "VIEW_TEAM", "show_2": "VIEW_TEAM", "show_3": "VIEW_TEAM", "show_4": "VIEW_TEAM",
+    "show_5": "VIEW_TEAM", "open_row": "VIEW_TEAM", "run_bulk": "REQUEUE", "run_bulk_1": "REQUEUE",
     "run_bulk_2": "REQUEUE", "run_bulk_3": "REQUEUE", "save_my_label": "LABEL",
     "select_whole_page": None, "clear_selection": None,  # echo the caller's own selection back; read nothing
     "pick_job": "TRAIN", "dataset_choices": "TRAIN", "dataset_choices_1": "TRAIN",

@@ -107,7 +107,10 @@ def test_a_dataset_named_for_some_annotators_is_not_handed_to_others_and_refuses
     ann, bob, admin = _actor(two_kinds, "ann"), _actor(two_kinds, "bob"), _actor(two_kinds, "boss", "admin")
     view = next_comparison(two_kinds, ann, dataset="chats")
     change_dataset_settings(two_kinds, admin, "chats", DatasetSettings(open_to_all=False, members=("bob",)))
-    assert next_comparison(two_kinds, ann, dataset="chats") is None
+    with pytest.raises(DatasetError, match="^no dataset named 'chats' is open to you$"):
+        next_comparison(two_kinds, ann, dataset="chats")
+    with pytest.raises(DatasetError, match="^no dataset named 'nope' is open to you$"):  # the same words: no hint
+        next_comparison(two_kinds, ann, dataset="nope")
     assert next_comparison(two_kinds, ann) is None
     with pytest.raises(ValueError, match="not open to you"):
         label_on_screen(two_kinds, ann, view, "left")
@@ -263,7 +266,7 @@ def test_bulk_send_back_priority_and_archive_change_only_the_chosen_comparisons(
     chat_ids = [r[0] for r in sql(two_kinds, "SELECT c.id FROM comparison c JOIN dataset d ON d.id = c.dataset_id "
                                               "WHERE d.name = 'chats' ORDER BY c.id")]
     before = store_fingerprint(two_kinds)
-    with pytest.raises(RecordError, match="not in dataset 'chats'; nothing was changed"):
+    with pytest.raises(RecordError, match="not in dataset 'chats'"):
         change_priority(two_kinds, eng, "chats", [chat_ids[0], default_ids[0]], 9)
     assert store_fingerprint(two_kinds) == before
     assert send_back(two_kinds, eng, "default", default_ids[:1], priority=50) == 1
@@ -294,3 +297,20 @@ def test_a_label_from_a_stale_tab_is_refused_until_the_annotator_chooses_to_chan
     label_and_next(two_kinds, ann, second_tab, "left", dataset="chats")  # a repeat of the stored label passes
     label_and_next(two_kinds, ann, second_tab, "right", dataset="chats", replace_existing=True)
     assert sql(two_kinds, choice_sql) == [(first_tab.right.side,)]
+
+
+def test_an_export_of_all_datasets_leaves_archived_datasets_out_unless_named(two_kinds, tmp_path):
+    from core.data.exporter import build_preference_rows
+
+    import_file(two_kinds, ImportConfig(write_jsonl(tmp_path / "old.jsonl", TEXT_PAIRS[:2]), dataset="old"))
+    change_dataset_settings(two_kinds, _actor(two_kinds, "boss", "admin"), "old", DatasetSettings(archived=True))
+    everything = build_preference_rows(two_kinds)
+    assert len(everything.rows) == 3 and everything.left_out["in archived datasets"] == 2
+    assert [row["prompt"] for row in build_preference_rows(two_kinds, datasets=["old"]).rows] == ["T0?", "T1?"]
+
+
+def test_a_dataset_name_differing_only_in_case_is_refused(store, tmp_path):
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "a.jsonl", TEXT_PAIRS), dataset="Texts"))
+    with pytest.raises(ImportRejected, match="a dataset named 'Texts' exists"):
+        import_file(store, ImportConfig(write_jsonl(tmp_path / "a.jsonl", TEXT_PAIRS), dataset="texts"))
+    assert sql(store, "SELECT name FROM dataset") == [("Texts",)]

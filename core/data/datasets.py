@@ -12,6 +12,7 @@ from storage.datasets import (
     change_dataset,
     dataset_ids_for,
     get_or_create_dataset,
+    open_dataset_ids,
     summarize_datasets,
 )
 from storage.engine import Store
@@ -53,9 +54,10 @@ def change_dataset_settings(store: Store, actor: Actor, name: str, settings: Dat
 
 
 def resolve_datasets(store: Store, names: list[str] | tuple[str, ...] | None) -> tuple[list[int] | None, str | None]:
-    """Dataset ids and their prompt kind for export or training; ``None`` ids = every dataset.
-    Raises ``DatasetError`` for an unknown name or datasets of different prompt kinds."""
-    if not names:
-        return None, None
+    """Dataset ids and their prompt kind for export or training: the named datasets (archived ones
+    too, when named), or with no names every dataset that is not archived. Raises ``DatasetError``
+    for an unknown name or datasets of different prompt kinds."""
     with store.read() as session:
+        if not names:
+            return open_dataset_ids(session), None
         return dataset_ids_for(session, list(names))

@@ -159,7 +159,7 @@ def build_preference_rows(
     store: Store, *, prompt_format: str = "auto", since: datetime | None = None, annotators: list[str] | None = None,
     datasets: list[str] | None = None, with_metadata: bool = False,
 ) -> PreferenceRows:
-    """Fold the labels of ``datasets`` (all datasets when None) into TRL preference rows, ordered by
+    """Fold the labels of ``datasets`` (every dataset not archived when None) into TRL preference rows, ordered by
     comparison id; ``with_metadata`` adds the evidence columns.
 
     Raises ``NothingToExport`` for an unknown dataset, datasets of different prompt kinds, or labels
@@ -174,9 +174,14 @@ def build_preference_rows(
         contents = comparison_contents(session, list(votes))
         total = count_comparisons(session, dataset_ids)
         archived = count_comparisons(session, dataset_ids, archived=True)
+        # With no dataset named, archived datasets are left out: say how much that was.
+        in_archived_datasets = 0 if datasets else count_comparisons(session) + count_comparisons(
+            session, archived=True) - total - archived
     result = PreferenceRows(rows=[])
     if archived:
         result.left_out["archived"] = archived
+    if in_archived_datasets:
+        result.left_out["in archived datasets"] = in_archived_datasets
     if total > len(votes):
         result.left_out["without labels"] = total - len(votes)
     decided: list[tuple[int, Verdict]] = []

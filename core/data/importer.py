@@ -167,14 +167,14 @@ def _batch(source: str, rows: list[ParsedRow]) -> IngestBatch:
 
 
 def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, dataset: str, priority: int | None,
-            dry_run: bool, max_problems_shown: int, empty_message: str) -> ImportReport:
+            dry_run: bool, max_problems_shown: int, empty_message: str, shown_name: str) -> ImportReport:
     collected = _collect(raw_rows, max_problems_shown)
     if collected.problem_count:
         raise ImportRejected(collected.problems, collected.problem_count)
     if not collected.rows:
         raise ImportRejected([empty_message])
     kind, style, _ = collected.first_kind
-    what = f"{source} ({len(collected.rows)} rows)"
+    what = f"{shown_name} ({len(collected.rows)} rows)"
     if dry_run:
         with store.read() as session:
             existing = dataset_by_name(session, dataset)
@@ -210,6 +210,7 @@ def import_file(store: Store, config: ImportConfig) -> ImportReport:
         dry_run=config.dry_run,
         max_problems_shown=config.max_problems_shown,
         empty_message=f"{config.path}: no rows to import (the file is empty)",
+        shown_name=config.path.name,
     )
 
 
@@ -218,7 +219,7 @@ def import_rows(store: Store, rows: Iterable[Any], *, source: str, dataset: str 
     """Import rows already in memory (demo data, API callers) with the same checks as a file."""
     raw_rows = (RawRow(f"{source}:{number}", value=row) for number, row in enumerate(rows, start=1))
     return _import(store, raw_rows, source=source, dataset=dataset, priority=priority, dry_run=False,
-                   max_problems_shown=50, empty_message=f"{source}: no rows to import")
+                   max_problems_shown=50, empty_message=f"{source}: no rows to import", shown_name=source)
 
 
 def import_upload(store: Store, actor: Actor, config: ImportConfig) -> ImportReport:

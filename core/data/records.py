@@ -104,8 +104,7 @@ def _ids(session, dataset: str, comparison_ids: list[int]) -> list[int]:  # noqa
     found = ids_in_dataset(session, dataset_id, [int(i) for i in comparison_ids])
     missing = sorted(set(int(i) for i in comparison_ids) - set(found))
     if missing:
-        raise RecordError(f"comparison(s) {', '.join(map(str, missing[:10]))} are not in dataset {dataset!r}; "
-                          "nothing was changed")
+        raise RecordError(f"comparison(s) {', '.join(map(str, missing[:10]))} are not in dataset {dataset!r}")
     return found
 
 

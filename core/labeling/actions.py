@@ -37,7 +37,9 @@ from storage.datasets import (
     DatasetError,
     DatasetSettings,
     change_dataset,
+    dataset_by_name,
     dataset_name_of,
+    labelable_dataset_ids,
     may_label_comparison,
     require_dataset,
 )
@@ -58,7 +60,7 @@ class StaleScreen(QueueError):
         super().__init__(
             f"you already labeled comparison {comparison_id} as {stored_choice!r} (in another tab or window), which "
             f"this screen did not show, so {new_choice!r} was not saved. Choose \"Change it\" to replace your label, "
-            "or go on to the next comparison"
+            "or \"Keep my label, next\""
         )
 STRENGTHS = {"slightly": 1, "clearly": 2}
 
@@ -134,17 +136,23 @@ def _to_stored(screen_choice: str, shown_left: str) -> str:
     return screen_choice
 
 
-def _dataset_id(session: Session, dataset: str | None) -> int | None:
-    """The id of the dataset an annotator chose; None (any dataset they may label) for no choice."""
-    return None if not dataset else require_dataset(session, dataset).id
+def _dataset_id(session: Session, actor: Actor, dataset: str | None) -> int | None:
+    """The id of the dataset an annotator chose; None (any dataset they may label) for no choice.
+    The refusal is the same whether the dataset is missing or closed to them, and names no other
+    dataset: an annotator learns nothing about datasets they may not label."""
+    if not dataset:
+        return None
+    found = dataset_by_name(session, dataset) if isinstance(dataset, str) and len(dataset) <= 64 else None
+    if found is None or session.execute(labelable_dataset_ids(actor.user_id, found.id)).first() is None:
+        raise DatasetError(f"no dataset named {str(dataset)[:64]!r} is open to you")
+    return found.id
 
 
 def _check_may_label(session: Session, actor: Actor, comparison_id: int) -> None:
     if not may_label_comparison(session, annotator_id=actor.user_id, comparison_id=comparison_id):
-        dataset = dataset_name_of(session, comparison_id)
         raise QueueError(
-            f"comparison {comparison_id} (dataset {dataset!r}) is archived, or its dataset is archived or not open "
-            "to you; take the next one, or ask an admin to add you to the dataset"
+            f"comparison {comparison_id} is archived, or its dataset is archived or not open to you; take the next "
+            "one, or ask an admin to add you to the dataset"
         )
 
 
@@ -154,7 +162,7 @@ def next_comparison(store: Store, actor: Actor, dataset: str | None = None) -> C
     actor.require(Permission.LABEL)
     with store.write() as session:
         comparison_id = claim_next_comparison(session, annotator_id=actor.user_id,
-                                              dataset_id=_dataset_id(session, dataset))
+                                              dataset_id=_dataset_id(session, actor, dataset))
         return None if comparison_id is None else _view_in(session, actor, comparison_id)
 
 
@@ -270,7 +278,7 @@ def open_labeling_screen(store: Store, actor: Actor, dataset: str | None = None)
     what the tab shows with it, in one transaction."""
     actor.require(Permission.LABEL)
     with store.write() as session:
-        dataset_id = _dataset_id(session, dataset)
+        dataset_id = _dataset_id(session, actor, dataset)
         return _screen(session, actor, claim_next_comparison(session, annotator_id=actor.user_id, dataset_id=dataset_id),
                        dataset_id=dataset_id)
 
@@ -300,7 +308,7 @@ def label_and_next(
         _check_may_label(session, actor, label.comparison_id)
         if not replace_existing:
             _refuse_stale(session, actor, view, label, screen_choice)
-        dataset_id = _dataset_id(session, dataset)
+        dataset_id = _dataset_id(session, actor, dataset)
         result = submit_label(session, label)
         next_id = claim_next_comparison(session, annotator_id=actor.user_id, dataset_id=dataset_id)
         return _screen(session, actor, next_id, result, dataset_id=dataset_id)
@@ -347,7 +355,7 @@ def screen_choice_of(item: HistoryItem) -> str:
 
 def progress(store: Store, actor: Actor, dataset: str | None = None) -> Progress:
     with store.read() as session:
-        return progress_of(session, annotator_id=actor.user_id, dataset_id=_dataset_id(session, dataset))
+        return progress_of(session, annotator_id=actor.user_id, dataset_id=_dataset_id(session, actor, dataset))
 
 
 def guidelines(store: Store, dataset: str = DEFAULT_DATASET) -> str:

@@ -53,7 +53,8 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
             log(f"job {job.id} cancelled: interrupted")
         raise
     except Exception as error:  # noqa: BLE001 (any failure must end the job as failed, with its reason)
-        traceback.print_exc()
+        if not isinstance(error, TrainingError):  # a TrainingError's message is the whole story
+            traceback.print_exc()
         reason = str(error) if isinstance(error, TrainingError) else f"{type(error).__name__}: {error}"
         if main_process:
             with store.write() as session:
