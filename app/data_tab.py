@@ -96,11 +96,11 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
 
     # Each import clears the upload box, so the next file (or the fixed one) can be dropped in.
     def run_import(path: str | None, dataset: str | None, check_only: bool, request: gr.Request) -> dict:
-        def outcome(message: str, *, imported: bool = False) -> dict:
-            # Only a real import clears the upload box: after a dry run or a refusal the same file
-            # (or its fixed version) is what the user works on next.
+        def outcome(message: str, *, keep_file: bool = False) -> dict:
+            # An import or a refusal clears the upload box, so the next file (or the fixed one) can be
+            # dropped in; a dry run that passed keeps it, since importing that file is the next step.
             updates = {import_result: message, **current_counts(request)}
-            if imported:
+            if not keep_file:
                 updates[upload] = None
             return updates
 
@@ -118,7 +118,7 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
             message = str(rejected).replace(str(Path(path).parent) + "/", "")
             return outcome(f"**Import refused, nothing written** ({rejected.total} problem(s)):\n\n{code_block(message)}")
         return outcome(f"**{'Checked' if check_only else 'Imported'}.** {inline_text(report.summary())}",
-                       imported=not check_only)
+                       keep_file=check_only)
 
     import_button.click(run_import, inputs=[upload, import_dataset, dry_run],
                         outputs=[import_result, upload, *count_outputs], api_visibility="private")
