@@ -186,15 +186,28 @@ def label_on_screen(
     this, the Label tab uses ``label_and_next``. Raises ``StaleScreen`` when the actor's stored
     label is not the one ``view`` showed, unless ``replace_existing``."""
     actor.require(Permission.LABEL)
+    label = _screen_label_input(actor, view, screen_choice, strength=strength, comment=comment,
+                                seconds_spent=seconds_spent)
+    with store.write() as session:
+        return _submit_from_screen(session, actor, view, label, screen_choice, replace_existing=replace_existing)
+
+
+def _screen_label_input(actor: Actor, view: ComparisonView, screen_choice: str, *, strength: str | None,
+                        comment: str | None, seconds_spent: float | None) -> LabelInput:
     if screen_choice not in SCREEN_CHOICES:
         raise QueueError(f"choice must be one of {', '.join(SCREEN_CHOICES)}, got {screen_choice!r}")
-    label = _label_input(actor, view.comparison_id, _to_stored(screen_choice, view.shown_left), strength=strength,
-                         comment=comment, shown_left=view.shown_left, seconds_spent=seconds_spent)
-    with store.write() as session:
-        _check_may_label(session, actor, label.comparison_id)
-        if not replace_existing:
-            _refuse_stale(session, actor, view, label, screen_choice)
-        return submit_label(session, label)
+    return _label_input(actor, view.comparison_id, _to_stored(screen_choice, view.shown_left), strength=strength,
+                        comment=comment, shown_left=view.shown_left, seconds_spent=seconds_spent)
+
+
+def _submit_from_screen(session: Session, actor: Actor, view: ComparisonView, label: LabelInput, screen_choice: str,
+                        *, replace_existing: bool) -> SubmitResult:
+    """Store a label given on ``view``, inside the caller's write transaction: the actor must still
+    be allowed to label it, and (unless ``replace_existing``) the screen must have shown the stored label."""
+    _check_may_label(session, actor, label.comparison_id)
+    if not replace_existing:
+        _refuse_stale(session, actor, view, label, screen_choice)
+    return submit_label(session, label)
 
 
 def _refuse_stale(session: Session, actor: Actor, view: ComparisonView, label: LabelInput, screen_choice: str) -> None:
@@ -300,16 +313,11 @@ def label_and_next(
     write transaction (all of it happens, or none). Raises ``StaleScreen`` (nothing saved) when
     the actor's stored label is not the one ``view`` showed, unless ``replace_existing``."""
     actor.require(Permission.LABEL)
-    if screen_choice not in SCREEN_CHOICES:
-        raise QueueError(f"choice must be one of {', '.join(SCREEN_CHOICES)}, got {screen_choice!r}")
-    label = _label_input(actor, view.comparison_id, _to_stored(screen_choice, view.shown_left), strength=strength,
-                         comment=comment, shown_left=view.shown_left, seconds_spent=seconds_spent)
+    label = _screen_label_input(actor, view, screen_choice, strength=strength, comment=comment,
+                                seconds_spent=seconds_spent)
     with store.write() as session:
-        _check_may_label(session, actor, label.comparison_id)
-        if not replace_existing:
-            _refuse_stale(session, actor, view, label, screen_choice)
         dataset_id = _dataset_id(session, actor, dataset)
-        result = submit_label(session, label)
+        result = _submit_from_screen(session, actor, view, label, screen_choice, replace_existing=replace_existing)
         next_id = claim_next_comparison(session, annotator_id=actor.user_id, dataset_id=dataset_id)
         return _screen(session, actor, next_id, result, dataset_id=dataset_id)
 
