@@ -11,7 +11,7 @@ import gradio as gr
 from app.rendering import SCROLL_BOXES_TO_TOP_JS, render_prompt, render_response
 from app.session import USER_ERRORS, current_actor
 from core.accounts import Permission
-from core.data.datasets import datasets_for
+from core.data.datasets import datasets_to_label
 from core.labeling.actions import (
     LabelingScreen,
     StaleScreen,
@@ -221,8 +221,8 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         """Show the actor's datasets and their next comparison from ``dataset`` (or any)."""
         try:
             actor = current_actor(store, request)
-            summaries = datasets_for(store, actor)
-            names = {s.name for s in summaries if not s.archived}
+            summaries = datasets_to_label(store, actor)
+            names = {s.name for s in summaries}
             dataset = dataset if dataset in names else ALL_DATASETS
             screen = open_labeling_screen(store, actor, dataset or None)
             text = guidelines(store, dataset) if dataset else ""  # with no choice, those of the comparison shown

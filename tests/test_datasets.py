@@ -314,3 +314,12 @@ def test_a_dataset_name_differing_only_in_case_is_refused(store, tmp_path):
     with pytest.raises(ImportRejected, match="a dataset named 'Texts' exists"):
         import_file(store, ImportConfig(write_jsonl(tmp_path / "a.jsonl", TEXT_PAIRS), dataset="texts"))
     assert sql(store, "SELECT name FROM dataset") == [("Texts",)]
+
+
+def test_the_label_tab_offers_an_admin_only_the_datasets_open_to_them_while_the_team_view_lists_all(two_kinds):
+    from core.data.datasets import datasets_to_label
+
+    admin, _ = _actor(two_kinds, "boss", "admin"), _actor(two_kinds, "bob")
+    change_dataset_settings(two_kinds, admin, "chats", DatasetSettings(open_to_all=False, members=("bob",)))
+    assert [s.name for s in datasets_to_label(two_kinds, admin)] == ["default"]
+    assert [s.name for s in datasets_for(two_kinds, admin)] == ["chats", "default"]

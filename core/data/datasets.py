@@ -18,7 +18,7 @@ from storage.datasets import (
 from storage.engine import Store
 
 __all__ = ["DEFAULT_DATASET", "DatasetError", "DatasetSettings", "DatasetSummary", "change_dataset_settings",
-           "create_dataset", "datasets_for", "resolve_datasets"]
+           "create_dataset", "datasets_for", "datasets_to_label", "resolve_datasets"]
 
 
 def datasets_for(store: Store, actor: Actor) -> list[DatasetSummary]:
@@ -28,6 +28,13 @@ def datasets_for(store: Store, actor: Actor) -> list[DatasetSummary]:
         if actor.can(Permission.VIEW_TEAM):
             return summarize_datasets(session)
         actor.require(Permission.LABEL)
+        return summarize_datasets(session, annotator_id=actor.user_id)
+
+
+def datasets_to_label(store: Store, actor: Actor) -> list[DatasetSummary]:
+    """The datasets this actor may label now, whatever their role: open to all or naming them, not archived."""
+    actor.require(Permission.LABEL)
+    with store.read() as session:
         return summarize_datasets(session, annotator_id=actor.user_id)
 
 
