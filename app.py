@@ -159,12 +159,7 @@ def _password_from(args: argparse.Namespace) -> str:
 
 
 def run_adduser(args: argparse.Namespace) -> int:
-    password = _password_from(args)
-    try:
-        add_user(Store(args.db), args.name, args.role, password)
-    except AccountError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    add_user(Store(args.db), args.name, args.role, _password_from(args))
     print(f"created {args.role} {args.name!r}; a running app must be restarted to require logins")
     return 0
 
@@ -182,22 +177,14 @@ def run_users(args: argparse.Namespace) -> int:
 def run_passwd(args: argparse.Namespace) -> int:
     password = _password_from(args)
     store = Store(args.db)
-    try:
-        set_password(store, operator_actor(store), args.name, password)
-    except AccountError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    set_password(store, operator_actor(store), args.name, password)
     print(f"password of {args.name!r} changed")
     return 0
 
 
 def run_deluser(args: argparse.Namespace) -> int:
     store = Store(args.db)
-    try:
-        changed = disable_account(store, operator_actor(store), args.name)
-    except AccountError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    changed = disable_account(store, operator_actor(store), args.name)
     print(f"disabled the login of {args.name!r}; its labels are kept" if changed else f"{args.name!r} was already disabled")
     return 0
 
@@ -316,22 +303,18 @@ def _read_guidelines(path: Path) -> str:
 def run_datasets(args: argparse.Namespace) -> int:
     store = Store(args.db)
     actor = operator_actor(store)
-    try:
-        if args.name is not None:
-            if args.create:
-                create_dataset(store, actor, args.name)
-            members = None if args.annotators in (None, ["all"]) else tuple(args.annotators)
-            settings = DatasetSettings(
-                overlap=args.overlap, lease_seconds=args.lease_seconds, default_priority=args.default_priority,
-                guidelines=_read_guidelines(args.guidelines) if args.guidelines else None, archived=args.archived,
-                open_to_all=None if args.annotators is None else members is None, members=members,
-            )
-            if settings != DatasetSettings():
-                change_dataset_settings(store, actor, args.name, settings)
-        summaries = datasets_for(store, actor)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    if args.name is not None:
+        if args.create:
+            create_dataset(store, actor, args.name)
+        members = None if args.annotators in (None, ["all"]) else tuple(args.annotators)
+        settings = DatasetSettings(
+            overlap=args.overlap, lease_seconds=args.lease_seconds, default_priority=args.default_priority,
+            guidelines=_read_guidelines(args.guidelines) if args.guidelines else None, archived=args.archived,
+            open_to_all=None if args.annotators is None else members is None, members=members,
+        )
+        if settings != DatasetSettings():
+            change_dataset_settings(store, actor, args.name, settings)
+    summaries = datasets_for(store, actor)
     if args.name is not None:
         summaries = [summary for summary in summaries if summary.name == args.name]
         if not summaries:
@@ -382,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                 "users": run_users, "passwd": run_passwd, "deluser": run_deluser}
     try:
         return handlers[args.command](args)
-    except (ConfigError, StoreConfigError) as error:
+    # Bad input from any command: one line saying what to change, exit 2.
+    except (ConfigError, StoreConfigError, AccountError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
