@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import case, delete, func, select
 from sqlmodel import Session
 
-from storage.models import Comparison, Dataset, DatasetMember, Label, PromptKind, Role, User
+from storage.models import Comparison, Dataset, DatasetMember, Label, PromptKind, Question, Role, User
 
 DEFAULT_DATASET = "default"
 MAX_GUIDELINES_CHARS = 100_000
@@ -21,6 +21,12 @@ DEFAULT_GUIDELINES = (
     "Pick the response that better answers the prompt: correct first, then helpful, then clear.\n\n"
     "* **Tie**: both are equally good.\n* **Both bad**: neither is acceptable.\n"
     "* **Skip**: you cannot judge this one.\n\nJudge the *answer*; the thinking is shown for context."
+)
+RANKING_GUIDELINES = (
+    "Order the responses from best to worst: correct first, then helpful, then clear.\n\n"
+    "* Responses that are equally good **share a place**.\n"
+    "* Tick **All unacceptable** when none of them should be given to a user (still order them).\n"
+    "* **Skip** when you cannot judge.\n\nJudge the *answer*; the thinking is shown for context."
 )
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -52,8 +58,9 @@ def require_dataset(session: Session, name: str) -> Dataset:
     return dataset
 
 
-def get_or_create_dataset(session: Session, name: str) -> Dataset:
-    """The dataset ``name``, made with default settings when it does not exist yet."""
+def get_or_create_dataset(session: Session, name: str, question: str | None = None) -> Dataset:
+    """The dataset ``name``, made with default settings (asking ``question``, pairwise by default)
+    when it does not exist yet."""
     check_dataset_name(name)
     dataset = dataset_by_name(session, name)
     if dataset is None:
@@ -61,7 +68,9 @@ def get_or_create_dataset(session: Session, name: str) -> Dataset:
         if twin is not None:
             raise DatasetError(f"a dataset named {twin!r} exists; names differing only in case are refused, "
                                f"so use {twin!r} or another name")
-        dataset = Dataset(name=name, guidelines=DEFAULT_GUIDELINES)
+        question = Question(question or Question.PAIRWISE.value).value
+        dataset = Dataset(name=name, question=question,
+                          guidelines=RANKING_GUIDELINES if question == Question.RANKING.value else DEFAULT_GUIDELINES)
         session.add(dataset)
         session.flush()
     return dataset
@@ -80,6 +89,26 @@ def fix_prompt_kind(session: Session, dataset: Dataset, kind: str, *, what: str)
             f"holds one kind, so that what is trained or exported from it has one shape. Import it into another "
             f"dataset, e.g. {dataset.name}-{kind} (--dataset on the command line, 'Into dataset' on the Data tab)"
         )
+
+
+def fix_question(session: Session, dataset: Dataset, question: str, *, what: str) -> None:
+    """Make an empty dataset ask ``question``, or refuse content for another question."""
+    question = Question(question).value
+    if dataset.question == question:
+        return
+    has_items = session.execute(select(Comparison.id).where(Comparison.dataset_id == dataset.id).limit(1)).first()
+    if has_items is None:
+        dataset.question = question
+        if dataset.guidelines in (DEFAULT_GUIDELINES, RANKING_GUIDELINES):
+            dataset.guidelines = RANKING_GUIDELINES if question == Question.RANKING.value else DEFAULT_GUIDELINES
+        session.add(dataset)
+        session.flush()
+        return
+    raise DatasetError(
+        f"dataset {dataset.name!r} asks the {dataset.question} question and {what} is for the {question} question: "
+        f"one dataset asks one question. Import it into another dataset, e.g. {dataset.name}-{question} "
+        "(--dataset on the command line, 'Into dataset' on the Data tab)"
+    )
 
 
 @dataclass(frozen=True)
@@ -155,6 +184,7 @@ def labelable_dataset_ids(annotator_id: int, dataset_id: int | None = None):  # 
 class DatasetSummary:
     name: str
     prompt_kind: str | None
+    question: str  # "pairwise" or "ranking"
     comparisons: int
     labeled: int  # comparisons with at least one label other than skip
     waiting: int  # comparisons that still want labels
@@ -188,7 +218,7 @@ def summarize_datasets(session: Session, *, annotator_id: int | None = None) -> 
     for row in session.execute(statement).all():
         dataset = row[0]
         summaries.append(DatasetSummary(
-            dataset.name, dataset.prompt_kind, int(row.comparisons or 0), int(row.labeled or 0), int(row.waiting or 0),
+            dataset.name, dataset.prompt_kind, dataset.question, int(row.comparisons or 0), int(row.labeled or 0), int(row.waiting or 0),
             int(row.labels or 0), dataset.overlap, dataset.lease_seconds, dataset.default_priority, dataset.open_to_all,
             dataset.archived, dataset.guidelines,
             tuple(member_names(session, dataset.id)) if not dataset.open_to_all else (),

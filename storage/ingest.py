@@ -18,6 +18,7 @@ from sqlmodel import Session, SQLModel
 from storage.bulk import dialect_insert, execute_many, insert_ignoring_conflicts
 from storage.models import Comparison, Completion, Label, Prompt, Role, User, utc_now
 from storage.queue import refresh_comparison_counts
+from storage.ranking import RankingRecord, write_ranking_items
 
 
 class PromptRecord(NamedTuple):
@@ -50,6 +51,7 @@ class IngestBatch:
     prompts: dict[str, PromptRecord] = field(default_factory=dict)
     completions: dict[tuple[str, str], CompletionRecord] = field(default_factory=dict)
     pairs: list[PairRecord] = field(default_factory=list)
+    rankings: list[RankingRecord] = field(default_factory=list)  # for a ranking dataset, instead of pairs
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,13 @@ def write_batch(session: Session, batch: IngestBatch, *, dataset_id: int, priori
         )
         refresh_comparison_counts(session, labeled_by=annotator_id)
 
+    if batch.rankings:
+        write_ranking_items(session, batch.rankings, dataset_id=dataset_id, priority=priority, source=batch.source,
+                            created_at=now)
+
     after = {m: _count(session, m) for m in (Prompt, Completion, Comparison, Label)}
     distinct_pairs = {(p.prompt_hash, frozenset((p.first_hash, p.second_hash))) for p in batch.pairs}
+    distinct_pairs |= {(r.prompt_hash, frozenset(r.completion_hashes)) for r in batch.rankings}
     return IngestCounts(
         prompts_added=after[Prompt] - before[Prompt],
         completions_added=after[Completion] - before[Completion],

@@ -7,6 +7,7 @@ twice (a double click, a retried request) leaves one row, and changing one's min
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlmodel import Session
@@ -41,8 +42,11 @@ class LabelInput:
     shown_left: str | None = None
     comment: str | None = None
     seconds_spent: float | None = None
+    ranking: dict[str, Any] | None = None  # for choice "ranked": see Label.ranking
 
     def __post_init__(self) -> None:
+        if (self.choice == "ranked") != (self.ranking is not None):
+            raise LabelError("a ranking goes with choice 'ranked', and choice 'ranked' needs a ranking")
         if self.choice not in VALID_CHOICES:
             raise LabelError(f"choice must be one of {', '.join(VALID_CHOICES)}, got {self.choice!r}")
         if self.strength is not None and self.strength not in (1, 2):
@@ -67,11 +71,13 @@ def upsert_label(session: Session, label: LabelInput) -> int:
         "shown_left": label.shown_left,
         "comment": label.comment,
         "seconds_spent": label.seconds_spent,
+        "ranking": label.ranking,
         "created_at": now,
         "updated_at": now,
     }
     statement = dialect_insert(session)(Label).values(values)
-    changed = {key: statement.excluded[key] for key in ("choice", "strength", "shown_left", "comment", "seconds_spent", "updated_at")}
+    changed = {key: statement.excluded[key] for key in ("choice", "strength", "shown_left", "comment", "seconds_spent", "ranking",
+                                                     "updated_at")}
     statement = statement.on_conflict_do_update(
         index_elements=["comparison_id", "annotator_id"], set_=changed
     ).returning(Label.id)

@@ -57,6 +57,8 @@ class Choice(str, enum.Enum):
     TIE = "tie"
     BOTH_BAD = "both_bad"
     SKIP = "skip"
+    # A ranking of a ranking item's completions; the order itself is in ``Label.ranking``.
+    RANKED = "ranked"
 
 
 class Role(str, enum.Enum):
@@ -88,6 +90,13 @@ class PromptKind(str, enum.Enum):
     CHAT = "chat"
 
 
+class Question(str, enum.Enum):
+    """What a dataset asks its annotators."""
+
+    PAIRWISE = "pairwise"  # which of two completions is better
+    RANKING = "ranking"  # order 3 to 9 completions best to worst (ties share a place)
+
+
 class Dataset(SQLModel, table=True):
     """A named unit of labeling work (a project): its comparisons, who labels them and how.
 
@@ -98,6 +107,8 @@ class Dataset(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     name: str = Field(max_length=64, unique=True)
     prompt_kind: Optional[str] = Field(default=None, max_length=10, description="'text' or 'chat'; NULL while empty")
+    question: str = Field(default=Question.PAIRWISE.value, max_length=10,
+                          description="'pairwise' or 'ranking', fixed when the dataset is made")
     guidelines: str = Field(default="", sa_column=Column(Text, nullable=False))
     overlap: int = Field(default=1, description="how many annotators label each comparison (1 to 10)")
     lease_seconds: int = Field(default=900, description="how long a comparison handed out stays reserved")
@@ -108,6 +119,7 @@ class Dataset(SQLModel, table=True):
 
     __table_args__ = (
         CheckConstraint("prompt_kind IS NULL OR prompt_kind IN ('text', 'chat')", name="dataset_prompt_kind_known"),
+        CheckConstraint(_one_of("question", Question), name="dataset_question_known"),
         CheckConstraint("overlap BETWEEN 1 AND 10", name="dataset_overlap_range"),
         CheckConstraint("lease_seconds BETWEEN 10 AND 86400", name="dataset_lease_range"),
     )
@@ -174,6 +186,19 @@ class Comparison(SQLModel, table=True):
     )
 
 
+class RankingSlot(SQLModel, table=True):
+    """One of the completions of a ranking item (a ``Comparison`` in a ranking dataset).
+
+    A ranking item's comparison row names its lowest and highest completion ids as ``completion_a_id``
+    and ``completion_b_id`` (so leases, overlap, priority and archiving work as for pairs); the whole
+    set, in the order the file gave it, is here.
+    """
+
+    comparison_id: int = Field(foreign_key="comparison.id", primary_key=True)
+    completion_id: int = Field(foreign_key="completion.id", primary_key=True)
+    position: int = Field(description="place in the imported row, from 0")
+
+
 class Lease(SQLModel, table=True):
     """A comparison reserved for one annotator until ``expires_at``, so that two people are not
     handed the same item beyond the overlap. An expired lease frees it."""
@@ -206,11 +231,17 @@ class Label(SQLModel, table=True):
     shown_left: Optional[str] = Field(default=None, max_length=1, description="'a' or 'b': the side shown left")
     comment: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
     seconds_spent: Optional[float] = None
+    ranking: Optional[dict[str, Any]] = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True),
+        description='a ranked label: {"groups": [[completion ids], ...] best first, ties in one group, '
+                    '"shown": [completion ids in the order shown], "all_bad": bool}',
+    )
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
     updated_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (
         UniqueConstraint("comparison_id", "annotator_id", name="label_once_per_annotator"),
+        CheckConstraint("(choice = 'ranked') = (ranking IS NOT NULL)", name="label_ranking_iff_ranked"),
         # An annotator's history, undo and progress read their labels newest first.
         Index("label_history_order", "annotator_id", "updated_at", "id"),
         CheckConstraint(_one_of("choice", Choice), name="label_choice_known"),

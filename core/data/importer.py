@@ -23,9 +23,14 @@ from storage.datasets import (
     check_dataset_name,
     dataset_by_name,
     fix_prompt_kind,
+    fix_question,
     get_or_create_dataset,
 )
 from storage.ingest import CompletionRecord, IngestBatch, IngestCounts, PairRecord, PromptRecord, write_batch
+from storage.models import Question
+from storage.ranking import MAX_RANKED, MIN_RANKED, RankingConflict, RankingRecord
+
+QUESTIONS = tuple(question.value for question in Question)
 
 
 @dataclass
@@ -44,6 +49,11 @@ class ImportConfig:
     priority: int | None = config_field(
         None, help="queue priority of the new comparisons (higher is labeled first); empty = the dataset's default"
     )
+    question: str | None = config_field(
+        None, help="what the dataset asks: pairwise (which of two is better) or ranking (order 3 to 9 completions of "
+        "a candidates row best to worst); empty = the dataset's question (pairwise for a new dataset)",
+        choices=QUESTIONS,
+    )
     dry_run: bool = config_field(False, help="validate and count, but write nothing")
     max_problems_shown: int = config_field(50, help="how many problems to list before summarising the rest")
 
@@ -55,6 +65,8 @@ class ImportConfig:
             raise ConfigError(f"source name is {len(self.source)} characters long; use at most 200")
         if self.max_problems_shown < 1:
             raise ConfigError("max_problems_shown must be at least 1")
+        if self.question is not None and self.question not in QUESTIONS:
+            raise ConfigError(f"question must be one of {', '.join(QUESTIONS)}, got {self.question!r}")
         try:
             check_dataset_name(self.dataset)
         except DatasetError as error:
@@ -81,14 +93,17 @@ class ImportReport:
     style: str  # "text" | "chat" | ""
     counts: IngestCounts | None  # None on a dry run
     dry_run: bool = False
+    question: str = Question.PAIRWISE.value
 
     def summary(self) -> str:
-        what = f"{self.rows} {self.kind} rows" + (f" ({self.style})" if self.style else "") + f" for dataset {self.dataset!r}"
+        what = (f"{self.rows} {self.kind} rows" + (f" ({self.style})" if self.style else "")
+                + f" for {'ranking ' if self.question == Question.RANKING.value else ''}dataset {self.dataset!r}")
         if self.counts is None:
             return f"{what} valid; dry run, nothing written"
         c = self.counts
         return (
-            f"{what}: {c.comparisons_added} new comparisons ({c.comparisons_in_batch - c.comparisons_added} already "
+            f"{what}: {c.comparisons_added} new {'ranking items' if self.question == Question.RANKING.value else 'comparisons'} "
+            f"({c.comparisons_in_batch - c.comparisons_added} already "
             f"present), {c.prompts_added} new prompts, {c.completions_added} new completions, "
             f"{c.labels_added} new labels"
         )
@@ -104,7 +119,7 @@ class _Collected:
     pairs_seen: dict = field(default_factory=dict)
 
 
-def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int) -> _Collected:
+def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int, question: str) -> _Collected:
     collected = _Collected()
 
     def problem(message: str) -> None:
@@ -121,6 +136,12 @@ def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int) -> _Collected:
                 parsed = parse_row(raw.value)
             except RowError as error:
                 problem(f"{raw.location}: {error}")
+                continue
+            if question == Question.RANKING.value and not (
+                    parsed.kind == "candidates" and MIN_RANKED <= len(parsed.completions) <= MAX_RANKED):
+                problem(f"{raw.location}: a ranking dataset takes candidates rows with {MIN_RANKED} to {MAX_RANKED} "
+                        "different completions (prompt + completions); this row has "
+                        + (f"{len(parsed.completions)}" if parsed.kind == "candidates" else "a chosen/rejected pair"))
                 continue
             if collected.first_kind is None:
                 collected.first_kind = (parsed.kind, parsed.style, raw.location)
@@ -145,7 +166,7 @@ def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int) -> _Collected:
     return collected
 
 
-def _batch(source: str, rows: list[ParsedRow]) -> IngestBatch:
+def _batch(source: str, rows: list[ParsedRow], question: str) -> IngestBatch:
     batch = IngestBatch(source=source)
     for row in rows:
         prompt_hash = row.prompt_hash
@@ -158,7 +179,9 @@ def _batch(source: str, rows: list[ParsedRow]) -> IngestBatch:
                 (prompt_hash, content_hash),
                 CompletionRecord(prompt_hash, content_hash, candidate.text, candidate.model),
             )
-        if row.kind == "preference":
+        if question == Question.RANKING.value:
+            batch.rankings.append(RankingRecord(prompt_hash, tuple(hashes)))
+        elif row.kind == "preference":
             chosen, rejected = hashes
             batch.pairs.append(PairRecord(prompt_hash, chosen, rejected, first_wins=True, margin=row.margin))
         else:
@@ -166,9 +189,20 @@ def _batch(source: str, rows: list[ParsedRow]) -> IngestBatch:
     return batch
 
 
+def _question(store: Store, dataset: str, question: str | None) -> str:
+    """The question rows are read for: the one asked for, else the dataset's (pairwise for a new one)."""
+    if question:
+        return question
+    with store.read() as session:
+        existing = dataset_by_name(session, dataset)
+        return existing.question if existing is not None else Question.PAIRWISE.value
+
+
 def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, dataset: str, priority: int | None,
-            dry_run: bool, max_problems_shown: int, empty_message: str, shown_name: str) -> ImportReport:
-    collected = _collect(raw_rows, max_problems_shown)
+            question: str | None, dry_run: bool, max_problems_shown: int, empty_message: str,
+            shown_name: str) -> ImportReport:
+    question = _question(store, dataset, question)
+    collected = _collect(raw_rows, max_problems_shown, question)
     if collected.problem_count:
         raise ImportRejected(collected.problems, collected.problem_count)
     if not collected.rows:
@@ -178,22 +212,25 @@ def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, dataset: s
     if dry_run:
         with store.read() as session:
             existing = dataset_by_name(session, dataset)
-            if existing is not None and existing.prompt_kind not in (None, style):
-                try:
+            try:
+                if existing is not None and existing.prompt_kind not in (None, style):
                     fix_prompt_kind(session, existing, style, what=what)
-                except DatasetError as error:
-                    raise ImportRejected([str(error)]) from None
-        return ImportReport(source, dataset, len(collected.rows), kind, style, None, dry_run=True)
-    batch = _batch(source, collected.rows)
+                if existing is not None and existing.question != question and existing.prompt_kind is not None:
+                    fix_question(session, existing, question, what=what)
+            except DatasetError as error:
+                raise ImportRejected([str(error)]) from None
+        return ImportReport(source, dataset, len(collected.rows), kind, style, None, dry_run=True, question=question)
+    batch = _batch(source, collected.rows, question)
     try:
         with store.write() as session:
-            target = get_or_create_dataset(session, dataset)
+            target = get_or_create_dataset(session, dataset, question)
+            fix_question(session, target, question, what=what)
             fix_prompt_kind(session, target, style, what=what)
             counts = write_batch(session, batch, dataset_id=target.id,
                                  priority=target.default_priority if priority is None else priority)
-    except DatasetError as error:
+    except (DatasetError, RankingConflict) as error:
         raise ImportRejected([str(error)]) from None
-    return ImportReport(source, dataset, len(collected.rows), kind, style, counts)
+    return ImportReport(source, dataset, len(collected.rows), kind, style, counts, question=question)
 
 
 def import_file(store: Store, config: ImportConfig) -> ImportReport:
@@ -207,6 +244,7 @@ def import_file(store: Store, config: ImportConfig) -> ImportReport:
         source=config.source,
         dataset=config.dataset,
         priority=config.priority,
+        question=config.question,
         dry_run=config.dry_run,
         max_problems_shown=config.max_problems_shown,
         empty_message=f"{config.path}: no rows to import (the file is empty)",
@@ -215,10 +253,10 @@ def import_file(store: Store, config: ImportConfig) -> ImportReport:
 
 
 def import_rows(store: Store, rows: Iterable[Any], *, source: str, dataset: str = DEFAULT_DATASET,
-                priority: int | None = None) -> ImportReport:
+                priority: int | None = None, question: str | None = None) -> ImportReport:
     """Import rows already in memory (demo data, API callers) with the same checks as a file."""
     raw_rows = (RawRow(f"{source}:{number}", value=row) for number, row in enumerate(rows, start=1))
-    return _import(store, raw_rows, source=source, dataset=dataset, priority=priority, dry_run=False,
+    return _import(store, raw_rows, source=source, dataset=dataset, priority=priority, question=question, dry_run=False,
                    max_problems_shown=50, empty_message=f"{source}: no rows to import", shown_name=source)
 
 
