@@ -1,5 +1,5 @@
-"""Named API endpoints for scripts (``gradio_client``): ``next`` and ``label``, acting as the
-logged-in user, with the same rules as the page."""
+"""Named API endpoints for scripts (``gradio_client``): ``next``, ``next_in_dataset``, ``label``
+and ``rank``, acting as the logged-in user, with the same rules as the page."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import gradio as gr
 
 from app.session import USER_ERRORS, current_actor
-from core.labeling.actions import label_stored, next_comparison
+from core.labeling.actions import label_stored, next_comparison, rank_item
+from core.labeling.ranking import RankingView
 from storage.engine import Store
 
 
@@ -17,8 +18,9 @@ def register_api(store: Store) -> None:
 
     def api_next(request: gr.Request) -> dict[str, Any] | None:
         """Reserve the next comparison for you from any dataset you may label: its id, dataset, the
-        prompt (text or chat messages) and the two completions as `a` and `b` in stored order; null
-        when nothing is left for you."""
+        prompt (text or chat messages) and the two completions as `a` and `b` in stored order; for an
+        item of a ranking dataset, `item_id`, `dataset`, `prompt` and `completions` ([{id, text}], in
+        the order shown to you); null when nothing is left for you."""
         return _next(None, request)
 
     def api_next_in_dataset(dataset: str, request: gr.Request) -> dict[str, Any] | None:
@@ -32,11 +34,15 @@ def register_api(store: Store) -> None:
             raise gr.Error(str(error)) from None
         if view is None:
             return None
+        prompt = view.prompt_messages if view.prompt_messages is not None else view.prompt_text
+        if isinstance(view, RankingView):
+            return {"item_id": view.item_id, "dataset": view.dataset, "prompt": prompt,
+                    "completions": [{"id": c.completion_id, "text": c.text} for c in view.completions]}
         sides = {view.left.side: view.left, view.right.side: view.right}
         return {
             "comparison_id": view.comparison_id,
             "dataset": view.dataset,
-            "prompt": view.prompt_messages if view.prompt_messages is not None else view.prompt_text,
+            "prompt": prompt,
             "a": sides["a"].text,
             "b": sides["b"].text,
         }
@@ -55,7 +61,20 @@ def register_api(store: Store) -> None:
             raise gr.Error(str(error)) from None
         return {"label_id": result.label_id, "changed": result.changed}
 
+    def api_rank(item_id: int, groups: list, comment: str = "", all_bad: bool = False,
+                 request: gr.Request = None) -> dict[str, Any]:
+        """Rank an item of a ranking dataset as you: `groups` is a list of lists of completion ids,
+        best first, equal completions in one list; every completion once. `all_bad` flags that none
+        is acceptable. Repeating a ranking changes nothing; a new one replaces yours."""
+        try:
+            result = rank_item(store, current_actor(store, request), int(item_id), groups, comment=comment or None,
+                               all_bad=bool(all_bad))
+        except USER_ERRORS as error:
+            raise gr.Error(str(error)) from None
+        return {"label_id": result.label_id, "changed": result.changed}
+
     gr.api(api_next, api_name="next")
     gr.api(api_next_in_dataset, api_name="next_in_dataset")
     gr.api(api_label, api_name="label")
+    gr.api(api_rank, api_name="rank")
 

@@ -29,10 +29,12 @@ import psutil
 from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
 from core.data.datasets import DatasetError, resolve_datasets
+from core.data.ranking_export import RANKING_PAIRS, ranked_format_rows, ranking_rows
 from storage.engine import Store
 from storage.queries import ComparisonContent, Vote, comparison_contents, count_comparisons, votes_by_comparison
+from storage.ranking import items_of, rankings_by_item
 
-EXPORT_FORMATS = ("jsonl", "parquet", "hf", "csv")
+EXPORT_FORMATS = ("jsonl", "parquet", "hf", "csv", "ranked")
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 PROMPT_FORMATS = ("auto", "text", "chat")
@@ -48,8 +50,10 @@ class ExportConfig:
 
     out: Path = config_field(help="output file (jsonl, parquet) or folder (hf, or any format with --test-size)")
     format: str = config_field(
-        "jsonl", help="jsonl, parquet, hf (datasets.save_to_disk folder), or csv (for spreadsheets: cells that would "
-        "run as formulas get a leading apostrophe, so use jsonl/parquet/hf to train)", choices=EXPORT_FORMATS)
+        "jsonl", help="jsonl, parquet, hf (datasets.save_to_disk folder), csv (for spreadsheets: cells that would "
+        "run as formulas get a leading apostrophe, so use jsonl/parquet/hf to train), or ranked (JSON Lines, one row "
+        "per ranked item of ranking datasets: prompt, completions, consensus groups, each annotator's ranking)",
+        choices=EXPORT_FORMATS)
     test_size: float = config_field(0.0, help="fraction of rows held out as a 'test' split, 0 to 0.5")
     seed: int = config_field(0, help="seed of the train/test split")
     prompt_format: str = config_field(
@@ -62,6 +66,12 @@ class ExportConfig:
     dataset: list[str] | None = config_field(
         None, help="only these datasets (several of one prompt kind may be combined); empty = all datasets"
     )
+    ranking_pairs: str = config_field(
+        "all", help="pairs from ranking datasets: all (every pair, C(K,2) per ranking), adjacent (neighbouring places) "
+        "or best_vs_rest (the best place against each other completion); each pair weighs 1/(pairs of its item)",
+        choices=RANKING_PAIRS)
+    ranking_margin: bool = config_field(
+        False, help="give pairs from rankings a margin: their place gap / (completions - 1)")
     with_metadata: bool = config_field(
         False, help="add the evidence behind each row: comparison id, dataset, source, the models of each side, and "
         "every label (annotator, vote, strength, comment, seconds, time); TRL ignores the extra columns"
@@ -71,6 +81,10 @@ class ExportConfig:
         self.out = Path(self.out)
         if self.format not in EXPORT_FORMATS:
             raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
+        if self.ranking_pairs not in RANKING_PAIRS:
+            raise ConfigError(f"ranking_pairs must be one of {', '.join(RANKING_PAIRS)}, got {self.ranking_pairs!r}")
+        if self.format == "ranked" and self.test_size:
+            raise ConfigError("the ranked format writes one file; leave test_size at 0")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         if not 0.0 <= self.test_size <= 0.5:
@@ -157,10 +171,13 @@ def _metadata(comparison_id: int, content: ComparisonContent, chosen_side: str, 
 
 def build_preference_rows(
     store: Store, *, prompt_format: str = "auto", since: datetime | None = None, annotators: list[str] | None = None,
-    datasets: list[str] | None = None, with_metadata: bool = False,
+    datasets: list[str] | None = None, with_metadata: bool = False, ranking_pairs: str = "all",
+    ranking_margin: bool = False,
 ) -> PreferenceRows:
     """Fold the labels of ``datasets`` (every dataset not archived when None) into TRL preference rows, ordered by
-    comparison id; ``with_metadata`` adds the evidence columns.
+    comparison id; ``with_metadata`` adds the evidence columns. Ranking items give the pairs
+    ``ranking_pairs`` selects, with a ``weight`` column (``core.data.ranking_export``); pairwise rows
+    then weigh 1.
 
     Raises ``NothingToExport`` for an unknown dataset, datasets of different prompt kinds, or labels
     that mix text and chat prompts under ``prompt_format='auto'``.
@@ -171,7 +188,11 @@ def build_preference_rows(
         raise NothingToExport(str(error)) from None
     with store.read() as session:
         votes = votes_by_comparison(session, since=since, annotators=annotators, dataset_ids=dataset_ids)
+        ranking_items = {item_id for item_id, _, _ in items_of(session, dataset_ids)} & set(votes)
+        rankings = rankings_by_item(session, dataset_ids, since=since, annotators=annotators) if ranking_items else {}
         contents = comparison_contents(session, list(votes))
+        ranked = ranking_rows(session, contents, rankings, sorted(ranking_items), mode=ranking_pairs,
+                              with_margin=ranking_margin, with_metadata=with_metadata)
         total = count_comparisons(session, dataset_ids)
         archived = count_comparisons(session, dataset_ids, archived=True)
         # With no dataset named, archived datasets are left out: say how much that was.
@@ -184,17 +205,19 @@ def build_preference_rows(
         result.left_out["in archived datasets"] = in_archived_datasets
     if total > len(votes):
         result.left_out["without labels"] = total - len(votes)
+    result.left_out.update(ranked.left_out)
     decided: list[tuple[int, Verdict]] = []
-    for comparison_id in sorted(votes):
+    for comparison_id in sorted(set(votes) - ranking_items):
         verdict = fold_votes(votes[comparison_id])
         if verdict.outcome in ("a", "b"):
             decided.append((comparison_id, verdict))
         else:
             result.left_out[verdict.outcome] += 1
-    styles = Counter("chat" if contents[cid].prompt_messages is not None else "text" for cid, _ in decided)
+    decided_ids = [cid for cid, _ in decided] + [cid for cid, _ in ranked.rows]
+    styles = Counter("chat" if contents[cid].prompt_messages is not None else "text" for cid in set(decided_ids))
     if prompt_format == "auto" and len(styles) > 1:
         by_kind: dict[str, set[str]] = {}
-        for comparison_id, _ in decided:
+        for comparison_id in decided_ids:
             content = contents[comparison_id]
             by_kind.setdefault("chat" if content.prompt_messages is not None else "text", set()).add(content.dataset)
         listed = "; ".join(f"{kind}: {', '.join(sorted(names))}" for kind, names in sorted(by_kind.items()))
@@ -202,7 +225,9 @@ def build_preference_rows(
             f"the labels cover {styles['text']} plain-text and {styles['chat']} chat prompts ({listed}), and a "
             "preference dataset holds one kind; choose datasets of one kind (--dataset NAME, or the Dataset choice)"
         )
-    with_margin = any(verdict.margin is not None for _, verdict in decided)
+    with_margin = any(verdict.margin is not None for _, verdict in decided) or (ranking_margin and bool(ranked.rows))
+    with_weight = bool(ranked.rows)
+    built: list[tuple[int, dict[str, Any]]] = []
     for comparison_id, verdict in decided:
         content = contents[comparison_id]
         chat = content.prompt_messages is not None
@@ -218,14 +243,44 @@ def build_preference_rows(
             }
         else:
             row = {"prompt": content.prompt_text, "chosen": chosen, "rejected": rejected}
+        if with_weight:
+            row["weight"] = 1.0
         if with_margin:
             # TRL applies a margin column to every row; a row without one gets 0 (plain Bradley-Terry).
             row["margin"] = verdict.margin if verdict.margin is not None else 0.0
         if with_metadata:
             row.update(_metadata(comparison_id, content, verdict.outcome, votes[comparison_id]))
-        result.rows.append(row)
-        result.comparison_ids.append(comparison_id)
+        built.append((comparison_id, row))
+    for comparison_id, row in ranked.rows:
+        content = contents[comparison_id]
+        if prompt_format != "auto" and prompt_format != ("chat" if content.prompt_messages is not None else "text"):
+            result.left_out[f"not {prompt_format}"] += 1
+            continue
+        if with_margin:
+            row.setdefault("margin", 0.0)
+        built.append((comparison_id, row))
+    # One order for both kinds of rows: by comparison (item) id, pairs of an item in their built order.
+    built.sort(key=lambda pair: pair[0])
+    result.rows = [row for _, row in built]
+    result.comparison_ids = [comparison_id for comparison_id, _ in built]
     return result
+
+
+def build_ranked_rows(store: Store, *, since: datetime | None = None, annotators: list[str] | None = None,
+                      datasets: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of ``--format ranked``: one per ranked item of the ranking datasets among ``datasets``."""
+    try:
+        dataset_ids, _ = resolve_datasets(store, datasets)
+    except DatasetError as error:
+        raise NothingToExport(str(error)) from None
+    with store.read() as session:
+        item_ids = [item_id for item_id, _, _ in items_of(session, dataset_ids)]
+        if not item_ids:
+            raise NothingToExport("the ranked format is for ranking datasets, and none is among those exported; "
+                                  "choose a ranking dataset (--dataset NAME) or another format")
+        rankings = rankings_by_item(session, dataset_ids, since=since, annotators=annotators)
+        contents = comparison_contents(session, sorted(rankings))
+        return ranked_format_rows(session, contents, rankings, sorted(rankings))
 
 
 def response_text(side: Any) -> str:
@@ -335,9 +390,12 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
 
     Raises ``NothingToExport`` when no comparison has a majority preference.
     """
+    if config.format == "ranked":
+        return _export_ranked(store, config)
     prepared = build_preference_rows(
         store, prompt_format=config.prompt_format, since=config.since, annotators=config.annotators,
-        datasets=config.dataset, with_metadata=config.with_metadata,
+        datasets=config.dataset, with_metadata=config.with_metadata, ranking_pairs=config.ranking_pairs,
+        ranking_margin=config.ranking_margin,
     )
     if not prepared.rows:
         left = ", ".join(f"{n} {reason}" for reason, n in sorted(prepared.left_out.items())) or "no labels at all"
@@ -353,6 +411,20 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
             shutil.rmtree(config.out)
         os.replace(written, config.out)
     return ExportReport(config.out, len(train), len(test), dict(prepared.left_out), prepared.content_hash)
+
+
+def _export_ranked(store: Store, config: ExportConfig) -> ExportReport:
+    rows = build_ranked_rows(store, since=config.since, annotators=config.annotators, datasets=config.dataset)
+    if not rows:
+        raise NothingToExport("nothing to export: no ranking item has a ranking yet")
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_staging(config.out.parent)
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=config.out.parent) as staging:
+        written = Path(staging) / "export"
+        _write_jsonl(rows, written)
+        os.replace(written, config.out)
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return ExportReport(config.out, len(rows), 0, {}, digest)
 
 
 DOWNLOAD_KEEP_SECONDS = 15 * 60  # a download stays long enough to be fetched; Gradio serves its own copy

@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from core.accounts import Actor, Permission
 from core.limits import MAX_COMMENT_CHARS
+from core.labeling.ranking import RankingView, is_ranking_item, ranking_label_input, ranking_view_in
 from core.segments import split_thinking
 from storage.engine import Store
 from storage.labels import LabelError, LabelInput
@@ -99,8 +100,13 @@ def left_side_for(annotator_id: int, comparison_id: int) -> str:
     return "a" if digest[0] % 2 == 0 else "b"
 
 
-def _view_in(session: Session, actor: Actor, comparison_id: int) -> ComparisonView | None:
-    """The comparison as this actor sees it, read inside the caller's transaction."""
+ItemView = ComparisonView | RankingView  # what the Label tab shows: a pair, or completions to rank
+
+
+def _view_in(session: Session, actor: Actor, comparison_id: int) -> ItemView | None:
+    """The comparison (or ranking item) as this actor sees it, read inside the caller's transaction."""
+    if is_ranking_item(session, comparison_id):
+        return ranking_view_in(session, actor, comparison_id, dataset_name_of(session, comparison_id) or "")
     record = load_comparison(session, comparison_id)
     existing = label_of(session, annotator_id=actor.user_id, comparison_id=comparison_id)
     if record is None:
@@ -156,7 +162,14 @@ def _check_may_label(session: Session, actor: Actor, comparison_id: int) -> None
         )
 
 
-def next_comparison(store: Store, actor: Actor, dataset: str | None = None) -> ComparisonView | None:
+def _check_choice_fits(session: Session, label: LabelInput) -> None:
+    """A pairwise choice (a, b, tie, both bad) on a ranking item would be a label no export can read."""
+    if label.choice not in ("skip", "ranked") and is_ranking_item(session, label.comparison_id):
+        raise QueueError(f"item {label.comparison_id} is a ranking item: rank its completions (the rank endpoint, or "
+                         "the places on the Label tab) or skip it")
+
+
+def next_comparison(store: Store, actor: Actor, dataset: str | None = None) -> ItemView | None:
     """Reserve and show the actor's next comparison (from ``dataset``, or from any dataset they may
     label); None when nothing is left for them."""
     actor.require(Permission.LABEL)
@@ -166,7 +179,7 @@ def next_comparison(store: Store, actor: Actor, dataset: str | None = None) -> C
         return None if comparison_id is None else _view_in(session, actor, comparison_id)
 
 
-def open_for_change(store: Store, actor: Actor, comparison_id: int) -> ComparisonView:
+def open_for_change(store: Store, actor: Actor, comparison_id: int) -> ItemView:
     """Show a comparison the actor labeled before, laid out as they saw it, to change the label."""
     return change_label_screen(store, actor, comparison_id).view
 
@@ -205,6 +218,7 @@ def _submit_from_screen(session: Session, actor: Actor, view: ComparisonView, la
     """Store a label given on ``view``, inside the caller's write transaction: the actor must still
     be allowed to label it, and (unless ``replace_existing``) the screen must have shown the stored label."""
     _check_may_label(session, actor, label.comparison_id)
+    _check_choice_fits(session, label)
     if not replace_existing:
         _refuse_stale(session, actor, view, label, screen_choice)
     return submit_label(session, label)
@@ -263,14 +277,74 @@ def label_stored(
                          seconds_spent=seconds_spent)
     with store.write() as session:
         _check_may_label(session, actor, label.comparison_id)
+        _check_choice_fits(session, label)
         return submit_label(session, label)
+
+
+def rank_item(store: Store, actor: Actor, item_id: int, groups: Any, *, comment: str | None = None,
+              all_bad: bool = False, seconds_spent: float | None = None) -> SubmitResult:
+    """Store the actor's ranking of ranking item ``item_id`` as scripts give it: ``groups`` of
+    completion ids, best first, ties in one group. The rules of ``label_stored`` apply (leases,
+    overlap, idempotent repeats, datasets open to the actor); the shown order recorded is the one
+    ``next_comparison`` gave the actor."""
+    actor.require(Permission.LABEL)
+    with store.write() as session:
+        _check_may_label(session, actor, int(item_id))
+        label = ranking_label_input(session, actor, int(item_id), groups, all_bad=all_bad, comment=comment,
+                                    seconds_spent=seconds_spent, shown=None)
+        return submit_label(session, label)
+
+
+def rank_and_next(
+    store: Store,
+    actor: Actor,
+    view: RankingView,
+    groups: list[list[int]] | None,
+    *,
+    all_bad: bool = False,
+    comment: str | None = None,
+    seconds_spent: float | None = None,
+    dataset: str | None = None,
+    replace_existing: bool = False,
+) -> "LabelingScreen":
+    """One click on a ranking item: store the ranking shown on ``view`` (``groups`` best first; None
+    skips the item), reserve the next item and read progress and history, in one write transaction.
+    Raises ``StaleScreen`` (nothing saved) when the actor's stored label is not what ``view``
+    showed, unless ``replace_existing``."""
+    actor.require(Permission.LABEL)
+    with store.write() as session:
+        dataset_id = _dataset_id(session, actor, dataset)
+        _check_may_label(session, actor, view.item_id)
+        if groups is None:
+            label = _label_input(actor, view.item_id, "skip", strength=None, comment=comment, shown_left=None,
+                                 seconds_spent=seconds_spent)
+        else:
+            label = ranking_label_input(session, actor, view.item_id, groups, all_bad=all_bad, comment=comment,
+                                        seconds_spent=seconds_spent, shown=view.shown)
+        stored = label_of(session, annotator_id=actor.user_id, comparison_id=view.item_id)
+        if not replace_existing and stored is not None and not _ranking_screen_showed(view, stored) and (
+                (stored.choice, stored.ranking, stored.comment) != (label.choice, label.ranking, label.comment)):
+            raise StaleScreen(view.item_id, stored.choice, label.choice)
+        result = submit_label(session, label)
+        next_id = claim_next_comparison(session, annotator_id=actor.user_id, dataset_id=dataset_id)
+        return _screen(session, actor, next_id, result, dataset_id=dataset_id)
+
+
+def _ranking_screen_showed(view: RankingView, stored) -> bool:  # noqa: ANN001  (storage.models.Label)
+    """Whether ``view`` showed the stored label as it is now (so a new ranking replaces it knowingly)."""
+    if stored.choice != view.existing_choice:
+        return False
+    if stored.ranking is None:
+        return view.existing is None
+    return view.existing is not None and (stored.ranking["groups"], bool(stored.ranking.get("all_bad"))) == (
+        view.existing.groups, view.existing.all_bad)
 
 
 @dataclass(frozen=True)
 class LabelingScreen:
     """Everything the Label tab shows after one action, read in the action's own transaction."""
 
-    view: ComparisonView | None  # the comparison to show next; None when nothing is left for the actor
+    view: ItemView | None  # the comparison or ranking item to show next; None when nothing is left for the actor
     progress: Progress
     history: list[HistoryItem]
     result: SubmitResult | None = None  # the label just stored, when the action stored one
@@ -345,7 +419,7 @@ def _reserve_own_label(session: Session, actor: Actor, comparison_id: int) -> No
     reserve_for(session, annotator_id=actor.user_id, comparison_id=comparison_id)
 
 
-def undo_last(store: Store, actor: Actor) -> ComparisonView | None:
+def undo_last(store: Store, actor: Actor) -> ItemView | None:
     """Remove the actor's last label and show that comparison again."""
     screen = undo_last_screen(store, actor)
     return None if screen is None else screen.view
