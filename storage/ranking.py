@@ -134,8 +134,11 @@ def completion_texts(session: Session, completion_ids: list[int]) -> dict[int, t
     return found
 
 
-def is_ranking_dataset(session: Session, dataset_id: int) -> bool:
-    return session.execute(select(Dataset.question).where(Dataset.id == dataset_id)).scalar() == "ranking"
+def ranking_dataset_ids(session: Session, dataset_ids: list[int]) -> list[int]:
+    """Those of ``dataset_ids`` that ask the ranking question."""
+    return list(session.execute(
+        select(Dataset.id).where(Dataset.id.in_(dataset_ids), Dataset.question == "ranking").order_by(Dataset.id)
+    ).scalars())
 
 
 @dataclass(frozen=True)
