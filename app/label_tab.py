@@ -1,4 +1,5 @@
-"""The Label tab: one comparison at a time, sides randomized, keyboard shortcuts, undo, history."""
+"""The Label tab: one comparison at a time, sides randomized, keyboard shortcuts, undo, history; for
+a ranking dataset, the K completions of a prompt to put in places (mouse) or order by letters (keys)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from app.session import USER_ERRORS, current_actor
 from core.accounts import Permission
 from core.data.datasets import datasets_to_label
 from core.labeling.actions import (
+    LABELING_ERRORS,
     LabelingScreen,
     StaleScreen,
     change_label_screen,
@@ -20,10 +22,12 @@ from core.labeling.actions import (
     history,
     label_and_next,
     open_labeling_screen,
+    rank_and_next,
     screen_choice_of,
     undo_last_screen,
     update_guidelines,
 )
+from core.labeling.ranking import LETTERS, RankingView, groups_from_places, order_text, parse_order
 from storage.engine import Store
 
 # (screen choice, button text, element id, key)
@@ -38,12 +42,15 @@ UNDO_KEY = "u"
 STRENGTH_KEYS = {"q": "slightly", "w": "clearly"}
 HISTORY_HEADERS = ["comparison", "labeled at (UTC)", "your choice", "strength", "comment", "prompt"]
 ALL_DATASETS = ""  # the dataset choice that means "any dataset I may label"
+ORDER_KEY = "o"  # focuses the typed order of a ranking item
 
 
 def shortcuts_script() -> str:
     """Key bindings that click the buttons by element id; inactive while typing in a text field."""
     keys = {key: element_id for _, _, element_id, key in CHOICE_BUTTONS}
     keys[UNDO_KEY] = "btn-undo"
+    # On a ranking item the pair buttons are hidden (so their keys do nothing); "o" focuses the
+    # typed order, where letters and Enter rank without the mouse.
     mapping = ", ".join(f"'{key}': '{element_id}'" for key, element_id in keys.items())
     strengths = ", ".join(f"'{key}': '{value}'" for key, value in STRENGTH_KEYS.items())
     return f"""<script>
@@ -54,6 +61,10 @@ document.addEventListener('keydown', (event) => {{
   const buttons = {{{mapping}}};
   const strengths = {{{strengths}}};
   const key = event.key.toLowerCase();
+  if (key === '{ORDER_KEY}') {{
+    const order = document.querySelector('#rank-order textarea, #rank-order input');
+    if (order && order.offsetParent !== null) {{ event.preventDefault(); order.focus(); return; }}
+  }}
   if (buttons[key]) {{
     const button = document.getElementById(buttons[key]);
     if (button && button.offsetParent !== null && !button.disabled) {{ event.preventDefault(); button.click(); }}
@@ -94,11 +105,22 @@ class LabelTab:
     view: gr.State
     shown_at: gr.State
     refused: gr.State  # (screen choice, strength, comment) of a label refused as stale, for "Change it"
+    pair_row: gr.Row  # the two responses of a pair
+    pair_buttons: gr.Row
+    rank_row: gr.Row  # the completions of a ranking item, one slot each
+    rank_buttons: gr.Row
+    slots: list[gr.Column]
+    slot_texts: list[gr.HTML]
+    places: list[gr.Radio]
+    order: gr.Textbox
+    all_bad: gr.Checkbox
 
     @property
     def view_outputs(self) -> list:
         return [self.prompt, self.left, self.right, self.comment, self.strength, self.current, self.status, self.progress,
-                self.view, self.shown_at, self.history, self.change_it, self.keep_it, self.refused, self.guidelines]
+                self.view, self.shown_at, self.history, self.change_it, self.keep_it, self.refused, self.guidelines,
+                self.pair_row, self.pair_buttons, self.rank_row, self.rank_buttons, *self.slots, *self.slot_texts,
+                *self.places, self.order, self.all_bad]
 
 
 def _message(text: str) -> str:
@@ -139,16 +161,69 @@ def _show(tab: LabelTab, actor, screen: LabelingScreen, status: str = "", store:
     if store is not None and view is not None and view.dataset:
         # The guidelines of the dataset being labeled, which may change from one comparison to the next.
         updates[tab.guidelines] = guidelines(store, view.dataset)
+    ranking = isinstance(view, RankingView)
+    updates.update({tab.pair_row: gr.Row(visible=not ranking), tab.pair_buttons: gr.Row(visible=not ranking),
+                    tab.strength: gr.Radio(value="clearly", visible=not ranking),
+                    tab.rank_row: gr.Row(visible=ranking), tab.rank_buttons: gr.Row(visible=ranking)})
     if view is None:
         updates[tab.prompt] = '<div class="rl-empty">Nothing left for you to label here. Thank you!</div>'
         updates[tab.left] = updates[tab.right] = updates[tab.current] = ""
         return updates
     changing = f" · changing your label (**{view.existing_choice}**)" if view.existing_choice else ""
     updates[tab.prompt] = render_prompt(view)
+    if ranking:
+        updates.update(_show_ranking(tab, view))
+        updates[tab.current] = f"Ranking item #{view.item_id} · {len(view.completions)} responses{changing}"
+        return updates
     updates[tab.left] = render_response(view.left, "Left")
     updates[tab.right] = render_response(view.right, "Right")
     updates[tab.current] = f"Comparison #{view.comparison_id}{changing}"
     return updates
+
+
+def _show_ranking(tab: LabelTab, view: RankingView) -> dict:
+    """The slots of a ranking item: one per completion in the order shown, with its place (1 = best)
+    filled in from the stored ranking when the actor is changing it."""
+    k = len(view.completions)
+    place_of = {}
+    if view.existing is not None:
+        place_of = {c: place for place, group in enumerate(view.existing.groups, start=1) for c in group}
+    choices = [str(place) for place in range(1, k + 1)]
+    updates: dict = {}
+    for index in range(len(LETTERS)):
+        if index < k:
+            response = view.completions[index]
+            place = place_of.get(response.completion_id)
+            updates[tab.slots[index]] = gr.Column(visible=True)
+            updates[tab.slot_texts[index]] = render_response(response, f"Response {response.letter}")
+            updates[tab.places[index]] = gr.Radio(choices=choices, value=str(place) if place else None, visible=True,
+                                                  label=f"Place of {response.letter} (1 = best)")
+        else:
+            updates[tab.slots[index]] = gr.Column(visible=False)
+            updates[tab.slot_texts[index]] = ""
+            updates[tab.places[index]] = gr.Radio(choices=[], value=None, visible=False)
+    updates[tab.order] = order_text(view.existing.groups, view) if view.existing is not None else ""
+    updates[tab.all_bad] = view.existing.all_bad if view.existing is not None else False
+    return updates
+
+
+def _places_order(view: RankingView | None, places: tuple) -> str:
+    """The typed order of the places chosen so far (unplaced responses are left out)."""
+    if not isinstance(view, RankingView):
+        return ""
+    by_place: dict[int, list[str]] = {}
+    for response, place in zip(view.completions, places, strict=False):
+        if place:
+            by_place.setdefault(int(place), []).append(response.letter)
+    return " > ".join("=".join(sorted(by_place[place])) for place in sorted(by_place))
+
+
+def _ranking_from_screen(view: RankingView, order: str, places: tuple) -> list[list[int]]:
+    """The groups the annotator gave: the typed order when there is one, else the places."""
+    if order and order.strip():
+        return parse_order(order, view)
+    return groups_from_places({response.completion_id: (int(place) if place else None)
+                               for response, place in zip(view.completions, places, strict=False)})
 
 
 def _history_rows(items: list) -> list[list]:
@@ -177,9 +252,18 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         guidelines_editor = gr.Textbox(label="Edit guidelines (admins)", lines=6, visible=False, elem_id="guidelines-editor")
         guidelines_save = gr.Button("Save guidelines", size="sm", visible=False, elem_id="guidelines-save")
     prompt_html = gr.HTML(elem_id="label-prompt")
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True) as pair_row:
         left_html = gr.HTML(elem_id="label-left")
         right_html = gr.HTML(elem_id="label-right")
+    # A ranking item: up to nine slots that wrap into a grid, each a response and its place.
+    slots, slot_texts, places = [], [], []
+    with gr.Row(visible=False, elem_id="rank-slots") as rank_row:
+        for letter in LETTERS:
+            with gr.Column(visible=False, min_width=320, elem_id=f"rank-slot-{letter}") as slot:
+                slot_texts.append(gr.HTML(elem_id=f"rank-text-{letter}"))
+                places.append(gr.Radio(choices=[], label=f"Place of {letter}", elem_id=f"rank-place-{letter}",
+                                       elem_classes=["rl-place"]))
+            slots.append(slot)
     # Sticks to the bottom of the window (LABEL_CSS), so it is compact: one row of options, one of buttons.
     with gr.Column(elem_id="label-choice-bar"):
         with gr.Row(equal_height=True):
@@ -189,13 +273,20 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             # Switches every block between rendered Markdown and the exact stored text in CSS alone
             # (app/rendering.py): no handler, and it stays as set for the next comparison.
             gr.Checkbox(label="Show raw text", value=False, elem_id="label-raw", min_width=130)
-        with gr.Row():
+        with gr.Row(visible=False, equal_height=True) as rank_buttons:
+            order_box = gr.Textbox(label=f"Order, best first (keys: {ORDER_KEY} here, letters, = ties, Enter)",
+                                   placeholder="e.g. C A=D B", elem_id="rank-order", scale=2, min_width=220)
+            all_bad = gr.Checkbox(label="All unacceptable", value=False, elem_id="rank-all-bad", min_width=150)
+            rank_submit = gr.Button("Submit ranking", variant="primary", elem_id="btn-rank-submit", size="sm",
+                                    min_width=120)
+            rank_skip = gr.Button("Skip", elem_id="btn-rank-skip", size="sm", min_width=80)
+        with gr.Row() as pair_buttons:
             choice_buttons = {
                 choice: gr.Button(text, elem_id=element_id, size="sm", min_width=90,
                                   variant="primary" if choice in ("left", "right") else "secondary")
                 for choice, text, element_id, _ in CHOICE_BUTTONS
             }
-            undo = gr.Button("Undo last", elem_id="btn-undo", size="sm", min_width=90)
+        undo = gr.Button("Undo last", elem_id="btn-undo", size="sm", min_width=90)
         gr.HTML(shortcuts_legend())
     with gr.Row():
         current = gr.Markdown(elem_id="label-current")
@@ -214,7 +305,8 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
     tab = LabelTab(
         dataset_choice, datasets_md, progress_md, guidelines_md, guidelines_editor, guidelines_save, prompt_html,
         left_html, right_html, strength, comment, current, status, history_table, change_it, keep_it, gr.State(None),
-        gr.State(0.0), gr.State(None),
+        gr.State(0.0), gr.State(None), pair_row, pair_buttons, rank_row, rank_buttons, slots, slot_texts, places,
+        order_box, all_bad,
     )
 
     def open_dataset(dataset: str | None, request: gr.Request) -> dict:
@@ -276,8 +368,58 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
     def change_it_now(view, shown_at, refused, dataset, request: gr.Request) -> dict:  # noqa: ANN001
         if not refused:
             return {tab.change_it: gr.Button(visible=False)}
+        if refused[0] == "ranking":
+            _, groups, flagged, note = refused
+            return submit_ranking(view, shown_at, groups, flagged, note, dataset, request, replace_existing=True)
         screen_choice, how_much, note = refused
         return submit(view, shown_at, screen_choice, how_much, note, dataset, request, replace_existing=True)
+
+    def submit_ranking(view, shown_at, groups, flagged, note, dataset, request: gr.Request,  # noqa: ANN001
+                       replace_existing: bool = False) -> dict:
+        """Store the ranking on screen (``groups`` None skips the item) and show the next item."""
+        try:
+            actor = current_actor(store, request)
+            if not isinstance(view, RankingView):
+                return _show(tab, actor, open_labeling_screen(store, actor, dataset or None), store=store)
+            seconds = round(time.monotonic() - shown_at, 2) if shown_at else None
+            screen = rank_and_next(store, actor, view, groups, all_bad=bool(flagged), comment=note,
+                                   seconds_spent=seconds, dataset=dataset or None, replace_existing=replace_existing)
+        except StaleScreen as stale:
+            return {tab.status: _message(str(stale)), tab.change_it: gr.Button(visible=True),
+                    tab.keep_it: gr.Button(visible=True), tab.refused: ("ranking", groups, flagged, note)}
+        except USER_ERRORS as error:
+            return {tab.status: _message(str(error))}
+        done = "Saved" if screen.result.changed else "Already saved"
+        what = "skipped" if groups is None else order_text(groups, view)
+        return _show(tab, actor, screen, f"{done}: #{view.item_id} → {what}", store=store)
+
+    # One parameter per place (A to I): Gradio passes inputs positionally and a gr.Request by annotation.
+    def rank_from_screen(view, shown_at, order, flagged, note, dataset, place_a, place_b, place_c, place_d,  # noqa: ANN001
+                         place_e, place_f, place_g, place_h, place_i, request: gr.Request) -> dict:
+        chosen_places = (place_a, place_b, place_c, place_d, place_e, place_f, place_g, place_h, place_i)
+        try:
+            groups = _ranking_from_screen(view, order, chosen_places) if isinstance(view, RankingView) else None
+        except LABELING_ERRORS as error:
+            return {tab.status: _message(str(error))}
+        return submit_ranking(view, shown_at, groups, flagged, note, dataset, request)
+
+    def skip_ranking(view, shown_at, note, dataset, request: gr.Request) -> dict:  # noqa: ANN001
+        return submit_ranking(view, shown_at, None, False, note, dataset, request)
+
+    rank_inputs = [tab.view, tab.shown_at, order_box, all_bad, comment, dataset_choice, *places]
+    rank_submit.click(rank_from_screen, inputs=rank_inputs, outputs=tab.view_outputs, api_visibility="private")
+    order_box.submit(rank_from_screen, inputs=rank_inputs, outputs=tab.view_outputs, api_visibility="private")
+    rank_skip.click(skip_ranking, inputs=[tab.view, tab.shown_at, comment, dataset_choice], outputs=tab.view_outputs,
+                    api_visibility="private")
+
+    def order_from_places(view, place_a, place_b, place_c, place_d, place_e, place_f, place_g, place_h,  # noqa: ANN001
+                          place_i) -> str:
+        return _places_order(view, (place_a, place_b, place_c, place_d, place_e, place_f, place_g, place_h, place_i))
+
+    for place in places:
+        # .input fires on the annotator's clicks only, not when a new item fills the places.
+        place.input(order_from_places, inputs=[tab.view, *places], outputs=order_box, api_visibility="private",
+                    show_progress="hidden")
 
     change_it.click(change_it_now, inputs=[tab.view, tab.shown_at, tab.refused, dataset_choice],
                     outputs=tab.view_outputs, api_visibility="private")
