@@ -74,13 +74,13 @@ def call(client: httpx.Client, fn_id: int, data: list, headers: dict | None = No
     raise AssertionError("no result")
 
 
-def test_the_public_api_is_next_next_in_dataset_and_label_for_every_role_and_nobody_without_login(secured_app):
+def test_the_public_api_is_next_next_in_dataset_label_and_rank_for_every_role_and_nobody_without_login(secured_app):
     from gradio_client import Client
 
     for name in ROLES:
         client = Client(secured_app.url, auth=(name, PASSWORD), verbose=False)
         assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {
-            "/next", "/next_in_dataset", "/label"}
+            "/next", "/next_in_dataset", "/label", "/rank"}
         assert client.predict(api_name="/next") is not None
     anonymous = session_for(secured_app, None)
     assert anonymous.get("/config").status_code in (401, 403)
@@ -95,6 +95,9 @@ HANDLER_PERMISSIONS = {
     "handler": "LABEL", "handler_1": "LABEL", "handler_2": "LABEL", "handler_3": "LABEL",
     "handler_4": "LABEL", "undo_last_label": "LABEL", "change_label": "LABEL", "refresh": "LABEL",
     "next": "LABEL", "next_in_dataset": "LABEL", "label": "LABEL", "tabs_for": None, "demo_pair": None,
+    "rank": "LABEL", "rank_from_screen": "LABEL", "rank_from_screen_1": "LABEL", "skip_ranking": "LABEL",
+    # the typed order of the places the caller has just clicked: reads nothing, writes nothing
+    **{name: None for name in ("order_from_places", *(f"order_from_places_{i}" for i in range(1, 9)))},
     "save_guidelines": "EDIT_GUIDELINES", "save_dataset_settings": "CHANGE_SETTINGS",
     "current_counts": "EXPORT", "current_counts_1": "EXPORT", "current_counts_2": "EXPORT", "run_export": "EXPORT",
     "run_import": "IMPORT",
@@ -138,6 +141,8 @@ def _inputs(config: dict, dependency: dict, overrides: dict, uploaded: dict) -> 
         values.append(value)
     if dependency.get("api_name") == "label":
         values = [1, "a", "", ""]
+    if dependency.get("api_name") == "rank":
+        values = [1, [[1]], "", False]  # comparison 1 is a pair: refused as not a ranking item, never as "may not"
     return values
 
 
