@@ -14,7 +14,8 @@ from app.session import USER_ERRORS, current_actor
 from core.config_fields import ConfigError
 from core.data.datasets import DEFAULT_DATASET, datasets_for
 from core.data.exporter import EXPORT_FORMATS, PROMPT_FORMATS, NothingToExport, export_for_download
-from core.data.importer import ImportConfig, ImportRejected, import_upload
+from core.data.importer import QUESTIONS, ImportConfig, ImportRejected, import_upload
+from core.data.ranking_export import RANKING_PAIRS
 from core.data.summary import store_summary
 from storage.engine import Store
 
@@ -45,11 +46,14 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
                 "### Import\nTRL preference rows (`prompt`/`chosen`/`rejected`, standard or conversational, "
                 "implicit prompt allowed, optional `margin`) or candidates to label (`prompt` + `completions`). "
                 "JSONL, JSON, CSV, Parquet, `.gz`. A file with any bad row is refused whole. A dataset holds "
-                "text prompts or chat prompts, fixed by its first import; type a new name to make a dataset."
+                "text prompts or chat prompts, fixed by its first import; type a new name to make a dataset. "
+                "A **ranking** dataset takes candidates with 3 to 9 completions, which annotators order best to worst."
             )
             upload = gr.File(label="File to import", file_types=[".jsonl", ".json", ".csv", ".parquet", ".gz", ".ndjson"])
             import_dataset = gr.Dropdown(choices=[DEFAULT_DATASET], value=DEFAULT_DATASET, allow_custom_value=True,
                                          label="Into dataset", elem_id="import-dataset")
+            question = gr.Radio([("the dataset's own (pairwise if new)", ""), *[(q, q) for q in QUESTIONS]], value="",
+                                label="Question", elem_id="import-question")
             dry_run = gr.Checkbox(label="Check only (dry run)", value=False)
             import_button = gr.Button("Import", variant="primary", elem_id="import-button")
             import_result = gr.Markdown(elem_id="import-result")
@@ -62,6 +66,10 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
                 list(PROMPT_FORMATS), value="auto", label="Prompts", info="auto: all, refused if text and chat are mixed"
             )
             test_size = gr.Slider(0.0, 0.5, value=0.0, step=0.05, label="Held-out test fraction")
+            with gr.Row():
+                ranking_pairs = gr.Dropdown(list(RANKING_PAIRS), value="all", label="Pairs from rankings",
+                                            info="each pair weighs 1/(pairs of its ranking)", elem_id="export-ranking-pairs")
+                ranking_margin = gr.Checkbox(label="Margin from the place gap (rankings)", value=False)
             with_metadata = gr.Checkbox(label="With metadata: comparison id, dataset, source, models, every vote with its "
                                               "strength, comment, seconds and time (TRL ignores the extra columns)",
                                         elem_id="export-metadata")
@@ -95,7 +103,8 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
         tab.select(current_counts, outputs=count_outputs, api_visibility="private")
 
     # Each import clears the upload box, so the next file (or the fixed one) can be dropped in.
-    def run_import(path: str | None, dataset: str | None, check_only: bool, request: gr.Request) -> dict:
+    def run_import(path: str | None, dataset: str | None, asked: str | None, check_only: bool,
+                   request: gr.Request) -> dict:
         def outcome(message: str, *, keep_file: bool = False) -> dict:
             # An import or a refusal clears the upload box, so the next file (or the fixed one) can be
             # dropped in; a dry run that passed keeps it, since importing that file is the next step.
@@ -107,7 +116,8 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
         if not path:
             return outcome("Choose a file first.")
         try:
-            config = ImportConfig(Path(path), dataset=(dataset or DEFAULT_DATASET).strip(), dry_run=check_only)
+            config = ImportConfig(Path(path), dataset=(dataset or DEFAULT_DATASET).strip(), question=asked or None,
+                                  dry_run=check_only)
             report = import_upload(store, current_actor(store, request), config)
         except ConfigError as error:
             return outcome(f"**Not imported.** {inline_text(error)}")
@@ -120,15 +130,16 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
         return outcome(f"**{'Checked' if check_only else 'Imported'}.** {inline_text(report.summary())}",
                        keep_file=check_only)
 
-    import_button.click(run_import, inputs=[upload, import_dataset, dry_run],
+    import_button.click(run_import, inputs=[upload, import_dataset, question, dry_run],
                         outputs=[import_result, upload, *count_outputs], api_visibility="private")
 
     def run_export(datasets: list[str] | None, format_name: str, prompts: str, test_fraction: float, metadata: bool,
-                   request: gr.Request) -> tuple[str, str | None]:
+                   pairs_mode: str, margin: bool, request: gr.Request) -> tuple[str, str | None]:
         try:
             download, report = export_for_download(store, current_actor(store, request), format=format_name,
                                                    prompt_format=prompts, test_size=float(test_fraction or 0),
-                                                   datasets=list(datasets or []) or None, with_metadata=bool(metadata))
+                                                   datasets=list(datasets or []) or None, with_metadata=bool(metadata),
+                                                   ranking_pairs=pairs_mode or "all", ranking_margin=bool(margin))
         except USER_ERRORS as error:
             return f"**Not allowed.** {error}", None
         except (NothingToExport, ConfigError) as error:
@@ -136,7 +147,8 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
         return f"**Exported.** {report.summary().replace(str(report.out), download.name)}", str(download)
 
     export_button.click(
-        run_export, inputs=[export_datasets, export_format, prompt_format, test_size, with_metadata],
+        run_export, inputs=[export_datasets, export_format, prompt_format, test_size, with_metadata, ranking_pairs,
+                            ranking_margin],
         outputs=[export_result, export_file], api_visibility="private"
     )
     return counts

@@ -47,6 +47,19 @@ def _summary(report: TeamReport, overlap: int | None) -> str:
         f"Percent agreement: **{'n/a' if report.percent_agreement is None else f'{100 * report.percent_agreement:.1f}%'}** · "
         f"Cohen's kappa (mean over annotator pairs): **{_number(report.cohens_kappa)}** · Fleiss' kappa: **{fleiss}**\n\n"
         "A left-side pick rate far from 0.5 suggests position bias (sides are randomized per comparison)."
+        + (_ranking_summary(report.ranking) if report.ranking is not None else "")
+    )
+
+
+def _ranking_summary(agreement) -> str:  # noqa: ANN001  (core.labeling.ranking_agreement.RankingAgreement)
+    positions = " · ".join(f"{position + 1}: {place:.2f}" for position, place in enumerate(agreement.position_mean_place))
+    return (
+        f"\n\n### Rankings\n{agreement.ranked_items} ranked item(s), {agreement.rankings} ranking(s); ranked by 2+ "
+        f"people: **{agreement.items_with_overlap}** · Kendall's tau-b (mean over pairs of annotators): "
+        f"**{_number(agreement.mean_tau)}** · Kendall's W (mean over items): **{_number(agreement.mean_w)}**\n\n"
+        f"Position bias: mean place (0 = best, 1 = worst) of the response shown 1st, 2nd, ...: "
+        f"{positions or 'n/a'} · Spearman's rho of shown position and place: **{_number(agreement.position_rho)}** "
+        "(near 0 and places near 0.50 when the shown order does not sway the annotators)"
     )
 
 

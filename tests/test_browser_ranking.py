@@ -102,6 +102,11 @@ def test_an_annotator_ranks_four_completions_with_the_mouse_and_with_keys(db_url
         page.locator("#label-status").get_by_text(f"Saved: #{second}").wait_for()
         assert _words_of(store, _stored(store, second)["groups"]) == [["alpha", "bravo", "charlie", "delta"]]
         save_screenshot(page, "ranking-after")
+        # The Team tab reports ranking agreement and position bias for the dataset.
+        page.get_by_role("tab", name="Team").click()
+        page.locator("#team-summary").get_by_text("Kendall's W").wait_for()
+        assert "2 ranking(s)" in page.locator("#team-summary").inner_text()
+        save_screenshot(page, "ranking-team")
     finally:
         app.process.terminate()
         app.process.wait(timeout=10)

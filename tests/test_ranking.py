@@ -17,7 +17,8 @@ from core.data.exporter import ExportConfig, export_dataset
 from core.data.importer import ImportConfig, ImportRejected, import_file
 from core.labeling.actions import StaleScreen, label_stored, next_comparison, rank_and_next, rank_item
 from core.labeling.ranking import RankingView, parse_order
-from core.labeling.ranking_agreement import kendall_w, ranking_agreement
+from core.labeling.ranking_agreement import kendall_w
+from core.labeling.team_stats import team_report
 from storage.queue import QueueError
 
 RANKED = [{"prompt": f"Question {i}?", "completions": [f"alpha {i}", f"bravo {i}", f"charlie {i}", f"delta {i}"]}
@@ -228,7 +229,7 @@ def test_kendall_w_matches_friedmans_statistic_and_tau_is_scipys_tau_b(ranking_s
               "cat": [["bravo"], ["alpha"], ["delta"], ["charlie"]]}
     for name, order in orders.items():
         _rank_first(ranking_store, _actor(ranking_store, name), order)
-    report = ranking_agreement(ranking_store, admin, dataset="rk")
+    report = team_report(ranking_store, admin, dataset="rk").ranking
     ranks = {"ann": [1, 2, 3, 4], "bob": [1, 3.5, 2, 3.5], "cat": [2, 1, 4, 3]}  # alpha..delta, by hand
     chi2 = friedmanchisquare(*zip(*ranks.values())).statistic  # one sample per completion, tie-corrected
     assert report.mean_w == pytest.approx(chi2 / (3 * (4 - 1)), abs=1e-12)
@@ -243,6 +244,6 @@ def test_position_bias_is_the_mean_place_by_shown_position(ranking_store):
     ann = _actor(ranking_store, "ann")
     while (view := next_comparison(ranking_store, ann, "rk")) is not None:
         rank_item(ranking_store, ann, view.item_id, [[c] for c in view.shown])  # always the shown order
-    report = ranking_agreement(ranking_store, admin, dataset="rk")
+    report = team_report(ranking_store, admin, dataset="rk").ranking
     assert report.position_mean_place == pytest.approx([0, 1 / 3, 2 / 3, 1])
     assert report.position_rho == pytest.approx(1.0)

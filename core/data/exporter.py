@@ -443,8 +443,8 @@ def _prune_downloads(folder: Path, *, keep_seconds: float) -> None:
 
 
 def export_for_download(store: Store, actor: Actor, *, format: str, prompt_format: str,  # noqa: A002
-                        test_size: float, datasets: list[str] | None = None,
-                        with_metadata: bool = False) -> tuple[Path, ExportReport]:
+                        test_size: float, datasets: list[str] | None = None, with_metadata: bool = False,
+                        ranking_pairs: str = "all", ranking_margin: bool = False) -> tuple[Path, ExportReport]:
     """Export for a user of the web app (who needs the export permission) into the store's
     ``downloads/`` folder, then give one file a browser can download: the file itself, or a .zip of
     a folder. Earlier downloads are removed once they are ``DOWNLOAD_KEEP_SECONDS`` old."""
@@ -457,9 +457,12 @@ def export_for_download(store: Store, actor: Actor, *, format: str, prompt_forma
     # Dataset names are restricted to letters, digits, '.', '_' and '-', so they are safe in a file name.
     what = "+".join(datasets) if datasets else "all"
     stem = f"preferences-{what}{'-metadata' if with_metadata else ''}-{stamp}"
-    name = stem if format == "hf" or test_size > 0 else f"{stem}.{format}"
+    if format == "ranked":
+        stem = stem.replace("preferences-", "rankings-", 1)
+    name = stem if format == "hf" or test_size > 0 else f"{stem}.{'jsonl' if format == 'ranked' else format}"
     config = ExportConfig(folder / name, format=format, prompt_format=prompt_format, test_size=test_size,
-                          dataset=datasets, with_metadata=with_metadata)
+                          dataset=datasets, with_metadata=with_metadata, ranking_pairs=ranking_pairs,
+                          ranking_margin=ranking_margin)
     report = export_dataset(store, config)
     if not config.out.is_dir():
         return config.out, report

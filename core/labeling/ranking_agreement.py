@@ -17,11 +17,8 @@ import statistics
 from dataclasses import dataclass
 from itertools import combinations
 
-from core.accounts import Actor, Permission
 from core.data.ranking_export import fractional_ranks
-from storage.datasets import open_dataset_ids, require_dataset
-from storage.engine import Store
-from storage.ranking import StoredRanking, ranking_dataset_ids, rankings_by_item
+from storage.ranking import StoredRanking
 
 
 @dataclass(frozen=True)
@@ -111,15 +108,3 @@ def agreement_of(rankings: dict[int, list[StoredRanking]]) -> RankingAgreement:
         position_mean_place=[statistics.fmean(by_position[p]) for p in sorted(by_position)],
         position_rho=statistics.fmean(rhos) if rhos else None, per_item=per_item,
     )
-
-
-def ranking_agreement(store: Store, actor: Actor, *, dataset: str | None = None) -> RankingAgreement | None:
-    """Agreement on the rankings of one dataset (or all); None when there is no ranking dataset among them."""
-    actor.require(Permission.VIEW_TEAM)
-    with store.read() as session:
-        dataset_ids = [require_dataset(session, dataset).id] if dataset else open_dataset_ids(session)
-        dataset_ids = ranking_dataset_ids(session, dataset_ids)
-        if not dataset_ids:
-            return None
-        rankings = rankings_by_item(session, dataset_ids)
-    return agreement_of(rankings)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from core.accounts import Actor, Permission
-from storage.datasets import require_dataset
+from core.labeling.ranking_agreement import RankingAgreement, agreement_of
+from storage.datasets import open_dataset_ids, require_dataset
 from storage.engine import Store
 from storage.queries import human_labels
+from storage.ranking import ranking_dataset_ids, rankings_by_item
 
 CATEGORIES = ("a", "b", "tie", "both_bad")
 
@@ -54,6 +56,7 @@ class TeamReport:
     fleiss_raters: int | None
     disagreements: list[Disagreement]
     comments: list[LabelComment] = ()  # newest first
+    ranking: RankingAgreement | None = None  # for ranking datasets among those reported
 
 
 def _finite(value: float) -> float | None:
@@ -105,13 +108,17 @@ def team_report(store: Store, actor: Actor, *, dataset: str | None = None, max_d
     unknown dataset."""
     actor.require(Permission.VIEW_TEAM)
     with store.read() as session:
-        labels = human_labels(session, None if not dataset else require_dataset(session, dataset).id)
+        dataset_id = None if not dataset else require_dataset(session, dataset).id
+        labels = human_labels(session, dataset_id)
+        ranked_ids = ranking_dataset_ids(session, [dataset_id] if dataset_id else open_dataset_ids(session))
+        rankings = rankings_by_item(session, ranked_ids) if ranked_ids else None
     per_person: dict[str, list] = defaultdict(list)
     by_comparison: dict[int, dict[str, str]] = defaultdict(dict)
     excerpts: dict[int, str] = {}
     for label in labels:
         per_person[label.annotator].append(label)
-        if label.choice != "skip":
+        # Rankings have their own agreement statistics (core.labeling.ranking_agreement).
+        if label.choice not in ("skip", "ranked"):
             by_comparison[label.comparison_id][label.annotator] = label.choice
             excerpts[label.comparison_id] = label.prompt_excerpt
 
@@ -150,4 +157,5 @@ def team_report(store: Store, actor: Actor, *, dataset: str | None = None, max_d
             for label in sorted((label for label in labels if label.comment),
                                 key=lambda label: (label.updated_at, label.comparison_id), reverse=True)
         ][:max_comments],
+        ranking=agreement_of(rankings) if rankings is not None else None,
     )
