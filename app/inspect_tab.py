@@ -112,10 +112,10 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
     with gr.Row():
         response_a = gr.Textbox(label="Response A", lines=6, elem_id="inspect-a")
         response_b = gr.Textbox(label="Response B", lines=6, elem_id="inspect-b")
-    with gr.Accordion("More responses", open=False):
+    with gr.Accordion("More responses (C to I: a ranking item's completions load here)", open=False) as more:
         with gr.Row():
-            response_c = gr.Textbox(label="Response C", lines=4)
-            response_d = gr.Textbox(label="Response D", lines=4)
+            more_responses = [gr.Textbox(label=f"Response {letter}", lines=4, min_width=300,
+                                         elem_id=f"inspect-{letter.lower()}") for letter in "CDEFGHI"]
     with gr.Row():
         run = gr.Button("Score", variant="primary", elem_id="inspect-run", scale=4)
         stop = gr.Button("Cancel", elem_id="inspect-cancel", scale=1)
@@ -160,18 +160,30 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
         said = (f" Humans preferred **{verdict}**" if stored.human_verdict in ("a", "b") else
                 f" Humans said: **{verdict}**" if verdict else " No human label yet")
         said += f" ({inline_text(stored.votes)})." if stored.votes else "."
+        if stored.ranked_responses:
+            # A ranking item: all K completions, A, B, C... in imported order, and the humans' orders.
+            texts = list(stored.ranked_responses) + [""] * (2 + len(more_responses) - len(stored.ranked_responses))
+            said = (f" Humans' consensus: **{stored.consensus}** ({inline_text(stored.votes)})." if stored.consensus
+                    else " No ranking yet.")
+            return {prompt: text, response_a: texts[0], response_b: texts[1],
+                    **dict(zip(more_responses, texts[2:], strict=True)), more: gr.Accordion(open=True),
+                    chat: record.prompt_messages is not None,
+                    status: f"Loaded ranking item {int(number)} with {len(stored.ranked_responses)} responses "
+                            f"(dataset {inline_text(record.dataset)}).{said}"}
         return {prompt: text, response_a: record.a_text, response_b: record.b_text,
+                **{box: "" for box in more_responses},
                 chat: record.prompt_messages is not None,
                 status: f"Loaded comparison {int(number)} (dataset {inline_text(record.dataset)}).{said}"}
 
-    load.click(from_store, inputs=comparison_id, outputs=[prompt, response_a, response_b, chat, status],
-               api_visibility="private")
+    load.click(from_store, inputs=comparison_id,
+               outputs=[prompt, response_a, response_b, *more_responses, more, chat, status], api_visibility="private")
 
     cancel_requests = CancelRequests()
 
-    def score(names: list[str], path: str, prompt_text: str, as_chat: bool, a: str, b: str, c: str, d: str,
-              request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 (Gradio's idiom)
-        responses = [text for text in (a, b, c, d) if text and text.strip()]
+    def score(names: list[str], path: str, prompt_text: str, as_chat: bool, a: str, b: str, c: str, d: str, e: str,  # noqa: PLR0913
+              f: str, g: str, h: str, i: str, request: gr.Request,
+              progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 (Gradio's idiom)
+        responses = [text for text in (a, b, c, d, e, f, g, h, i) if text and text.strip()]
         wanted = list(names or []) + ([path.strip()] if path and path.strip() else [])
         try:
             full_prompt = chat_prompt(prompt_text) if as_chat else (prompt_text or "")
@@ -186,7 +198,7 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
         return {table: results_table(inspection), flips: flips_markdown(inspection), chart: trajectory_figure(inspection),
                 model_view: model_view_markdown(inspection), status: f"Scored {len(responses)} responses.{note}"}
 
-    scoring = run.click(score, inputs=[models, model_path, prompt, chat, response_a, response_b, response_c, response_d],
+    scoring = run.click(score, inputs=[models, model_path, prompt, chat, response_a, response_b, *more_responses],
                         outputs=[table, flips, chart, model_view, status], api_visibility="private")
 
     def cancel_scoring(request: gr.Request) -> str:

@@ -28,7 +28,7 @@ MAX_IMPORT_LINE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_MB = 200
 
 # --- inspection (Inspect tab)
-MAX_INSPECT_RESPONSES = 8  # responses side by side in one request
+MAX_INSPECT_RESPONSES = 9  # responses side by side in one request: every completion of a ranking item
 MAX_INSPECT_CHARS = 200_000  # characters per response, checked before tokenizing
 # Tokens per scored example (prompt + response): a reasoning trace runs to tens of thousands. The
 # trajectory's memory is linear in the length (one cached forward, then probes in chunks), so the

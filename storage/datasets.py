@@ -258,3 +258,7 @@ def dataset_name_of(session: Session, comparison_id: int) -> str | None:
     return session.execute(
         select(Dataset.name).join(Comparison, Comparison.dataset_id == Dataset.id).where(Comparison.id == comparison_id)
     ).scalar()
+
+
+def dataset_id_of(session: Session, comparison_id: int) -> int | None:
+    return session.execute(select(Comparison.dataset_id).where(Comparison.id == comparison_id)).scalar()

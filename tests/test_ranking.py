@@ -247,3 +247,15 @@ def test_position_bias_is_the_mean_place_by_shown_position(ranking_store):
     report = team_report(ranking_store, admin, dataset="rk").ranking
     assert report.position_mean_place == pytest.approx([0, 1 / 3, 2 / 3, 1])
     assert report.position_rho == pytest.approx(1.0)
+
+
+def test_inspect_loads_every_completion_of_a_ranking_item_with_the_humans_orders_in_its_letters(ranking_store):
+    from core.scoring.inspection import comparison_for_inspection
+
+    ann, engineer = _actor(ranking_store, "ann"), _actor(ranking_store, "eng", "engineer")
+    view = _rank_first(ranking_store, ann, [["charlie"], ["alpha", "delta"], ["bravo"]])
+    stored = comparison_for_inspection(ranking_store, engineer, view.item_id)
+    imported = [row["completions"] for row in RANKED if row["prompt"] == stored.content.prompt_text][0]
+    assert list(stored.ranked_responses) == imported  # A, B, C, D = alpha, bravo, charlie, delta
+    assert stored.consensus == "C > A=D > B"
+    assert stored.votes == "ann: C > A=D > B"

@@ -17,7 +17,11 @@ from core.scoring.engine import ModelLoadError, Progress, Prompt, RewardScorer, 
 from core.scoring.model_names import UnknownModel, model_folder_for, registered_references  # noqa: F401 (UnknownModel: re-exported)
 from storage.engine import Store
 from storage.models import RegisteredModel, Role
+from core.data.ranking_export import consensus_groups
+from core.labeling.ranking import LETTERS
+from storage.datasets import dataset_id_of
 from storage.queries import ComparisonContent, load_comparison, votes_by_comparison
+from storage.ranking import completion_texts, rankings_by_item, slots_of
 from storage.registry import find_model, list_models
 from storage.settings import get_setting, set_setting
 
@@ -51,7 +55,11 @@ class StoredComparison:
 
     content: ComparisonContent
     human_verdict: str  # "a", "b", "tie", "both_bad", "skipped", "no_majority", or "" without labels
-    votes: str  # "ann: a · bob: a"
+    votes: str  # "ann: a · bob: a"; for a ranking item "ann: C > A=D > B · bob: ..."
+    # For a ranking item, every completion in imported order (A, B, C... in Inspect), and the
+    # humans' consensus order in those letters ("" without rankings); empty for a pair.
+    ranked_responses: tuple[str, ...] = ()
+    consensus: str = ""
 
 
 def comparison_for_inspection(store: Store, actor: Actor, comparison_id: int) -> StoredComparison:
@@ -62,8 +70,23 @@ def comparison_for_inspection(store: Store, actor: Actor, comparison_id: int) ->
     with store.read() as session:
         record = load_comparison(session, comparison_id)
         votes = votes_by_comparison(session, comparison_ids=[comparison_id]).get(comparison_id, [])
+        slots = slots_of(session, [comparison_id]).get(comparison_id)
+        if record is not None and slots:
+            texts = completion_texts(session, slots)
+            rankings = rankings_by_item(session, [dataset_id_of(session, comparison_id)]).get(comparison_id, [])
     if record is None:
         raise UnknownComparison(f"there is no comparison {comparison_id}")
+    if slots:
+        letter = {completion_id: LETTERS[i] for i, completion_id in enumerate(slots)}
+
+        def in_letters(groups: list[list[int]]) -> str:
+            return " > ".join("=".join(sorted(letter[c] for c in group)) for group in groups)
+
+        said = " · ".join(f"{r.annotator}: {in_letters(r.groups)}{' (all unacceptable)' if r.all_bad else ''}"
+                          for r in rankings)
+        return StoredComparison(record, "ranked" if rankings else "", said,
+                                tuple(texts[c][0] for c in slots),
+                                in_letters(consensus_groups(rankings, slots)) if rankings else "")
     verdict = fold_votes(votes).outcome if votes else ""
     return StoredComparison(record, verdict, " · ".join(f"{vote.annotator}: {vote.choice}" for vote in votes))
 
