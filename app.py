@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     datasets.add_argument("name", nargs="?", help="the dataset to create or change")
     datasets.add_argument("--create", action="store_true", help="create NAME, empty (import also creates datasets)")
+    datasets.add_argument("--question", choices=("pairwise", "ranking"),
+                          help="with --create: what the dataset asks (default pairwise; an empty dataset may change)")
     datasets.add_argument("--overlap", type=int, help="annotators per comparison that people label (1 to 10)")
     datasets.add_argument("--lease-seconds", type=int, help="how long a comparison handed out stays reserved")
     datasets.add_argument("--default-priority", type=int, help="priority of comparisons imported without one")
@@ -305,7 +307,7 @@ def run_datasets(args: argparse.Namespace) -> int:
     actor = operator_actor(store)
     if args.name is not None:
         if args.create:
-            create_dataset(store, actor, args.name)
+            create_dataset(store, actor, args.name, args.question)
         members = None if args.annotators in (None, ["all"]) else tuple(args.annotators)
         settings = DatasetSettings(
             overlap=args.overlap, lease_seconds=args.lease_seconds, default_priority=args.default_priority,
@@ -320,11 +322,12 @@ def run_datasets(args: argparse.Namespace) -> int:
         if not summaries:
             print(f"error: no dataset named {args.name!r} (create it with --create, or import into it)", file=sys.stderr)
             return EXIT_BAD_INPUT
-    print(f"{'name':<24} {'kind':<5} {'comparisons':>11} {'labeled':>8} {'waiting':>8} {'labels':>7} {'overlap':>7}  who")
+    print(f"{'name':<24} {'kind':<5} {'question':<8} {'items':>11} {'labeled':>8} {'waiting':>8} {'labels':>7} "
+          f"{'overlap':>7}  who")
     for summary in summaries:
         who = "all annotators" if summary.open_to_all else (", ".join(summary.members) or "nobody yet")
         state = " (archived)" if summary.archived else ""
-        print(f"{summary.name:<24} {summary.prompt_kind or '-':<5} {summary.comparisons:>11} {summary.labeled:>8} "
+        print(f"{summary.name:<24} {summary.prompt_kind or '-':<5} {summary.question:<8} {summary.comparisons:>11} {summary.labeled:>8} "
               f"{summary.waiting:>8} {summary.labels:>7} {summary.overlap:>7}  {who}{state}")
     return 0
 

@@ -166,9 +166,9 @@ def test_the_datasets_command_lists_counts_and_changes_settings(two_kinds, db_ur
         (2, "# Chat rules\nBe strict.", False)]
     listing = run_cli("datasets", db_url=db_url)
     lines = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:]}
-    # name kind comparisons labeled waiting labels overlap
-    assert lines["chats"][:7] == ["chats", "chat", "4", "1", "4", "1", "2"]
-    assert lines["default"][:7] == ["default", "text", "3", "3", "0", "3", "1"]
+    # name kind question items labeled waiting labels overlap
+    assert lines["chats"][:8] == ["chats", "chat", "pairwise", "4", "1", "4", "1", "2"]
+    assert lines["default"][:8] == ["default", "text", "pairwise", "3", "3", "0", "3", "1"]
     refused = run_cli("datasets", "chats", "--overlap", "0", db_url=db_url)
     assert refused.returncode == 2 and "overlap must be between 1 and 10" in refused.stderr
     assert sql(two_kinds, "SELECT overlap FROM dataset WHERE name = 'chats'") == [(2,)]

@@ -11,6 +11,7 @@ from storage.datasets import (
     DatasetSummary,
     change_dataset,
     dataset_ids_for,
+    fix_question,
     get_or_create_dataset,
     open_dataset_ids,
     summarize_datasets,
@@ -38,11 +39,14 @@ def datasets_to_label(store: Store, actor: Actor) -> list[DatasetSummary]:
         return summarize_datasets(session, annotator_id=actor.user_id)
 
 
-def create_dataset(store: Store, actor: Actor, name: str) -> DatasetSummary:
-    """Make an empty dataset (its prompt kind is fixed by its first import)."""
+def create_dataset(store: Store, actor: Actor, name: str, question: str | None = None) -> DatasetSummary:
+    """Make an empty dataset asking ``question`` (pairwise by default; its prompt kind is fixed by
+    its first import). An existing dataset is left as it is, unless it is empty and asked to change question."""
     actor.require(Permission.IMPORT)
     with store.write() as session:
-        get_or_create_dataset(session, name)
+        dataset = get_or_create_dataset(session, name, question)
+        if question is not None:
+            fix_question(session, dataset, question, what=f"--question {question}")
     return next(summary for summary in datasets_for(store, actor) if summary.name == name)
 
 
