@@ -129,7 +129,8 @@ def _message(text: str) -> str:
 
 def _datasets_choices(summaries: list) -> list[tuple[str, str]]:
     return [("All my datasets", ALL_DATASETS)] + [
-        (f"{s.name} ({s.prompt_kind or 'empty'}) · {s.waiting} waiting", s.name) for s in summaries if not s.archived
+        (f"{s.name} ({s.prompt_kind or 'empty'}{', ranking' if s.question == 'ranking' else ''}) · {s.waiting} waiting",
+         s.name) for s in summaries if not s.archived
     ]
 
 
