@@ -72,6 +72,12 @@ class TrainingConfig:
         help="group_by_length: batches of pairs of similar length, so little of each batch is padding (long-tailed "
              "reasoning data); random: TRL's default shuffling",
     )
+    group_by_prompt: bool = config_field(
+        False, help="score each response once per step: a batch holds whole prompts (per_device_train_batch_size "
+        "counts prompts), every response of a prompt is scored once, and the loss is the weighted Bradley-Terry loss "
+        "over its pairs (a ranking of K responses: K forward passes instead of TRL's 2 per pair); the held-out split "
+        "takes whole prompts",
+    )
     logging_steps: int = config_field(5, help="log metrics every N steps")
     save_steps: int = config_field(50, help="save a resumable checkpoint every N steps")
     # --- data
