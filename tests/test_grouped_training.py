@@ -80,22 +80,42 @@ def test_the_option_is_a_train_flag_and_a_form_field():
     assert TrainingConfig.from_record(TrainingConfig(group_by_prompt=True).to_record()).group_by_prompt
 
 
-@pytest.mark.parametrize("value,message", [(0, "weight must be above 0"), (float("nan"), "finite number"),
-                                           ("1", "finite number")])
-def test_a_bad_weight_is_refused_before_training_naming_the_row(store, monkeypatch, value, message):
+def with_weight_on_row_2(monkeypatch, value) -> None:  # noqa: ANN001
+    """Training data as the ranking export writes it: a ``weight`` on some rows (here the second)."""
     import core.training.trainer as trainer
 
-    import_rows(store, ranking_pairs(2, weighted=False), source="import:ranked")
     exported = trainer.build_preference_rows
 
-    def with_a_weight(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202  (the ranking export writes weights)
+    def with_a_weight(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         prepared = exported(*args, **kwargs)
         prepared.rows[1]["weight"] = value
         return prepared
 
     monkeypatch.setattr(trainer, "build_preference_rows", with_a_weight)
-    with pytest.raises(trainer.TrainingError, match=f"training row 2: .*{message}"):
-        trainer.take_snapshot(store, TrainingConfig(group_by_prompt=True))
+
+
+@pytest.mark.parametrize("value,message", [(0, "weight must be above 0"), (float("nan"), "finite number"),
+                                           ("1", "finite number")])
+def test_a_bad_weight_is_refused_before_training_naming_the_row(store, monkeypatch, value, message):
+    from core.training.trainer import TrainingError, take_snapshot
+
+    import_rows(store, ranking_pairs(2, weighted=False), source="import:ranked")
+    with_weight_on_row_2(monkeypatch, value)
+    with pytest.raises(TrainingError, match=f"training row 2: .*{message}"):
+        take_snapshot(store, TrainingConfig(group_by_prompt=True))
+
+
+def test_a_weight_on_some_rows_reaches_the_training_dataset_for_every_row(store, monkeypatch):
+    """``datasets.Dataset.from_list`` takes its columns from the first row: a weight on later rows
+    only must not vanish (rows without one weigh 1)."""
+    import datasets
+
+    from core.training.trainer import take_snapshot
+
+    import_rows(store, ranking_pairs(2, weighted=False), source="import:ranked")
+    with_weight_on_row_2(monkeypatch, 0.25)
+    snapshot = take_snapshot(store, TrainingConfig(eval_fraction=0))
+    assert datasets.Dataset.from_list(snapshot.train)["weight"][:3] == [1.0, 0.25, 1.0]
 
 
 # ----- the loss, against TRL's tokenization and plain forwards -------------------------------------------------
@@ -255,7 +275,7 @@ def test_two_processes_train_a_grouped_job_with_prompts_of_different_sizes(db_ur
     store = Store(db_url)
     import_rows(store, ranking_pairs(10, weighted=False), source="import:ranked")
     config = TrainingConfig(output_name="two-ranks-grouped", group_by_prompt=True, max_steps=4, logging_steps=1,
-                            eval_fraction=0.2, per_device_train_batch_size=1)
+                            eval_fraction=0.2, per_device_train_batch_size=1, seed=0)  # held out: K = 4 and 3
     job_id = submit_job(store, operator_actor(store), config)
     done = run_worker_on_two_processes(db_url, job_id)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -251,7 +251,9 @@ class PromptGroupBatches:
     """A ``RewardTrainer`` mixin (before ``WeightedPairLoss`` in the bases) that takes the same rows
     as RewardTrainer (``prompt``, ``chosen``, ``rejected``, optional ``margin`` and ``weight``) and
     trains on prompt groups: a dataset row is a group, so ``per_device_train_batch_size`` counts
-    prompts, and a step scores every response of its prompts once."""
+    prompts, and a step scores every response of its prompts once. Evaluation computes the loss and
+    metrics only (Trainer's default without ``compute_metrics``): processes hold different numbers of
+    responses, so per-response predictions could not be gathered across them."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001, ANN201
         import datasets
@@ -269,8 +271,3 @@ class PromptGroupBatches:
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
             self._signature_columns = list(GROUP_COLUMNS)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: ANN001, ANN201
-        # Only the loss: evaluation would otherwise gather each batch's rewards across processes, and
-        # processes hold different numbers of responses (the metrics are gathered as sums instead).
-        return super().prediction_step(model, inputs, True, ignore_keys=ignore_keys)
