@@ -118,6 +118,17 @@ def test_a_weight_on_some_rows_reaches_the_training_dataset_for_every_row(store,
     assert datasets.Dataset.from_list(snapshot.train)["weight"][:3] == [1.0, 0.25, 1.0]
 
 
+def test_check_data_says_what_grouping_saves_and_counts_the_batch_in_prompts(store):
+    from core.accounts import operator_actor
+    from core.training.jobs import preview_training
+
+    import_rows(store, ranking_pairs(8, weighted=False), source="import:ranked")  # K = 3, 4, 3, 4, ...
+    summary = preview_training(store, operator_actor(store), TrainingConfig(group_by_prompt=True, eval_fraction=0))
+    # 36 pairs: 72 sequences plain, 28 responses grouped; the demo's 8 pairs (16 sequences) = 5 prompts of 3.5
+    assert "8 group(s) of 36 pairs; an epoch scores 28 responses instead of 72" in summary
+    assert "batch size 5 prompts" in summary
+
+
 # ----- the loss, against TRL's tokenization and plain forwards -------------------------------------------------
 
 @pytest.fixture(scope="module")

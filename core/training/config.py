@@ -152,11 +152,12 @@ SUGGESTIONS = ((1e9, 2e-5, 8), (7.5e9, 1e-5, 4), (13.5e9, 5e-6, 2), (float("inf"
 DEMO_SUGGESTION = (3e-3, 8)  # a 100k-parameter model learns at a far higher rate than the table's
 
 
-def suggest_hyperparameters(n_parameters: int | None, *, demo: bool = False) -> tuple[float, int]:
-    """(learning rate, per-device batch size) for a model of this size."""
-    if demo:
-        return DEMO_SUGGESTION
-    for bound, learning_rate, batch in SUGGESTIONS:
-        if n_parameters is None or n_parameters < bound:
-            return learning_rate, batch
-    return SUGGESTIONS[-1][1:]
+def suggest_hyperparameters(n_parameters: int | None, *, demo: bool = False,
+                            responses_per_example: float = 2.0) -> tuple[float, int]:
+    """(learning rate, per-device batch size) for a model of this size. The table counts pairs; with
+    examples of another size (prompt groups under ``group_by_prompt``), the batch holds about as many
+    responses as the table's batch of pairs."""
+    learning_rate, pairs = DEMO_SUGGESTION if demo else next(
+        ((rate, batch) for bound, rate, batch in SUGGESTIONS if n_parameters is None or n_parameters < bound),
+        SUGGESTIONS[-1][1:])
+    return learning_rate, max(1, round(2 * pairs / responses_per_example))

@@ -136,6 +136,12 @@ def tokenize_groups(groups: list[PromptGroup], tokenizer: Any, max_length: int |
     return records
 
 
+def responses_per_group(rows: list[dict[str, Any]]) -> float:
+    """The mean number of responses a prompt group of these rows holds."""
+    groups = group_rows(rows)
+    return sum(len(group.responses) for group in groups) / max(1, len(groups))
+
+
 def group_summary(rows: list[dict[str, Any]]) -> str:
     """What grouping saves on these rows, in a sentence for the job's log and the data check."""
     groups = group_rows(rows)

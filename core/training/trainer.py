@@ -43,6 +43,7 @@ from core.training.grouped import (
     complete_pair_columns,
     group_rows,
     group_summary,
+    responses_per_group,
     split_by_prompt,
 )
 from storage.engine import Store
@@ -309,8 +310,8 @@ def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int
     from trl import RewardConfig
 
     use_cpu, bf16 = _device_precision(config)
-    suggested_lr, suggested_pairs = suggest_hyperparameters(n_parameters, demo=config.base_model == DEMO_BASE)
-    suggested_batch = max(1, round(2 * suggested_pairs / responses_per_example))
+    suggested_lr, suggested_batch = suggest_hyperparameters(n_parameters, demo=config.base_model == DEMO_BASE,
+                                                            responses_per_example=responses_per_example)
     batch = config.per_device_train_batch_size or suggested_batch
     return RewardConfig(**{
         **_shared_fields(RewardConfig, config),
@@ -516,10 +517,9 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
     checkpoints = work_dir / "checkpoints"
     examples = {"n_eval_pairs": len(snapshot.eval)}
     if config.group_by_prompt:  # an example is a prompt group: evaluation cadence and batch counted in groups
-        groups = group_rows(snapshot.train)
         log(group_summary(snapshot.train))
         examples = {"n_eval_pairs": len(group_rows(snapshot.eval)),
-                    "responses_per_example": sum(len(group.responses) for group in groups) / len(groups)}
+                    "responses_per_example": responses_per_group(snapshot.train)}
     args = reward_config(config, checkpoints, n_parameters=n_parameters, **examples)
     if eos_note:
         args.eos_token = tokenizer.eos_token  # the separator: RewardTrainer checks it is in the vocabulary
