@@ -37,3 +37,9 @@ MAX_INSPECT_TOKENS = _env_int("REWARDLAB_MAX_INSPECT_TOKENS", 32_768)
 
 # --- diagnostics
 MAX_DIAGNOSED_PAIRS = 2_000  # most recent labeled pairs scored in one diagnosis
+
+# --- training
+# Responses of one prompt scored together in grouped training (group_by_prompt): InstructGPT ranks
+# K = 4-9 completions, so a ranking fits whole; a prompt with more (many pairs over one shared prompt)
+# is cut into groups of at most this many, so one prompt never makes a batch of unbounded size.
+MAX_GROUP_RESPONSES = 16

@@ -144,6 +144,15 @@ def run_cli(*args: str, db_url: str, stdin: str | None = None) -> subprocess.Com
     )
 
 
+def run_worker_on_two_processes(db_url: str, job_id: int) -> subprocess.CompletedProcess:
+    """Job ``job_id``'s worker launched as two ranks, ``python -m torch.distributed.run --nproc_per_node 2``
+    (gloo on CPU, one thread each), as several GPUs run it."""
+    env = {**os.environ, "REWARDLAB_DB": db_url, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "core.training.worker", "--job", str(job_id)], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
 def run_app(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python app.py ARGS`` for the commands that take no store (score, eval)."""
     return subprocess.run([sys.executable, "app.py", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,

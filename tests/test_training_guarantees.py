@@ -9,7 +9,6 @@ exported/scored files, never the scoring engine or the registry code under test.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, run_app, run_cli, sql
+from conftest import PROJECT_ROOT, run_app, run_cli, run_worker_on_two_processes, sql
 from test_import import write_jsonl
 
 from core.data.importer import ImportConfig, import_file
@@ -213,10 +212,7 @@ def test_two_processes_train_one_job_and_only_the_main_one_writes(db_url, tmp_pa
     job_id = submit_job(store, operator_actor(store), TrainingConfig(output_name="two-ranks", max_steps=6,
                                                                      logging_steps=1, eval_fraction=0,
                                                                      per_device_train_batch_size=4))
-    env = {**os.environ, "REWARDLAB_DB": db_url, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                           "core.training.worker", "--job", str(job_id)], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = run_worker_on_two_processes(db_url, job_id)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sql(store, "SELECT status FROM trainingjob") == [("succeeded",)]
     assert [name for (name,) in sql(store, "SELECT name FROM rewardmodel")] == ["two-ranks"]

@@ -72,6 +72,12 @@ class TrainingConfig:
         help="group_by_length: batches of pairs of similar length, so little of each batch is padding (long-tailed "
              "reasoning data); random: TRL's default shuffling",
     )
+    group_by_prompt: bool = config_field(
+        False, help="score each response once per step: a batch holds whole prompts (per_device_train_batch_size "
+        "counts prompts), every response of a prompt is scored once, and the loss is the weighted Bradley-Terry loss "
+        "over its pairs (a ranking of K responses: K forward passes instead of TRL's 2 per pair); the held-out split "
+        "takes whole prompts",
+    )
     logging_steps: int = config_field(5, help="log metrics every N steps")
     save_steps: int = config_field(50, help="save a resumable checkpoint every N steps")
     # --- data
@@ -146,11 +152,12 @@ SUGGESTIONS = ((1e9, 2e-5, 8), (7.5e9, 1e-5, 4), (13.5e9, 5e-6, 2), (float("inf"
 DEMO_SUGGESTION = (3e-3, 8)  # a 100k-parameter model learns at a far higher rate than the table's
 
 
-def suggest_hyperparameters(n_parameters: int | None, *, demo: bool = False) -> tuple[float, int]:
-    """(learning rate, per-device batch size) for a model of this size."""
-    if demo:
-        return DEMO_SUGGESTION
-    for bound, learning_rate, batch in SUGGESTIONS:
-        if n_parameters is None or n_parameters < bound:
-            return learning_rate, batch
-    return SUGGESTIONS[-1][1:]
+def suggest_hyperparameters(n_parameters: int | None, *, demo: bool = False,
+                            responses_per_example: float = 2.0) -> tuple[float, int]:
+    """(learning rate, per-device batch size) for a model of this size. The table counts pairs; with
+    examples of another size (prompt groups under ``group_by_prompt``), the batch holds about as many
+    responses as the table's batch of pairs."""
+    learning_rate, pairs = DEMO_SUGGESTION if demo else next(
+        ((rate, batch) for bound, rate, batch in SUGGESTIONS if n_parameters is None or n_parameters < bound),
+        SUGGESTIONS[-1][1:])
+    return learning_rate, max(1, round(2 * pairs / responses_per_example))

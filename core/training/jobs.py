@@ -227,6 +227,7 @@ def preview_training(store: Store, actor: Actor, config: TrainingConfig) -> str:
     """What a job with this config would train on, before any GPU time: pair counts, what
     max_length drops, token lengths, and the suggested learning rate and batch size."""
     from core.training.config import DEMO_BASE, suggest_hyperparameters
+    from core.training.grouped import group_summary, responses_per_group
     from core.training.trainer import length_report, preview_tokenizer, take_snapshot, use_separator_as_eos
 
     actor.require(Permission.TRAIN)
@@ -235,11 +236,14 @@ def preview_training(store: Store, actor: Actor, config: TrainingConfig) -> str:
     use_separator_as_eos(tokenizer, config.base_model)
     report = length_report(tokenizer, snapshot, config.max_length)
     parameters = count_parameters(config.base_model) if config.base_model != DEMO_BASE else None
-    learning_rate, batch = suggest_hyperparameters(parameters, demo=config.base_model == DEMO_BASE)
+    per_example = responses_per_group(snapshot.train) if config.group_by_prompt else 2.0
+    learning_rate, batch = suggest_hyperparameters(parameters, demo=config.base_model == DEMO_BASE,
+                                                   responses_per_example=per_example)
     size = f"{parameters / 1e9:.2f}B parameters; " if parameters else ""
     left = ", ".join(f"{n} {why}" for why, n in sorted(snapshot.left_out.items())) or "none"
-    return (f"{report.summary()} Left out of the data: {left}. {size}suggested learning rate {learning_rate}, "
-            f"batch size {batch} (used when those fields are 0).")
+    grouped = f" Training {group_summary(snapshot.train)}." if config.group_by_prompt else ""
+    return (f"{report.summary()} Left out of the data: {left}.{grouped} {size}suggested learning rate {learning_rate}, "
+            f"batch size {batch} {'prompts' if config.group_by_prompt else 'pairs'} (used when those fields are 0).")
 
 
 def count_parameters(base_model: str) -> int | None:

@@ -35,6 +35,17 @@ from core.data.exporter import PreferenceRows, build_preference_rows, response_t
 from core.model_folders import model_folder, models_folder
 from core.scoring.engine import format_example
 from core.training.config import DEMO_BASE, TrainingConfig, suggest_hyperparameters
+from core.training.grouped import (
+    GroupCollator,
+    PromptGroupBatches,
+    WeightedPairCollator,
+    WeightedPairLoss,
+    complete_pair_columns,
+    group_rows,
+    group_summary,
+    responses_per_group,
+    split_by_prompt,
+)
 from storage.engine import Store
 from storage.jobs import beat, record_metrics
 from storage.registry import next_version_name, register_model
@@ -69,7 +80,14 @@ def take_snapshot(store: Store, config: TrainingConfig) -> DataSnapshot:
         raise TrainingError(
             f"only {len(prepared.rows)} labeled pair(s) with a majority preference; label or import more first"
         )
-    train, held_out = split_rows(prepared.rows, config.eval_fraction, config.seed)
+    try:
+        rows = complete_pair_columns(prepared.rows)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    # Grouped training holds out whole prompts, so that no held-out pair shares a prompt (and so
+    # responses) with a training pair; plain training keeps the export's split of pairs.
+    split = split_by_prompt if config.group_by_prompt else split_rows
+    train, held_out = split(rows, config.eval_fraction, config.seed)
     return DataSnapshot(train, held_out, prepared.content_hash, dict(prepared.left_out))
 
 
@@ -284,11 +302,16 @@ def evaluation_interval(config: TrainingConfig, *, n_eval_pairs: int, batch_size
     return max(config.logging_steps, math.ceil(10 * n_eval_pairs / (3 * max(1, batch_size))))
 
 
-def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int | None, n_eval_pairs: int = 0) -> Any:
+def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int | None, n_eval_pairs: int = 0,
+                  responses_per_example: float = 2.0) -> Any:
+    """TRL's ``RewardConfig`` for the job. ``n_eval_pairs`` counts held-out examples (pairs; prompt groups
+    under ``group_by_prompt``), and ``responses_per_example`` what one holds, so that a suggested batch
+    of groups holds about as many responses as the suggested batch of pairs."""
     from trl import RewardConfig
 
     use_cpu, bf16 = _device_precision(config)
-    suggested_lr, suggested_batch = suggest_hyperparameters(n_parameters, demo=config.base_model == DEMO_BASE)
+    suggested_lr, suggested_batch = suggest_hyperparameters(n_parameters, demo=config.base_model == DEMO_BASE,
+                                                            responses_per_example=responses_per_example)
     batch = config.per_device_train_batch_size or suggested_batch
     return RewardConfig(**{
         **_shared_fields(RewardConfig, config),
@@ -313,7 +336,9 @@ def reward_config(config: TrainingConfig, output_dir: Path, *, n_parameters: int
 
 
 def length_grouped_reward_trainer() -> type:
-    """TRL's ``RewardTrainer`` whose ``group_by_length`` sampling measures a pair by its longer side.
+    """TRL's ``RewardTrainer`` whose ``group_by_length`` sampling measures a pair by its longer side
+    (a prompt group by its longest response), and which honours a ``weight`` column: pairs weighted
+    as in ``core.training.grouped`` (TRL's loss when the column is absent, TRL has no weights).
 
     transformers' ``LengthGroupedSampler`` looks for an ``input_ids`` (or ``length``) column; TRL's
     tokenized pairs have ``chosen_ids`` and ``rejected_ids``, and the collator pads a batch to its
@@ -323,13 +348,28 @@ def length_grouped_reward_trainer() -> type:
     import datasets
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
 
     def pair_lengths(dataset: Any) -> list[int] | None:
-        if isinstance(dataset, datasets.Dataset) and {"chosen_ids", "rejected_ids"} <= set(dataset.column_names):
+        if not isinstance(dataset, datasets.Dataset):
+            return None
+        if {"chosen_ids", "rejected_ids"} <= set(dataset.column_names):
             return [max(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"], strict=True)]
+        if "response_ids" in dataset.column_names:
+            return [max(map(len, group)) for group in dataset["response_ids"]]
         return None
 
-    class LengthGroupedRewardTrainer(RewardTrainer):
+    class LengthGroupedRewardTrainer(WeightedPairLoss, RewardTrainer):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            if isinstance(self.data_collator, DataCollatorForPreference):  # not one the caller chose
+                self.data_collator = WeightedPairCollator(self.data_collator)
+
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()
+            if "weight" not in self._signature_columns:
+                self._signature_columns.append("weight")
+
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             lengths = pair_lengths(dataset) if self.args.train_sampling_strategy == "group_by_length" else None
@@ -347,9 +387,26 @@ def length_grouped_reward_trainer() -> type:
     return LengthGroupedRewardTrainer
 
 
+def prompt_grouped_reward_trainer() -> type:
+    """The trainer of ``group_by_prompt``: ``length_grouped_reward_trainer``'s, on batches of whole
+    prompts (``core.training.grouped``). It takes the same rows as TRL's ``RewardTrainer``, so
+    ``prompt_grouped_reward_trainer()(model=..., args=RewardConfig(...), train_dataset=rows, ...)`` is a
+    drop-in replacement; ``per_device_train_batch_size`` counts prompts."""
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class PromptGroupedRewardTrainer(PromptGroupBatches, length_grouped_reward_trainer()):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            if isinstance(self.data_collator, (DataCollatorForPreference, WeightedPairCollator)):
+                self.data_collator = GroupCollator(self.processing_class.pad_token_id, self.args.pad_to_multiple_of)
+
+    return PromptGroupedRewardTrainer
+
+
 def held_out_accuracy(trainer: Any) -> tuple[float | None, float | None]:
     """(accuracy, mean margin) per pair over the trainer's whole (tokenized) held-out split: chosen
-    scored strictly above rejected. None when every held-out pair was longer than max_length."""
+    scored strictly above rejected, every pair counted once whatever its weight. A held-out prompt
+    group's responses are scored once each. None when every held-out pair was longer than max_length."""
     import torch
 
     model = trainer.model
@@ -358,10 +415,15 @@ def held_out_accuracy(trainer: Any) -> tuple[float | None, float | None]:
     correct, margins = 0, []
     with torch.no_grad():
         for example in trainer.eval_dataset:
-            rewards = [model(input_ids=torch.tensor([example[key]], device=model.device)).logits[0, 0].float().item()
-                       for key in ("chosen_ids", "rejected_ids")]
-            margins.append(rewards[0] - rewards[1])
-            correct += rewards[0] > rewards[1]
+            if "response_ids" in example:
+                sequences, pairs = example["response_ids"], zip(example["chosen_index"], example["rejected_index"])
+            else:
+                sequences, pairs = [example["chosen_ids"], example["rejected_ids"]], [(0, 1)]
+            rewards = [model(input_ids=torch.tensor([ids], device=model.device)).logits[0, 0].float().item()
+                       for ids in sequences]
+            for chosen, rejected in pairs:
+                margins.append(rewards[chosen] - rewards[rejected])
+                correct += rewards[chosen] > rewards[rejected]
     model.train(was_training)
     if not margins:
         return None, None
@@ -453,19 +515,26 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
         log(f"note: {note}")
     n_parameters = sum(p.numel() for p in model.parameters())
     checkpoints = work_dir / "checkpoints"
-    args = reward_config(config, checkpoints, n_parameters=n_parameters, n_eval_pairs=len(snapshot.eval))
+    examples = {"n_eval_pairs": len(snapshot.eval)}
+    if config.group_by_prompt:  # an example is a prompt group: evaluation cadence and batch counted in groups
+        log(group_summary(snapshot.train))
+        examples = {"n_eval_pairs": len(group_rows(snapshot.eval)),
+                    "responses_per_example": responses_per_group(snapshot.train)}
+    args = reward_config(config, checkpoints, n_parameters=n_parameters, **examples)
     if eos_note:
         args.eos_token = tokenizer.eos_token  # the separator: RewardTrainer checks it is in the vocabulary
         notes.append(eos_note)
         log(f"note: {eos_note}")
-    log(f"{n_parameters / 1e6:.2f}M parameters; learning rate {args.learning_rate}, batch {args.per_device_train_batch_size}, "
+    batch = f"{args.per_device_train_batch_size}{' prompt(s)' if config.group_by_prompt else ''}"
+    log(f"{n_parameters / 1e6:.2f}M parameters; learning rate {args.learning_rate}, batch {batch}, "
         f"{'bf16' if args.bf16 else 'fp32'} on {'cpu' if args.use_cpu else 'gpu'}, {args.world_size} process(es)")
     datasets.disable_progress_bars()
     train = datasets.Dataset.from_list(snapshot.train)
     held_out = datasets.Dataset.from_list(snapshot.eval) if snapshot.eval else None
     if held_out is None:
         args.eval_strategy = "no"
-    trainer = length_grouped_reward_trainer()(
+    trainer_class = prompt_grouped_reward_trainer() if config.group_by_prompt else length_grouped_reward_trainer()
+    trainer = trainer_class(
         model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
         peft_config=lora_config(config) if config.lora else None,
         callbacks=[_store_callback(store, job_id, cancel_flag)],
