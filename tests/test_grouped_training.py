@@ -250,14 +250,25 @@ def test_the_exported_file_trains_with_plain_trl_and_grouped(store, tiny_model, 
     from core.data.exporter import ExportConfig, export_dataset
     from core.training.trainer import prompt_grouped_reward_trainer
 
-    import_rows(store, ranking_pairs(12, weighted=False), source="import:ranked")
-    exported = export_dataset(store, ExportConfig(tmp_path / "preferences.jsonl")).out
+    from core.accounts import actor_for, add_user
+    from core.labeling.actions import next_comparison, rank_item
+
+    # A ranking dataset, ranked in the app (longest response best), exported with InstructGPT's weights.
+    candidates = {}
+    for row in ranking_pairs(12, weighted=False, margins=False):
+        candidates.setdefault(row["prompt"], set()).update((row["chosen"], row["rejected"]))
+    import_rows(store, [{"prompt": p, "completions": sorted(c)} for p, c in candidates.items()], source="import:ranked",
+                dataset="ranked", question="ranking")
+    add_user(store, "ann", "annotator", "correct horse battery")
+    ann = actor_for(store, "ann")
+    while (item := next_comparison(store, ann, "ranked")) is not None:
+        best_first = sorted(item.completions, key=lambda c: -len(c.text))
+        rank_item(store, ann, item.item_id, [[c.completion_id] for c in best_first])
+    exported = export_dataset(store, ExportConfig(tmp_path / "preferences.jsonl", dataset=["ranked"])).out
     rows = [json.loads(line) for line in exported.read_text().splitlines()]
     assert len(rows) == sum(math.comb(3 + p % 2, 2) for p in range(12))
-    if "weight" not in rows[0]:  # until the ranking export writes it: InstructGPT's 1/(pairs of the prompt)
-        per_prompt = {row["prompt"]: sum(r["prompt"] == row["prompt"] for r in rows) for row in rows}
-        rows = [{**row, "weight": 1 / per_prompt[row["prompt"]]} for row in rows]
-        exported.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    per_prompt = {row["prompt"]: sum(r["prompt"] == row["prompt"] for r in rows) for row in rows}
+    assert [row["weight"] for row in rows] == pytest.approx([1 / per_prompt[row["prompt"]] for row in rows])
     data = datasets.load_dataset("json", data_files=str(exported), split="train")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     for name, trainer_class, batch in (("plain", RewardTrainer, 8), ("grouped", prompt_grouped_reward_trainer(), 3)):
