@@ -47,6 +47,7 @@ from core.scoring.engine import ModelLoadError
 from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
 from core.scoring.inspection import registered_models
 from core.scoring.model_names import model_references
+from core.training.active_learning import LoopError, LoopSettings, configure_loop
 from core.training.config import TrainingConfig
 from core.training.jobs import recent_jobs, submit_job
 from core.training.worker import execute_job, stop_at_next_step_on_signals
@@ -104,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("--unarchive", dest="archived", action="store_const", const=False, help="open it again")
     datasets.add_argument("--annotators", nargs="+", metavar="NAME",
                           help="only these users may label it; 'all' opens it to every annotator")
+    loop = datasets.add_argument_group("the active-learning loop")
+    loop.add_argument("--order", choices=("priority", "uncertainty"),
+                      help="queue order among equal priorities: import order, or the model's least certain first")
+    loop.add_argument("--model", help="the registered model that scores the queue (NAME or NAME@vN), or 'latest': "
+                                      "the loop's promoted version")
+    loop.add_argument("--random-fraction", type=float, help="share of items served in random order as a control arm "
+                                                            "(default 0.1)")
+    loop.add_argument("--retrain-every", type=int, help="queue a training job after this many new human labels "
+                                                        "(0: off); it trains with the dataset's last training config")
+    loop.add_argument("--promotion-tolerance", type=float,
+                      help="promote a new version unless its held-out accuracy is lower by more than this (0.02)")
     _add_db_argument(datasets)
     exporter = commands.add_parser("export", help="write a TRL-ready preference dataset")
     _add_db_argument(exporter)
@@ -316,6 +328,15 @@ def run_datasets(args: argparse.Namespace) -> int:
         )
         if settings != DatasetSettings():
             change_dataset_settings(store, actor, args.name, settings)
+        loop_settings = LoopSettings(order=args.order, model=args.model, random_fraction=args.random_fraction,
+                                     retrain_every=args.retrain_every, promotion_tolerance=args.promotion_tolerance)
+        if loop_settings != LoopSettings():
+            status = configure_loop(store, actor, args.name, loop_settings)
+            print(f"loop of {status.dataset}: order {status.order}, model {status.model or '-'} (promoted: "
+                  f"{status.promoted_model or '-'}), random arm {status.random_fraction:.0%}, retrain every "
+                  f"{status.retrain_every or '-'} label(s), {status.human_labels} human label(s) so far")
+            for note in status.notes:
+                print(note)
     summaries = datasets_for(store, actor)
     if args.name is not None:
         summaries = [summary for summary in summaries if summary.name == args.name]
@@ -369,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     # Bad input from any command: one line saying what to change, exit 2.
-    except (ConfigError, StoreConfigError, AccountError, DatasetError) as error:
+    except (ConfigError, StoreConfigError, AccountError, DatasetError, LoopError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

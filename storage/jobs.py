@@ -63,9 +63,9 @@ def beat(session: Session, job_id: int, *, step: int, total_steps: int | None) -
 
 
 def finish_job(session: Session, job_id: int, status: JobStatus, *, error: str | None = None,
-               reward_model_name: str | None = None) -> None:
+               reward_model_name: str | None = None, note: str | None = None) -> None:
     session.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(
-        status=status.value, error=error, finished_at=utc_now(), reward_model_name=reward_model_name,
+        status=status.value, error=error, finished_at=utc_now(), reward_model_name=reward_model_name, note=note,
     ))
 
 

@@ -115,9 +115,25 @@ class Dataset(SQLModel, table=True):
     default_priority: int = Field(default=0, description="priority of comparisons imported without one")
     open_to_all: bool = Field(default=True, description="every annotator may label it; else only its members")
     archived: bool = Field(default=False, description="archived datasets hand out nothing and are hidden from Label")
+    # --- the active-learning loop (core.training.active_learning)
+    queue_order: str = Field(default="priority", max_length=12,
+                             description="'priority' (then import order) or 'uncertainty' (then the model's margin)")
+    queue_model: Optional[str] = Field(default=None, max_length=200,
+                                       description="registered model that orders the queue; 'latest' = the promoted one")
+    random_fraction: float = Field(default=0.1, description="share of items served in random order (the control arm)")
+    retrain_every: Optional[int] = Field(default=None, description="queue a training job after this many new human labels")
+    retrain_config: Optional[dict[str, Any]] = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True),
+        description="the training config the loop retrains with (the dataset's last training job's)")
+    labels_at_retrain: int = Field(default=0, description="human labels in the dataset when the loop last queued a job")
+    promoted_model: Optional[str] = Field(default=None, max_length=200, description="the loop's current model")
+    promotion_tolerance: float = Field(default=0.02, description="a new version is promoted unless its held-out "
+                                                                 "accuracy is lower than the current one's by more")
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (
+        CheckConstraint("queue_order IN ('priority', 'uncertainty')", name="dataset_queue_order_known"),
+        CheckConstraint("random_fraction BETWEEN 0 AND 1", name="dataset_random_fraction_range"),
         CheckConstraint("prompt_kind IS NULL OR prompt_kind IN ('text', 'chat')", name="dataset_prompt_kind_known"),
         CheckConstraint(_one_of("question", Question), name="dataset_question_known"),
         CheckConstraint("overlap BETWEEN 1 AND 10", name="dataset_overlap_range"),
@@ -175,14 +191,20 @@ class Comparison(SQLModel, table=True):
     extra_labels: int = Field(default=0, description="labels wanted beyond the overlap (sent back for review)")
     done: bool = Field(default=False, description="label_count has reached the dataset's overlap + extra_labels")
     archived: bool = Field(default=False, description="set aside by an engineer: never handed out, never exported")
+    # Written by the loop's scoring job, never by a labeling request:
+    model_margin: Optional[float] = Field(default=None, description="|r(a) - r(b)| under the dataset's queue model "
+                                                                    "(a ranking item: its smallest gap)")
+    queue_key: Optional[float] = Field(default=None, description="order among equal priorities, 0 first; NULL = 0")
+    arm: Optional[str] = Field(default=None, max_length=12, description="'uncertainty' or 'random' (the control arm)")
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (
+        CheckConstraint("arm IS NULL OR arm IN ('uncertainty', 'random')", name="comparison_arm_known"),
         UniqueConstraint("dataset_id", "completion_a_id", "completion_b_id", name="comparison_once_per_pair"),
         CheckConstraint("completion_a_id < completion_b_id", name="comparison_pair_ordered"),
         # The queue reads open comparisons in this order and stops at the first it may hand out,
         # so finished ones never have to be scanned past.
-        Index("comparison_queue_order", "done", text("priority DESC"), "id"),
+        Index("comparison_queue_order", "done", text("priority DESC"), text("coalesce(queue_key, 0)"), "id"),
     )
 
 
@@ -264,6 +286,9 @@ class TrainingJob(SQLModel, table=True):
     cancel_requested: bool = False
     resume: bool = Field(default=False, description="continue from the last complete checkpoint")
     reward_model_name: Optional[str] = None
+    kind: str = Field(default="train", max_length=12, description="'train', or 'rescore' (the loop's queue scoring)")
+    note: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True),
+                                description="what the loop decided when the job ended (promoted or not, and why)")
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
     started_at: Optional[datetime] = Field(default=None, sa_type=UtcDateTime)
     finished_at: Optional[datetime] = Field(default=None, sa_type=UtcDateTime)
@@ -296,6 +321,23 @@ class RegisteredModel(SQLModel, table=True):
     n_pairs: Optional[int] = None
     eval_accuracy: Optional[float] = None
     eval_margin: Optional[float] = None
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
+
+
+class LoopEvaluation(SQLModel, table=True):
+    """How one model version of a dataset's loop does on the dataset's labeled pairs, by arm, and
+    its calibration: written by the loop's scoring job after the version is promoted (or set)."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    dataset_id: int = Field(foreign_key="dataset.id", index=True)
+    model_name: str = Field(max_length=200)
+    labels: int = Field(description="human labels in the dataset when the model's training data was taken")
+    heldout_accuracy: Optional[float] = None
+    arms: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False),
+                                 description='{"uncertainty": {"pairs", "accuracy"}, "random": {...}}')
+    calibration: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False),
+                                              description="bins of sigma(r_chosen - r_rejected) against human agreement")
+    human_ceiling: Optional[float] = Field(default=None, description="agreement between humans on pairs with 2+ labels")
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
 

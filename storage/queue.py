@@ -4,7 +4,10 @@
   (skips do not count: a skip asks someone else to judge). ``Comparison.label_count`` and
   ``Comparison.done`` keep that state so the queue never scans finished items.
 * ``claim_next_comparison`` hands an annotator the highest-priority open comparison they have not
-  labeled and that is not reserved by enough others, and reserves it for them with a lease. A
+  labeled and that is not reserved by enough others, and reserves it for them with a lease. Among
+  equal priorities, a dataset ordered by uncertainty serves the lowest ``queue_key`` first (written
+  by the loop's scoring job: the model's least certain items, with a random control arm mixed in);
+  otherwise import order. A
   refresh returns the same item while the lease holds; an expired lease frees it.
 * ``submit_label`` is idempotent (the same label twice changes nothing) and refuses a new label on
   a comparison that already has its labels, so an expired lease can never produce a twin.
@@ -143,7 +146,7 @@ def claim_next_comparison(
             candidates = candidates.where(Comparison.id.not_in(passed_over))
         next_id = session.execute(
             candidates
-            .order_by(Comparison.done, Comparison.priority.desc(), Comparison.id)
+            .order_by(Comparison.done, Comparison.priority.desc(), func.coalesce(Comparison.queue_key, 0), Comparison.id)
             .limit(1)
             .with_for_update(of=Comparison, skip_locked=True)
         ).scalar()

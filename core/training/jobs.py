@@ -113,6 +113,8 @@ def start_next_job(store: Store) -> int | None:
         if job is None:
             return None
         job_id = job.id
+        if job.kind != "train":
+            gpus = min(gpus, 1)  # a rescore job scores in one process
         folder = job_dir(store, job_id)
         log_path = folder / "train.log"
         mark_started(session, job_id, pid=None, log_path=str(log_path), output_dir=str(folder))
@@ -156,8 +158,11 @@ class JobScheduler:
         self._stop.set()
 
     def _loop(self) -> None:
+        from core.training.active_learning import loop_tick
+
         while not self._stop.wait(self.interval):
             try:
+                loop_tick(self.store)  # datasets whose loop has enough new labels get a training job
                 start_next_job(self.store)
             except Exception as error:  # noqa: BLE001 (the scheduler must outlive one bad job)
                 print(f"job scheduler: {type(error).__name__}: {error}", file=sys.stderr)

@@ -12,6 +12,7 @@ import signal
 import sys
 import traceback
 
+from core.training.active_learning import after_training, rescore_queue
 from core.training.config import TrainingConfig
 from core.training.jobs import job_dir
 from core.training.trainer import TrainingError, run_training
@@ -43,6 +44,8 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
     if main_process:
         with store.write() as session:
             mark_started(session, job.id, pid=os.getpid(), log_path=str(folder / "train.log"), output_dir=str(folder))
+    if job.kind == "rescore":
+        return _rescore(store, job, log=log)
     try:
         config = TrainingConfig.from_record(job.config)
         outcome = run_training(store, config, folder, job_id=job.id, resume=job.resume, cancel_flag=cancel_flag, log=log)
@@ -66,11 +69,31 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
     if not main_process:
         return 0
     status = JobStatus.SUCCEEDED if outcome.status == "succeeded" else JobStatus.CANCELLED
+    note = None
+    loop_dataset = (job.config or {}).get("loop_dataset")
+    if loop_dataset and outcome.model_name:
+        note = after_training(store, loop_dataset, outcome.model_name, outcome.eval_accuracy)
+        log(f"loop: {note}")
     with store.write() as session:
         finish_job(session, job.id, status, reward_model_name=outcome.model_name,
-                   error="cancelled on request" if status is JobStatus.CANCELLED else None)
+                   error="cancelled on request" if status is JobStatus.CANCELLED else None, note=note)
     log(f"job {job.id} {status.value}" + (f": {outcome.model_name} (held-out accuracy {outcome.eval_accuracy}, "
                                           f"margin {outcome.eval_margin})" if outcome.model_name else ""))
+    return 0
+
+
+def _rescore(store: Store, job, *, log=print) -> int:  # noqa: ANN001
+    """A rescore job of the loop: order a dataset's queue by its model's margins."""
+    dataset = (job.config or {}).get("loop_dataset", "")
+    try:
+        scored = rescore_queue(store, dataset, log=log)
+    except Exception as error:  # noqa: BLE001 (any failure must end the job as failed, with its reason)
+        traceback.print_exc()
+        with store.write() as session:
+            finish_job(session, job.id, JobStatus.FAILED, error=f"{type(error).__name__}: {error}")
+        return 1
+    with store.write() as session:
+        finish_job(session, job.id, JobStatus.SUCCEEDED, note=f"ordered the queue of {dataset}: {scored} item(s) scored")
     return 0
 
 

@@ -1,0 +1,267 @@
+"""The loop: a dataset's reward model picks what to label next, and retrains as labels arrive.
+
+* **Queue order.** A dataset ordered by ``uncertainty`` serves, among comparisons of equal priority,
+  first those whose reward margin |r(a) - r(b)| under the dataset's model is smallest (a ranking
+  item: the smallest gap between two of its completions). A fraction ``random_fraction`` of items
+  (chosen by a hash of the item, so the same item stays in its arm) is the control arm: served in
+  random order and marked ``random``, so the two arms can be compared. The margins are written by a
+  background job (kind ``rescore``, run by the job scheduler like training), never inside a labeling
+  request, so labeling latency does not change; items imported after the last scoring have no key
+  and count as most uncertain (served first). Margin uncertainty costs one forward pass per
+  completion per rescore.
+* **Retraining.** With ``retrain_every`` N, the scheduler queues a training job after every N new
+  human labels in the dataset, with the dataset's last training config (one waits at a time: a newer
+  trigger replaces a queued one). When it finishes, the new version is promoted to the dataset's
+  model unless its held-out accuracy is lower than the current model's by more than
+  ``promotion_tolerance``; the job's note says which and why. A promotion re-scores the queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from core.accounts import Actor, Permission
+from core.training.config import TrainingConfig
+from storage.datasets import require_dataset
+from storage.engine import Store
+from storage.loop import (
+    QueueKey,
+    clear_queue_keys,
+    human_label_count,
+    last_training_config,
+    loop_datasets,
+    open_item_ids,
+    queue_loop_job,
+    write_queue_keys,
+)
+from storage.queries import comparison_contents
+from storage.ranking import completion_texts, slots_of
+from storage.registry import find_model
+
+QUEUE_ORDERS = ("priority", "uncertainty")
+LATEST = "latest"  # the queue model that follows the loop's promoted version
+SCORE_CHUNK = 256  # items scored and written per step of a rescore job
+
+
+class LoopError(ValueError):
+    """A loop setting that cannot be taken; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The loop's settings of one dataset; None leaves a setting as it is."""
+
+    order: str | None = None  # "priority" or "uncertainty"
+    model: str | None = None  # a registered model (name or name@vN), or "latest"
+    random_fraction: float | None = None  # 0 to 1: the share of items in the random control arm
+    retrain_every: int | None = None  # new human labels between retrains; 0 turns retraining off
+    promotion_tolerance: float | None = None  # 0 to 1
+
+
+@dataclass
+class LoopStatus:
+    dataset: str
+    order: str
+    model: str | None
+    promoted_model: str | None
+    random_fraction: float
+    retrain_every: int | None
+    promotion_tolerance: float
+    human_labels: int
+    labels_at_retrain: int
+    queued_job: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _status(session, dataset, queued_job: int | None = None) -> LoopStatus:  # noqa: ANN001
+    return LoopStatus(dataset.name, dataset.queue_order, dataset.queue_model, dataset.promoted_model,
+                      dataset.random_fraction, dataset.retrain_every, dataset.promotion_tolerance,
+                      human_label_count(session, dataset.id), dataset.labels_at_retrain, queued_job)
+
+
+def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSettings) -> LoopStatus:
+    """Change a dataset's loop settings (admins). Choosing uncertainty order with a model queues a
+    rescore job at once; turning retraining on keeps the dataset's last training config for it."""
+    actor.require(Permission.CHANGE_SETTINGS)
+    if settings.order is not None and settings.order not in QUEUE_ORDERS:
+        raise LoopError(f"order must be one of {', '.join(QUEUE_ORDERS)}, got {settings.order!r}")
+    if settings.random_fraction is not None and not 0 <= settings.random_fraction <= 1:
+        raise LoopError(f"the random fraction is a share of items, 0 to 1; got {settings.random_fraction}")
+    if settings.retrain_every is not None and not 0 <= settings.retrain_every <= 1_000_000:
+        raise LoopError(f"retrain every N labels needs N from 1 to 1000000 (0 turns it off); got {settings.retrain_every}")
+    if settings.promotion_tolerance is not None and not 0 <= settings.promotion_tolerance <= 1:
+        raise LoopError(f"the promotion tolerance is an accuracy difference, 0 to 1; got {settings.promotion_tolerance}")
+    with store.write() as session:
+        target = require_dataset(session, dataset)
+        if settings.model is not None and settings.model != LATEST and find_model(session, settings.model) is None:
+            raise LoopError(f"no registered model named {settings.model!r}: name one from `python app.py models`, "
+                            f"or '{LATEST}' for the loop's promoted version")
+        order = settings.order or target.queue_order
+        model = settings.model if settings.model is not None else target.queue_model
+        if order == "uncertainty" and (not model or (model == LATEST and not target.promoted_model)):
+            raise LoopError("uncertainty order needs a model to score the queue: --model NAME, or --model latest "
+                            "once the loop has promoted a version")
+        if settings.model not in (None, LATEST) and target.promoted_model is None:
+            target.promoted_model = settings.model  # the loop starts from the model it is given
+        for name, value in (("queue_order", settings.order), ("queue_model", settings.model),
+                            ("random_fraction", settings.random_fraction),
+                            ("promotion_tolerance", settings.promotion_tolerance)):
+            if value is not None:
+                setattr(target, name, value)
+        notes = []
+        if settings.retrain_every is not None:
+            target.retrain_every = settings.retrain_every or None
+            if target.retrain_every and target.retrain_config is None:
+                target.retrain_config = last_training_config(session, dataset) or TrainingConfig(dataset=[dataset]).to_record()
+            target.labels_at_retrain = human_label_count(session, target.id)
+        session.add(target)
+        session.flush()
+        queued = None
+        if target.queue_order == "priority":
+            clear_queue_keys(session, target.id)
+        elif settings.order is not None or settings.model is not None or settings.random_fraction is not None:
+            queued = queue_loop_job(session, dataset, "rescore", {})
+            notes.append(f"rescore job {queued} queued: the queue is ordered by the new scores when it finishes")
+        status = _status(session, target, queued)
+        status.notes = notes
+        return status
+
+
+def loop_status(store: Store, actor: Actor, dataset: str) -> LoopStatus:
+    actor.require(Permission.VIEW_TEAM)
+    with store.read() as session:
+        return _status(session, require_dataset(session, dataset))
+
+
+def queue_model_of(store: Store, dataset: str) -> str | None:
+    """The registered model that orders ``dataset``'s queue now ('latest' resolved), or None."""
+    with store.read() as session:
+        target = require_dataset(session, dataset)
+        return target.promoted_model if target.queue_model == LATEST else target.queue_model
+
+
+def _unit_hash(*parts: Any) -> float:
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def arm_of(dataset_id: int, comparison_id: int, random_fraction: float) -> str:
+    """The arm an item is in: the same for the item whenever it is scored (a hash, not a draw)."""
+    return "random" if _unit_hash("arm", dataset_id, comparison_id) < random_fraction else "uncertainty"
+
+
+def queue_keys(dataset_id: int, margins: dict[int, float | None], random_fraction: float) -> list[QueueKey]:
+    """Keys in [0, 1): the uncertainty arm by rank of margin (smallest first; an item the model could
+    not score, e.g. longer than its max_length, last), the random arm by a hash of the item, so the
+    two arms interleave with the random arm at its share."""
+    arms = {cid: arm_of(dataset_id, cid, random_fraction) for cid in margins}
+    uncertain = sorted((cid for cid in margins if arms[cid] == "uncertainty"),
+                       key=lambda cid: (margins[cid] is None, margins[cid] if margins[cid] is not None else 0.0, cid))
+    keys = [QueueKey(cid, margins[cid], rank / max(1, len(uncertain)), "uncertainty")
+            for rank, cid in enumerate(uncertain)]
+    keys += [QueueKey(cid, margins[cid], _unit_hash("order", dataset_id, cid), "random")
+             for cid in margins if arms[cid] == "random"]
+    return keys
+
+
+def _item_margins(store: Store, scorer: Any, item_ids: list[int]) -> dict[int, float | None]:
+    """|r(a) - r(b)| of each pair, the smallest gap between two completions of a ranking item; None
+    when a text is over the model's max_length (never truncated)."""
+    with store.read() as session:
+        slots = slots_of(session, item_ids)
+        contents = comparison_contents(session, [i for i in item_ids if i not in slots])
+        texts = completion_texts(session, [c for ids in slots.values() for c in ids])
+        prompts = comparison_contents(session, list(slots)) if slots else {}
+    examples: list[tuple[Any, str]] = []
+    spans: dict[int, tuple[int, int]] = {}
+    for item_id in item_ids:
+        content = contents.get(item_id) or prompts[item_id]
+        prompt = content.prompt_messages if content.prompt_messages is not None else (content.prompt_text or "")
+        responses = [texts[c][0] for c in slots[item_id]] if item_id in slots else [content.a_text, content.b_text]
+        spans[item_id] = (len(examples), len(examples) + len(responses))
+        examples += [(prompt, response) for response in responses]
+    results = scorer.score_responses(examples)
+    margins: dict[int, float | None] = {}
+    for item_id, (start, end) in spans.items():
+        chunk = results[start:end]
+        if any(r.exceeds_max_length for r in chunk):
+            margins[item_id] = None
+            continue
+        rewards = sorted(r.reward for r in chunk)
+        margins[item_id] = min(b - a for a, b in zip(rewards, rewards[1:]))
+    return margins
+
+
+def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = print) -> int:
+    """Score the open items of ``dataset`` with its queue model and store their margins, arms and
+    queue keys (the job of kind ``rescore``). Returns how many items were scored."""
+    from core.scoring.inspection import load_scorer, trained_max_length
+    from core.scoring.model_names import model_folder_for
+    from core.model_folders import folder_under_models_root
+
+    model = queue_model_of(store, dataset)
+    if not model:
+        raise LoopError(f"dataset {dataset!r} has no model to score its queue (set one with --model)")
+    with store.read() as session:
+        target = require_dataset(session, dataset)
+        dataset_id, fraction = target.id, target.random_fraction
+        item_ids = open_item_ids(session, dataset_id)
+    folder = model_folder_for(store, model, local_folder=lambda path: folder_under_models_root(store, path))
+    scorer = load_scorer(str(folder), trained_max_length(store, model))
+    log(f"scoring {len(item_ids)} open item(s) of {dataset} with {model}")
+    margins: dict[int, float | None] = {}
+    for start in range(0, len(item_ids), SCORE_CHUNK):
+        margins.update(_item_margins(store, scorer, item_ids[start:start + SCORE_CHUNK]))
+        log(f"scored {min(start + SCORE_CHUNK, len(item_ids))}/{len(item_ids)}")
+    keys = queue_keys(dataset_id, margins, fraction)
+    for start in range(0, len(keys), SCORE_CHUNK):  # short write transactions: labeling goes on meanwhile
+        with store.write() as session:
+            write_queue_keys(session, keys[start:start + SCORE_CHUNK])
+    log(f"queue of {dataset} ordered by {model}: {sum(k.arm == 'random' for k in keys)} item(s) in the random arm")
+    return len(keys)
+
+
+def loop_tick(store: Store) -> list[int]:
+    """Queue a training job for each dataset whose loop has N new human labels since its last one
+    (the scheduler calls this between jobs). Returns the jobs queued or updated."""
+    queued = []
+    with store.write() as session:
+        for target in loop_datasets(session):
+            count = human_label_count(session, target.id)
+            if count - target.labels_at_retrain < (target.retrain_every or 0):
+                continue
+            config = {**(target.retrain_config or TrainingConfig(dataset=[target.name]).to_record()),
+                      "dataset": [target.name], "output_name": _loop_model_name(target.name)}
+            queued.append(queue_loop_job(session, target.name, "train", config))
+            target.labels_at_retrain = count
+            session.add(target)
+    return queued
+
+
+def _loop_model_name(dataset: str) -> str:
+    return f"{dataset}-loop"
+
+
+def after_training(store: Store, dataset: str, model_name: str, accuracy: float | None) -> str:
+    """Promote ``model_name`` to the dataset's model unless its held-out accuracy is worse than the
+    current one's by more than the tolerance; queue a rescore after a promotion. Returns the note."""
+    with store.write() as session:
+        target = require_dataset(session, dataset)
+        current = find_model(session, target.promoted_model) if target.promoted_model else None
+        current_accuracy = current.eval_accuracy if current is not None else None
+        tolerance = target.promotion_tolerance
+        if current_accuracy is not None and (accuracy is None or accuracy < current_accuracy - tolerance):
+            shown = "none (no held-out pairs)" if accuracy is None else f"{accuracy:.3f}"
+            return (f"not promoted: held-out accuracy {shown} is below the current model {target.promoted_model}'s "
+                    f"{current_accuracy:.3f} by more than the tolerance {tolerance}; {target.promoted_model} stays")
+        target.promoted_model = model_name
+        session.add(target)
+        note = (f"promoted to the model of {dataset}: held-out accuracy "
+                f"{'n/a' if accuracy is None else f'{accuracy:.3f}'}"
+                + (f" against {current_accuracy:.3f} of {current.name}" if current_accuracy is not None else ""))
+        if target.queue_order == "uncertainty" and target.queue_model == LATEST:
+            job = queue_loop_job(session, dataset, "rescore", {})
+            note += f"; rescore job {job} queued"
+        return note

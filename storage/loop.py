@@ -1,0 +1,98 @@
+"""Reads and writes of the active-learning loop: the open items a scoring job scores, the keys it
+writes, the label counts that trigger a retrain, and the loop's jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, update
+from sqlmodel import Session
+
+from storage.bulk import execute_many
+from storage.models import Comparison, Dataset, JobStatus, Label, Role, TrainingJob, User
+
+
+@dataclass(frozen=True)
+class QueueKey:
+    comparison_id: int
+    margin: float | None
+    key: float
+    arm: str
+
+
+def open_item_ids(session: Session, dataset_id: int) -> list[int]:
+    """The items of a dataset that still want labels (not archived), in id order."""
+    return list(session.execute(
+        select(Comparison.id).where(Comparison.dataset_id == dataset_id, Comparison.done.is_(False),
+                                    Comparison.archived.is_(False)).order_by(Comparison.id)
+    ).scalars())
+
+
+def write_queue_keys(session: Session, keys: list[QueueKey]) -> None:
+    """Store the scoring job's margin, queue key and arm of each item."""
+    execute_many(
+        session,
+        update(Comparison.__table__).where(Comparison.__table__.c.id == bindparam("item_id"))
+        .values(model_margin=bindparam("margin"), queue_key=bindparam("key"), arm=bindparam("arm_name")),
+        [{"item_id": k.comparison_id, "margin": k.margin, "key": k.key, "arm_name": k.arm} for k in keys],
+    )
+
+
+def clear_queue_keys(session: Session, dataset_id: int) -> None:
+    """Back to priority order: the keys of the dataset's items are removed (margins and arms kept)."""
+    session.execute(update(Comparison).where(Comparison.dataset_id == dataset_id).values(queue_key=None))
+
+
+def human_label_count(session: Session, dataset_id: int) -> int:
+    """Labels other than skips given by people (not import sources) in a dataset."""
+    return session.execute(
+        select(func.count()).select_from(Label)
+        .join(Comparison, Comparison.id == Label.comparison_id)
+        .join(User, User.id == Label.annotator_id)
+        .where(Comparison.dataset_id == dataset_id, Label.choice != "skip", User.role != Role.SOURCE.value)
+    ).scalar_one()
+
+
+def loop_datasets(session: Session) -> list[Dataset]:
+    """Datasets whose loop retrains as labels arrive."""
+    return list(session.execute(
+        select(Dataset).where(Dataset.retrain_every.is_not(None), Dataset.archived.is_(False)).order_by(Dataset.id)
+    ).scalars())
+
+
+def pending_loop_job(session: Session, dataset: str, kind: str) -> TrainingJob | None:
+    """The loop's queued job of ``kind`` for ``dataset``, if one waits."""
+    for job in session.execute(
+        select(TrainingJob).where(TrainingJob.status == JobStatus.QUEUED.value, TrainingJob.kind == kind)
+        .order_by(TrainingJob.id)
+    ).scalars():
+        if (job.config or {}).get("loop_dataset") == dataset:
+            return job
+    return None
+
+
+def queue_loop_job(session: Session, dataset: str, kind: str, config: dict[str, Any]) -> int:
+    """Queue the loop's job of ``kind`` for ``dataset``; a queued one is replaced (its config updated),
+    so there is never more than one waiting."""
+    config = {**config, "loop_dataset": dataset}
+    waiting = pending_loop_job(session, dataset, kind)
+    if waiting is not None:
+        waiting.config = config
+        session.add(waiting)
+        session.flush()
+        return waiting.id
+    job = TrainingJob(config=config, kind=kind)
+    session.add(job)
+    session.flush()
+    return job.id
+
+
+def last_training_config(session: Session, dataset: str) -> dict[str, Any] | None:
+    """The config of the newest training job that trained on ``dataset`` alone."""
+    for job in session.execute(
+        select(TrainingJob).where(TrainingJob.kind == "train").order_by(TrainingJob.id.desc()).limit(200)
+    ).scalars():
+        if (job.config or {}).get("dataset") == [dataset]:
+            return dict(job.config)
+    return None

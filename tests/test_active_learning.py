@@ -1,0 +1,164 @@
+"""The loop: a dataset's model orders its queue by uncertainty (with a random control arm), and it
+retrains as labels arrive, promoting a new version by its held-out accuracy. Oracles: margins from a
+plain forward of the registered model's folder, the queue as an annotator is served, and SQL."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import sql
+from test_training import separable_pairs
+
+from core.accounts import PermissionDenied, actor_for, add_user
+from core.data.importer import import_rows
+from core.labeling.actions import label_stored, next_comparison
+from core.training.active_learning import (
+    LATEST,
+    LoopError,
+    LoopSettings,
+    after_training,
+    arm_of,
+    configure_loop,
+    loop_tick,
+    queue_keys,
+)
+from core.training.config import TrainingConfig
+from core.training.jobs import submit_job
+from core.training.worker import execute_job
+
+
+def _quiet(*_args) -> None:  # noqa: ANN002
+    return None
+
+
+@pytest.fixture
+def loop_store(store):  # noqa: ANN001, ANN201
+    rows = separable_pairs(40)
+    import_rows(store, rows[:16], source="import:seed", dataset="loop")  # labeled seed pairs
+    pool = [{"prompt": r["prompt"], "completions": [r["chosen"][0]["content"], r["rejected"][0]["content"]]}
+            for r in rows[16:]]
+    import_rows(store, pool, source="import:pool", dataset="loop")  # 24 pairs to label
+    return store
+
+
+def _plain_margins(store, model_name: str) -> dict[int, float]:  # noqa: ANN001
+    """|r(a) - r(b)| of each open comparison of 'loop' from a plain forward of the model's folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    (path,), = sql(store, f"SELECT path FROM rewardmodel WHERE name = '{model_name}'")
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    rows = sql(store, "SELECT c.id, p.messages, a.text, b.text FROM comparison c JOIN prompt p ON p.id = c.prompt_id "
+                      "JOIN completion a ON a.id = c.completion_a_id JOIN completion b ON b.id = c.completion_b_id "
+                      "JOIN dataset d ON d.id = c.dataset_id WHERE d.name = 'loop' AND c.done = false")
+    margins = {}
+    with torch.inference_mode():
+        for comparison_id, messages, a_text, b_text in rows:
+            messages = messages if isinstance(messages, list) else __import__("json").loads(messages)
+            rewards = []
+            for text in (a_text, b_text):
+                formatted = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": text}],
+                                                          tokenize=False)
+                rewards.append(model(**tokenizer(formatted, return_tensors="pt")).logits[0, 0].item())
+            margins[comparison_id] = abs(rewards[0] - rewards[1])
+    return margins
+
+
+def _stored_keys(store) -> dict[int, tuple[float, float, str]]:  # noqa: ANN001
+    rows = sql(store, "SELECT c.id, c.model_margin, c.queue_key, c.arm FROM comparison c JOIN dataset d "
+                      "ON d.id = c.dataset_id WHERE d.name = 'loop' AND c.done = false")
+    return {cid: (margin, key, arm) for cid, margin, key, arm in rows}
+
+
+@pytest.mark.slow
+def test_the_loop_orders_the_queue_by_margins_retrains_after_n_labels_promotes_and_rescores(loop_store):
+    store = loop_store
+    admin = actor_for(store, None)
+    seed_job = submit_job(store, admin, TrainingConfig(dataset=["loop"], max_steps=30, output_name="seed-rm",
+                                                       eval_fraction=0.25, seed=0))
+    assert execute_job(store, seed_job, log=_quiet) == 0
+    status = configure_loop(store, admin, "loop", LoopSettings(order="uncertainty", model="seed-rm",
+                                                               random_fraction=0.25, retrain_every=4,
+                                                               promotion_tolerance=1.0))
+    assert status.queued_job is not None and sql(store, f"SELECT kind FROM trainingjob WHERE id = {status.queued_job}") == [
+        ("rescore",)]
+    assert execute_job(store, status.queued_job, log=_quiet) == 0
+
+    # The stored margins are the plain forward's, and the uncertainty arm is ordered by them.
+    plain, stored = _plain_margins(store, "seed-rm"), _stored_keys(store)
+    assert set(stored) == set(plain) and len(plain) == 24
+    for comparison_id, (margin, _, _) in stored.items():
+        assert margin == pytest.approx(plain[comparison_id], abs=1e-4)
+    uncertain = [cid for cid, (_, _, arm) in stored.items() if arm == "uncertainty"]
+    assert sorted(uncertain, key=lambda cid: stored[cid][1]) == sorted(uncertain, key=lambda cid: (plain[cid], cid))
+    assert {arm for _, _, arm in stored.values()} == {"uncertainty", "random"}
+
+    # The annotator is served the lowest key first, then the next lowest.
+    add_user(store, "ann", "annotator", "correct horse battery")
+    ann = actor_for(store, "ann")
+    by_key = sorted(stored, key=lambda cid: stored[cid][1])
+    served = []
+    for _ in range(4):
+        view = next_comparison(store, ann, "loop")
+        served.append(view.comparison_id)
+        label_stored(store, ann, view.comparison_id, "a")
+    assert served == by_key[:4]
+
+    # Four new human labels: the scheduler's tick queues one training job with the dataset's config.
+    configure_loop(store, admin, "loop", LoopSettings(model=LATEST))  # follow the promoted version from now on
+    queued = loop_tick(store)
+    assert len(queued) == 1 and loop_tick(store) == []
+    assert sql(store, "SELECT count(*) FROM trainingjob WHERE kind = 'train' AND status = 'queued'") == [(1,)]
+    assert execute_job(store, queued[0], log=_quiet) == 0
+    (note, model_name), = sql(store, f"SELECT note, reward_model_name FROM trainingjob WHERE id = {queued[0]}")
+    assert model_name == "loop-loop" and note.startswith("promoted")
+    assert sql(store, "SELECT promoted_model FROM dataset WHERE name = 'loop'") == [("loop-loop",)]
+    # The promotion re-scores the queue with the new version (one rescore job waiting, the earlier replaced).
+    rescores = sql(store, "SELECT id FROM trainingjob WHERE kind = 'rescore' AND status = 'queued'")
+    assert len(rescores) == 1
+    assert execute_job(store, rescores[0][0], log=_quiet) == 0
+    plain, stored = _plain_margins(store, "loop-loop"), _stored_keys(store)
+    assert len(stored) == 20
+    for comparison_id, (margin, _, _) in stored.items():
+        assert margin == pytest.approx(plain[comparison_id], abs=1e-4)
+
+
+def test_a_version_worse_than_the_tolerance_is_kept_but_not_promoted(loop_store):
+    from storage.engine import Store  # noqa: F401  (the store fixture is a Store)
+
+    store = loop_store
+    with store.write() as session:
+        from storage.registry import register_model
+
+        register_model(session, name="good", path="/nowhere", eval_accuracy=0.9)
+    admin = actor_for(store, None)
+    configure_loop(store, admin, "loop", LoopSettings(model="good", promotion_tolerance=0.05))
+    note = after_training(store, "loop", "worse", 0.8)
+    assert note.startswith("not promoted") and "0.800" in note and "good" in note
+    assert sql(store, "SELECT promoted_model FROM dataset WHERE name = 'loop'") == [("good",)]
+    assert after_training(store, "loop", "close", 0.86).startswith("promoted")
+    assert sql(store, "SELECT promoted_model FROM dataset WHERE name = 'loop'") == [("close",)]
+
+
+def test_the_random_arm_takes_its_share_and_an_item_keeps_its_arm():
+    arms = [arm_of(1, cid, 0.1) for cid in range(1, 5001)]
+    assert arms.count("random") / len(arms) == pytest.approx(0.1, abs=0.015)
+    assert arms == [arm_of(1, cid, 0.1) for cid in range(1, 5001)]
+    keys = {k.comparison_id: k for k in queue_keys(1, {1: 0.5, 2: 0.1, 3: None, 4: 0.3}, 0.0)}
+    assert sorted(keys, key=lambda cid: keys[cid].key) == [2, 4, 1, 3]  # smallest margin first, unscorable last
+
+
+def test_loop_settings_are_checked_and_need_the_settings_permission(loop_store):
+    store = loop_store
+    admin = actor_for(store, None)
+    for settings, message in ((LoopSettings(order="sideways"), "order must be one of"),
+                              (LoopSettings(order="uncertainty"), "needs a model"),
+                              (LoopSettings(model="missing"), "no registered model named 'missing'"),
+                              (LoopSettings(random_fraction=1.5), "share of items"),
+                              (LoopSettings(retrain_every=-1), "retrain every")):
+        with pytest.raises(LoopError, match=message):
+            configure_loop(store, admin, "loop", settings)
+    add_user(store, "eng", "engineer", "correct horse battery")
+    with pytest.raises(PermissionDenied):
+        configure_loop(store, actor_for(store, "eng"), "loop", LoopSettings(retrain_every=5))
+    assert sql(store, "SELECT queue_order, retrain_every FROM dataset WHERE name = 'loop'") == [("priority", None)]
