@@ -24,7 +24,7 @@ from storage.engine import Store
 
 MAIN_FIELDS = ("base_model", "output_name", "dataset", "max_steps", "num_train_epochs", "learning_rate",
                "per_device_train_batch_size", "max_length", "eval_fraction", "lora")
-JOB_HEADERS = ["job", "status", "base model", "datasets", "progress", "reward model", "error"]
+JOB_HEADERS = ["job", "status", "base model", "datasets", "progress", "reward model", "error or loop note"]
 CHARTS = (("loss", "loss"), ("accuracy", "accuracy"), ("margin", "margin"), ("reward", "mean_reward"))
 
 
@@ -57,9 +57,12 @@ def _jobs_table(store: Store, actor) -> list[list]:  # noqa: ANN001
     rows = []
     for job in recent_jobs(store, actor):
         progress = f"{job.current_step}/{job.total_steps}" if job.total_steps else (str(job.current_step) if job.current_step else "")
-        rows.append([job.id, job.status, job.config.get("base_model", ""), ", ".join(job.config.get("dataset") or []) or "all",
-                     progress, job.reward_model_name or "",
-                     (job.error or "").splitlines()[0][:120] if job.error else ""])
+        # A rescore job of the loop scores a dataset's queue; it has no base model of its own.
+        base = "(rescore queue)" if job.kind == "rescore" else job.config.get("base_model", "")
+        datasets = [job.config["loop_dataset"]] if job.kind == "rescore" else job.config.get("dataset") or []
+        said = job.error or job.note or ""
+        rows.append([job.id, job.status, base, ", ".join(datasets) or "all", progress, job.reward_model_name or "",
+                     said.splitlines()[0][:160] if said else ""])
     return rows
 
 
@@ -87,6 +90,8 @@ def _progress(report) -> str:  # noqa: ANN001
         lines.append(f"Registered reward model: **{inline_text(report.reward_model_name)}** (Inspect tab)")
     if report.error:
         lines.append(f"Reason: {inline_text(report.error)}")
+    if report.note:
+        lines.append(f"Loop: {inline_text(report.note)}")
     return "\n\n".join(lines)
 
 

@@ -194,6 +194,7 @@ class JobReport:
     reward_model_name: str | None
     metrics: dict[str, list[tuple[int, float]]]
     log: str
+    note: str | None = None  # the loop's decision: promoted or not, and why
 
     @property
     def fraction(self) -> float:
@@ -217,7 +218,7 @@ def job_report(store: Store, actor: Actor, job_id: int) -> JobReport | None:
         elapsed = (utc_now() - job.started_at).total_seconds()
         eta = elapsed / job.current_step * (job.total_steps - job.current_step)
     return JobReport(job.id, job.status, job.config.get("base_model", ""), job.current_step, job.total_steps, eta,
-                     job.error, job.reward_model_name, metrics, log_tail(store, job_id))
+                     job.error, job.reward_model_name, metrics, log_tail(store, job_id), job.note)
 
 
 def recent_jobs(store: Store, actor: Actor, limit: int = 20) -> list:
