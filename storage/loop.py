@@ -96,3 +96,72 @@ def last_training_config(session: Session, dataset: str) -> dict[str, Any] | Non
         if (job.config or {}).get("dataset") == [dataset]:
             return dict(job.config)
     return None
+
+
+def dataset_versions(session: Session, dataset: str) -> list[Any]:
+    """Registered models trained on ``dataset`` alone, oldest first."""
+    from storage.models import RegisteredModel
+
+    records = session.execute(select(RegisteredModel).order_by(RegisteredModel.created_at, RegisteredModel.id)).scalars()
+    return [r for r in records if (r.config or {}).get("dataset") == [dataset]]
+
+
+def arm_label_counts(session: Session, dataset_id: int) -> dict[str, int]:
+    """Human labels (not skips) by the arm of their item; items never scored are 'before the loop'."""
+    rows = session.execute(
+        select(Comparison.arm, func.count()).select_from(Label)
+        .join(Comparison, Comparison.id == Label.comparison_id)
+        .join(User, User.id == Label.annotator_id)
+        .where(Comparison.dataset_id == dataset_id, Label.choice != "skip", User.role != Role.SOURCE.value)
+        .group_by(Comparison.arm)
+    ).all()
+    counts = {"uncertainty": 0, "random": 0, "before the loop": 0}
+    for arm, count in rows:
+        counts[arm or "before the loop"] += count
+    return counts
+
+
+def fresh_votes(session: Session, dataset_id: int, *, since: Any, limit: int) -> tuple[dict[int, list[str]], dict[int, str]]:
+    """The votes on the pairs of a dataset labeled at or after ``since`` (the newest ``limit`` pairs),
+    and the arm of each pair."""
+    newest = (
+        select(Label.comparison_id).join(Comparison, Comparison.id == Label.comparison_id)
+        .where(Comparison.dataset_id == dataset_id, Comparison.archived.is_(False), Label.updated_at >= since,
+               Label.choice.in_(("a", "b", "tie", "both_bad")))
+        .group_by(Label.comparison_id).order_by(func.max(Label.updated_at).desc()).limit(limit)
+    )
+    ids = list(session.execute(newest).scalars())
+    votes: dict[int, list[str]] = {}
+    arms: dict[int, str] = {}
+    if not ids:
+        return votes, arms
+    for comparison_id, choice, arm in session.execute(
+        select(Label.comparison_id, Label.choice, Comparison.arm).join(Comparison, Comparison.id == Label.comparison_id)
+        .where(Label.comparison_id.in_(ids))
+    ).all():
+        votes.setdefault(comparison_id, []).append(choice)
+        arms[comparison_id] = arm or "before the loop"
+    return votes, arms
+
+
+def record_evaluation(session: Session, dataset_id: int, model: str, report: Any) -> None:
+    from storage.models import LoopEvaluation, RegisteredModel
+
+    record = session.execute(select(RegisteredModel).where(RegisteredModel.name == model)).scalar_one_or_none()
+    session.add(LoopEvaluation(
+        dataset_id=dataset_id, model_name=model, labels=(record.n_pairs or 0) if record else 0,
+        heldout_accuracy=record.eval_accuracy if record else None,
+        arms={a.arm: {"labels": a.labels, "fresh_pairs": a.fresh_pairs, "accuracy": a.accuracy} for a in report.arms},
+        calibration=report.calibration, human_ceiling=report.human_ceiling,
+    ))
+
+
+def loop_evaluations(session: Session, dataset_id: int) -> list[dict[str, Any]]:
+    from storage.models import LoopEvaluation
+
+    return [
+        {"model": e.model_name, "labels": e.labels, "heldout_accuracy": e.heldout_accuracy, "arms": e.arms,
+         "human_ceiling": e.human_ceiling, "at": e.created_at.isoformat()}
+        for e in session.execute(select(LoopEvaluation).where(LoopEvaluation.dataset_id == dataset_id)
+                                 .order_by(LoopEvaluation.id)).scalars()
+    ]

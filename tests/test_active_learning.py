@@ -19,6 +19,7 @@ from core.training.active_learning import (
     after_training,
     arm_of,
     configure_loop,
+    loop_report,
     loop_tick,
     queue_keys,
 )
@@ -41,8 +42,9 @@ def loop_store(store):  # noqa: ANN001, ANN201
     return store
 
 
-def _plain_margins(store, model_name: str) -> dict[int, float]:  # noqa: ANN001
-    """|r(a) - r(b)| of each open comparison of 'loop' from a plain forward of the model's folder."""
+def _plain_margins(store, model_name: str, *, signed: bool = False, ids: list[int] | None = None) -> dict[int, float]:  # noqa: ANN001
+    """|r(a) - r(b)| (``signed``: r(a) - r(b)) of each open comparison of 'loop' (or of ``ids``) from a
+    plain forward of the model's folder."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     (path,), = sql(store, f"SELECT path FROM rewardmodel WHERE name = '{model_name}'")
@@ -50,7 +52,8 @@ def _plain_margins(store, model_name: str) -> dict[int, float]:  # noqa: ANN001
     tokenizer = AutoTokenizer.from_pretrained(path)
     rows = sql(store, "SELECT c.id, p.messages, a.text, b.text FROM comparison c JOIN prompt p ON p.id = c.prompt_id "
                       "JOIN completion a ON a.id = c.completion_a_id JOIN completion b ON b.id = c.completion_b_id "
-                      "JOIN dataset d ON d.id = c.dataset_id WHERE d.name = 'loop' AND c.done = false")
+                      "JOIN dataset d ON d.id = c.dataset_id WHERE d.name = 'loop' AND "
+                      + (f"c.id IN ({', '.join(map(str, ids))})" if ids else "c.done = false"))
     margins = {}
     with torch.inference_mode():
         for comparison_id, messages, a_text, b_text in rows:
@@ -60,7 +63,7 @@ def _plain_margins(store, model_name: str) -> dict[int, float]:  # noqa: ANN001
                 formatted = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": text}],
                                                           tokenize=False)
                 rewards.append(model(**tokenizer(formatted, return_tensors="pt")).logits[0, 0].item())
-            margins[comparison_id] = abs(rewards[0] - rewards[1])
+            margins[comparison_id] = rewards[0] - rewards[1] if signed else abs(rewards[0] - rewards[1])
     return margins
 
 
@@ -121,6 +124,26 @@ def test_the_loop_orders_the_queue_by_margins_retrains_after_n_labels_promotes_a
     assert len(stored) == 20
     for comparison_id, (margin, _, _) in stored.items():
         assert margin == pytest.approx(plain[comparison_id], abs=1e-4)
+
+    # Labels given after loop-loop was trained are its fresh test: the report scores them per arm.
+    fresh = []
+    for _ in range(6):
+        view = next_comparison(store, ann, "loop")
+        label_stored(store, ann, view.comparison_id, "a")
+        fresh.append(view.comparison_id)
+    report = loop_report(store, admin, "loop", evaluate=True)
+    assert [v.name for v in report.versions] == ["seed-rm", "loop-loop"] and report.versions[1].promoted
+    assert report.evaluated_model == "loop-loop"
+    signed = _plain_margins(store, "loop-loop", signed=True, ids=fresh)
+    right = {cid: signed[cid] > 0 for cid in fresh}  # every fresh vote is "a"
+    arms = dict(sql(store, f"SELECT id, arm FROM comparison WHERE id IN ({', '.join(map(str, fresh))})"))
+    for arm in ("uncertainty", "random"):
+        mine = [cid for cid in fresh if arms[cid] == arm]
+        result = next(a for a in report.arms if a.arm == arm)
+        assert result.fresh_pairs == len(mine)
+        assert result.accuracy == (pytest.approx(sum(right[c] for c in mine) / len(mine)) if mine else None)
+    assert sum(b["pairs"] for b in report.calibration) == 6
+    assert sql(store, "SELECT count(*) FROM loopevaluation") == [(1,)]
 
 
 def test_a_version_worse_than_the_tolerance_is_kept_but_not_promoted(loop_store):

@@ -265,3 +265,116 @@ def after_training(store: Store, dataset: str, model_name: str, accuracy: float 
             job = queue_loop_job(session, dataset, "rescore", {})
             note += f"; rescore job {job} queued"
         return note
+
+
+# ----- Seeing the loop: versions against labels, and how the current model does on fresh labels
+
+MAX_EVALUATED_PAIRS = 2_000  # the newest labeled pairs an evaluation scores
+CALIBRATION_BINS = 10
+
+
+@dataclass(frozen=True)
+class VersionPoint:
+    name: str
+    labels: int  # pairs its training snapshot held
+    heldout_accuracy: float | None
+    promoted: bool  # the loop's model now
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    arm: str  # "uncertainty", "random", or "before the loop"
+    labels: int  # human labels on items of this arm
+    fresh_pairs: int  # pairs labeled after the evaluated model was trained
+    accuracy: float | None  # of the evaluated model on those pairs
+
+
+@dataclass
+class LoopReport:
+    status: LoopStatus
+    versions: list[VersionPoint]
+    arms: list[ArmResult]
+    evaluated_model: str | None = None
+    calibration: list[dict[str, float]] = field(default_factory=list)  # {"predicted", "observed", "pairs"}
+    human_ceiling: float | None = None  # agreement of two humans on pairs with 2+ votes
+    history: list[dict[str, Any]] = field(default_factory=list)  # earlier evaluations
+
+
+def loop_report(store: Store, actor: Actor, dataset: str, *, evaluate: bool = False) -> LoopReport:
+    """The loop of ``dataset``: its settings, the model versions trained on it (held-out accuracy
+    against labels), labels per arm and, with ``evaluate``, how its current model does on the pairs
+    labeled after it was trained (never seen in training), per arm, with its calibration
+    (reliability bins of sigma(r_a - r_b) against the humans' share of votes for a) and the
+    human-human agreement ceiling; an evaluation is stored, so the page shows its history."""
+    from storage.loop import arm_label_counts, dataset_versions, loop_evaluations
+
+    actor.require(Permission.VIEW_TEAM)
+    if evaluate:
+        actor.require(Permission.INSPECT)
+    with store.read() as session:
+        target = require_dataset(session, dataset)
+        status = _status(session, target)
+        records = dataset_versions(session, dataset)
+        counts = arm_label_counts(session, target.id)
+        history = loop_evaluations(session, target.id)
+    current = status.promoted_model
+    versions = [VersionPoint(r.name, r.n_pairs or 0, r.eval_accuracy, r.name == current, r.created_at.isoformat())
+                for r in records]
+    report = LoopReport(status, versions, [ArmResult(arm, n, 0, None) for arm, n in counts.items()], history=history)
+    if evaluate and current:
+        _evaluate(store, target.id, dataset, current, report)
+    return report
+
+
+def _evaluate(store: Store, dataset_id: int, dataset: str, model: str, report: LoopReport) -> None:
+    import math
+
+    from core.model_folders import folder_under_models_root
+    from core.scoring.inspection import load_scorer, trained_max_length
+    from core.scoring.model_names import model_folder_for
+    from storage.loop import fresh_votes, record_evaluation
+
+    with store.read() as session:
+        record = find_model(session, model)
+        votes, arms = fresh_votes(session, dataset_id, since=record.created_at, limit=MAX_EVALUATED_PAIRS)
+        contents = comparison_contents(session, list(votes))
+    pairs = [cid for cid in votes if cid in contents and any(v in ("a", "b") for v in votes[cid])]
+    report.evaluated_model = model
+    agreements = [_pair_agreement(votes[cid]) for cid in pairs if sum(v in ("a", "b") for v in votes[cid]) >= 2]
+    report.human_ceiling = sum(agreements) / len(agreements) if agreements else None
+    if pairs:
+        folder = model_folder_for(store, model, local_folder=lambda path: folder_under_models_root(store, path))
+        scorer = load_scorer(str(folder), trained_max_length(store, model))
+        examples = []
+        for cid in pairs:
+            content = contents[cid]
+            prompt = content.prompt_messages if content.prompt_messages is not None else (content.prompt_text or "")
+            examples += [(prompt, content.a_text), (prompt, content.b_text)]
+        results = scorer.score_responses(examples)
+    else:
+        results = []
+    by_arm: dict[str, list[bool]] = {}
+    bins: list[list[tuple[float, float]]] = [[] for _ in range(CALIBRATION_BINS)]
+    for index, cid in enumerate(pairs):
+        r_a, r_b = results[2 * index].reward, results[2 * index + 1].reward
+        cast = [v for v in votes[cid] if v in ("a", "b")]
+        share_a = cast.count("a") / len(cast)
+        p_a = 1 / (1 + math.exp(-(r_a - r_b)))
+        bins[min(CALIBRATION_BINS - 1, int(p_a * CALIBRATION_BINS))].append((p_a, share_a))
+        if share_a != 0.5:
+            by_arm.setdefault(arms[cid], []).append((r_a > r_b) == (share_a > 0.5))
+    report.calibration = [{"predicted": sum(p for p, _ in b) / len(b), "observed": sum(o for _, o in b) / len(b),
+                           "pairs": len(b)} for b in bins if b]
+    report.arms = [ArmResult(a.arm, a.labels, len(by_arm.get(a.arm, [])),
+                             sum(by_arm[a.arm]) / len(by_arm[a.arm]) if by_arm.get(a.arm) else None)
+                   for a in report.arms]
+    with store.write() as session:
+        record_evaluation(session, dataset_id, model, report)
+
+
+def _pair_agreement(votes: list[str]) -> float:
+    """The chance that two different annotators of a pair gave the same a/b vote."""
+    cast = [v for v in votes if v in ("a", "b")]
+    n, same = len(cast), cast.count("a") * (cast.count("a") - 1) + cast.count("b") * (cast.count("b") - 1)
+    return same / (n * (n - 1))
