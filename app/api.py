@@ -67,8 +67,10 @@ def register_api(store: Store) -> None:
         best first, equal completions in one list; every completion once. `all_bad` flags that none
         is acceptable. Repeating a ranking changes nothing; a new one replaces yours."""
         try:
-            result = rank_item(store, current_actor(store, request), int(item_id), groups, comment=comment or None,
-                               all_bad=bool(all_bad))
+            # Passed on as given: core refuses an item id that is not a whole number and an all_bad
+            # that is not a boolean ("false" would otherwise read as true).
+            result = rank_item(store, current_actor(store, request), item_id, groups, comment=comment or None,
+                               all_bad=all_bad)
         except USER_ERRORS as error:
             raise gr.Error(str(error)) from None
         return {"label_id": result.label_id, "changed": result.changed}

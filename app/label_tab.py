@@ -57,7 +57,10 @@ def shortcuts_script() -> str:
 document.addEventListener('keydown', (event) => {{
   const target = event.target;
   if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
-  if (target && (target.tagName === 'INPUT' || target.tagName === 'TEXTAREA' || target.isContentEditable)) return;
+  // Typing in a text field is not a shortcut; a clicked radio or checkbox (a place, a strength) keeps focus
+  // but takes no typed text, so the keys still work after one.
+  const choosing = target && target.tagName === 'INPUT' && (target.type === 'radio' || target.type === 'checkbox');
+  if (target && !choosing && (target.tagName === 'INPUT' || target.tagName === 'TEXTAREA' || target.isContentEditable)) return;
   const buttons = {{{mapping}}};
   const strengths = {{{strengths}}};
   const key = event.key.toLowerCase();
@@ -76,7 +79,10 @@ document.addEventListener('keydown', (event) => {{
 </script>"""
 
 
-def shortcuts_legend() -> str:
+def shortcuts_legend(*, ranking: bool = False) -> str:
+    if ranking:
+        return (f'<div class="rl-shortcuts">Keys: <kbd>{ORDER_KEY}</kbd> type the order (letters best first, '
+                f'<kbd>=</kbd> ties, <kbd>Enter</kbd> submits) · <kbd>{UNDO_KEY}</kbd> undo · places with the mouse</div>')
     keys = " · ".join(f"<kbd>{key}</kbd> {html.escape(text.strip('←→ '))}" for _, text, _, key in CHOICE_BUTTONS)
     strengths = " · ".join(f"<kbd>{key}</kbd> {value}" for key, value in STRENGTH_KEYS.items())
     return f'<div class="rl-shortcuts">Keys: {keys} · <kbd>{UNDO_KEY}</kbd> undo · {strengths} better</div>'
@@ -114,13 +120,14 @@ class LabelTab:
     places: list[gr.Radio]
     order: gr.Textbox
     all_bad: gr.Checkbox
+    legend: gr.HTML
 
     @property
     def view_outputs(self) -> list:
         return [self.prompt, self.left, self.right, self.comment, self.strength, self.current, self.status, self.progress,
                 self.view, self.shown_at, self.history, self.change_it, self.keep_it, self.refused, self.guidelines,
                 self.pair_row, self.pair_buttons, self.rank_row, self.rank_buttons, *self.slots, *self.slot_texts,
-                *self.places, self.order, self.all_bad]
+                *self.places, self.order, self.all_bad, self.legend]
 
 
 def _message(text: str) -> str:
@@ -163,7 +170,8 @@ def _show(tab: LabelTab, actor, screen: LabelingScreen, status: str = "", store:
         # The guidelines of the dataset being labeled, which may change from one comparison to the next.
         updates[tab.guidelines] = guidelines(store, view.dataset)
     ranking = isinstance(view, RankingView)
-    updates.update({tab.pair_row: gr.Row(visible=not ranking), tab.pair_buttons: gr.Row(visible=not ranking),
+    updates.update({tab.legend: shortcuts_legend(ranking=ranking),
+                    tab.pair_row: gr.Row(visible=not ranking), tab.pair_buttons: gr.Row(visible=not ranking),
                     tab.strength: gr.Radio(value="clearly", visible=not ranking),
                     tab.rank_row: gr.Row(visible=ranking), tab.rank_buttons: gr.Row(visible=ranking)})
     if view is None:
@@ -205,6 +213,8 @@ def _show_ranking(tab: LabelTab, view: RankingView) -> dict:
             updates[tab.places[index]] = gr.Radio(choices=[], value=None, visible=False)
     updates[tab.order] = order_text(view.existing.groups, view) if view.existing is not None else ""
     updates[tab.all_bad] = view.existing.all_bad if view.existing is not None else False
+    if view.existing is not None and view.existing.comment:
+        updates[tab.comment] = view.existing.comment  # changing a ranking keeps its comment unless edited
     return updates
 
 
@@ -288,12 +298,13 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
                 for choice, text, element_id, _ in CHOICE_BUTTONS
             }
         undo = gr.Button("Undo last", elem_id="btn-undo", size="sm", min_width=90)
-        gr.HTML(shortcuts_legend())
-    with gr.Row():
-        current = gr.Markdown(elem_id="label-current")
-        status = gr.Markdown(elem_id="label-status")
-        change_it = gr.Button("Change it", elem_id="btn-change-it", visible=False, size="sm", variant="stop")
-        keep_it = gr.Button("Keep my label, next", elem_id="btn-keep-it", visible=False, size="sm")
+        legend = gr.HTML(shortcuts_legend())
+        # In the sticky bar, so that a refusal (and "Change it") is seen without scrolling past K responses.
+        with gr.Row():
+            current = gr.Markdown(elem_id="label-current")
+            status = gr.Markdown(elem_id="label-status")
+            change_it = gr.Button("Change it", elem_id="btn-change-it", visible=False, size="sm", variant="stop")
+            keep_it = gr.Button("Keep my label, next", elem_id="btn-keep-it", visible=False, size="sm")
     with gr.Accordion("My labels", open=False):
         gr.Markdown("Click a row to open that comparison and change your label.")
         history_table = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, elem_id="label-history", wrap=True)
@@ -307,7 +318,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         dataset_choice, datasets_md, progress_md, guidelines_md, guidelines_editor, guidelines_save, prompt_html,
         left_html, right_html, strength, comment, current, status, history_table, change_it, keep_it, gr.State(None),
         gr.State(0.0), gr.State(None), pair_row, pair_buttons, rank_row, rank_buttons, slots, slot_texts, places,
-        order_box, all_bad,
+        order_box, all_bad, legend,
     )
 
     def open_dataset(dataset: str | None, request: gr.Request) -> dict:

@@ -248,6 +248,6 @@ body:has(#label-raw input:checked) .rl-thinking { display: none; }
    ancestor up to the page to be non-scrolling: Gradio's container has overflow: hidden (which makes
    it a scroll container); clip cuts off the same overflow without being one. */
 .gradio-container:has(#label-choice-bar) { overflow: clip; }
-#label-choice-bar { position: sticky; bottom: 0; z-index: 20; background: var(--background-fill-primary);
+#label-choice-bar { position: sticky; bottom: 0; z-index: 100; background: var(--background-fill-primary);
   border-top: 1px solid var(--border-color-primary); padding: 6px 0; }
 """ + _CODE_COLOURS

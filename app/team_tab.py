@@ -8,6 +8,7 @@ import html
 
 import gradio as gr
 
+from app.loop_panel import render_loop_panel
 from app.session import USER_ERRORS, current_actor
 from core.accounts import (
     LOGIN_ROLES,
@@ -60,6 +61,9 @@ def _ranking_summary(agreement) -> str:  # noqa: ANN001  (core.labeling.ranking_
         f"Position bias: mean place (0 = best, 1 = worst) of the response shown 1st, 2nd, ...: "
         f"{positions or 'n/a'} · Spearman's rho of shown position and place: **{_number(agreement.position_rho)}** "
         "(near 0 and places near 0.50 when the shown order does not sway the annotators)"
+        + ("\n\nLeast agreement (items ranked by 2+, lowest W first): " + " · ".join(
+            f"#{item.item_id} W {_number(item.w)} tau {_number(item.mean_tau)} ({item.raters} raters)"
+            for item in agreement.per_item[:10]) if agreement.per_item else "")
     )
 
 
@@ -93,6 +97,7 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
         inspect_allowed = gr.Checkbox(label="Annotators may use the Inspect tab on text they paste (never stored "
                                             "comparisons or diagnostics)", elem_id="team-annotators-inspect")
     settings_status = gr.Markdown(elem_id="team-settings-status")
+    render_loop_panel(store, dataset, tab)
     settings_fields = [overlap, lease, default_priority, open_to_all, members, archived, dataset_guidelines]
 
     def show_team(chosen: str | None, request: gr.Request) -> dict:

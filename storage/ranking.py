@@ -89,9 +89,9 @@ def _conflict_message(session: Session, prompt_id: int) -> str:
     from storage.queries import prompt_excerpt
 
     prompt = session.get(Prompt, prompt_id)
-    return (f"prompt {prompt_excerpt(prompt.text, prompt.messages, 60)!r} has two rankings whose lowest and highest "
-            "completions are the same but whose other completions differ; put each completion set of a prompt in one "
-            "row, or import the second set into another dataset")
+    return (f"prompt {prompt_excerpt(prompt.text, prompt.messages, 60)!r} already has a ranking item in this dataset "
+            "with a different set of completions, and a prompt's completions are ranked as one set: put all of them "
+            "in one row, or import this set into another dataset")
 
 
 def slots_of(session: Session, comparison_ids: list[int]) -> dict[int, list[int]]:

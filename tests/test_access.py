@@ -95,6 +95,7 @@ HANDLER_PERMISSIONS = {
     "handler": "LABEL", "handler_1": "LABEL", "handler_2": "LABEL", "handler_3": "LABEL",
     "handler_4": "LABEL", "undo_last_label": "LABEL", "change_label": "LABEL", "refresh": "LABEL",
     "next": "LABEL", "next_in_dataset": "LABEL", "label": "LABEL", "tabs_for": None, "demo_pair": None,
+    "show_loop": "VIEW_TEAM", "show_loop_1": "VIEW_TEAM", "evaluate_loop": "INSPECT",
     "rank": "LABEL", "rank_from_screen": "LABEL", "rank_from_screen_1": "LABEL", "skip_ranking": "LABEL",
     # the typed order of the places the caller has just clicked: reads nothing, writes nothing
     **{name: None for name in ("order_from_places", *(f"order_from_places_{i}" for i in range(1, 9)))},
@@ -106,7 +107,7 @@ HANDLER_PERMISSIONS = {
     "run_bulk_2": "REQUEUE", "run_bulk_3": "REQUEUE", "save_my_label": "LABEL",
     "select_whole_page": None, "clear_selection": None,  # echo the caller's own selection back; read nothing
     "pick_job": "TRAIN", "dataset_choices": "TRAIN", "dataset_choices_1": "TRAIN",
-    "show_jobs": "TRAIN", "show_jobs_1": "TRAIN", "show_jobs_2": "TRAIN", "preview": "TRAIN", "submit": "TRAIN",
+    "show_jobs": "TRAIN", "show_jobs_1": "TRAIN", "show_jobs_2": "TRAIN", "show_jobs_3": "TRAIN", "preview": "TRAIN", "submit": "TRAIN",
     "handler_5": "TRAIN", "handler_6": "TRAIN",
     "choices": "INSPECT", "choices_1": "INSPECT", "choices_2": "INSPECT", "score": "INSPECT",
     "run_diagnosis": "INSPECT", "from_store": "INSPECT",

@@ -178,10 +178,11 @@ def test_export_turns_one_ranking_into_the_pairs_of_its_mode_with_weights_that_s
     assert {(r["chosen"].split()[0], r["rejected"].split()[0]) for r in rows} == expected
     assert sum(r["weight"] for r in rows) == pytest.approx(1.0)
     assert [r["weight"] for r in rows] == pytest.approx([1 / len(expected)] * len(expected))
-    gaps = {("charlie", "bravo"): 2}
+    # fractional ranks: charlie 1, alpha and delta 2.5 (a tie shares the mean), bravo 4; margin = gap / (K - 1)
+    gaps = {("charlie", "bravo"): 3}
     for row in rows:
         pair = (row["chosen"].split()[0], row["rejected"].split()[0])
-        assert row["margin"] == pytest.approx(gaps.get(pair, 1) / 3)
+        assert row["margin"] == pytest.approx(gaps.get(pair, 1.5) / 3)
 
 
 def test_several_rankings_fold_per_pair_by_majority_and_a_split_pair_is_left_out(ranking_store, tmp_path):
@@ -259,3 +260,64 @@ def test_inspect_loads_every_completion_of_a_ranking_item_with_the_humans_orders
     assert list(stored.ranked_responses) == imported  # A, B, C, D = alpha, bravo, charlie, delta
     assert stored.consensus == "C > A=D > B"
     assert stored.votes == "ann: C > A=D > B"
+
+
+@pytest.mark.parametrize("mode", ["all", "adjacent", "best_vs_rest"])
+def test_with_two_annotators_every_exported_pair_has_a_majority_of_all_their_votes_whatever_the_mode(
+        ranking_store, tmp_path, mode):
+    admin = _actor(ranking_store, "boss", "admin")
+    change_dataset_settings(ranking_store, admin, "rk", DatasetSettings(overlap=2))
+    # Neighbours in one ranking are ordered the other way by the other annotator: no majority there.
+    _rank_first(ranking_store, _actor(ranking_store, "ann"), [["alpha"], ["delta"], ["bravo", "charlie"]])
+    _rank_first(ranking_store, _actor(ranking_store, "bob"), [["charlie"], ["bravo"], ["alpha"], ["delta"]])
+    try:
+        rows = _export(ranking_store, tmp_path, ranking_pairs=mode, with_metadata=True)
+    except Exception as error:  # noqa: BLE001
+        assert "no comparison has a majority" in str(error)
+        rows = []
+    for row in rows:
+        votes = [label["vote"] for label in row["labels"]]
+        assert votes.count("chosen") > votes.count("rejected"), (row["chosen"], row["rejected"], votes)
+    # alpha > delta is the one pair both ordered alike; "all" exports it (and only it).
+    if mode == "all":
+        assert [(r["chosen"].split()[0], r["rejected"].split()[0]) for r in rows] == [("alpha", "delta")]
+
+
+def test_api_shaped_mistakes_are_refused_and_a_reordered_tie_is_the_same_ranking(ranking_store):
+    ann = _actor(ranking_store, "ann")
+    view = next_comparison(ranking_store, ann, "rk")
+    ids = sorted(view.shown)
+    for item_id, all_bad, comment, message in ((view.item_id, "false", None, "all_bad must be true or false"),
+                                               (1.7, False, None, "item_id must be a positive whole number"),
+                                               (True, False, None, "item_id must be a positive whole number"),
+                                               (view.item_id, False, "a\x00b", "NUL character"),
+                                               (view.item_id, False, ["x"], "the comment must be text")):
+        with pytest.raises(QueueError, match=message):
+            rank_item(ranking_store, ann, item_id, [ids], all_bad=all_bad, comment=comment)
+    assert sql(ranking_store, "SELECT count(*) FROM label")[0][0] == 0
+    assert rank_item(ranking_store, ann, view.item_id, [[ids[1], ids[0]], ids[2:]]).changed is True
+    assert rank_item(ranking_store, ann, view.item_id, [[ids[0], ids[1]], ids[2:][::-1]]).changed is False
+
+
+def test_a_missing_item_and_one_closed_to_the_annotator_get_the_same_refusal(ranking_store):
+    admin, ann = _actor(ranking_store, "boss", "admin"), _actor(ranking_store, "ann")
+    item_id = next_comparison(ranking_store, admin, "rk").item_id
+    change_dataset_settings(ranking_store, admin, "rk", DatasetSettings(open_to_all=False, members=("boss",)))
+    refusals = []
+    for target in (item_id, 99_999):
+        with pytest.raises(QueueError) as refused:
+            rank_item(ranking_store, ann, target, [[1]])
+        refusals.append(str(refused.value).replace(str(target), "N"))
+    assert refusals[0] == refusals[1] and "does not exist, is archived" in refusals[0]
+
+
+def test_a_ranking_row_that_repeats_a_completion_is_refused_not_silently_shortened(ranking_store, tmp_path):
+    row = {"prompt": "P?", "completions": ["one", "two", "three", "two"]}
+    with pytest.raises(ImportRejected, match="lists 4 completions of which 3 differ"):
+        import_file(ranking_store, ImportConfig(write_jsonl(tmp_path / "dup.jsonl", [row]), dataset="rk"))
+
+
+def test_a_typed_order_ending_in_a_tie_mark_is_refused(ranking_store):
+    view = next_comparison(ranking_store, _actor(ranking_store, "ann"), "rk")
+    with pytest.raises(QueueError, match="ends with a tie mark"):
+        parse_order("A B C D=", view)

@@ -137,6 +137,11 @@ def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int, question: str)
             except RowError as error:
                 problem(f"{raw.location}: {error}")
                 continue
+            listed = raw.value.get("completions") if isinstance(raw.value, dict) else None
+            if question == Question.RANKING.value and isinstance(listed, list) and len(listed) != len(parsed.completions):
+                problem(f"{raw.location}: the row lists {len(listed)} completions of which {len(parsed.completions)} "
+                        "differ: a completion takes one place in a ranking, so remove the repeated one")
+                continue
             if question == Question.RANKING.value and not (
                     parsed.kind == "candidates" and MIN_RANKED <= len(parsed.completions) <= MAX_RANKED):
                 problem(f"{raw.location}: a ranking dataset takes candidates rows with {MIN_RANKED} to {MAX_RANKED} "

@@ -1,19 +1,22 @@
 """Preference pairs from rankings, and rankings for other tools.
 
-Each annotator's ranking of an item votes on pairs of its completions: the better-placed one wins, a
-shared place is a tie, and a ranking flagged "all unacceptable" votes both-bad on its pairs. Which
-pairs a ranking votes on is the export's choice (``RANKING_PAIRS``):
+Each annotator's ranking of an item votes on every pair of its completions: the better-placed one
+wins, a shared place is a tie, and a ranking flagged "all unacceptable" votes both-bad. Several
+annotators are folded per pair by majority, exactly as pairwise votes are
+(``core.data.exporter.fold_votes``): ties, both-bad, skips and split votes leave the pair out.
+
+Which pairs are exported is the export's choice (``RANKING_PAIRS``), made on the item's consensus
+order (completions by mean fractional rank over its rankings), never on one annotator's ranking, so
+a pair one annotator placed side by side is still decided by everyone's votes:
 
 * ``all``: every pair of completions (C(K,2) for K completions), as InstructGPT trains;
-* ``adjacent``: only completions in neighbouring places (the least redundant pairs);
-* ``best_vs_rest``: the best place against each other completion.
+* ``adjacent``: completions in neighbouring consensus places (the least redundant pairs);
+* ``best_vs_rest``: the consensus best place against each other completion.
 
-Several annotators are folded per pair by majority, exactly as pairwise votes are
-(``core.data.exporter.fold_votes``): ties, both-bad, skips and split votes leave the pair out. Each
-exported pair carries ``weight`` = 1 / (pairs exported from its item), so every ranked prompt weighs
-the same in training however many completions it had (InstructGPT, Ouyang et al. 2022, sec. 3.5),
-and, when asked, ``margin`` = the mean place gap of its winning votes divided by (K - 1): 1 for best
-against worst, small for neighbours.
+Each exported pair carries ``weight`` = 1 / (pairs exported from its item), so every ranked prompt
+weighs the same in training however many completions it had (InstructGPT, Ouyang et al. 2022,
+sec. 3.5), and, when asked, ``margin`` = the mean rank gap of its winning votes divided by (K - 1)
+(fractional ranks, so ties count as their mean rank): 1 for the one best against the one worst.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ def fractional_ranks(groups: list[list[int]]) -> dict[int, float]:
     return ranks
 
 
-def _voted_pairs(groups: list[list[int]], mode: str) -> list[tuple[int, int]]:
-    """The unordered pairs (low id, high id) one ranking votes on under ``mode``."""
+def selected_pairs(groups: list[list[int]], mode: str) -> list[tuple[int, int]]:
+    """The unordered pairs (low id, high id) of an order that ``mode`` exports."""
     where = places(groups)
     ids = sorted(where)
     if mode == "all":
@@ -57,13 +60,14 @@ def _voted_pairs(groups: list[list[int]], mode: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in combinations(ids, 2) if min(where[a], where[b]) == 0]
 
 
-def pair_votes(ranking: StoredRanking, mode: str, n_completions: int) -> dict[tuple[int, int], Vote]:
-    """The votes one ranking casts on pairs (low id, high id): choice ``a`` when the lower id is
-    placed better, ``b`` when the higher is, ``tie`` for a shared place, ``both_bad`` when flagged."""
-    where = places(ranking.groups)
+def pair_votes(ranking: StoredRanking, n_completions: int) -> dict[tuple[int, int], Vote]:
+    """The votes one ranking casts on every pair (low id, high id): choice ``a`` when the lower id is
+    placed better, ``b`` when the higher is, ``tie`` for a shared place, ``both_bad`` when flagged;
+    the margin is the fractional rank gap / (K - 1)."""
+    rank = fractional_ranks(ranking.groups)
     votes = {}
-    for low, high in _voted_pairs(ranking.groups, mode):
-        gap = where[high] - where[low]
+    for low, high in combinations(sorted(rank), 2):
+        gap = rank[high] - rank[low]
         if ranking.all_bad:
             choice = "both_bad"
         else:
@@ -94,10 +98,13 @@ def ranking_rows(session: Session, contents: dict[int, ComparisonContent], ranki
             continue
         by_pair: dict[tuple[int, int], list[Vote]] = {}
         for ranking in given:
-            for pair, vote in pair_votes(ranking, mode, len(slots[item_id])).items():
+            for pair, vote in pair_votes(ranking, len(slots[item_id])).items():
                 by_pair.setdefault(pair, []).append(vote)
+        wanted = set(selected_pairs(consensus_groups(given, slots[item_id]), mode))
         decided = []
         for (low, high), votes in sorted(by_pair.items()):
+            if (low, high) not in wanted:
+                continue
             verdict = fold_votes(votes)
             if verdict.outcome in ("a", "b"):
                 chosen, rejected = (low, high) if verdict.outcome == "a" else (high, low)

@@ -14,8 +14,7 @@ from typing import Any
 from sqlmodel import Session
 
 from core.accounts import Actor, Permission
-from core.limits import MAX_COMMENT_CHARS
-from core.labeling.ranking import RankingView, is_ranking_item, ranking_label_input, ranking_view_in
+from core.labeling.ranking import RankingView, check_comment, is_ranking_item, ranking_label_input, ranking_view_in
 from core.segments import split_thinking
 from storage.engine import Store
 from storage.labels import LabelError, LabelInput
@@ -155,10 +154,13 @@ def _dataset_id(session: Session, actor: Actor, dataset: str | None) -> int | No
 
 
 def _check_may_label(session: Session, actor: Actor, comparison_id: int) -> None:
-    if not may_label_comparison(session, annotator_id=actor.user_id, comparison_id=comparison_id):
+    # One message whether the comparison is missing or closed to the actor: an annotator learns
+    # nothing about comparisons in datasets they may not label.
+    if dataset_name_of(session, comparison_id) is None or not may_label_comparison(
+            session, annotator_id=actor.user_id, comparison_id=comparison_id):
         raise QueueError(
-            f"comparison {comparison_id} is archived, or its dataset is archived or not open to you; take the next "
-            "one, or ask an admin to add you to the dataset"
+            f"comparison {comparison_id} does not exist, is archived, or its dataset is archived or not open to you; "
+            "take the next one, or ask an admin to add you to the dataset"
         )
 
 
@@ -243,8 +245,7 @@ def _label_input(actor: Actor, comparison_id: int, choice: str, *, strength: str
                  shown_left: str | None, seconds_spent: float | None) -> LabelInput:
     if strength not in (None, "", *STRENGTHS):
         raise QueueError(f"strength must be one of {', '.join(STRENGTHS)}, got {strength!r}")
-    if comment is not None and len(comment) > MAX_COMMENT_CHARS:
-        raise QueueError(f"the comment is {len(comment):,} characters; the limit is {MAX_COMMENT_CHARS:,}. Shorten it")
+    check_comment(comment)
     return LabelInput(
         comparison_id=int(comparison_id),
         annotator_id=actor.user_id,
@@ -288,9 +289,11 @@ def rank_item(store: Store, actor: Actor, item_id: int, groups: Any, *, comment:
     overlap, idempotent repeats, datasets open to the actor); the shown order recorded is the one
     ``next_comparison`` gave the actor."""
     actor.require(Permission.LABEL)
+    if isinstance(item_id, bool) or not isinstance(item_id, int) or not 0 < item_id < 2 ** 62:
+        raise QueueError(f"item_id must be a positive whole number, got {str(item_id)[:30]!r}")
     with store.write() as session:
-        _check_may_label(session, actor, int(item_id))
-        label = ranking_label_input(session, actor, int(item_id), groups, all_bad=all_bad, comment=comment,
+        _check_may_label(session, actor, item_id)
+        label = ranking_label_input(session, actor, item_id, groups, all_bad=all_bad, comment=comment,
                                     seconds_spent=seconds_spent, shown=None)
         return submit_label(session, label)
 

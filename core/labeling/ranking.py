@@ -125,11 +125,24 @@ def check_groups(groups: Any, completion_ids: list[int], item_id: int) -> list[l
                 raise QueueError(f"{where}: completion {value} is already in {seen[value]}; each completion has one place")
             seen[value] = where
             clean[-1].append(value)
+        clean[-1].sort()  # a tie is a set: [[2, 1]] and [[1, 2]] are the same ranking
     missing = sorted(known - set(seen))
     if missing:
         raise QueueError(f"completion(s) {', '.join(map(str, missing))} of item {item_id} are not ranked: give every "
                          "completion a place (equal ones share a group)")
     return clean
+
+
+def check_comment(comment: Any) -> None:
+    """A comment is text within the cap, without NUL characters (PostgreSQL refuses them in text)."""
+    if comment is None:
+        return
+    if not isinstance(comment, str):
+        raise QueueError(f"the comment must be text, got {type(comment).__name__}")
+    if len(comment) > MAX_COMMENT_CHARS:
+        raise QueueError(f"the comment is {len(comment):,} characters; the limit is {MAX_COMMENT_CHARS:,}. Shorten it")
+    if "\x00" in comment:
+        raise QueueError("the comment contains a NUL character; remove it")
 
 
 def ranking_label_input(session: Session, actor: Actor, item_id: int, groups: Any, *, all_bad: bool,
@@ -138,8 +151,9 @@ def ranking_label_input(session: Session, actor: Actor, item_id: int, groups: An
     slots = slots_of(session, [item_id]).get(item_id)
     if slots is None:
         raise QueueError(f"item {item_id} is not a ranking item: label pairwise comparisons with a choice (a, b, ...)")
-    if comment is not None and len(comment) > MAX_COMMENT_CHARS:
-        raise QueueError(f"the comment is {len(comment):,} characters; the limit is {MAX_COMMENT_CHARS:,}. Shorten it")
+    check_comment(comment)
+    if not isinstance(all_bad, bool):
+        raise QueueError(f"all_bad must be true or false, got {str(all_bad)[:20]!r}")
     clean = check_groups(groups, slots, item_id)
     if shown is None or sorted(shown) != sorted(slots):
         stored = label_of(session, annotator_id=actor.user_id, comparison_id=item_id)
@@ -190,10 +204,12 @@ def parse_order(text: str, view: RankingView) -> list[list[int]]:
         else:
             groups.append([letters[character]])
         tie_next = False
+    if tie_next:
+        raise QueueError("the order ends with a tie mark: put the letter it ties after it, e.g. C A=D B")
     missing = [letter for letter in letters if letter not in seen]
     if missing:
         raise QueueError(f"the order leaves out {' '.join(missing)}: give every response a place")
-    return groups
+    return [sorted(group) for group in groups]
 
 
 def order_text(groups: list[list[int]], view: RankingView) -> str:

@@ -301,17 +301,20 @@ class LoopReport:
     history: list[dict[str, Any]] = field(default_factory=list)  # earlier evaluations
 
 
-def loop_report(store: Store, actor: Actor, dataset: str, *, evaluate: bool = False) -> LoopReport:
+def loop_report(store: Store, actor: Actor, dataset: str | None, *, evaluate: bool = False) -> LoopReport | None:
     """The loop of ``dataset``: its settings, the model versions trained on it (held-out accuracy
     against labels), labels per arm and, with ``evaluate``, how its current model does on the pairs
     labeled after it was trained (never seen in training), per arm, with its calibration
     (reliability bins of sigma(r_a - r_b) against the humans' share of votes for a) and the
-    human-human agreement ceiling; an evaluation is stored, so the page shows its history."""
+    human-human agreement ceiling; an evaluation is stored, so the page shows its history. None
+    without a dataset (after the permission checks)."""
     from storage.loop import arm_label_counts, dataset_versions, loop_evaluations
 
     actor.require(Permission.VIEW_TEAM)
     if evaluate:
         actor.require(Permission.INSPECT)
+    if not dataset:
+        return None  # the page asks for a dataset first
     with store.read() as session:
         target = require_dataset(session, dataset)
         status = _status(session, target)

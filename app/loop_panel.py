@@ -1,0 +1,103 @@
+"""The active-learning loop of the dataset chosen in the Team tab: its settings, held-out accuracy
+against labels for each model version, labels per arm, and (on demand) the promoted model's accuracy
+per arm on labels it has not seen, with a reliability diagram."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from app.formatting import plot_text
+from app.session import USER_ERRORS, current_actor
+from core.scoring.engine import ModelLoadError
+from core.training.active_learning import LoopError, LoopReport, loop_report
+from storage.engine import Store
+
+ARM_HEADERS = ["arm", "human labels", "fresh pairs (labeled after the model)", "accuracy on them"]
+
+
+def _status_markdown(report: LoopReport) -> str:
+    s = report.status
+    retrain = f"every **{s.retrain_every}** new human labels" if s.retrain_every else "**off**"
+    return (
+        f"Queue order: **{s.order}**" + (f" by **{html.escape(s.model)}**" if s.order == "uncertainty" and s.model else "")
+        + f" · random control arm: **{s.random_fraction:.0%}** · retrain: {retrain} "
+        f"({s.human_labels - s.labels_at_retrain} since the last) · promoted model: "
+        f"**{html.escape(s.promoted_model or '-')}** (tolerance {s.promotion_tolerance})\n\n"
+        "Change these with `python app.py datasets NAME --order uncertainty --model NAME|latest --random-fraction F "
+        "--retrain-every N`."
+    )
+
+
+def _curve(report: LoopReport) -> go.Figure:
+    figure = go.Figure()
+    points = [v for v in report.versions if v.heldout_accuracy is not None]
+    figure.add_trace(go.Scatter(x=[v.labels for v in points], y=[v.heldout_accuracy for v in points],
+                                mode="lines+markers+text", text=[plot_text(v.name) for v in points],
+                                textposition="top center", name="held-out accuracy"))
+    promoted = [v for v in points if v.promoted]
+    if promoted:
+        figure.add_trace(go.Scatter(x=[v.labels for v in promoted], y=[v.heldout_accuracy for v in promoted],
+                                    mode="markers", marker={"size": 14, "symbol": "star"}, name="promoted"))
+    for evaluation in report.history:
+        for arm, result in (evaluation.get("arms") or {}).items():
+            if result.get("accuracy") is not None:
+                figure.add_trace(go.Scatter(x=[evaluation["labels"]], y=[result["accuracy"]], mode="markers",
+                                            name=plot_text(f"{arm} arm, fresh labels"), showlegend=False))
+    figure.update_layout(height=300, title="Held-out accuracy against labels, per model version",
+                         xaxis_title="labeled pairs in its training data", yaxis_title="accuracy",
+                         yaxis_range=[0, 1.15], margin={"t": 40, "l": 50, "r": 10, "b": 40})
+    return figure
+
+
+def _reliability(report: LoopReport) -> go.Figure:
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="perfect calibration"))
+    bins = report.calibration
+    figure.add_trace(go.Scatter(x=[b["predicted"] for b in bins], y=[b["observed"] for b in bins],
+                                mode="lines+markers", text=[f"{b['pairs']} pairs" for b in bins], name="this model"))
+    if report.human_ceiling is not None:
+        figure.add_hline(y=report.human_ceiling, line_dash="dash", annotation_text="human-human agreement")
+    figure.update_layout(height=300, title=plot_text(f"Reliability of {report.evaluated_model or '-'} on fresh labels"),
+                         xaxis_title="sigma(r_a - r_b)", yaxis_title="share of human votes for a",
+                         xaxis_range=[0, 1], yaxis_range=[0, 1.05], margin={"t": 40, "l": 50, "r": 10, "b": 40})
+    return figure
+
+
+def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = None) -> None:
+    with gr.Accordion("Active-learning loop of the chosen dataset", open=True, elem_id="loop-panel"):
+        status = gr.Markdown("Choose a dataset above to see its loop.", elem_id="loop-status")
+        curve = gr.Plot(elem_id="loop-curve")
+        evaluate = gr.Button("Evaluate the promoted model on labels it has not seen", size="sm", elem_id="loop-evaluate")
+        arms = gr.Dataframe(headers=ARM_HEADERS, interactive=False, elem_id="loop-arms")
+        reliability = gr.Plot(elem_id="loop-reliability")
+
+    def show(chosen: str | None, request: gr.Request, run_evaluation: bool = False) -> dict:
+        try:
+            report = loop_report(store, current_actor(store, request), chosen or None, evaluate=run_evaluation)
+        except (*USER_ERRORS, LoopError, ModelLoadError) as error:
+            return {status: html.escape(str(error))}
+        if report is None:
+            return {status: "Choose a dataset above to see its loop."}
+        updates = {status: _status_markdown(report), curve: _curve(report),
+                   arms: [[a.arm, a.labels, a.fresh_pairs, "n/a" if a.accuracy is None else f"{a.accuracy:.3f}"]
+                          for a in report.arms]}
+        if run_evaluation:
+            updates[reliability] = _reliability(report)
+            if report.evaluated_model is None:
+                updates[status] = updates[status] + "\n\nNo promoted model to evaluate yet."
+        return updates
+
+    def show_loop(chosen: str | None, request: gr.Request) -> dict:
+        return show(chosen, request)
+
+    def evaluate_loop(chosen: str | None, request: gr.Request) -> dict:
+        return show(chosen, request, run_evaluation=True)
+
+    outputs = [status, curve, arms, reliability]
+    dataset.input(show_loop, inputs=dataset, outputs=outputs, api_visibility="private")
+    if tab is not None:
+        tab.select(show_loop, inputs=dataset, outputs=outputs, api_visibility="private")
+    evaluate.click(evaluate_loop, inputs=dataset, outputs=outputs, api_visibility="private")

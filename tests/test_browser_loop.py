@@ -1,0 +1,85 @@
+"""The active-learning loop in a real browser: a dataset ordered by its model's uncertainty, three
+labels in the Label tab trigger a retrain (run by the app's scheduler), the new version is promoted,
+and the Team tab's loop page shows the versions' learning curve and, on demand, the reliability of
+the promoted model on labels it has not seen. Oracles: SQL on the store and the page's text."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from conftest import run_cli, save_screenshot, sql
+from test_browser_datasets import _choose
+from test_import import write_jsonl
+from test_training import separable_pairs
+
+from storage.engine import Store
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _wait_until(condition, seconds: float = 240) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(1)
+
+
+def test_labels_trigger_a_retrain_and_the_loop_page_shows_versions_and_reliability(db_url, tmp_path, page):
+    from conftest import start_app
+
+    rows = separable_pairs(30)
+    pool = [{"prompt": r["prompt"], "completions": [r["chosen"][0]["content"], r["rejected"][0]["content"]]}
+            for r in rows[12:]]
+    for name, data in (("seed", rows[:12]), ("pool", pool)):
+        done = run_cli("import", str(write_jsonl(tmp_path / f"{name}.jsonl", data)), "--dataset", "loop", db_url=db_url)
+        assert done.returncode == 0, done.stderr
+    trained = run_cli("train", "--dataset", "loop", "--max-steps", "20", "--output-name", "seed-rm", "--eval-fraction",
+                      "0.25", db_url=db_url)
+    assert trained.returncode == 0, trained.stderr
+    configured = run_cli("datasets", "loop", "--order", "uncertainty", "--model", "latest", "--random-fraction", "0.2",
+                         "--retrain-every", "3", "--promotion-tolerance", "1", db_url=db_url)
+    assert configured.returncode == 2 and "needs a model" in configured.stderr  # nothing promoted yet
+    configured = run_cli("datasets", "loop", "--order", "uncertainty", "--model", "seed-rm", "--random-fraction", "0.2",
+                         "--retrain-every", "3", "--promotion-tolerance", "1", db_url=db_url)
+    assert configured.returncode == 0, configured.stderr
+    assert "rescore job" in configured.stdout
+    run_cli("datasets", "loop", "--model", "latest", db_url=db_url)
+    store = Store(db_url)
+    app = start_app(db_url, tmp_path / "app.log", "--no-demo")
+    try:
+        # The scheduler runs the rescore job: every open comparison gets a key.
+        _wait_until(lambda: sql(store, "SELECT count(*) FROM trainingjob WHERE kind = 'rescore' AND status = 'queued'")
+                    == [(0,)] and sql(store, "SELECT count(*) FROM comparison WHERE queue_key IS NULL AND done = false "
+                                             "AND dataset_id = (SELECT id FROM dataset WHERE name = 'loop')") == [(0,)])
+        lowest = sql(store, "SELECT id FROM comparison WHERE done = false ORDER BY priority DESC, queue_key, id LIMIT 1")[0][0]
+        page.goto(app.url)
+        _choose(page, "label-dataset", "loop")
+        page.locator("#label-current").get_by_text(f"Comparison #{lowest}").wait_for()  # the least certain first
+        for _ in range(3):
+            page.locator("#label-current").get_by_text("Comparison #").wait_for()
+            shown = int(re.search(r"#(\d+)", page.locator("#label-current").inner_text()).group(1))
+            page.locator("#btn-left").click()
+            page.locator("#label-status").get_by_text(f"Saved: #{shown}").wait_for()
+        # Three human labels: the scheduler queues a retrain, runs it, and the loop promotes it.
+        _wait_until(lambda: sql(store, "SELECT promoted_model FROM dataset WHERE name = 'loop'") == [("loop-loop",)])
+        (note,), = sql(store, "SELECT note FROM trainingjob WHERE reward_model_name = 'loop-loop'")
+        assert note.startswith("promoted")
+        page.get_by_role("tab", name="Train").click()
+        _wait_until(lambda: "promoted to the model of loop" in page.locator("#train-jobs").inner_text(), 60)
+        page.get_by_role("tab", name="Team").click()
+        _choose(page, "team-dataset", "loop")
+        page.locator("#loop-status").get_by_text("promoted model: loop-loop").wait_for()
+        page.locator("#loop-curve .js-plotly-plot").wait_for()
+        assert "loop-loop" in page.locator("#loop-curve").inner_text()
+        page.locator("#loop-evaluate").click()
+        page.locator("#loop-reliability .js-plotly-plot").wait_for()
+        page.locator("#loop-reliability").get_by_text("Reliability of loop-loop").wait_for()
+        assert sql(store, "SELECT model_name FROM loopevaluation") == [("loop-loop",)]
+        save_screenshot(page, "loop-page")
+    finally:
+        app.process.terminate()
+        app.process.wait(timeout=10)
+        store.dispose()
