@@ -167,7 +167,6 @@ def render_train_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None)
     job_id.submit(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
     if tab is not None:  # the active-learning loop queues jobs by itself: opening the tab shows them
         tab.select(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
-    job_id.submit(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
 
     def preview(form: dict, request: gr.Request) -> str:
         try:
