@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -120,10 +121,13 @@ class SimulatedAnnotator:
     def __init__(self, pool: list[Pair], noise: float, seed: int) -> None:
         self.winner = {(p, frozenset((c, r))): c for p, c, r in pool}
         self.noise, self.rng = noise, random.Random(seed)
+        self.answered: list[tuple[str, str]] = []  # (chosen, rejected) by the hidden label, in the order served
 
     def choice(self, view) -> str:  # noqa: ANN001  (a ComparisonView)
         chosen = self.winner[(view.prompt_text, frozenset((view.left.text, view.right.text)))]
         side = view.left.side if view.left.text == chosen else view.right.side
+        loser = view.right.text if view.left.text == chosen else view.left.text
+        self.answered.append((chosen, loser))
         if self.rng.random() < self.noise:
             side = "b" if side == "a" else "a"
         return side
@@ -149,7 +153,7 @@ def run_queued_jobs(store) -> list[int]:  # noqa: ANN001
         done.append(job_id)
 
 
-def test_accuracy(store, model_name: str, test_file: Path) -> float:  # noqa: ANN001
+def accuracy_on_test_set(store, model_name: str, test_file: Path) -> float:  # noqa: ANN001
     from core.scoring.evaluation import EvalConfig, evaluate_pairs
 
     result = evaluate_pairs(EvalConfig(model=model_name, input=test_file, db=store.url))
@@ -158,8 +162,10 @@ def test_accuracy(store, model_name: str, test_file: Path) -> float:  # noqa: AN
     return result.accuracy
 
 
-def replay(arm: str, seed: int, test_file: Path, seed_set: list[Pair], pool: list[Pair], args) -> dict:  # noqa: ANN001
-    """One arm, one seed: the accuracy on the test set after the seed model and after each round."""
+def replay(arm: str, seed: int, test_file: Path, seed_set: list[Pair], pool: list[Pair], args,  # noqa: ANN001
+           near_tie: Callable[[str, str], bool] | None = None) -> dict:
+    """One arm, one seed: the accuracy on the test set after the seed model and after each round, and
+    (given ``near_tie``) the share of near-ties among the pairs the queue served in each round."""
     from core.accounts import actor_for, add_user
     from core.data.importer import import_rows
     from core.labeling.actions import label_stored, next_comparison
@@ -183,7 +189,7 @@ def replay(arm: str, seed: int, test_file: Path, seed_set: list[Pair], pool: lis
             base_model="demo", dataset=[DATASET], output_name="seed-rm", max_steps=args.steps, eval_fraction=0.0,
             seed=seed, per_device_train_batch_size=args.batch, logging_steps=args.steps, save_steps=10 * args.steps))
         run_queued_jobs(store)
-        labels, accuracy, seconds = [len(seed_set)], [test_accuracy(store, "seed-rm", test_file)], []
+        labels, accuracy, seconds = [len(seed_set)], [accuracy_on_test_set(store, "seed-rm", test_file)], []
         configure_loop(store, admin, DATASET, LoopSettings(order="uncertainty", model="seed-rm",
                                                            random_fraction=ARMS[arm], retrain_every=args.per_round,
                                                            promotion_tolerance=1.0))
@@ -198,10 +204,15 @@ def replay(arm: str, seed: int, test_file: Path, seed_set: list[Pair], pool: lis
                 raise RuntimeError("the loop queued no retrain after a round of labels")
             run_queued_jobs(store)  # train, promote, rescore
             labels.append(labels[-1] + args.per_round)
-            accuracy.append(test_accuracy(store, queue_model_of(store, DATASET), test_file))
+            accuracy.append(accuracy_on_test_set(store, queue_model_of(store, DATASET), test_file))
             seconds.append(time.perf_counter() - start)
         store.dispose()
-    return {"labels": labels, "accuracy": accuracy, "round_seconds": seconds}
+    run = {"labels": labels, "accuracy": accuracy, "round_seconds": seconds}
+    if near_tie is not None:
+        served = oracle.answered
+        run["near_tie_share_served"] = [sum(near_tie(*pair) for pair in served[i:i + args.per_round]) / args.per_round
+                                        for i in range(0, len(served), args.per_round)]
+    return run
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -229,9 +240,15 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     for diffs in differences:
         mean, std = mean_std(diffs)
         paired.append({"mean": mean, "std": std, "stderr": std / len(diffs) ** 0.5})
-    return {"labels": labels, "curves": {arm: [{"mean": m, "std": s} for m, s in curve] for arm, curve in curves.items()},
-            "random_final_accuracy": target, "labels_to_reach_random_final": reach,
-            "uncertainty_minus_random": paired}
+    summary = {"labels": labels, "curves": {arm: [{"mean": m, "std": s} for m, s in curve]
+                                            for arm, curve in curves.items()},
+               "random_final_accuracy": target, "labels_to_reach_random_final": reach,
+               "uncertainty_minus_random": paired}
+    if "near_tie_share_served" in runs["random"][0]:
+        summary["near_tie_share_served"] = {arm: statistics.fmean(share for run in arm_runs
+                                                                  for share in run["near_tie_share_served"])
+                                            for arm, arm_runs in runs.items()}
+    return summary
 
 
 def svg_plot(results: dict, path: Path) -> None:
@@ -299,6 +316,7 @@ def main() -> None:
     sources = {"synthetic": lambda: synthetic_pairs(args.test + 3 * (args.seed_labels + args.pool) + 500,
                                                     args.near_ties, seed=7),
                "hh": lambda: hh_pairs(args.hh_max_chars)}
+    near_ties = {"synthetic": lambda chosen, rejected: hidden_score(chosen) - hidden_score(rejected) == 1}
     results, started = {}, time.perf_counter()
     for name in args.data:
         pairs = sources[name]()
@@ -310,10 +328,12 @@ def main() -> None:
                 test_file.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n"
                                              for p, c, r in test))
                 for arm in ARMS:
-                    run = replay(arm, seed, test_file, seed_set, pool, args)
+                    run = replay(arm, seed, test_file, seed_set, pool, args, near_ties.get(name))
                     runs[arm].append(run)
                     print(f"{name} seed {seed} {arm}: " + " ".join(f"{a:.3f}" for a in run["accuracy"])
-                          + f" ({statistics.fmean(run['round_seconds']):.1f} s a round)", flush=True)
+                          + f" ({statistics.fmean(run['round_seconds']):.1f} s a round)"
+                          + (f"; near-ties served per round: {run['near_tie_share_served']}"
+                             if "near_tie_share_served" in run else ""), flush=True)
         results[name] = {**summarise(runs), "runs": runs}
     print(f"\nseed {args.seed_labels} labels, {args.rounds} rounds of {args.per_round}, pool {args.pool}, test "
           f"{args.test}, {args.seeds} seeds, {args.steps} steps of {args.batch} pairs per training, noise {args.noise}; "
@@ -330,6 +350,9 @@ def main() -> None:
         reach = summary["labels_to_reach_random_final"]
         print(f"labels to reach the random arm's final accuracy {summary['random_final_accuracy']:.3f}: "
               + "; ".join(f"{arm} {r['mean_curve']} (per seed {r['per_seed']})" for arm, r in reach.items()))
+        if "near_tie_share_served" in summary:
+            print("share of near-ties among the pairs served: " + ", ".join(
+                f"{arm} {share:.2f}" for arm, share in summary["near_tie_share_served"].items()))
     with tempfile.TemporaryDirectory() as scratch:  # a smoke run writes its files there, to be thrown away
         out = Path(scratch) if args.smoke else args.out
         out.mkdir(parents=True, exist_ok=True)
