@@ -253,42 +253,43 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
 
 def svg_plot(results: dict, path: Path) -> None:
     """Learning curves (mean ± std over seeds) per data set, one panel each, as a small SVG by hand
-    (matplotlib is not installed and plotly's static export needs kaleido)."""
+    (matplotlib is not installed and plotly's static export needs kaleido). Each arm's error bars are
+    shifted a few pixels sideways so that they do not hide each other."""
     colours = {"uncertainty": "#d62728", "random": "#1f77b4"}
     width, height, pad = 420, 300, 50
-    panels = []
+    parts = []
     for index, (name, summary) in enumerate(results.items()):
-        x0 = index * width
-        labels = summary["labels"]
+        x0, labels = index * width, summary["labels"]
         values = [p["mean"] + sign * p["std"] for c in summary["curves"].values() for p in c for sign in (-1, 1)]
         low, high = min(values) - 0.02, max(values) + 0.02
 
-        def xy(n: float, a: float, x0: int = x0, low: float = low, high: float = high, labels: list = labels) -> str:
-            x = x0 + pad + (n - labels[0]) / max(1, labels[-1] - labels[0]) * (width - 1.5 * pad)
-            return f"{x:.1f},{height - pad - (a - low) / (high - low) * (height - 1.6 * pad):.1f}"
+        def x_of(n: float, x0: int = x0, labels: list = labels) -> float:
+            return x0 + pad + (n - labels[0]) / max(1, labels[-1] - labels[0]) * (width - 1.5 * pad)
 
-        parts = [f'<text x="{x0 + width / 2}" y="18" text-anchor="middle" font-size="14">{name}: test accuracy '
-                 'vs labels</text>',
-                 f'<polyline fill="none" stroke="#888" points="{xy(labels[0], high)} {xy(labels[0], low)} '
-                 f'{xy(labels[-1], low)}"/>']
-        for tick in (low + 0.02, (low + high) / 2, high - 0.02):
-            x, y = xy(labels[0], tick).split(",")
-            parts.append(f'<text x="{float(x) - 4}" y="{float(y) + 4}" text-anchor="end" font-size="10">{tick:.2f}</text>')
-        for n in sorted(set(labels[:: max(1, len(labels) // 5)] + [labels[-1]])):
-            x, y = xy(n, low).split(",")
-            parts.append(f'<text x="{x}" y="{float(y) + 14}" text-anchor="middle" font-size="10">{n}</text>')
+        def y_of(accuracy: float, low: float = low, high: float = high) -> float:
+            return height - pad - (accuracy - low) / (high - low) * (height - 1.6 * pad)
+
+        parts += [f'<text x="{x0 + width / 2}" y="18" text-anchor="middle" font-size="14">{name}: test accuracy '
+                  'vs labels</text>',
+                  f'<polyline fill="none" stroke="#888" points="{x_of(labels[0]):.1f},{y_of(high):.1f} '
+                  f'{x_of(labels[0]):.1f},{y_of(low):.1f} {x_of(labels[-1]):.1f},{y_of(low):.1f}"/>']
+        parts += [f'<text x="{x_of(labels[0]) - 4:.1f}" y="{y_of(tick) + 4:.1f}" text-anchor="end" font-size="10">'
+                  f'{tick:.2f}</text>' for tick in (low + 0.02, (low + high) / 2, high - 0.02)]
+        parts += [f'<text x="{x_of(n):.1f}" y="{y_of(low) + 14:.1f}" text-anchor="middle" font-size="10">{n}</text>'
+                  for n in sorted(set(labels[:: max(1, len(labels) // 5)] + [labels[-1]]))]
         for row, (arm, curve) in enumerate(summary["curves"].items()):
-            colour = colours[arm]
+            colour, shift = colours[arm], 3 * (2 * row - 1)
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
-                         + " ".join(xy(n, p["mean"]) for n, p in zip(labels, curve, strict=True)) + '"/>')
-            parts += [f'<polyline fill="none" stroke="{colour}" points="{xy(n, p["mean"] - p["std"])} '
-                      f'{xy(n, p["mean"] + p["std"])}"/>' for n, p in zip(labels, curve, strict=True)]
+                         + " ".join(f"{x_of(n):.1f},{y_of(p['mean']):.1f}" for n, p in zip(labels, curve, strict=True))
+                         + '"/>')
+            parts += [f'<line stroke="{colour}" x1="{x_of(n) + shift:.1f}" x2="{x_of(n) + shift:.1f}" '
+                      f'y1="{y_of(p["mean"] - p["std"]):.1f}" y2="{y_of(p["mean"] + p["std"]):.1f}"/>'
+                      for n, p in zip(labels, curve, strict=True)]
             parts.append(f'<text x="{x0 + pad + 10}" y="{40 + 14 * row}" font-size="11" fill="{colour}">{arm} '
                          '(mean ± std over seeds)</text>')
-        panels += parts
     path.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * len(results)}" height="{height}" '
                     'font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>'
-                    + "".join(panels) + "</svg>\n")
+                    + "".join(parts) + "</svg>\n")
 
 
 def main() -> None:
