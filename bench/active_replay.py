@@ -269,10 +269,10 @@ def svg_plot(results: dict, path: Path) -> None:
         def y_of(accuracy: float, low: float = low, high: float = high) -> float:
             return height - pad - (accuracy - low) / (high - low) * (height - 1.6 * pad)
 
-        parts += [f'<text x="{x0 + width / 2}" y="18" text-anchor="middle" font-size="14">{name}: test accuracy '
-                  'vs labels</text>',
-                  f'<polyline fill="none" stroke="#888" points="{x_of(labels[0]):.1f},{y_of(high):.1f} '
-                  f'{x_of(labels[0]):.1f},{y_of(low):.1f} {x_of(labels[-1]):.1f},{y_of(low):.1f}"/>']
+        parts += [(f'<text x="{x0 + width / 2}" y="18" text-anchor="middle" font-size="14">{name}: test accuracy '
+                   'vs labels</text>'),
+                  (f'<polyline fill="none" stroke="#888" points="{x_of(labels[0]):.1f},{y_of(high):.1f} '
+                   f'{x_of(labels[0]):.1f},{y_of(low):.1f} {x_of(labels[-1]):.1f},{y_of(low):.1f}"/>')]
         parts += [f'<text x="{x_of(labels[0]) - 4:.1f}" y="{y_of(tick) + 4:.1f}" text-anchor="end" font-size="10">'
                   f'{tick:.2f}</text>' for tick in (low + 0.02, (low + high) / 2, high - 0.02)]
         parts += [f'<text x="{x_of(n):.1f}" y="{y_of(low) + 14:.1f}" text-anchor="middle" font-size="10">{n}</text>'
