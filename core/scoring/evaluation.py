@@ -65,7 +65,7 @@ def model_folder(config: ScoreConfig | EvalConfig) -> str:
             store.dispose()
 
 
-def _read_score_rows(path: Path) -> list[tuple[dict[str, Any], Any, str]]:
+def read_score_rows(path: Path) -> list[tuple[dict[str, Any], Any, str]]:
     rows, problems = [], []
     try:
         for raw in read_rows(path):
@@ -109,7 +109,7 @@ def score_file(config: ScoreConfig, model: RewardScorer | None = None, *, progre
     """Write ``config.output`` (whole or not at all) and return the number of rows scored. A row
     longer than the model's ``max_length`` gets ``over_max_length: true`` and null rewards."""
     folder = None if model is not None else model_folder(config)
-    rows = _read_score_rows(config.input)
+    rows = read_score_rows(config.input)
     model = model or RewardScorer(folder, batch_tokens=config.batch_tokens)
     examples = [(prompt, response) for _, prompt, response in rows]
     fits = _within_limit(model, examples)
