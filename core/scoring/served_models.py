@@ -22,7 +22,7 @@ from core.config_fields import ConfigError
 from core.data.exporter import build_preference_rows, response_text, split_rows
 from core.scoring.engine import Prompt, RewardScorer
 from core.scoring.evaluation import read_score_rows
-from core.scoring.model_names import existing_folder, model_folder_for, registry_store
+from core.scoring.model_names import existing_folder, model_folder_for, recorded_max_length, registry_store
 from core.scoring.reward_fn import RewardNormalizer
 from storage.engine import Store
 from storage.models import RegisteredModel
@@ -110,7 +110,7 @@ def load_served_models(config: Any, *, batch_tokens: int = 1024, device: str | N
     try:
         located = [_locate(store, name) for name in config.model]
         given = read_score_rows(config.samples) if config.samples else None
-        models = [ServedModel(name, RewardScorer(folder, device=device, batch_tokens=batch_tokens, max_length=_trained_length(entry)),
+        models = [ServedModel(name, RewardScorer(folder, device=device, batch_tokens=batch_tokens, max_length=recorded_max_length(entry.config if entry else None)),
                               entry) for name, folder, entry in located]
         if given is not None:
             samples = ReferenceSamples([(prompt, response) for _, prompt, response in given[:MAX_REFERENCE_SAMPLES]],
@@ -138,11 +138,6 @@ def _locate(store: Store | None, name: str) -> tuple[str, str, RegistryEntry | N
     if record is not None:
         return name, record.path, entry
     return name, model_folder_for(store, name, local_folder=existing_folder), None
-
-
-def _trained_length(entry: RegistryEntry | None) -> int | None:
-    value = entry.config.get("max_length") if entry else None
-    return value if isinstance(value, int) and value > 0 else None
 
 
 def fit_normalizer(scorer: RewardScorer, samples: list[tuple[Prompt, str]]) -> RewardNormalizer:
