@@ -36,7 +36,7 @@ from storage.registry import register_model
 
 CORPUS = ["What is 2 + 2? <think>add them</think> It is 4.", "Name a color. Blue is a color.",
           "four four four", "the numbers add up"] * 20
-MAX_LENGTH = 40  # the registered model's training max_length: longer examples get no reward
+MAX_LENGTH = 56  # the registered model's training max_length: longer examples get no reward
 LONG = "four " * 60
 ROWS = [
     {"prompt": "What is 2 + 2? ", "response": "<think>add them</think> It is 4."},
@@ -127,7 +127,7 @@ def model_dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def registry(module_db_url, model_dirs, tmp_path_factory):
     """A store holding labeled pairs and the model registered as ``rm`` by a training job's record:
-    max_length 40, a quarter of the pairs held out with seed 3."""
+    max_length 56, a quarter of the pairs held out with seed 3."""
     from core.data.importer import ImportConfig, import_file
 
     folder = tmp_path_factory.mktemp("pairs")
@@ -388,14 +388,13 @@ def vllm_like_server(model_dirs):
     """A vLLM pooling server's /classify, written on plain transformers: token ids or chat messages in,
     ``data[i].probs`` out, max_model_len refused with a 400."""
     import uvicorn
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
 
     plain = PlainForward(model_dirs[0])
-    app = FastAPI()
 
-    @app.post("/classify")
-    async def classify(request: Request) -> JSONResponse:
+    async def classify(request):  # noqa: ANN001, ANN202
         body = await request.json()
         if body.get("model") not in (None, "fake-rm"):
             return JSONResponse({"message": "model not found"}, status_code=404)
@@ -409,6 +408,7 @@ def vllm_like_server(model_dirs):
         return JSONResponse({"object": "list", "data": [{"index": i, "label": "LABEL_0", "probs": [r], "num_classes": 1}
                                                         for i, r in enumerate(rewards)]})
 
+    app = Starlette(routes=[Route("/classify", classify, methods=["POST"])])
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -79,17 +79,22 @@ def admit(request: Request, api_key: str, state: ServerState) -> None:
 
 async def read_body(request: Request, cap: int = MAX_SERVE_BODY_BYTES) -> bytes:
     """The body, counted while it streams in. Raises ``BadRequest`` 413 past ``cap`` bytes, whatever
-    Content-Length claimed."""
+    Content-Length claimed. The rest of an oversized body, up to as much again, is read and dropped
+    (a chunk at a time) before the answer, so that an ordinary client, still sending, reads the 413
+    instead of a broken connection; past that the connection is closed on it."""
     too_big = BadRequest(f"the body is over {cap:,} bytes ($REWARDLAB_MAX_SERVE_BODY_MB); split the request", status=413)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise too_big
     chunks, size = [], 0
+    if declared.isdigit() and int(declared) > 2 * cap:
+        raise too_big
     async for chunk in request.stream():
         size += len(chunk)
-        if size > cap:
-            raise too_big
-        chunks.append(chunk)
+        if size > 2 * cap:
+            break
+        if size <= cap:
+            chunks.append(chunk)
+    if size > cap:
+        raise too_big
     return b"".join(chunks)
 
 
