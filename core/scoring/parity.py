@@ -59,7 +59,7 @@ class EndpointParity:
     note: str = ""
 
     def passed(self, tolerance: float) -> bool:
-        return self.compared > 0 and self.max_abs_diff <= tolerance and not self.null_mismatches
+        return self.max_abs_diff <= tolerance and not self.null_mismatches
 
     def line(self) -> str:
         if not self.compared:
@@ -83,7 +83,7 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return bool(self.endpoints) and all(e.passed(self.tolerance) for e in self.endpoints)
+        return any(e.compared for e in self.endpoints) and all(e.passed(self.tolerance) for e in self.endpoints)
 
     @property
     def max_abs_diff(self) -> float:
@@ -175,22 +175,29 @@ def _get_reward_parity(url, models, samples, expected, tolerance, ours, served_m
 def _classify_parity(url, models, samples, expected, tolerance, ours, served_model_name, options) -> EndpointParity:  # noqa: ANN001
     base = {"use_activation": False, **({"model": served_model_name} if served_model_name else {})}
     wanted = [i for i in range(len(samples)) if ours or expected[i].reward is not None]
-    text = [i for i in wanted if isinstance(samples[i][0], str)] if len(models) == 1 else []
+    text = [i for i in wanted if isinstance(samples[i][0], str)]
     chats = [i for i in wanted if not isinstance(samples[i][0], str)]
+    # One model: the exact token ids it scores. An ensemble: the formatted text, where every model
+    # formats the sample alike (the server tokenizes it with each model's tokenizer).
+    formatted = [[model.scorer.format(*samples[i]) for model in models] for i in text]
+    if len(models) == 1:
+        inputs = {i: f[0].ids for i, f in zip(text, formatted, strict=True)}
+    else:
+        inputs = {i: f[0].text for i, f in zip(text, formatted, strict=True) if len({e.text for e in f}) == 1}
     got: dict[int, float | None] = {}
-    scorer = models[0].scorer
-    for start in range(0, len(text), MAX_SERVE_TEXTS):
-        chunk = text[start : start + MAX_SERVE_TEXTS]
-        answer = post_json(url, {**base, "input": [scorer.format(*samples[i]).ids for i in chunk]}, **options)
+    sent = list(inputs)
+    for start in range(0, len(sent), MAX_SERVE_TEXTS):
+        chunk = sent[start : start + MAX_SERVE_TEXTS]
+        answer = post_json(url, {**base, "input": [inputs[i] for i in chunk]}, **options)
         got.update(zip(chunk, (item["probs"][0] for item in sorted(answer["data"], key=lambda d: d["index"])), strict=True))
     for i in chats:
         prompt, response = samples[i]
         answer = post_json(url, {**base, "messages": [*prompt, {"role": "assistant", "content": response}]}, **options)
         got[i] = answer["data"][0]["probs"][0]
     indices = sorted(got)
-    note = _skipped_note(samples, expected, indices, text_only=False)
-    if len(models) > 1:
-        note = "; ".join(filter(None, [note, "text samples not sent (token ids are one model's)"]))
+    unlike = len(text) - len(inputs)
+    note = "; ".join(filter(None, [_skipped_note(samples, expected, indices, text_only=False),
+                                   f"{unlike} text sample(s) not sent: the models format them differently" if unlike else ""]))
     return _compare("/classify", indices, [(expected[i].reward,) for i in indices], [(got[i],) for i in indices],
                     tolerance, note)
 
