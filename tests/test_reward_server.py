@@ -337,10 +337,21 @@ def test_the_server_refuses_to_serve_when_its_http_path_differs_from_in_process_
 
     monkeypatch.setattr(RewardService, "assemble", off_by_a_little)
     port = _free_port()
-    lines = []
-    with pytest.raises(ParityFailed) as refused:
-        serve_reward_models(ServerConfig(model=[str(model_dirs[0])], port=port), say=lines.append)
-    report = refused.value.report
+    lines, outcome = [], []
+
+    def serve() -> None:
+        try:
+            serve_reward_models(ServerConfig(model=[str(model_dirs[0])], port=port), say=lines.append)
+        except Exception as error:  # noqa: BLE001 (the test reads it)
+            outcome.append(error)
+
+    # In a thread only so that a broken check, which would serve for ever, fails the test instead of hanging it.
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    thread.join(timeout=300)
+    assert not thread.is_alive(), f"the server kept serving rewards that differ from in-process scoring: {lines}"
+    assert len(outcome) == 1 and isinstance(outcome[0], ParityFailed), outcome
+    report = outcome[0].report
     assert not report.passed and report.max_abs_diff == pytest.approx(1e-3, abs=1e-5)
     assert any("/score" in line and "max |Δ| 1.00e-03" in line for line in report.lines())
     assert not any(line.startswith("serving") for line in lines)

@@ -85,6 +85,8 @@ class ServedModel:
             "registered_at": entry.created_at if entry else None,
             "max_length": scorer.max_length,
             "architecture": type(scorer.hf_model).__name__,
+            "dtype": str(scorer.dtype).removeprefix("torch."),
+            "device": str(scorer.device),
             "decoder": scorer.is_decoder,
             "eos_token": scorer.eos_token,
             "chat_template": bool(getattr(scorer.tokenizer, "chat_template", None)),
@@ -110,8 +112,9 @@ def load_served_models(config: Any, *, batch_tokens: int = 1024, device: str | N
     try:
         located = [_locate(store, name) for name in config.model]
         given = read_score_rows(config.samples) if config.samples else None
-        models = [ServedModel(name, RewardScorer(folder, device=device, batch_tokens=batch_tokens, max_length=recorded_max_length(entry.config if entry else None)),
-                              entry) for name, folder, entry in located]
+        models = [ServedModel(name, RewardScorer(folder, device=device, dtype=config.torch_dtype, batch_tokens=batch_tokens,
+                                                 max_length=recorded_max_length(entry.config if entry else None)), entry)
+                  for name, folder, entry in located]
         if given is not None:
             samples = ReferenceSamples([(prompt, response) for _, prompt, response in given[:MAX_REFERENCE_SAMPLES]],
                                        f"{min(len(given), MAX_REFERENCE_SAMPLES)} rows of {config.samples}", True)

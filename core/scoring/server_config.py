@@ -20,6 +20,7 @@ from core.scoring.reward_fn import REDUCTIONS
 
 MAX_SERVED_MODELS = 4  # an ensemble of more is rarely worth its memory; Inspect allows as many
 DEFAULT_PARITY_TOLERANCE = 1e-4
+DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass(kw_only=True)
@@ -37,6 +38,9 @@ class RewardModelsConfig:
     parity_samples: int = config_field(32, help="how many reference samples the parity check scores both ways")
     parity_tolerance: float = config_field(DEFAULT_PARITY_TOLERANCE,
                                            help="largest |reward difference| the parity check accepts")
+    dtype: str = config_field("auto", choices=DTYPES,
+                              help="weights' dtype: auto = bfloat16 on a GPU that has it, else float32. bfloat16 rounds "
+                              "rewards by ~1e-2, above the parity tolerance: serve float32 to keep parity")
     api_key_env: Optional[str] = config_field(None, help="environment variable holding the API key (a bearer token); "
                                               "required to listen on anything but loopback")
     db: Optional[str] = config_field(None, help="store whose registered models --model may name (default: $REWARDLAB_DB, "
@@ -52,6 +56,8 @@ class RewardModelsConfig:
             raise ConfigError(f"{len(self.model)} models given; an ensemble holds at most {MAX_SERVED_MODELS}")
         if len(set(self.model)) != len(self.model):
             raise ConfigError("a model is given twice; give each --model once")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.reduction not in REDUCTIONS:
             raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {self.reduction!r}")
         if self.samples is not None:
@@ -68,6 +74,12 @@ class RewardModelsConfig:
             if len(self.api_key) < 16:
                 raise ConfigError(f"${self.api_key_env} is unset or shorter than 16 characters; set it to a long random "
                                   f"token (export {self.api_key_env}=$(openssl rand -hex 32))")
+
+    @property
+    def torch_dtype(self):  # noqa: ANN201 (a torch.dtype, or None for the engine's choice)
+        import torch
+
+        return None if self.dtype == "auto" else getattr(torch, self.dtype)
 
     @property
     def api_key(self) -> str:
