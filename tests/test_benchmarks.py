@@ -15,7 +15,7 @@ BENCHMARKS = sorted(p.name for p in (PROJECT_ROOT / "bench").glob("*.py") if p.n
 
 
 def test_every_benchmark_is_found():
-    assert {"import_speed.py", "scoring_speed.py", "label_latency.py", "load_test.py"} <= set(BENCHMARKS)
+    assert {"import_speed.py", "scoring_speed.py", "label_latency.py", "load_test.py", "serve_load.py"} <= set(BENCHMARKS)
 
 
 @pytest.mark.parametrize("script", BENCHMARKS)

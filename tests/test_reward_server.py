@@ -449,10 +449,11 @@ def test_make_remote_reward_fn_scores_text_and_chat_like_a_plain_forward(server,
 
 
 def test_off_loopback_needs_an_api_key(model_dirs):
-    refused = run_app("serve-rm", "--model", str(model_dirs[0]), "--host", "0.0.0.0")
+    refused = run_app("serve-rm", "--model", str(model_dirs[0]), "--host", "0.0.0.0", timeout=90)
     assert refused.returncode == 2
     assert "refusing to listen on 0.0.0.0 without an API key" in refused.stderr and "--api-key-env" in refused.stderr
-    unset = run_app("serve-rm", "--model", str(model_dirs[0]), "--host", "0.0.0.0", "--api-key-env", "NO_SUCH_VAR_SET")
+    unset = run_app("serve-rm", "--model", str(model_dirs[0]), "--host", "0.0.0.0", "--api-key-env", "NO_SUCH_VAR_SET",
+                    timeout=90)
     assert unset.returncode == 2 and "$NO_SUCH_VAR_SET is unset" in unset.stderr
     with pytest.raises(ConfigError, match="without an API key"):
         ServerConfig(model=["x"], host="192.168.1.20")
