@@ -20,7 +20,8 @@ import anyio  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from app.http_guard import RequestGuard  # noqa: E402
-from core.accounts import accounts_exist, authenticate, is_loopback, operator_actor  # noqa: E402
+from core.accounts import accounts_exist, authenticate, operator_actor  # noqa: E402
+from core.loopback import is_loopback  # noqa: E402
 from core.data.demo_data import load_demo_data_if_empty  # noqa: E402
 from core.limits import DEFAULT_MAX_UPLOAD_MB  # noqa: E402
 from core.model_folders import model_folder  # noqa: E402

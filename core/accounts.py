@@ -9,7 +9,6 @@ page and API call needs a login, and the user is known from the session, never f
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 import threading
 import time
@@ -30,17 +29,6 @@ LOGIN_ROLES = (Role.ANNOTATOR, Role.ENGINEER, Role.ADMIN)
 MIN_PASSWORD_LENGTH = 8
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _hasher = PasswordHasher()
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is an address only this machine can reach (``localhost``, 127.0.0.0/8, ::1):
-    the one place a server may listen without logins (the app) or an API key (the reward server)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class AccountError(ValueError):

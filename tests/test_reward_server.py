@@ -206,6 +206,8 @@ def test_get_reward_and_classify_match_the_score_command(server, scored_by_cli, 
     assert [d["index"] for d in body["data"]] == [0, 1, 2] and body["data"][0]["num_classes"] == 1
     assert all(close(body["data"][k]["probs"][0], scored_by_cli[i]["reward"]) for k, i in enumerate(text_rows))
     assert body["data"][2]["over_max_length"] is True and body["data"][2]["probs"] == [None]
+    status, body = call(server + "/classify", {"input": [5] * 300})  # one sequence of ids: a length, not a count
+    assert status == 200 and body["data"][0]["over_max_length"] is True and body["data"][0]["probs"] == [None]
     for i, row in enumerate(ROWS):
         if isinstance(row["prompt"], list):
             messages = [*row["prompt"], {"role": "assistant", "content": row["response"]}]

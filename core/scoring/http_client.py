@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
+
+from core.loopback import is_loopback
 
 # Statuses worth retrying: the server is busy (503), restarting or behind a proxy that is (502, 504).
 RETRY_STATUSES = (502, 503, 504)
@@ -24,6 +27,17 @@ class RemoteError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_DEFAULT = urllib.request.build_opener()
+
+
+def _opener(url: str) -> urllib.request.OpenerDirector:
+    """A server on this machine is called directly, whatever proxy ``$http_proxy`` names (a reward
+    server beside the trainer must not be routed through a corporate proxy); others as configured."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return _DIRECT if is_loopback(host) else _DEFAULT
 
 
 def _headers(api_key: str | None, extra: dict[str, str] | None) -> dict[str, str]:
@@ -56,7 +70,7 @@ def request_json(method: str, url: str, body: Any = None, *, api_key: str | None
     for attempt in range(retries + 1):
         request = urllib.request.Request(url, data=data, method=method, headers=_headers(api_key, headers))
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) URLs only, checked by callers)
+            with _opener(url).open(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
             failure = RemoteError(error.code, f"{method} {url}: HTTP {error.code}: {_server_message(error.read())}")

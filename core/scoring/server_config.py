@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from core.accounts import is_loopback
+from core.loopback import is_loopback
 from core.config_fields import ConfigError, config_field
 from core.limits import MAX_SERVE_QUEUE
 from core.scoring.reward_fn import REDUCTIONS
