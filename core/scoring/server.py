@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from core.limits import (
@@ -87,7 +88,7 @@ def serve_reward_models(config: ServerConfig, *, say: Callable[[str], None] = pr
 
     def check_then_open() -> None:
         while not server.started and not server.should_exit:
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
         if server.should_exit:
             return
         try:
