@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, free_port, parse_with_smoke, percentile, texts_with_lengths  # noqa: E402
 
 from core.scoring.engine import RewardScorer  # noqa: E402
-from core.scoring.http_client import RemoteError, get_json, post_json  # noqa: E402
+from core.scoring.http_client import get_json, post_json, wait_until_serving  # noqa: E402
 from core.training.demo_model import build_demo_reward_model  # noqa: E402
 
 COMPLETIONS_PER_REQUEST = 8
@@ -70,18 +70,10 @@ def start_server(folder: Path, batch_tokens: int, wait_ms: float, log_path: Path
          str(batch_tokens), "--batch-wait-ms", str(wait_ms)],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"serve-rm exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if get_json(url + "/health", timeout=5).get("status") == "serving":
-                return process, url
-        except RemoteError:
-            pass
-        time.sleep(0.3)
+    if wait_until_serving(url, still_starting=lambda: process.poll() is None):
+        return process, url
     process.kill()
-    raise RuntimeError(f"serve-rm did not start in 300 s:\n{log_path.read_text()}")
+    raise RuntimeError(f"serve-rm did not start (exit code {process.poll()}):\n{log_path.read_text()}")
 
 
 def load(url: str, requests: list, clients: int) -> dict:

@@ -27,7 +27,7 @@ from conftest import PROJECT_ROOT, _free_port, run_app
 from core.config_fields import ConfigError
 from core.scoring.batching import DynamicBatcher, ScoringWork, ServerBusy
 from core.scoring.engine import RewardScorer
-from core.scoring.http_client import RemoteError
+from core.scoring.http_client import RemoteError, wait_until_serving
 from core.scoring.reward_fn import make_remote_reward_fn
 from core.scoring.server_config import ServerConfig
 from core.training.demo_model import build_demo_reward_model, build_demo_tokenizer
@@ -87,26 +87,17 @@ def call(url: str, body=None, *, headers: dict | None = None, raw: bytes | None 
         return error.code, {**json.loads(error.read() or b"{}"), "_headers": dict(error.headers)}
 
 
-def start_reward_server(log_path: Path, *args: str, env: dict[str, str] | None = None,
-                        health_url: str | None = None) -> tuple[subprocess.Popen, str]:
+def start_reward_server(log_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """``python app.py serve-rm ARGS`` on a free port, once its /health says it serves (after the parity check)."""
     port = _free_port()
     log = open(log_path, "w")  # noqa: SIM115 (the child writes to it)
     process = subprocess.Popen([sys.executable, "app.py", "serve-rm", *args, "--port", str(port)], cwd=PROJECT_ROOT,
                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"serve-rm exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if call((health_url or url) + "/health")[0] == 200:
-                return process, url
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.3)
+    if wait_until_serving(url, timeout=240, still_starting=lambda: process.poll() is None):
+        return process, url
     process.kill()
-    raise RuntimeError(f"serve-rm did not start in 240 s:\n{log_path.read_text()}")
+    raise RuntimeError(f"serve-rm did not start (exit code {process.poll()}):\n{log_path.read_text()}")
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 from core.loopback import is_loopback
 
@@ -92,3 +92,17 @@ def post_json(url: str, body: Any, **options: Any) -> Any:
 
 def get_json(url: str, **options: Any) -> Any:
     return request_json("GET", url, **options)
+
+
+def wait_until_serving(url: str, *, timeout: float = 300.0, still_starting: Callable[[], bool] = lambda: True) -> bool:
+    """Poll a reward server's ``/health`` until it serves (its parity check passed): True; False as
+    soon as ``still_starting()`` turns false (its process exited, say) or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and still_starting():
+        try:
+            if get_json(url.rstrip("/") + "/health", timeout=5).get("status") == "serving":
+                return True
+        except RemoteError:
+            pass
+        time.sleep(0.3)
+    return False

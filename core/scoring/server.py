@@ -24,7 +24,6 @@ from core.limits import (
     MAX_SERVE_TRAJECTORY_TEXTS,
 )
 from core.scoring.batching import DynamicBatcher
-from core.scoring.http_client import RemoteError
 from core.scoring.parity import ParityFailed, ParityReport, check_parity
 from core.scoring.reward_service import RewardService
 from core.scoring.served_models import ReferenceSamples, ServedModel, load_served_models
