@@ -6,6 +6,8 @@
     python app.py export OUT [--dataset NAME ...] [--with-metadata]   write a TRL-ready preference dataset
     python app.py score --model M --input IN --output OUT [--trajectory]   M: registered name[@vN] or folder
     python app.py eval --model M --input PAIRS     accuracy and mean margin as JSON
+    python app.py serve-rm --model M [--model M2] [--port 8001]   serve reward models to RL trainers over HTTP
+    python app.py check-server URL --model M       compare a reward server's rewards with in-process scoring
     python app.py adduser NAME --role annotator|engineer|admin   create a login (password from stdin)
     python app.py users | passwd NAME | deluser NAME              list logins / set a password / disable a login
     python app.py train [--base-model demo|FOLDER|HUB_ID] [flags]   train a reward model in the foreground
@@ -47,6 +49,7 @@ from core.scoring.engine import ModelLoadError
 from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
 from core.scoring.inspection import registered_models
 from core.scoring.model_names import model_references
+from core.scoring.server_config import CheckServerConfig, ServerConfig
 from core.training.active_learning import LoopError, LoopSettings, configure_loop
 from core.training.config import TrainingConfig
 from core.training.jobs import recent_jobs, submit_job
@@ -54,6 +57,7 @@ from core.training.worker import execute_job, stop_at_next_step_on_signals
 from storage.engine import DB_URL_ENV, Store, StoreConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_PARITY_FAILED = 1  # serve-rm and check-server: the server's rewards differ from in-process scoring
 
 
 def _add_db_argument(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(scorer, ScoreConfig)
     evaluator = commands.add_parser("eval", help="accuracy and mean margin of a reward model on preference pairs")
     add_config_arguments(evaluator, EvalConfig)
+    reward_server = commands.add_parser(
+        "serve-rm", help="serve reward models over HTTP to RL trainers (TRL, OpenRLHF, verl), after a parity check",
+        description="POST /score, /get_reward (OpenRLHF), /classify (vLLM pooling, verl); GET /health, /info. "
+        "Listens on 127.0.0.1 unless told otherwise; any other address needs --api-key-env.")
+    add_config_arguments(reward_server, ServerConfig)
+    checker = commands.add_parser(
+        "check-server", help="compare a running reward server (RewardLab, OpenRLHF, vLLM pooling) with in-process scoring")
+    add_config_arguments(checker, CheckServerConfig, positional=("url",))
 
     trainer = commands.add_parser("train", help="train a reward model on the store's labels, in the foreground")
     _add_db_argument(trainer)
@@ -228,6 +240,37 @@ def run_eval(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     print(json.dumps(result.as_dict()))
     return 0
+
+
+def run_serve_rm(args: argparse.Namespace) -> int:
+    from core.scoring.parity import ParityFailed
+    from core.scoring.server import serve_reward_models
+
+    config = config_from_args(ServerConfig, args)
+    try:
+        serve_reward_models(config, say=lambda line: print(line, flush=True))
+    except ParityFailed as error:
+        print(f"serve-rm refuses to serve: the server's rewards differ from in-process scoring\n{error}", file=sys.stderr)
+        return EXIT_PARITY_FAILED
+    except (OSError, RuntimeError) as error:
+        print(f"serve-rm stopped: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def run_check_server(args: argparse.Namespace) -> int:
+    from core.scoring.http_client import RemoteError
+    from core.scoring.server import check_remote_server
+
+    config = config_from_args(CheckServerConfig, args)
+    try:
+        report = check_remote_server(config)
+    except RemoteError as error:
+        hint = " (pass --api-key-env VAR with the server's key)" if error.status in (401, 403) else ""
+        print(f"check-server: {error}{hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("\n".join(report.lines()))
+    return 0 if report.passed else EXIT_PARITY_FAILED
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -384,13 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": run_serve, "import": run_import, "datasets": run_datasets, "export": run_export,
                 "adduser": run_adduser,
-                "score": run_score, "eval": run_eval, "train": run_train, "jobs": run_jobs, "models": run_models,
+                "score": run_score, "eval": run_eval,
+                "serve-rm": run_serve_rm, "check-server": run_check_server, "train": run_train, "jobs": run_jobs, "models": run_models,
                 "backup": run_backup, "migrate-store": run_migrate_store,
                 "users": run_users, "passwd": run_passwd, "deluser": run_deluser}
     try:
         return handlers[args.command](args)
     # Bad input from any command: one line saying what to change, exit 2.
-    except (ConfigError, StoreConfigError, AccountError, DatasetError, LoopError) as error:
+    except (ConfigError, StoreConfigError, AccountError, DatasetError, LoopError, InputRejected, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

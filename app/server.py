@@ -13,7 +13,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
 os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "2000")
 
-import ipaddress  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -22,6 +21,7 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from app.http_guard import RequestGuard  # noqa: E402
 from core.accounts import accounts_exist, authenticate, operator_actor  # noqa: E402
+from core.loopback import is_loopback  # noqa: E402
 from core.data.demo_data import load_demo_data_if_empty  # noqa: E402
 from core.limits import DEFAULT_MAX_UPLOAD_MB  # noqa: E402
 from core.model_folders import model_folder  # noqa: E402
@@ -33,15 +33,6 @@ from storage.engine import Store  # noqa: E402
 
 class UnsafeListenAddress(RuntimeError):
     pass
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def start_demo_model_training(store: Store) -> None:

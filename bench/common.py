@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -10,6 +11,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+WORDS = ("the reward model reads each token and the answer follows a chain of thought about numbers such as "
+         "seven plus five equals twelve so we check again before writing the final result").split()
+
+
+def texts_with_lengths(count: int, seed: int = 0) -> list[str]:
+    """``count`` texts of a long-tailed (log-normal) mix of lengths, as reasoning responses are:
+    median ~100 words, a few up to 1,500."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        words = int(min(1500, max(3, rng.lognormvariate(4.6, 1.0))))
+        texts.append(" ".join(rng.choice(WORDS) for _ in range(words)))
+    return texts
 
 
 def parse_with_smoke(parser, argv=None, **smoke):  # noqa: ANN001, ANN201

@@ -22,23 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import parse_with_smoke  # noqa: E402
+from common import WORDS, parse_with_smoke, texts_with_lengths  # noqa: E402
 
 from core.scoring.engine import RewardScorer  # noqa: E402
 from core.training.demo_model import build_demo_reward_model  # noqa: E402
-
-WORDS = ("the reward model reads each token and the answer follows a chain of thought about numbers such as "
-         "seven plus five equals twelve so we check again before writing the final result").split()
-
-
-def texts_with_lengths(count: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    texts = []
-    for _ in range(count):
-        words = int(min(1500, max(3, rng.lognormvariate(4.6, 1.0))))  # median ~100 words, tail to 1,500
-        texts.append(" ".join(rng.choice(WORDS) for _ in range(words)))
-    return texts
-
 
 def best_of(repeats: int, fn) -> float:  # noqa: ANN001
     times = []

@@ -74,9 +74,10 @@ def add_config_arguments(
             kwargs["required"] = True
         elif default is not None:
             kwargs["help"] += f" (default: {default})"
-        parser.add_argument(
-            flag, dest=item.name, type=_CONVERTERS[base], nargs="+" if is_list else None, default=default, **kwargs
-        )
+        if is_list:
+            # ``--model A B`` and ``--model A --model B`` both give [A, B].
+            kwargs.update(nargs="+", action="extend")
+        parser.add_argument(flag, dest=item.name, type=_CONVERTERS[base], default=default, **kwargs)
 
 
 def config_from_args(config_class: type, args: argparse.Namespace, **overrides: Any):

@@ -43,3 +43,19 @@ MAX_DIAGNOSED_PAIRS = 2_000  # most recent labeled pairs scored in one diagnosis
 # K = 4-9 completions, so a ranking fits whole; a prompt with more (many pairs over one shared prompt)
 # is cut into groups of at most this many, so one prompt never makes a batch of unbounded size.
 MAX_GROUP_RESPONSES = 16
+
+# --- reward server (python app.py serve-rm): what one HTTP request may carry
+# Completions per request: a GRPO step sends its group (8-64 completions); 256 leaves room for a
+# whole rollout batch while one request's tensors stay small.
+MAX_SERVE_TEXTS = _env_int("REWARDLAB_MAX_SERVE_TEXTS", 256)
+# Characters per prompt or completion, checked before tokenizing (the Inspect cap: a long reasoning trace).
+MAX_SERVE_CHARS = 200_000
+# Bytes of one request body, counted while it streams in (a lying Content-Length cannot get past it).
+MAX_SERVE_BODY_BYTES = _env_int("REWARDLAB_MAX_SERVE_BODY_MB", 16) * 1024 * 1024
+# Completions per request that may ask for per-token trajectories (each costs a pass over its tokens).
+MAX_SERVE_TRAJECTORY_TEXTS = 8
+# Requests waiting to be scored: past this the server answers 503 with Retry-After instead of
+# holding ever more bodies in memory (at most this many times MAX_SERVE_BODY_BYTES).
+MAX_SERVE_QUEUE = 256
+# Chat messages in one prompt, and nesting of a JSON body: bounded like every other count.
+MAX_SERVE_MESSAGES = 256

@@ -16,7 +16,7 @@ BENCHMARKS = sorted(p.name for p in (PROJECT_ROOT / "bench").glob("*.py") if p.n
 
 def test_every_benchmark_is_found():
     assert {"import_speed.py", "scoring_speed.py", "label_latency.py", "load_test.py", "grouped_training.py",
-            "active_replay.py"} <= set(BENCHMARKS)
+            "active_replay.py", "serve_load.py"} <= set(BENCHMARKS)
 
 
 @pytest.mark.parametrize("script", BENCHMARKS)

@@ -73,6 +73,40 @@ class FormattedExample:
     offsets: list[tuple[int, int]]
 
 
+@dataclass(frozen=True)
+class SegmentedExample:
+    """A response formatted whole and, when it closes a thinking block, as prompt + thinking and prompt + answer."""
+
+    whole: FormattedExample
+    thinking: FormattedExample | None
+    answer: FormattedExample | None
+
+
+def segment_sequences(examples: Sequence[SegmentedExample]) -> list[list[int]]:
+    """The token sequences whose rewards ``segment_rewards`` reads: every whole example first, then the
+    thinking and the answer of each example that has a thinking block, in input order."""
+    sequences = [example.whole.ids for example in examples]
+    for example in examples:
+        if example.thinking is not None:
+            sequences += [example.thinking.ids, example.answer.ids]
+    return sequences
+
+
+def segment_rewards(examples: Sequence[SegmentedExample], rewards: Sequence[float]
+                    ) -> list[tuple[float, float | None, float | None]]:
+    """(reward, thinking reward, answer reward) of each example from the rewards of its
+    ``segment_sequences``; without a thinking block there is no thinking reward, and the answer is
+    the whole response."""
+    segments = iter(rewards[len(examples):])
+    results = []
+    for example, reward in zip(examples, rewards[: len(examples)], strict=True):
+        if example.thinking is None:
+            results.append((reward, None, reward))
+        else:
+            results.append((reward, next(segments), next(segments)))
+    return results
+
+
 @dataclass
 class Row:
     """Tokens for one forward pass row: ids, their position ids, who sees whom, and where to read."""
@@ -227,31 +261,28 @@ class RewardScorer:
                         progress: Progress | None = None, **options: Any) -> list[ScoreResult]:
         """Reward, thinking reward, answer reward (and optionally the trajectory) of each example.
         ``progress`` is called with the fraction done as the work goes (and may stop it)."""
-        whole = [self.format(prompt, response) for prompt, response in examples]
-        segment_inputs: list[tuple[Prompt, str]] = []
-        for prompt, response in examples:
-            thinking, answer = split_thinking(response)
-            if thinking is not None:
-                segment_inputs += [(prompt, thinking), (prompt, answer)]
-        segment_ids = [self.format(p, r).ids for p, r in segment_inputs]
+        segmented = [self.format_segments(prompt, response) for prompt, response in examples]
+        whole = [example.whole for example in segmented]
+        sequences = segment_sequences(segmented)
         with_trajectory = trajectory and self.is_decoder
         probes = sum(f.response_tokens[1] - f.response_tokens[0] for f in whole if f.response_tokens) if with_trajectory else 0
-        meter = _WorkMeter(len(whole) + len(segment_ids) + probes, progress)
-        rewards = self.score_ids([f.ids for f in whole] + segment_ids, meter=meter, **options)
-        whole_rewards, segment_rewards = rewards[: len(whole)], iter(rewards[len(whole) :])
+        meter = _WorkMeter(len(sequences) + probes, progress)
+        rewards = segment_rewards(segmented, self.score_ids(sequences, meter=meter, **options))
         trajectories = self.trajectories(whole, meter=meter, **options) if with_trajectory else [(None, None)] * len(whole)
-        results = []
-        for (_, response), example, reward, (steps, think_end) in zip(
-            examples, whole, whole_rewards, trajectories, strict=True
-        ):
-            has_thinking = split_thinking(response).thinking is not None
-            thinking_reward = next(segment_rewards) if has_thinking else None
-            answer_reward = next(segment_rewards) if has_thinking else reward
-            results.append(ScoreResult(
-                reward, thinking_reward, answer_reward, len(example.ids),
-                bool(self.max_length and len(example.ids) > self.max_length), steps, think_end,
-            ))
-        return results
+        return [
+            ScoreResult(reward, thinking_reward, answer_reward, len(example.ids),
+                        bool(self.max_length and len(example.ids) > self.max_length), steps, think_end)
+            for example, (reward, thinking_reward, answer_reward), (steps, think_end)
+            in zip(whole, rewards, trajectories, strict=True)
+        ]
+
+    def format_segments(self, prompt: Prompt, response: str) -> SegmentedExample:
+        """The example whole and, when the response closes a thinking block, prompt + thinking and
+        prompt + answer, each formatted as RewardTrainer formats an example."""
+        thinking, answer = split_thinking(response)
+        if thinking is None:
+            return SegmentedExample(self.format(prompt, response), None, None)
+        return SegmentedExample(self.format(prompt, response), self.format(prompt, thinking), self.format(prompt, answer))
 
     def trajectories(self, examples: Sequence[FormattedExample], *, padding_side: str = "right", batch_size: int = 4,
                      strategy: str = "bucket", meter: _WorkMeter | None = None) -> list[tuple[list[tuple[str, float]], int | None]]:

@@ -13,7 +13,7 @@ from core.config_fields import ConfigError, config_field
 from core.data.formats import RowError, _check_messages, _check_text, parse_row
 from core.data.readers import UnreadableFile, read_rows
 from core.scoring.engine import Progress, RewardScorer
-from core.scoring.model_names import existing_folder, model_folder_for, registry_store
+from core.scoring.model_names import existing_folder, model_folder_for, registry_store, trained_max_length
 
 
 class InputRejected(ValueError):
@@ -57,15 +57,21 @@ class EvalConfig:
 def model_folder(config: ScoreConfig | EvalConfig) -> str:
     """The folder ``config.model`` names (``core.scoring.model_names``): decided before any input is read
     or model loaded, without network. Raises ``UnknownModel``."""
+    return model_to_load(config)[0]
+
+
+def model_to_load(config: ScoreConfig | EvalConfig) -> tuple[str, int | None]:
+    """``model_folder`` and, for a registered model, the ``max_length`` it was trained with, so rows
+    longer than training allowed are flagged as in Inspect and the reward server."""
     store = registry_store(config.db)
     try:
-        return model_folder_for(store, config.model, local_folder=existing_folder)
+        return model_folder_for(store, config.model, local_folder=existing_folder), trained_max_length(store, config.model)
     finally:
         if store is not None:
             store.dispose()
 
 
-def _read_score_rows(path: Path) -> list[tuple[dict[str, Any], Any, str]]:
+def read_score_rows(path: Path) -> list[tuple[dict[str, Any], Any, str]]:
     rows, problems = [], []
     try:
         for raw in read_rows(path):
@@ -108,9 +114,9 @@ def _within_limit(model: RewardScorer, examples: list[tuple[Any, str]]) -> list[
 def score_file(config: ScoreConfig, model: RewardScorer | None = None, *, progress: Progress | None = None) -> int:
     """Write ``config.output`` (whole or not at all) and return the number of rows scored. A row
     longer than the model's ``max_length`` gets ``over_max_length: true`` and null rewards."""
-    folder = None if model is not None else model_folder(config)
-    rows = _read_score_rows(config.input)
-    model = model or RewardScorer(folder, batch_tokens=config.batch_tokens)
+    folder, max_length = (None, None) if model is not None else model_to_load(config)
+    rows = read_score_rows(config.input)
+    model = model or RewardScorer(folder, batch_tokens=config.batch_tokens, max_length=max_length)
     examples = [(prompt, response) for _, prompt, response in rows]
     fits = _within_limit(model, examples)
     scored_results = iter(model.score_responses([e for e, ok in zip(examples, fits, strict=True) if ok],
@@ -145,7 +151,7 @@ def evaluate_pairs(config: EvalConfig, model: RewardScorer | None = None) -> Eva
     """Accuracy (chosen scored strictly above rejected; a tie counts as wrong) and mean margin over
     the pairs that fit the model's ``max_length``; ``n_over_max_length`` counts the others, which
     are not scored (as training drops them)."""
-    folder = None if model is not None else model_folder(config)
+    folder, max_length = (None, None) if model is not None else model_to_load(config)
     pairs, problems = [], []
     try:
         for raw in read_rows(config.input):
@@ -168,7 +174,7 @@ def evaluate_pairs(config: EvalConfig, model: RewardScorer | None = None) -> Eva
         raise InputRejected("\n".join(problems[:50]))
     if not pairs:
         raise InputRejected(f"{config.input}: no preference pairs")
-    model = model or RewardScorer(folder, batch_tokens=config.batch_tokens)
+    model = model or RewardScorer(folder, batch_tokens=config.batch_tokens, max_length=max_length)
     chosen_fit = _within_limit(model, [(p, c) for p, c, _ in pairs])
     rejected_fit = _within_limit(model, [(p, r) for p, _, r in pairs])
     kept = [pair for pair, a, b in zip(pairs, chosen_fit, rejected_fit, strict=True) if a and b]

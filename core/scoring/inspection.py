@@ -14,7 +14,12 @@ from core.data.exporter import fold_votes
 from core.limits import MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
 from core.model_folders import folder_under_models_root
 from core.scoring.engine import ModelLoadError, Progress, Prompt, RewardScorer, ScoreResult
-from core.scoring.model_names import UnknownModel, model_folder_for, registered_references  # noqa: F401 (UnknownModel: re-exported)
+from core.scoring.model_names import (  # noqa: F401 (UnknownModel: re-exported)
+    UnknownModel,
+    model_folder_for,
+    registered_references,
+    trained_max_length,
+)
 from storage.engine import Store
 from storage.models import RegisteredModel, Role
 from core.data.ranking_export import consensus_groups
@@ -22,7 +27,7 @@ from core.labeling.ranking import LETTERS
 from storage.datasets import dataset_id_of
 from storage.queries import ComparisonContent, load_comparison, votes_by_comparison
 from storage.ranking import completion_texts, rankings_by_item, slots_of
-from storage.registry import find_model, list_models
+from storage.registry import list_models
 from storage.settings import get_setting, set_setting
 
 log = logging.getLogger(__name__)
@@ -179,15 +184,6 @@ def resolve_model(store: Store, actor: Actor, name: str) -> RewardScorer:
 
 class InspectionRefused(ValueError):
     """A request over one of the inspection caps; the message names the cap."""
-
-
-def trained_max_length(store: Store, name: str) -> int | None:
-    """The ``max_length`` a registered model was trained with (its registry record), so Inspect flags
-    what training would have dropped; None for an unregistered folder."""
-    with store.read() as session:
-        record = find_model(session, (name or "").strip())
-    value = (record.config or {}).get("max_length") if record is not None else None
-    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def inspect_with_models(store: Store, actor: Actor, model_names: list[str], prompt: Prompt,

@@ -42,6 +42,22 @@ def registered_references(store: Store | None) -> list[str]:
     return [references[name] for name in names]
 
 
+def recorded_max_length(config: dict | None) -> int | None:
+    """The ``max_length`` a registry record's training config holds (None when it has none)."""
+    value = (config or {}).get("max_length")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def trained_max_length(store: Store | None, name: str) -> int | None:
+    """The ``max_length`` a registered model was trained with (its registry record), so scoring flags
+    what training would have dropped; None for an unregistered folder or without a store."""
+    if store is None:
+        return None
+    with store.read() as session:
+        record = find_model(session, (name or "").strip())
+    return recorded_max_length(record.config) if record is not None else None
+
+
 def model_references(names: list[str]) -> dict[str, str]:
     """Stored name -> the name that loads that model alone (see ``storage.registry.version_references``)."""
     return version_references(names)

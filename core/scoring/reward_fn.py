@@ -6,6 +6,8 @@
   reward hacking (the policy must satisfy every model, not exploit one).
 * ``make_reward_fn``: a callable with TRL's ``reward_funcs`` signature
   ``(prompts, completions, **kwargs) -> list[float]``, usable by ``GRPOTrainer``.
+* ``make_remote_reward_fn``: the same signature, scored by a reward server (``python app.py serve-rm``)
+  over HTTP, so the policy's trainer holds no reward model.
 """
 
 from __future__ import annotations
@@ -53,14 +55,24 @@ class RewardEnsemble:
         self.models, self.reduction, self.normalizers = list(models), reduction, normalizers
 
     def score_pairs(self, examples: Sequence[tuple[Prompt, str]]) -> list[float]:
-        per_model = []
-        for index, model in enumerate(self.models):
-            rewards = model.score_pairs(examples)
-            if self.normalizers is not None:
-                rewards = [self.normalizers[index](r) for r in rewards]
-            per_model.append(rewards)
-        reduce = min if self.reduction == "min" else statistics.fmean
-        return [reduce(values) for values in zip(*per_model, strict=True)]
+        return combine_rewards([model.score_pairs(examples) for model in self.models], self.reduction, self.normalizers)
+
+
+def combine_rewards(per_model: Sequence[Sequence[float | None]], reduction: str,
+                    normalizers: Sequence[RewardNormalizer | None] | None = None) -> list[float | None]:
+    """One reward per example from each model's rewards (``per_model[m][i]``): each normalized by its
+    model's normalizer when given, then reduced by ``reduction``. None (an example a model did not
+    score, e.g. over its max_length) makes the example's reward None."""
+    reduce = min if reduction == "min" else statistics.fmean
+    combined: list[float | None] = []
+    for values in zip(*per_model, strict=True):
+        if any(value is None for value in values):
+            combined.append(None)
+            continue
+        if normalizers is not None:
+            values = [n(v) if n is not None else v for n, v in zip(normalizers, values, strict=True)]
+        combined.append(reduce(values))
+    return combined
 
 
 def _as_response(completion: Any) -> str:
@@ -95,4 +107,35 @@ def make_reward_fn(
         return [normalizer(r) for r in rewards] if normalizer is not None else rewards
 
     reward_fn.__name__ = "rewardlab_" + "_".join(Path(m.name).name for m in models)
+    return reward_fn
+
+
+def make_remote_reward_fn(url: str, *, api_key: str | None = None, timeout: float = 300.0,
+                          retries: int = 3) -> Callable[..., list[float | None]]:
+    """A reward function for TRL that asks a reward server (``python app.py serve-rm``) at ``url``:
+    ``GRPOTrainer(reward_funcs=[make_remote_reward_fn("http://127.0.0.1:8001")])``.
+
+    Each call POSTs ``prompts[i]`` and ``completions[i]`` (text or chat, as TRL passes them) to the
+    server's ``/score`` in requests of at most ``MAX_SERVE_TEXTS`` completions; the server formats
+    them as the model was trained. A completion over the model's max_length gets None, which TRL
+    counts as "no reward from this function" (NaN) instead of a reward of a truncated text.
+    Unreachable or busy servers are retried ``retries`` times with backoff; a refusal (4xx) raises
+    ``RemoteError`` with the server's message at once.
+    """
+    from core.limits import MAX_SERVE_TEXTS
+    from core.scoring.http_client import post_json
+
+    endpoint = url.rstrip("/") + "/score"
+
+    def reward_fn(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions: TRL passes one prompt per completion")
+        rewards: list[float | None] = []
+        for start in range(0, len(completions), MAX_SERVE_TEXTS):
+            body = {"prompts": list(prompts[start : start + MAX_SERVE_TEXTS]),
+                    "completions": list(completions[start : start + MAX_SERVE_TEXTS])}
+            rewards += post_json(endpoint, body, api_key=api_key, timeout=timeout, retries=retries)["rewards"]
+        return rewards
+
+    reward_fn.__name__ = "rewardlab_remote"
     return reward_fn

@@ -197,7 +197,8 @@ def _item_margins(store: Store, scorer: Any, item_ids: list[int]) -> dict[int, f
 def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = print) -> int:
     """Score the open items of ``dataset`` with its queue model and store their margins, arms and
     queue keys (the job of kind ``rescore``). Returns how many items were scored."""
-    from core.scoring.inspection import load_scorer, trained_max_length
+    from core.scoring.inspection import load_scorer
+    from core.scoring.model_names import trained_max_length
     from core.scoring.model_names import model_folder_for
     from core.model_folders import folder_under_models_root
 
@@ -334,7 +335,8 @@ def _evaluate(store: Store, dataset_id: int, dataset: str, model: str, report: L
     import math
 
     from core.model_folders import folder_under_models_root
-    from core.scoring.inspection import load_scorer, trained_max_length
+    from core.scoring.inspection import load_scorer
+    from core.scoring.model_names import trained_max_length
     from core.scoring.model_names import model_folder_for
     from storage.loop import fresh_votes, record_evaluation
 

@@ -1,0 +1,166 @@
+"""What the reward server computes for a request, whatever API it came through.
+
+Formatting is the model's: every completion goes through ``RewardScorer.format`` (and
+``format_segments`` for thinking/answer rewards), the engine's RewardTrainer formatting with the
+chat template from the model's folder; there is no second formatter here. A completion whose
+formatted example is longer than a model's ``max_length`` (the length it was trained with) is not
+scored: its reward is None and ``over_max_length`` is set, never a reward of a truncated text.
+
+Request handlers call ``prepare_*`` (formatting, in a worker thread), then ``score`` (the batcher
+scores the sequences of many requests together), which returns one ``CompletionScore`` per
+completion: each model's rewards normalized (``--normalize``) and reduced (mean or min) as
+``core.scoring.reward_fn.combine_rewards`` does in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from core.scoring.batching import DynamicBatcher, ScoredWork, ScoringWork
+from core.scoring.engine import FormattedExample, Prompt, SegmentedExample, segment_rewards, segment_sequences
+from core.scoring.reward_fn import combine_rewards
+from core.scoring.served_models import ServedModel
+from core.scoring.server_requests import BadRequest, ClassifyRequest
+
+
+class ModelFailure(RuntimeError):
+    """The model produced something that is not a reward (NaN, infinity): a server error, not the client's."""
+
+
+@dataclass(frozen=True)
+class CompletionScore:
+    reward: float | None
+    thinking_reward: float | None  # None without a thinking block (or when not asked)
+    answer_reward: float | None
+    over_max_length: bool
+    n_tokens: int  # of the formatted example, under the first model
+    trajectory: list[tuple[str, float]] | None = None
+
+
+@dataclass
+class PreparedRequest:
+    examples: list[list[SegmentedExample]]  # per model, per completion
+    over_max_length: list[bool]
+    kept: list[int]  # the completions that are scored
+    segments: bool
+    trajectory: bool
+    work: ScoringWork
+
+
+class RewardService:
+    def __init__(self, models: Sequence[ServedModel], reduction: str, batcher: DynamicBatcher) -> None:
+        self.models, self.reduction, self.batcher = list(models), reduction, batcher
+        self.normalizers = [model.normalizer for model in self.models]
+        self.name = "+".join(model.reference for model in self.models)
+
+    # ----- formatting (run in a worker thread: tokenizing is CPU work) -----------------------------
+    def prepare_completions(self, prompts: Sequence[Prompt], completions: Sequence[str], *, segments: bool = False,
+                            trajectory: bool = False) -> PreparedRequest:
+        """``prompts[i] + completions[i]`` formatted as each model was trained."""
+        if trajectory:
+            self._require_trajectories()
+        pairs = list(zip(prompts, completions, strict=True))
+        if segments:
+            examples = [[model.scorer.format_segments(p, c) for p, c in pairs] for model in self.models]
+        else:
+            examples = [[_whole(model.scorer.format(p, c)) for p, c in pairs] for model in self.models]
+        return self._prepare(examples, segments=segments, trajectory=trajectory)
+
+    def prepare_queries(self, queries: Sequence[str]) -> PreparedRequest:
+        """Full texts (prompt and response joined, OpenRLHF's ``query``) formatted as standard examples:
+        RewardTrainer's rule, EOS appended when missing."""
+        return self._prepare([[_whole(model.scorer.format("", query)) for query in queries] for model in self.models])
+
+    def prepare_classify(self, request: ClassifyRequest) -> PreparedRequest:
+        """vLLM's ``/classify`` inputs: texts tokenized as given (the caller formatted them, as verl
+        does with the reward model's chat template), token ids as given, or one chat formatted by
+        the model's chat template."""
+        if request.messages is not None:
+            *prompt, reply = request.messages
+            return self._prepare([[_whole(model.scorer.format(prompt, reply["content"]))] for model in self.models])
+        if request.texts is not None:
+            return self._prepare([[_whole(_tokenized(model, text, request.add_special_tokens)) for text in request.texts]
+                                  for model in self.models])
+        if len(self.models) > 1:
+            raise BadRequest("input: token ids belong to one model's tokenizer, and this server reduces "
+                             f"{len(self.models)} models; send texts or messages")
+        vocabulary = self.models[0].scorer.hf_model.get_input_embeddings().num_embeddings
+        for i, ids in enumerate(request.token_ids):
+            if (bad := next((k for k, token in enumerate(ids) if token >= vocabulary), None)) is not None:
+                raise BadRequest(f"input[{i}][{bad}]: token id {ids[bad]} is outside the model's vocabulary "
+                                 f"(size {vocabulary})")
+        return self._prepare([[_whole(FormattedExample(ids, "", None, [])) for ids in request.token_ids]])
+
+    def _require_trajectories(self) -> None:
+        if len(self.models) > 1:
+            raise BadRequest(f"trajectory: trajectories are per model's tokens, and this server reduces {len(self.models)} "
+                             "models; ask a server of one model")
+        if not self.models[0].scorer.is_decoder:
+            raise BadRequest("trajectory: the model is an encoder (bidirectional): it has no per-token trajectory")
+
+    def _prepare(self, examples: list[list[SegmentedExample]], *, segments: bool = False,
+                 trajectory: bool = False) -> PreparedRequest:
+        count = len(examples[0])
+        over = [any(_too_long(model, per_model[i].whole) for model, per_model in zip(self.models, examples, strict=True))
+                for i in range(count)]
+        kept = [i for i in range(count) if not over[i]]
+        sequences = []
+        for per_model in examples:
+            chosen = [per_model[i] for i in kept]
+            sequences.append(segment_sequences(chosen) if segments else [example.whole.ids for example in chosen])
+        steps = [examples[0][i].whole for i in kept] if trajectory else []
+        return PreparedRequest(examples, over, kept, segments, trajectory, ScoringWork(sequences, steps))
+
+    # ----- scoring -------------------------------------------------------------------------------
+    async def score(self, prepared: PreparedRequest) -> list[CompletionScore]:
+        """The request's scores, once the batcher has scored it with others. Raises ``ServerBusy``
+        (queue full), ``ModelFailure`` (non-finite rewards) or what the model raised."""
+        scored = await asyncio.wrap_future(self.batcher.submit(prepared.work))
+        return self.assemble(prepared, scored)
+
+    def assemble(self, prepared: PreparedRequest, scored: ScoredWork) -> list[CompletionScore]:
+        count = len(prepared.over_max_length)
+        triples: list[list[tuple[float, float | None, float | None] | None]] = []
+        for model, per_model, rewards in zip(self.models, prepared.examples, scored.rewards, strict=True):
+            if not all(math.isfinite(reward) for reward in rewards):
+                raise ModelFailure(f"{model.reference} returned a non-finite reward: the model is broken (NaN weights, "
+                                   "or a dtype that overflows)")
+            kept_examples = [per_model[i] for i in prepared.kept]
+            values = segment_rewards(kept_examples, rewards) if prepared.segments else [(r, None, r) for r in rewards]
+            full: list[tuple[float, float | None, float | None] | None] = [None] * count
+            for i, value in zip(prepared.kept, values, strict=True):
+                full[i] = value
+            triples.append(full)
+
+        def combined(part: int) -> list[float | None]:
+            return combine_rewards([[t[part] if t else None for t in full] for full in triples], self.reduction,
+                                   self.normalizers)
+
+        rewards, thinking, answers = combined(0), combined(1), combined(2)
+        trajectories: list[list[tuple[str, float]] | None] = [None] * count
+        normalizer = self.normalizers[0]
+        for i, (steps, _) in zip(prepared.kept, scored.trajectories, strict=False):
+            trajectories[i] = [(token, normalizer(value) if normalizer else value) for token, value in steps]
+        return [
+            CompletionScore(rewards[i], thinking[i] if prepared.segments else None,
+                            answers[i] if prepared.segments else None, prepared.over_max_length[i],
+                            len(prepared.examples[0][i].whole.ids), trajectories[i])
+            for i in range(count)
+        ]
+
+
+def _whole(example: FormattedExample) -> SegmentedExample:
+    return SegmentedExample(example, None, None)
+
+
+def _tokenized(model: ServedModel, text: str, add_special_tokens: bool) -> FormattedExample:
+    return FormattedExample(list(model.scorer.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]),
+                            text, None, [])
+
+
+def _too_long(model: ServedModel, example: FormattedExample) -> bool:
+    limit = model.scorer.max_length
+    return bool(limit) and len(example.ids) > limit
