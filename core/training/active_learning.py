@@ -198,8 +198,7 @@ def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = pr
     """Score the open items of ``dataset`` with its queue model and store their margins, arms and
     queue keys (the job of kind ``rescore``). Returns how many items were scored."""
     from core.scoring.inspection import load_scorer
-    from core.scoring.model_names import trained_max_length
-    from core.scoring.model_names import model_folder_for
+    from core.scoring.model_names import model_folder_for, trained_max_length
     from core.model_folders import folder_under_models_root
 
     model = queue_model_of(store, dataset)
@@ -336,8 +335,7 @@ def _evaluate(store: Store, dataset_id: int, dataset: str, model: str, report: L
 
     from core.model_folders import folder_under_models_root
     from core.scoring.inspection import load_scorer
-    from core.scoring.model_names import trained_max_length
-    from core.scoring.model_names import model_folder_for
+    from core.scoring.model_names import model_folder_for, trained_max_length
     from storage.loop import fresh_votes, record_evaluation
 
     with store.read() as session:
