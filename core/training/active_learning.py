@@ -166,18 +166,28 @@ def queue_keys(dataset_id: int, margins: dict[int, float | None], random_fractio
     return keys
 
 
+def _scorer_for(store: Store, model: str) -> Any:
+    """The scorer of a loop's model (registered name, or a folder under the models folder), with the
+    max_length it was trained with: what the rescore job and the loop's evaluation both score with."""
+    from core.model_folders import folder_under_models_root
+    from core.scoring.inspection import load_scorer
+    from core.scoring.model_names import model_folder_for, trained_max_length
+
+    folder = model_folder_for(store, model, local_folder=lambda path: folder_under_models_root(store, path))
+    return load_scorer(str(folder), trained_max_length(store, model))
+
+
 def _item_margins(store: Store, scorer: Any, item_ids: list[int]) -> dict[int, float | None]:
     """|r(a) - r(b)| of each pair, the smallest gap between two completions of a ranking item; None
     when a text is over the model's max_length (never truncated)."""
     with store.read() as session:
         slots = slots_of(session, item_ids)
-        contents = comparison_contents(session, [i for i in item_ids if i not in slots])
+        contents = comparison_contents(session, item_ids)  # prompts of pairs and ranking items alike
         texts = completion_texts(session, [c for ids in slots.values() for c in ids])
-        prompts = comparison_contents(session, list(slots)) if slots else {}
     examples: list[tuple[Any, str]] = []
     spans: dict[int, tuple[int, int]] = {}
     for item_id in item_ids:
-        content = contents.get(item_id) or prompts[item_id]
+        content = contents[item_id]
         prompt = content.prompt_messages if content.prompt_messages is not None else (content.prompt_text or "")
         responses = [texts[c][0] for c in slots[item_id]] if item_id in slots else [content.a_text, content.b_text]
         spans[item_id] = (len(examples), len(examples) + len(responses))
@@ -197,10 +207,6 @@ def _item_margins(store: Store, scorer: Any, item_ids: list[int]) -> dict[int, f
 def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = print) -> int:
     """Score the open items of ``dataset`` with its queue model and store their margins, arms and
     queue keys (the job of kind ``rescore``). Returns how many items were scored."""
-    from core.scoring.inspection import load_scorer
-    from core.scoring.model_names import model_folder_for, trained_max_length
-    from core.model_folders import folder_under_models_root
-
     model = queue_model_of(store, dataset)
     if not model:
         raise LoopError(f"dataset {dataset!r} has no model to score its queue (set one with --model)")
@@ -208,8 +214,7 @@ def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = pr
         target = require_dataset(session, dataset)
         dataset_id, fraction = target.id, target.random_fraction
         item_ids = open_item_ids(session, dataset_id)
-    folder = model_folder_for(store, model, local_folder=lambda path: folder_under_models_root(store, path))
-    scorer = load_scorer(str(folder), trained_max_length(store, model))
+    scorer = _scorer_for(store, model)
     log(f"scoring {len(item_ids)} open item(s) of {dataset} with {model}")
     margins: dict[int, float | None] = {}
     for start in range(0, len(item_ids), SCORE_CHUNK):
@@ -333,9 +338,6 @@ def loop_report(store: Store, actor: Actor, dataset: str | None, *, evaluate: bo
 def _evaluate(store: Store, dataset_id: int, dataset: str, model: str, report: LoopReport) -> None:
     import math
 
-    from core.model_folders import folder_under_models_root
-    from core.scoring.inspection import load_scorer
-    from core.scoring.model_names import model_folder_for, trained_max_length
     from storage.loop import fresh_votes, record_evaluation
 
     with store.read() as session:
@@ -347,8 +349,7 @@ def _evaluate(store: Store, dataset_id: int, dataset: str, model: str, report: L
     agreements = [_pair_agreement(votes[cid]) for cid in pairs if sum(v in ("a", "b") for v in votes[cid]) >= 2]
     report.human_ceiling = sum(agreements) / len(agreements) if agreements else None
     if pairs:
-        folder = model_folder_for(store, model, local_folder=lambda path: folder_under_models_root(store, path))
-        scorer = load_scorer(str(folder), trained_max_length(store, model))
+        scorer = _scorer_for(store, model)
         examples = []
         for cid in pairs:
             content = contents[cid]
