@@ -127,11 +127,15 @@ def test_a_missing_model_says_so(tmp_path):
         RewardScorer(tmp_path / "nothing-here", device="cpu")
 
 
+@pytest.mark.parametrize("split_attention", [True, False], ids=["split-probe-attention", "masked-probe-attention"])
 @pytest.mark.parametrize("prompt", PROMPTS, ids=["standard", "conversational"])
-def test_the_cached_prefix_path_gives_each_prefix_reward_like_the_probe_rows(scorer, prompt):
+def test_the_cached_prefix_path_gives_each_prefix_reward_like_the_probe_rows(scorer, prompt, split_attention):
     """With a tiny ``batch_tokens`` every example takes the long-sequence path (one cached forward,
-    then EOS probes in chunks): each value is still the reward of its prefix plus EOS."""
+    then EOS probes in chunks), through the split probe attention (shared prefix + band, the path SDPA
+    models take) or the masked one (other models): each value is still the reward of its prefix plus EOS."""
     long_path = RewardScorer(scorer.name, device="cpu", batch_tokens=8)
+    assert long_path.split_probe_attention  # the tiny Qwen3 runs SDPA, so the split path is the default
+    long_path.split_probe_attention = split_attention
     for response in RESPONSES:
         example = long_path.format(prompt, response)
         steps, think_end = long_path.trajectory_of(example)
@@ -145,12 +149,15 @@ def test_the_cached_prefix_path_gives_each_prefix_reward_like_the_probe_rows(sco
 
 
 @pytest.mark.slow
-def test_a_trajectory_over_8k_tokens_is_exact_at_every_sampled_prefix(tmp_path):
+def test_a_trajectory_over_8k_tokens_with_grouped_query_attention_is_exact_at_every_sampled_prefix(tmp_path):
+    """Over 8k tokens the probes run in many chunks of the split attention, each with its own shared
+    prefix and band; four query heads share each key/value head, as in real Qwen3 models."""
     import random
 
-    folder = build_demo_reward_model(tmp_path / "rm", CORPUS, hidden_size=32, num_layers=2, num_heads=2, seed=5,
-                                     max_positions=65_536)
+    folder = build_demo_reward_model(tmp_path / "rm", CORPUS, hidden_size=64, num_layers=2, num_heads=8, seed=5,
+                                     max_positions=65_536, num_key_value_heads=2)
     scorer = RewardScorer(folder, device="cpu")
+    assert scorer.split_probe_attention
     response = "<think>" + "we add the numbers one by one and check. " * 300 + "</think> The answer is 4."
     example = scorer.format(PROMPTS[0], response)
     assert len(example.ids) >= 8_000
@@ -180,3 +187,24 @@ def test_progress_rises_to_one_and_a_cancelling_callback_stops_a_long_trajectory
     with pytest.raises(ScoringCancelled):
         long_path.score_responses([(PROMPTS[0], response)], trajectory=True, progress=cancel_after_two)
     assert len(calls) == 2 < len(reported)  # the work stopped at the next report, not at the end
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "portable-key-blocks"])
+def test_split_probe_attention_equals_a_plain_masked_softmax_over_each_probes_prefix(fused, monkeypatch):
+    """The attention of each probe, computed directly: softmax over the cached keys 0..cut and its own
+    key, grouped-query heads repeated. Key blocks of 7 make the portable path merge several blocks."""
+    from core.scoring import probe_attention
+
+    monkeypatch.setattr(probe_attention, "PORTABLE_KEY_BLOCK", 7)
+    generator = torch.Generator().manual_seed(0)
+    heads, kv_heads, dim, length = 6, 2, 8, 40
+    query, key, value = (torch.randn(1, h, 5, dim, generator=generator) for h in (heads, kv_heads, kv_heads))
+    cached_keys, cached_values = (torch.randn(1, kv_heads, length, dim, generator=generator) for _ in range(2))
+    cuts = torch.tensor([20, 21, 23, 24, 30])
+    out = probe_attention.probe_attention(query, key, value, cached_keys, cached_values, cuts, 0.3, fused=fused)
+    for i, cut in enumerate(cuts.tolist()):
+        for h in range(heads):
+            keys = torch.cat([cached_keys[0, h // 3, : cut + 1], key[0, h // 3, i : i + 1]])
+            values = torch.cat([cached_values[0, h // 3, : cut + 1], value[0, h // 3, i : i + 1]])
+            expected = torch.softmax(keys @ query[0, h, i] * 0.3, dim=0) @ values
+            assert out[0, h, i].tolist() == pytest.approx(expected.tolist(), abs=1e-5)

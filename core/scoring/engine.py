@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from core.scoring import probe_attention
 from core.segments import THINK_CLOSE, split_thinking
 
 Prompt = str | list[dict[str, str]]
@@ -40,6 +41,9 @@ Prompt = str | list[dict[str, str]]
 # Attention scores one chunk of trajectory probes may hold per head (chunk x sequence length): ~4M
 # floats, 16 MB, whatever the length, so a 32k-token trajectory costs memory linear in its length.
 PROBE_SCORE_BUDGET = 4 * 1024 * 1024
+# Probes per chunk with split probe attention, which holds no chunk x length scores: its band block is
+# chunk x chunk per head, and larger chunks spend less time per probe outside the kernels.
+SPLIT_PROBE_CHUNK = 512
 
 
 class ScoringCancelled(Exception):
@@ -150,6 +154,9 @@ class RewardScorer:
         # Decoder reward models (Qwen, Llama, Mistral...) put a `score` head on every position of a causal
         # backbone; encoders (BERT...) pool bidirectionally through a `classifier`.
         self.is_decoder = self.head is not None and self.backbone is not None
+        # Trajectory probes split their attention into a shared, unmasked prefix and a small band
+        # (core.scoring.probe_attention) when the model runs SDPA; other models use the masked path.
+        self.split_probe_attention = self.is_decoder and probe_attention.enable(self.hf_model)
         eos = self.tokenizer.eos_token
         if eos is None and self.tokenizer.sep_token is not None:
             # The rule training follows (core.training.trainer): a tokenizer without EOS (BERT-style)
@@ -332,6 +339,8 @@ class RewardScorer:
         n, cuts = len(ids), list(cut_after)
         if not cuts:
             return []
+        if self.split_probe_attention:
+            return self._split_attention_probes(ids, cuts, meter)
         # Probes per chunk: the chunk's attention scores (chunk x length per head) stay near a fixed budget.
         chunk_size = max(8, min(256, PROBE_SCORE_BUDGET // max(1, n)))
         with torch.inference_mode():
@@ -355,6 +364,34 @@ class RewardScorer:
                 values += self.head(hidden).squeeze(-1).float()[0].cpu().tolist()
                 if meter is not None:
                     meter.add(m)
+        return values
+
+    def _split_attention_probes(self, ids: list[int], cuts: list[int], meter: _WorkMeter | None) -> list[float]:
+        """``_cached_prefix_probes`` with the probes' attention split into the prefix they share and a
+        small band (``core.scoring.probe_attention``): the cache is read, never copied or cut, and the
+        shared part runs through the fused kernel without a mask."""
+        import torch
+
+        values: list[float] = []
+        with torch.inference_mode():
+            cache = self.backbone(input_ids=torch.tensor([ids], device=self.device), use_cache=True).past_key_values
+            begin = 0
+            while begin < len(cuts):
+                # A chunk's band spans its first to last cut: bound that span, not only the count.
+                end = begin + 1
+                while end < len(cuts) and end - begin < SPLIT_PROBE_CHUNK and cuts[end] - cuts[begin] < SPLIT_PROBE_CHUNK:
+                    end += 1
+                chunk = torch.tensor(cuts[begin:end], device=self.device)
+                with probe_attention.probing(cache, chunk):
+                    hidden = self.backbone(
+                        input_ids=torch.full((1, end - begin), self.eos_id, dtype=torch.long, device=self.device),
+                        position_ids=(chunk + 1)[None],
+                        use_cache=False,
+                    ).last_hidden_state
+                values += self.head(hidden).squeeze(-1).float()[0].cpu().tolist()
+                if meter is not None:
+                    meter.add(end - begin)
+                begin = end
         return values
 
     def trajectory_of(self, example: FormattedExample) -> tuple[list[tuple[str, float]], int | None]:

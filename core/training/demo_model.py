@@ -66,9 +66,11 @@ def build_demo_reward_model(
     seed: int = 0,
     think_tokens: bool = True,
     max_positions: int = 4096,
+    num_key_value_heads: int | None = None,
 ) -> Path:
     """Save a randomly initialised Qwen3 sequence classifier (``num_labels=1``) and its tokenizer
-    to ``out_dir``; it loads with ``AutoModelForSequenceClassification.from_pretrained``."""
+    to ``out_dir``; it loads with ``AutoModelForSequenceClassification.from_pretrained``.
+    ``num_key_value_heads`` below ``num_heads`` gives grouped-query attention, as real Qwen3 models use."""
     import torch
     from transformers import AutoModelForSequenceClassification, Qwen3Config
 
@@ -79,7 +81,7 @@ def build_demo_reward_model(
         intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_key_value_heads=num_key_value_heads or num_heads,
         head_dim=hidden_size // num_heads,
         max_position_embeddings=max_positions,
         num_labels=1,
