@@ -68,3 +68,40 @@ def start_app_server(url: str, log_path: Path | None = None) -> tuple[subprocess
             time.sleep(0.3)
     process.kill()
     raise RuntimeError("the app did not start in 120 s")
+
+
+def line_chart_svg(panels: list[dict], path: Path, width: int = 420, height: int = 300) -> None:
+    """Side-by-side line charts as a small SVG by hand (matplotlib is not installed and plotly's static
+    export needs kaleido). Each panel: ``title``, ``x_label``, ``y_label`` and ``series``, a dict of
+    name -> (colour, [(x, y), ...]); a name starting with "goal" is drawn dashed."""
+    pad, parts = 55, []
+    for index, panel in enumerate(panels):
+        x0 = index * width
+        points = [p for _, values in panel["series"].values() for p in values]
+        x_high, y_high = max(x for x, _ in points), max(y for _, y in points) * 1.05
+
+        def x_of(x: float, x0: int = x0, x_high: float = x_high) -> float:
+            return x0 + pad + x / x_high * (width - 1.4 * pad)
+
+        def y_of(y: float, y_high: float = y_high) -> float:
+            return height - pad - y / y_high * (height - 1.7 * pad)
+
+        parts += [f'<text x="{x0 + width / 2}" y="18" text-anchor="middle" font-size="13">{panel["title"]}</text>',
+                  f'<polyline fill="none" stroke="#888" points="{x_of(0):.1f},{y_of(y_high):.1f} {x_of(0):.1f},'
+                  f'{y_of(0):.1f} {x_of(x_high):.1f},{y_of(0):.1f}"/>',
+                  f'<text x="{x_of(x_high / 2):.1f}" y="{height - 12}" text-anchor="middle" font-size="11">'
+                  f'{panel["x_label"]}</text>',
+                  f'<text x="{x0 + 12}" y="{y_of(y_high / 2):.1f}" font-size="11" text-anchor="middle" '
+                  f'transform="rotate(-90 {x0 + 12} {y_of(y_high / 2):.1f})">{panel["y_label"]}</text>']
+        parts += [f'<text x="{x_of(0) - 4:.1f}" y="{y_of(t) + 4:.1f}" text-anchor="end" font-size="10">{t:,.0f}</text>'
+                  for t in (0, y_high / 2, y_high / 1.05)]
+        parts += [f'<text x="{x_of(x):.1f}" y="{y_of(0) + 14:.1f}" text-anchor="middle" font-size="10">{x:,.0f}</text>'
+                  for x in sorted({x for x, _ in points})]
+        for row, (name, (colour, values)) in enumerate(panel["series"].items()):
+            dash = ' stroke-dasharray="5,4"' if name.startswith("goal") else ""
+            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="'
+                         + " ".join(f"{x_of(x):.1f},{y_of(y):.1f}" for x, y in values) + '"/>')
+            parts.append(f'<text x="{x0 + pad + 10}" y="{40 + 14 * row}" font-size="11" fill="{colour}">{name}</text>')
+    path.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * len(panels)}" height="{height}" '
+                    'font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>'
+                    + "".join(parts) + "</svg>\n")

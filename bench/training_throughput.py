@@ -1,5 +1,6 @@
-"""Training throughput: RewardLab's job code (length-grouped batches, on by default, and off) against a
-plain TRL ``RewardTrainer`` script with the same model, data, steps, seed and loss, in one run.
+"""Training throughput: RewardLab's job code (length-grouped batches and padding-free batches, both on by
+default, each also off) against a plain TRL ``RewardTrainer`` script with the same model, data, steps,
+seed and loss, in one run.
 
     python bench/training_throughput.py [--pairs 600] [--long-pairs 60] [--steps 60] [--smoke]
 
@@ -115,11 +116,15 @@ def main() -> None:
                   "eval_fraction": 0.1, "logging_steps": args.steps, "save_steps": 10 * args.steps,
                   "max_length": 4096, "seed": 1}
         results = {}
-        grouped = TrainingConfig(output_name="grouped", **common)
-        results["RewardLab, length-grouped batches (default)"] = rewardlab_run(store, grouped, folder / "grouped")
+        grouped = TrainingConfig(output_name="default", **common)
+        results["RewardLab, length-grouped + padding-free (default)"] = rewardlab_run(store, grouped, folder / "grouped")
         demo_base = folder / "grouped" / "demo-base"  # the model every run starts from
-        results["RewardLab, random batches"] = rewardlab_run(
-            store, TrainingConfig(output_name="random", train_sampling_strategy="random", **common), folder / "grouped")
+        for name, options in [("RewardLab, length-grouped, padded", {"padding_free": False}),
+                              ("RewardLab, random order + padding-free", {"train_sampling_strategy": "random"}),
+                              ("RewardLab, random order, padded (TRL's batches)",
+                               {"train_sampling_strategy": "random", "padding_free": False})]:
+            config = TrainingConfig(output_name=f"run{len(results)}", **options, **common)
+            results[name] = rewardlab_run(store, config, folder / "grouped")
         results["plain TRL RewardTrainer (baseline)"] = plain_trl_run(store, grouped, demo_base, folder / "plain")
     pairs = args.steps * args.batch
     baseline = results["plain TRL RewardTrainer (baseline)"]["seconds"]

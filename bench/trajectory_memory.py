@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import parse_with_smoke  # noqa: E402
+from common import ROOT, line_chart_svg, parse_with_smoke  # noqa: E402
 
 PROMPT = "Solve the puzzle and show your reasoning. "
 STEP = "we check each case in turn and keep the ones that fit the rule. "
@@ -62,6 +62,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[1_000, 4_000, 16_000, 32_000])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "trajectory", help="where the JSON and chart go")
     args = parse_with_smoke(parser, tokens=[300, 1_200])
     from core.training.demo_model import build_demo_reward_model
 
@@ -86,6 +87,23 @@ def main() -> None:
         print(f"| {forward['tokens']:,} | {forward['seconds']:.2f} | {trajectory['seconds']:.2f} | "
               f"{trajectory['seconds'] / forward['seconds']:.2f}x | {forward['extra_mib']:.0f} | "
               f"{trajectory['extra_mib']:.0f} |")
+    with tempfile.TemporaryDirectory() as scratch:  # a smoke run writes its files there, to be thrown away
+        out = Path(scratch) if args.smoke else args.out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+        tokens = [r["forward"]["tokens"] for r in rows]
+        line_chart_svg([
+            {"title": "seconds", "x_label": "tokens", "y_label": "seconds", "series": {
+                "one forward pass": ("#1f77b4", [(t, r["forward"]["seconds"]) for t, r in zip(tokens, rows)]),
+                "trajectory (every prefix + EOS)": ("#d62728",
+                                                    [(t, r["trajectory"]["seconds"]) for t, r in zip(tokens, rows)]),
+                "goal: 3x one forward": ("#999", [(t, 3 * r["forward"]["seconds"]) for t, r in zip(tokens, rows)])}},
+            {"title": "extra peak memory (MiB)", "x_label": "tokens", "y_label": "MiB", "series": {
+                "one forward pass": ("#1f77b4", [(t, r["forward"]["extra_mib"]) for t, r in zip(tokens, rows)]),
+                "trajectory": ("#d62728", [(t, r["trajectory"]["extra_mib"]) for t, r in zip(tokens, rows)]),
+                "goal: 3 GB": ("#999", [(t, 3 * 1024) for t in tokens])}},
+        ], out / "trajectory.svg")
+        print(f"wrote {out}/results.json and trajectory.svg")
 
 
 if __name__ == "__main__":

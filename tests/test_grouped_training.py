@@ -164,14 +164,19 @@ def plain_weighted_loss(model, tokenized) -> float:  # noqa: ANN001
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding-free"])
 @pytest.mark.parametrize("kind", ["text", "chat"])
 @pytest.mark.parametrize("mode", ["grouped", "plain"])
-def test_the_weighted_loss_equals_the_weighted_mean_of_plain_per_pair_losses(tiny_model, tmp_path, kind, mode):
+def test_the_weighted_loss_equals_the_weighted_mean_of_plain_per_pair_losses(tiny_model, tmp_path, kind, mode,
+                                                                            padding_free):
+    """Padded or padding-free (every sequence of the batch end to end in one row), the loss is the
+    oracle's, whose rewards come from a separately loaded model scoring each sequence alone."""
     import datasets
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardTrainer
 
+    from core.training import packing
     from core.training.trainer import length_grouped_reward_trainer, prompt_grouped_reward_trainer
 
     rows = ranking_pairs(5, chat=kind == "chat")
@@ -179,22 +184,30 @@ def test_the_weighted_loss_equals_the_weighted_mean_of_plain_per_pair_losses(tin
     rows.append({**rows[0], "chosen": [{"role": "assistant", "content": long_side}] if kind == "chat" else long_side})
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+    if padding_free:
+        packing.enable(model)
     trainer_class = prompt_grouped_reward_trainer() if mode == "grouped" else length_grouped_reward_trainer()
     batch_size = 5 if mode == "grouped" else len(rows)  # one batch: every prompt, or every pair
     args = reward_args(tmp_path / "run", per_device_train_batch_size=batch_size, max_length=120)
     trainer = trainer_class(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                            processing_class=tokenizer)
+                            processing_class=tokenizer, padding_free=padding_free)
     (batch,) = list(trainer.get_train_dataloader())
     model.eval()
     with torch.no_grad():
         loss = trainer.compute_loss(model, batch).item()
 
-    reference = RewardTrainer(model=model, args=reward_args(tmp_path / "plain", max_length=120),
+    oracle = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+    reference = RewardTrainer(model=oracle, args=reward_args(tmp_path / "plain", max_length=120),
                               train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
     assert len(reference.train_dataset) == len(rows) - 1  # TRL dropped the long pair
-    assert loss == pytest.approx(plain_weighted_loss(model, reference.train_dataset), abs=1e-6)
+    assert loss == pytest.approx(plain_weighted_loss(oracle, reference.train_dataset), abs=1e-6)
     responses = 3 + 4 + 3 + 4 + 3  # each unique response scored once in grouped mode; both sides of each pair in plain
-    assert len(batch["input_ids"]) == (responses if mode == "grouped" else 2 * (len(rows) - 1))
+    sequences = responses if mode == "grouped" else 2 * (len(rows) - 1)
+    if padding_free:  # one row holding exactly the sequences' own tokens, no pad token
+        assert batch["input_ids"].shape[0] == 1 and len(batch["sequence_ends"]) == sequences
+        assert (batch["input_ids"] == tokenizer.pad_token_id).sum() == 0
+    else:
+        assert len(batch["input_ids"]) == sequences
 
 
 # ----- through the job code and the export ---------------------------------------------------------------------

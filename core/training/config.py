@@ -78,6 +78,11 @@ class TrainingConfig:
         "over its pairs (a ranking of K responses: K forward passes instead of TRL's 2 per pair); the held-out split "
         "takes whole prompts",
     )
+    padding_free: bool = config_field(
+        True, help="padding-free batches: a batch's sequences end to end in one row with no pad tokens, attention "
+        "kept within each sequence (models running SDPA attention; others train on padded batches, and the job log "
+        "says so). Same loss and rewards as padded batches",
+    )
     logging_steps: int = config_field(5, help="log metrics every N steps")
     save_steps: int = config_field(50, help="save a resumable checkpoint every N steps")
     # --- data

@@ -225,20 +225,30 @@ class WeightedPairLoss:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         mode = "train" if self.model.training else "eval"
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        rewards = outputs.logits.squeeze(-1)
+        if "sequence_ends" in inputs:  # a padding-free batch (core.training.packing)
+            from core.training.packing import packed_rewards
+
+            unwrapped = self.accelerator.unwrap_model(model)
+            hf_model = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+            rewards, outputs = packed_rewards(model, hf_model.score, inputs)
+            outputs.logits = rewards[:, None]  # one reward per sequence, as for a padded batch
+            n_tokens = inputs["cu_seq_lens_q"][-1]
+        else:
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            rewards = outputs.logits.squeeze(-1)
+            n_tokens = inputs["attention_mask"].sum()
         chosen, rejected = rewards[inputs["chosen_index"]], rewards[inputs["rejected_index"]]
         loss = weighted_bradley_terry(chosen, rejected, inputs["margin"], inputs["weight"],
                                       self.args.center_rewards_coefficient)
-        self._log_pair_metrics(mode, rewards, chosen, rejected, inputs["attention_mask"])
+        self._log_pair_metrics(mode, rewards, chosen, rejected, n_tokens)
         return (loss, outputs) if return_outputs else loss
 
-    def _log_pair_metrics(self, mode: str, rewards: Any, chosen: Any, rejected: Any, attention_mask: Any) -> None:
+    def _log_pair_metrics(self, mode: str, rewards: Any, chosen: Any, rejected: Any, n_tokens: Any) -> None:
         import torch
 
         with torch.no_grad():
             if mode == "train":
-                tokens = self.accelerator.gather_for_metrics(attention_mask.sum()).sum().item()
+                tokens = self.accelerator.gather_for_metrics(n_tokens.to(rewards.device)).sum().item()
                 self._total_train_tokens += tokens // self._tp_size
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             rewards, differences = rewards.float(), (chosen - rejected).float()

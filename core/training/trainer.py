@@ -34,6 +34,7 @@ from typing import Any
 from core.data.exporter import PreferenceRows, build_preference_rows, response_text, split_rows
 from core.model_folders import model_folder, models_folder
 from core.scoring.engine import format_example
+from core.training import packing
 from core.training.config import DEMO_BASE, TrainingConfig, suggest_hyperparameters
 from core.training.grouped import (
     GroupCollator,
@@ -46,6 +47,7 @@ from core.training.grouped import (
     responses_per_group,
     split_by_prompt,
 )
+from core.training.packing import PackingCollator
 from storage.engine import Store
 from storage.jobs import beat, record_metrics
 from storage.registry import next_version_name, register_model
@@ -360,10 +362,15 @@ def length_grouped_reward_trainer() -> type:
         return None
 
     class LengthGroupedRewardTrainer(WeightedPairLoss, RewardTrainer):
-        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        def __init__(self, *args, padding_free: bool = False, **kwargs) -> None:  # noqa: ANN002, ANN003
+            """``padding_free``: pack each batch into one row (``core.training.packing``); the model's
+            attention must already be ``packing.VARLEN_ATTENTION`` (``packing.enable``)."""
+            self.padding_free = padding_free
             super().__init__(*args, **kwargs)
             if isinstance(self.data_collator, DataCollatorForPreference):  # not one the caller chose
                 self.data_collator = WeightedPairCollator(self.data_collator)
+            if padding_free:
+                self.data_collator = PackingCollator(self.data_collator)
 
         def _set_signature_columns_if_needed(self) -> None:
             super()._set_signature_columns_if_needed()
@@ -397,8 +404,10 @@ def prompt_grouped_reward_trainer() -> type:
     class PromptGroupedRewardTrainer(PromptGroupBatches, length_grouped_reward_trainer()):
         def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
             super().__init__(*args, **kwargs)
-            if isinstance(self.data_collator, (DataCollatorForPreference, WeightedPairCollator)):
+            if isinstance(self.data_collator, (DataCollatorForPreference, WeightedPairCollator, PackingCollator)):
                 self.data_collator = GroupCollator(self.processing_class.pad_token_id, self.args.pad_to_multiple_of)
+                if self.padding_free:
+                    self.data_collator = PackingCollator(self.data_collator)
 
     return PromptGroupedRewardTrainer
 
@@ -533,9 +542,19 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
     held_out = datasets.Dataset.from_list(snapshot.eval) if snapshot.eval else None
     if held_out is None:
         args.eval_strategy = "no"
+    padding_free = False
+    if config.padding_free:
+        why_not = packing.supports(model)
+        if why_not is None:
+            packing.enable(model)
+            padding_free = True
+        else:
+            notes.append(f"padding_free is on but {config.base_model} cannot take it ({why_not}): padded batches")
+            log(f"note: {notes[-1]}")
     trainer_class = prompt_grouped_reward_trainer() if config.group_by_prompt else length_grouped_reward_trainer()
     trainer = trainer_class(
         model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
+        padding_free=padding_free,
         peft_config=lora_config(config) if config.lora else None,
         callbacks=[_store_callback(store, job_id, cancel_flag)],
     )
