@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(0: off); it trains with the dataset's last training config")
     loop.add_argument("--promotion-tolerance", type=float,
                       help="promote a new version unless its held-out accuracy is lower by more than this (0.02)")
+    loop.add_argument("--uncertainty", choices=("margin", "ensemble"),
+                      help="what 'least certain' means: the model's margin |r(a) - r(b)| (default), or the "
+                           "disagreement of an ensemble of bootstrap reward heads on the model's features")
+    loop.add_argument("--ensemble-size", type=int, help="heads in the ensemble, 2 to 16 (default 5)")
     _add_db_argument(datasets)
     exporter = commands.add_parser("export", help="write a TRL-ready preference dataset")
     _add_db_argument(exporter)
@@ -372,10 +376,14 @@ def run_datasets(args: argparse.Namespace) -> int:
         if settings != DatasetSettings():
             change_dataset_settings(store, actor, args.name, settings)
         loop_settings = LoopSettings(order=args.order, model=args.model, random_fraction=args.random_fraction,
-                                     retrain_every=args.retrain_every, promotion_tolerance=args.promotion_tolerance)
+                                     retrain_every=args.retrain_every, promotion_tolerance=args.promotion_tolerance,
+                                     uncertainty=args.uncertainty, ensemble_size=args.ensemble_size)
         if loop_settings != LoopSettings():
             status = configure_loop(store, actor, args.name, loop_settings)
-            print(f"loop of {status.dataset}: order {status.order}, model {status.model or '-'} (promoted: "
+            print(f"loop of {status.dataset}: order {status.order}"
+                  + (f" ({status.uncertainty}{f', {status.ensemble_size} heads' if status.uncertainty == 'ensemble' else ''})"
+                     if status.order == "uncertainty" else "")
+                  + f", model {status.model or '-'} (promoted: "
                   f"{status.promoted_model or '-'}), random arm {status.random_fraction:.0%}, retrain every "
                   f"{status.retrain_every or '-'} label(s), {status.human_labels} human label(s) so far")
             for note in status.notes:

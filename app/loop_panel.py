@@ -23,11 +23,13 @@ def _status_markdown(report: LoopReport) -> str:
     retrain = f"every **{s.retrain_every}** new human labels" if s.retrain_every else "**off**"
     return (
         f"Queue order: **{s.order}**" + (f" by **{html.escape(s.model)}**" if s.order == "uncertainty" and s.model else "")
+        + ((" (" + (f"disagreement of **{s.ensemble_size}** bootstrap heads" if s.uncertainty == "ensemble"
+                    else "smallest margin") + " first)") if s.order == "uncertainty" else "")
         + f" · random control arm: **{s.random_fraction:.0%}** · retrain: {retrain} "
         f"({s.human_labels - s.labels_at_retrain} since the last) · promoted model: "
         f"**{html.escape(s.promoted_model or '-')}** (tolerance {s.promotion_tolerance})\n\n"
         "Change these with `python app.py datasets NAME --order uncertainty --model NAME|latest --random-fraction F "
-        "--retrain-every N`."
+        "--retrain-every N --uncertainty margin|ensemble`."
     )
 
 
@@ -41,11 +43,15 @@ def _curve(report: LoopReport) -> go.Figure:
     if promoted:
         figure.add_trace(go.Scatter(x=[v.labels for v in promoted], y=[v.heldout_accuracy for v in promoted],
                                     mode="markers", marker={"size": 14, "symbol": "star"}, name="promoted"))
-    for evaluation in report.history:
-        for arm, result in (evaluation.get("arms") or {}).items():
-            if result.get("accuracy") is not None:
-                figure.add_trace(go.Scatter(x=[evaluation["labels"]], y=[result["accuracy"]], mode="markers",
-                                            name=plot_text(f"{arm} arm, fresh labels"), showlegend=False))
+    for arm in ("uncertainty", "random", "before the loop"):
+        # Each evaluation scored a version on pairs labeled after it was trained (automatically when a
+        # retrain finished, or on demand): one point per version, per arm.
+        scored = [(e["labels"], e["arms"][arm]["accuracy"], e["model"]) for e in report.history
+                  if (e.get("arms") or {}).get(arm, {}).get("accuracy") is not None]
+        if scored:
+            figure.add_trace(go.Scatter(x=[x for x, _, _ in scored], y=[y for _, y, _ in scored],
+                                        mode="lines+markers", text=[plot_text(m) for _, _, m in scored],
+                                        name=plot_text(f"{arm} arm: accuracy on labels it had not seen")))
     figure.update_layout(height=300, title="Held-out accuracy against labels, per model version",
                          xaxis_title="labeled pairs in its training data", yaxis_title="accuracy",
                          yaxis_range=[0, 1.15], margin={"t": 40, "l": 50, "r": 10, "b": 40})

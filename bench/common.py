@@ -78,7 +78,8 @@ def line_chart_svg(panels: list[dict], path: Path, width: int = 420, height: int
     for index, panel in enumerate(panels):
         x0 = index * width
         points = [p for _, values in panel["series"].values() for p in values]
-        x_high, y_high = max(x for x, _ in points), max(y for _, y in points) * 1.05
+        x_high, y_top = max(x for x, _ in points), max(y for _, y in points)
+        y_high = y_top * 1.3  # headroom: the legend sits above the highest line
 
         def x_of(x: float, x0: int = x0, x_high: float = x_high) -> float:
             return x0 + pad + x / x_high * (width - 1.4 * pad)
@@ -94,7 +95,7 @@ def line_chart_svg(panels: list[dict], path: Path, width: int = 420, height: int
                   f'<text x="{x0 + 12}" y="{y_of(y_high / 2):.1f}" font-size="11" text-anchor="middle" '
                   f'transform="rotate(-90 {x0 + 12} {y_of(y_high / 2):.1f})">{panel["y_label"]}</text>']
         parts += [f'<text x="{x_of(0) - 4:.1f}" y="{y_of(t) + 4:.1f}" text-anchor="end" font-size="10">{t:,.0f}</text>'
-                  for t in (0, y_high / 2, y_high / 1.05)]
+                  for t in (0, y_top / 2, y_top)]
         parts += [f'<text x="{x_of(x):.1f}" y="{y_of(0) + 14:.1f}" text-anchor="middle" font-size="10">{x:,.0f}</text>'
                   for x in sorted({x for x, _ in points})]
         for row, (name, (colour, values)) in enumerate(panel["series"].items()):

@@ -129,11 +129,16 @@ class Dataset(SQLModel, table=True):
     promoted_model: Optional[str] = Field(default=None, max_length=200, description="the loop's current model")
     promotion_tolerance: float = Field(default=0.02, description="a new version is promoted unless its held-out "
                                                                  "accuracy is lower than the current one's by more")
+    uncertainty: str = Field(default="margin", max_length=12,
+                             description="'margin' (the model's |r(a) - r(b)|) or 'ensemble' (bootstrap heads' disagreement)")
+    ensemble_size: int = Field(default=5, description="heads in the ensemble (2 to 16)")
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (
         CheckConstraint("queue_order IN ('priority', 'uncertainty')", name="dataset_queue_order_known"),
         CheckConstraint("random_fraction BETWEEN 0 AND 1", name="dataset_random_fraction_range"),
+        CheckConstraint("uncertainty IN ('margin', 'ensemble')", name="dataset_uncertainty_known"),
+        CheckConstraint("ensemble_size BETWEEN 2 AND 16", name="dataset_ensemble_size_range"),
         CheckConstraint("prompt_kind IS NULL OR prompt_kind IN ('text', 'chat')", name="dataset_prompt_kind_known"),
         CheckConstraint(_one_of("question", Question), name="dataset_question_known"),
         CheckConstraint("overlap BETWEEN 1 AND 10", name="dataset_overlap_range"),

@@ -116,6 +116,10 @@ def test_the_loop_orders_the_queue_by_margins_retrains_after_n_labels_promotes_a
     (note, model_name), = sql(store, f"SELECT note, reward_model_name FROM trainingjob WHERE id = {queued[0]}")
     assert model_name == "loop-loop" and note.startswith("promoted")
     assert sql(store, "SELECT promoted_model FROM dataset WHERE name = 'loop'") == [("loop-loop",)]
+    # Test, then train: before the promotion, seed-rm was scored on the 4 labels it had not seen, per arm.
+    (evaluated, arms_json), = sql(store, "SELECT model_name, arms FROM loopevaluation")
+    arms_json = arms_json if isinstance(arms_json, dict) else __import__("json").loads(arms_json)
+    assert evaluated == "seed-rm" and sum(a["fresh_pairs"] for a in arms_json.values()) == 4
     # The promotion re-scores the queue with the new version (one rescore job waiting, the earlier replaced).
     rescores = sql(store, "SELECT id FROM trainingjob WHERE kind = 'rescore' AND status = 'queued'")
     assert len(rescores) == 1
@@ -143,7 +147,7 @@ def test_the_loop_orders_the_queue_by_margins_retrains_after_n_labels_promotes_a
         assert result.fresh_pairs == len(mine)
         assert result.accuracy == (pytest.approx(sum(right[c] for c in mine) / len(mine)) if mine else None)
     assert sum(b["pairs"] for b in report.calibration) == 6
-    assert sql(store, "SELECT count(*) FROM loopevaluation") == [(1,)]
+    assert sql(store, "SELECT model_name FROM loopevaluation ORDER BY id") == [("seed-rm",), ("loop-loop",)]
 
 
 def test_a_version_worse_than_the_tolerance_is_kept_but_not_promoted(loop_store):
@@ -185,3 +189,139 @@ def test_loop_settings_are_checked_and_need_the_settings_permission(loop_store):
     with pytest.raises(PermissionDenied):
         configure_loop(store, actor_for(store, "eng"), "loop", LoopSettings(retrain_every=5))
     assert sql(store, "SELECT queue_order, retrain_every FROM dataset WHERE name = 'loop'") == [("priority", None)]
+
+
+def _wait_for_sql(store, statement: str, expected, seconds: float = 300, app=None):  # noqa: ANN001, ANN201
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        rows = sql(store, statement)
+        if expected(rows):
+            return rows
+        time.sleep(1)
+    jobs = sql(store, "SELECT id, kind, status, error, note FROM trainingjob ORDER BY id")
+    raise AssertionError(f"waited {seconds} s for {statement!r}, last {rows}; jobs {jobs}\n"
+                         + (app.log()[-3000:] if app is not None else ""))
+
+
+@pytest.mark.slow
+def test_the_whole_loop_runs_in_the_app_labels_through_the_api_retrain_and_promotion_reorder_the_queue(
+        loop_store, db_url, tmp_path):
+    """Import, a seed model, then the running app: an annotator labels through the HTTP API (gradio_client)
+    in the order the app serves; after 4 labels the app's scheduler retrains on its own, promotes the new
+    version and re-scores the queue, which the API then serves by the new model's margins (a plain forward)."""
+    from conftest import run_cli, start_app
+    from gradio_client import Client
+
+    store = loop_store
+    admin = actor_for(store, None)
+    seed_job = submit_job(store, admin, TrainingConfig(dataset=["loop"], max_steps=30, output_name="seed-rm",
+                                                       eval_fraction=0.25, seed=0))
+    assert execute_job(store, seed_job, log=_quiet) == 0
+    assert run_cli("adduser", "ann", "--role", "annotator", "--password", "correct horse battery",
+                   db_url=db_url).returncode == 0
+    configured = run_cli("datasets", "loop", "--order", "uncertainty", "--model", "latest", "--random-fraction", "0.25",
+                         "--retrain-every", "4", "--promotion-tolerance", "1.0", db_url=db_url)
+    assert configured.returncode != 0 and "once the loop has promoted a version" in configured.stderr + configured.stdout
+    configured = run_cli("datasets", "loop", "--order", "uncertainty", "--model", "seed-rm", "--random-fraction",
+                         "0.25", "--retrain-every", "4", "--promotion-tolerance", "1.0", db_url=db_url)
+    assert configured.returncode == 0, configured.stderr
+    # From now on the queue follows the loop's promoted version (seed-rm until a retrain is promoted).
+    assert run_cli("datasets", "loop", "--model", "latest", db_url=db_url).returncode == 0
+    app = start_app(db_url, tmp_path / "app.log", "--no-demo")
+    try:
+        _wait_for_sql(store, "SELECT status FROM trainingjob WHERE kind = 'rescore'",
+                      lambda rows: rows and all(status == "succeeded" for status, in rows), app=app)
+        plain = _plain_margins(store, "seed-rm")
+        stored = _stored_keys(store)
+        uncertain = sorted((cid for cid in stored if stored[cid][2] == "uncertainty"), key=lambda c: (plain[c], c))
+        assert [cid for cid in sorted(stored, key=lambda c: stored[c][1]) if stored[cid][2] == "uncertainty"] == uncertain
+
+        client = Client(app.url, auth=("ann", "correct horse battery"), verbose=False)
+        served = []
+        for _ in range(4):
+            item = client.predict("loop", api_name="/next_in_dataset")
+            served.append(item["comparison_id"])
+            assert client.predict(item["comparison_id"], "a", "clearly", "", api_name="/label")["changed"] is True
+        assert served == sorted(stored, key=lambda c: stored[c][1])[:4]  # the queue order the margins set
+
+        # The app retrains on its own after the 4th label, promotes, and re-scores the queue with the new version.
+        _wait_for_sql(store, "SELECT status, note FROM trainingjob WHERE kind = 'train' AND id > 1",
+                      lambda rows: len(rows) == 1 and rows[0][0] == "succeeded" and rows[0][1].startswith("promoted"),
+                      app=app)
+        (retrain,), = sql(store, "SELECT id FROM trainingjob WHERE kind = 'train' AND id > 1")
+        _wait_for_sql(store, f"SELECT status FROM trainingjob WHERE kind = 'rescore' AND id > {retrain}",
+                      lambda rows: rows == [("succeeded",)], app=app)
+        assert sql(store, "SELECT promoted_model FROM dataset WHERE name = 'loop'") == [("loop-loop",)]
+        plain, stored = _plain_margins(store, "loop-loop"), _stored_keys(store)
+        assert len(stored) == 20
+        for comparison_id, (margin, _, _) in stored.items():
+            assert margin == pytest.approx(plain[comparison_id], abs=1e-4)
+        first_uncertain = min((c for c in stored if stored[c][2] == "uncertainty"), key=lambda c: (plain[c], c))
+        lowest = min(stored, key=lambda c: stored[c][1])
+        assert stored[lowest][2] == "random" or lowest == first_uncertain
+        assert client.predict("loop", api_name="/next_in_dataset")["comparison_id"] == lowest
+    finally:
+        app.process.terminate()
+        app.process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_ensemble_uncertainty_orders_the_queue_by_the_saved_heads_disagreement_on_a_plain_forward(loop_store):
+    """With --uncertainty ensemble the rescore job fits bootstrap heads on the labeled pairs and keeps
+    them in its folder; recomputing each open pair's disagreement from those heads and the model's own
+    features (a plain transformers forward) gives the stored queue order. The heads differ, and each
+    fits the labeled pairs at least as well as the model's head alone."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core.training.jobs import job_dir
+
+    store = loop_store
+    admin = actor_for(store, None)
+    seed_job = submit_job(store, admin, TrainingConfig(dataset=["loop"], max_steps=10, output_name="seed-rm",
+                                                       eval_fraction=0.25, seed=0))
+    assert execute_job(store, seed_job, log=_quiet) == 0
+    with pytest.raises(LoopError, match="uncertainty must be one of margin, ensemble"):
+        configure_loop(store, admin, "loop", LoopSettings(uncertainty="bald"))
+    with pytest.raises(LoopError, match="2 to 16 heads"):
+        configure_loop(store, admin, "loop", LoopSettings(ensemble_size=1))
+    status = configure_loop(store, admin, "loop", LoopSettings(order="uncertainty", model="seed-rm", random_fraction=0,
+                                                               uncertainty="ensemble", ensemble_size=4))
+    assert execute_job(store, status.queued_job, log=_quiet) == 0
+    saved = torch.load(job_dir(store, status.queued_job) / "ensemble-heads.pt")
+    heads = saved["heads"]
+    assert saved["model"] == "seed-rm" and heads.shape[0] == 4
+    assert min(torch.dist(heads[i], heads[j]).item() for i in range(4) for j in range(i + 1, 4)) > 0
+
+    (path,), = sql(store, "SELECT path FROM rewardmodel WHERE name = 'seed-rm'")
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def features_and_reward(messages: list, text: str) -> tuple:  # noqa: ANN001
+        formatted = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": text}], tokenize=False)
+        with torch.inference_mode():
+            out = model(**tokenizer(formatted, return_tensors="pt"), output_hidden_states=True)
+        return out.hidden_states[-1][0, -1], out.logits[0, 0].item()
+
+    rows = sql(store, "SELECT c.id, p.messages, a.text, b.text, c.done FROM comparison c JOIN prompt p ON p.id = "
+                      "c.prompt_id JOIN completion a ON a.id = c.completion_a_id JOIN completion b ON b.id = "
+                      "c.completion_b_id JOIN dataset d ON d.id = c.dataset_id WHERE d.name = 'loop'")
+    votes = dict(sql(store, "SELECT comparison_id, choice FROM label"))
+    spread, fitted = {}, []
+    for comparison_id, messages, a_text, b_text, done in rows:
+        messages = messages if isinstance(messages, list) else __import__("json").loads(messages)
+        (f_a, r_a), (f_b, r_b) = features_and_reward(messages, a_text), features_and_reward(messages, b_text)
+        members = torch.tensor(r_a - r_b) + heads @ (f_a - f_b)
+        if done:  # a labeled seed pair: how well the members and the model's head fit the humans' vote
+            sign = 1.0 if votes[comparison_id] == "a" else -1.0
+            fitted.append((torch.nn.functional.logsigmoid(sign * members).mean().item(),
+                           torch.nn.functional.logsigmoid(torch.tensor(sign * (r_a - r_b))).item()))
+        else:
+            spread[comparison_id] = torch.sigmoid(members).std(unbiased=False).item()
+    assert len(spread) == 24 and len(fitted) == 16
+    assert sum(member for member, _ in fitted) >= sum(base for _, base in fitted)
+    stored = _stored_keys(store)
+    by_key = sorted(stored, key=lambda c: stored[c][1])
+    by_spread = sorted(spread, key=lambda c: (-spread[c], c))
+    assert by_key == by_spread

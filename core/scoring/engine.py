@@ -283,6 +283,26 @@ class RewardScorer:
             in zip(whole, rewards, trajectories, strict=True)
         ]
 
+    def reward_features(self, examples: Sequence[tuple[Prompt, str]]) -> list[Any]:
+        """The score head's input at each example's reward token (its last, EOS), as a float32 vector,
+        or None for an example over ``max_length`` (never truncated). Decoder models only: what the
+        loop's ensemble heads (``core.training.ensemble``) are fitted on and applied to."""
+        import torch
+
+        if not self.is_decoder:
+            raise ModelLoadError(f"{self.name} is an encoder (bidirectional) model: its classifier reads a pooled "
+                                 "output, so the loop's ensemble heads cannot be fitted on it; use margin uncertainty")
+        features: list[Any] = []
+        with torch.inference_mode():
+            for prompt, response in examples:
+                ids = self.format(prompt, response).ids
+                if self.max_length and len(ids) > self.max_length:
+                    features.append(None)
+                    continue
+                hidden = self.backbone(input_ids=torch.tensor([ids], device=self.device)).last_hidden_state
+                features.append(hidden[0, -1].float().cpu())
+        return features
+
     def format_segments(self, prompt: Prompt, response: str) -> SegmentedExample:
         """The example whole and, when the response closes a thinking block, prompt + thinking and
         prompt + answer, each formatted as RewardTrainer formats an example."""

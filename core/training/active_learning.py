@@ -8,7 +8,9 @@
   background job (kind ``rescore``, run by the job scheduler like training), never inside a labeling
   request, so labeling latency does not change; items imported after the last scoring have no key
   and count as most uncertain (served first). Margin uncertainty costs one forward pass per
-  completion per rescore.
+  completion per rescore. ``uncertainty = "ensemble"`` orders the uncertainty arm by the disagreement
+  of bootstrap reward heads on the model's features instead (``core.training.ensemble``: its choice
+  and cost); the stored ``model_margin`` stays the model's own margin.
 * **Retraining.** With ``retrain_every`` N, the scheduler queues a training job after every N new
   human labels in the dataset, with the dataset's last training config (one waits at a time: a newer
   trigger replaces a queued one). When it finishes, the new version is promoted to the dataset's
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from core.accounts import Actor, Permission
@@ -41,6 +44,8 @@ from storage.ranking import completion_texts, slots_of
 from storage.registry import find_model
 
 QUEUE_ORDERS = ("priority", "uncertainty")
+UNCERTAINTY_KINDS = ("margin", "ensemble")
+MIN_ENSEMBLE_PAIRS = 8  # labeled pairs below which the heads would fit noise: margin order meanwhile
 LATEST = "latest"  # the queue model that follows the loop's promoted version
 SCORE_CHUNK = 256  # items scored and written per step of a rescore job
 
@@ -58,6 +63,8 @@ class LoopSettings:
     random_fraction: float | None = None  # 0 to 1: the share of items in the random control arm
     retrain_every: int | None = None  # new human labels between retrains; 0 turns retraining off
     promotion_tolerance: float | None = None  # 0 to 1
+    uncertainty: str | None = None  # "margin" or "ensemble"
+    ensemble_size: int | None = None  # 2 to 16 heads
 
 
 @dataclass
@@ -73,12 +80,15 @@ class LoopStatus:
     labels_at_retrain: int
     queued_job: int | None = None
     notes: list[str] = field(default_factory=list)
+    uncertainty: str = "margin"
+    ensemble_size: int = 5
 
 
 def _status(session, dataset, queued_job: int | None = None) -> LoopStatus:  # noqa: ANN001
     return LoopStatus(dataset.name, dataset.queue_order, dataset.queue_model, dataset.promoted_model,
                       dataset.random_fraction, dataset.retrain_every, dataset.promotion_tolerance,
-                      human_label_count(session, dataset.id), dataset.labels_at_retrain, queued_job)
+                      human_label_count(session, dataset.id), dataset.labels_at_retrain, queued_job,
+                      uncertainty=dataset.uncertainty, ensemble_size=dataset.ensemble_size)
 
 
 def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSettings) -> LoopStatus:
@@ -93,6 +103,10 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
         raise LoopError(f"retrain every N labels needs N from 1 to 1000000 (0 turns it off); got {settings.retrain_every}")
     if settings.promotion_tolerance is not None and not 0 <= settings.promotion_tolerance <= 1:
         raise LoopError(f"the promotion tolerance is an accuracy difference, 0 to 1; got {settings.promotion_tolerance}")
+    if settings.uncertainty is not None and settings.uncertainty not in UNCERTAINTY_KINDS:
+        raise LoopError(f"uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, got {settings.uncertainty!r}")
+    if settings.ensemble_size is not None and not 2 <= settings.ensemble_size <= 16:
+        raise LoopError(f"an ensemble has 2 to 16 heads; got {settings.ensemble_size}")
     with store.write() as session:
         target = require_dataset(session, dataset)
         if settings.model is not None and settings.model != LATEST and find_model(session, settings.model) is None:
@@ -107,7 +121,8 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
             target.promoted_model = settings.model  # the loop starts from the model it is given
         for name, value in (("queue_order", settings.order), ("queue_model", settings.model),
                             ("random_fraction", settings.random_fraction),
-                            ("promotion_tolerance", settings.promotion_tolerance)):
+                            ("promotion_tolerance", settings.promotion_tolerance),
+                            ("uncertainty", settings.uncertainty), ("ensemble_size", settings.ensemble_size)):
             if value is not None:
                 setattr(target, name, value)
         notes = []
@@ -121,7 +136,8 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
         queued = None
         if target.queue_order == "priority":
             clear_queue_keys(session, target.id)
-        elif settings.order is not None or settings.model is not None or settings.random_fraction is not None:
+        elif any(value is not None for value in (settings.order, settings.model, settings.random_fraction,
+                                                  settings.uncertainty, settings.ensemble_size)):
             queued = queue_loop_job(session, dataset, "rescore", {})
             notes.append(f"rescore job {queued} queued: the queue is ordered by the new scores when it finishes")
         status = _status(session, target, queued)
@@ -152,13 +168,16 @@ def arm_of(dataset_id: int, comparison_id: int, random_fraction: float) -> str:
     return "random" if _unit_hash("arm", dataset_id, comparison_id) < random_fraction else "uncertainty"
 
 
-def queue_keys(dataset_id: int, margins: dict[int, float | None], random_fraction: float) -> list[QueueKey]:
-    """Keys in [0, 1): the uncertainty arm by rank of margin (smallest first; an item the model could
-    not score, e.g. longer than its max_length, last), the random arm by a hash of the item, so the
-    two arms interleave with the random arm at its share."""
+def queue_keys(dataset_id: int, margins: dict[int, float | None], random_fraction: float,
+               spreads: dict[int, float | None] | None = None) -> list[QueueKey]:
+    """Keys in [0, 1): the uncertainty arm by rank of margin (smallest first) or, given ``spreads``
+    (an ensemble's disagreement), by rank of spread (largest first); an item the model could not
+    score (e.g. longer than its max_length) last. The random arm by a hash of the item, so the two
+    arms interleave with the random arm at its share."""
     arms = {cid: arm_of(dataset_id, cid, random_fraction) for cid in margins}
+    order = margins if spreads is None else {cid: None if v is None else -v for cid, v in spreads.items()}
     uncertain = sorted((cid for cid in margins if arms[cid] == "uncertainty"),
-                       key=lambda cid: (margins[cid] is None, margins[cid] if margins[cid] is not None else 0.0, cid))
+                       key=lambda cid: (order[cid] is None, order[cid] if order[cid] is not None else 0.0, cid))
     keys = [QueueKey(cid, margins[cid], rank / max(1, len(uncertain)), "uncertainty")
             for rank, cid in enumerate(uncertain)]
     keys += [QueueKey(cid, margins[cid], _unit_hash("order", dataset_id, cid), "random")
@@ -177,9 +196,46 @@ def _scorer_for(store: Store, model: str) -> Any:
     return load_scorer(str(folder), trained_max_length(store, model))
 
 
-def _item_margins(store: Store, scorer: Any, item_ids: list[int]) -> dict[int, float | None]:
+def _ensemble_heads(store: Store, dataset: str, dataset_id: int, scorer: Any, size: int,
+                    log: Callable[[str], None]) -> Any:
+    """The ensemble's residual heads, fitted on the dataset's newest labeled pairs (None, with a log
+    line, when there are too few: the queue is ordered by margin until there are enough)."""
+    import torch
+
+    from core.data.exporter import NothingToExport, build_preference_rows, response_text
+    from core.training.ensemble import ENSEMBLE_PAIRS, fit_heads
+
+    try:
+        rows = build_preference_rows(store, datasets=[dataset]).rows[-ENSEMBLE_PAIRS:]
+    except NothingToExport:
+        rows = []
+    examples = [(row["prompt"], response_text(row[side])) for row in rows for side in ("chosen", "rejected")]
+    features = scorer.reward_features(examples)
+    pairs = [(features[2 * i], features[2 * i + 1]) for i in range(len(rows))
+             if features[2 * i] is not None and features[2 * i + 1] is not None]
+    if len(pairs) < MIN_ENSEMBLE_PAIRS:
+        log(f"ensemble uncertainty needs {MIN_ENSEMBLE_PAIRS} labeled pairs within max_length, {dataset} has "
+            f"{len(pairs)}: ordered by the model's margin until it has")
+        return None
+    chosen, rejected = torch.stack([c for c, _ in pairs]), torch.stack([r for _, r in pairs])
+    margins = _head_rewards(scorer, chosen) - _head_rewards(scorer, rejected)
+    log(f"fitting {size} ensemble heads on {len(pairs)} labeled pair(s)")
+    return fit_heads(chosen - rejected, margins, size, seed=dataset_id)
+
+
+def _head_rewards(scorer: Any, features: Any) -> Any:
+    """The model's own rewards from reward-token features (its score head applied to them)."""
+    import torch
+
+    with torch.inference_mode():
+        return scorer.head(features.to(scorer.device, scorer.dtype)).squeeze(-1).float().cpu()
+
+
+def _item_margins(store: Store, scorer: Any, item_ids: list[int],
+                  heads: Any = None) -> tuple[dict[int, float | None], dict[int, float | None]]:
     """|r(a) - r(b)| of each pair, the smallest gap between two completions of a ranking item; None
-    when a text is over the model's max_length (never truncated)."""
+    when a text is over the model's max_length (never truncated). With ensemble ``heads``, also each
+    item's disagreement (``core.training.ensemble``; a ranking item: the largest over its pairs)."""
     with store.read() as session:
         slots = slots_of(session, item_ids)
         contents = comparison_contents(session, item_ids)  # prompts of pairs and ranking items alike
@@ -192,35 +248,67 @@ def _item_margins(store: Store, scorer: Any, item_ids: list[int]) -> dict[int, f
         responses = [texts[c][0] for c in slots[item_id]] if item_id in slots else [content.a_text, content.b_text]
         spans[item_id] = (len(examples), len(examples) + len(responses))
         examples += [(prompt, response) for response in responses]
-    results = scorer.score_responses(examples)
     margins: dict[int, float | None] = {}
+    spreads: dict[int, float | None] = {}
+    if heads is None:
+        rewards_of = [None if r.exceeds_max_length else r.reward for r in scorer.score_responses(examples)]
+    else:  # one pass gives both: the model's reward is its head applied to the features
+        import torch
+
+        from core.training.ensemble import disagreement, member_rewards
+
+        features = scorer.reward_features(examples)
+        known = [i for i, f in enumerate(features) if f is not None]
+        rewards_of = [None] * len(examples)
+        if known:
+            for i, reward in zip(known, _head_rewards(scorer, torch.stack([features[i] for i in known])).tolist(),
+                                 strict=True):
+                rewards_of[i] = reward
     for item_id, (start, end) in spans.items():
-        chunk = results[start:end]
-        if any(r.exceeds_max_length for r in chunk):
-            margins[item_id] = None
+        chunk = rewards_of[start:end]
+        if any(r is None for r in chunk):
+            margins[item_id] = spreads[item_id] = None
             continue
-        rewards = sorted(r.reward for r in chunk)
-        margins[item_id] = min(b - a for a, b in zip(rewards, rewards[1:]))
-    return margins
+        ordered = sorted(chunk)
+        margins[item_id] = min(b - a for a, b in zip(ordered, ordered[1:]))
+        if heads is not None:
+            members = member_rewards(heads, torch.stack(features[start:end]), torch.tensor(chunk))
+            spreads[item_id] = max(disagreement(members[:, i], members[:, j])
+                                   for i in range(end - start) for j in range(i + 1, end - start))
+    return margins, spreads
 
 
-def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = print) -> int:
+def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = print,
+                  work_dir: Path | None = None) -> int:
     """Score the open items of ``dataset`` with its queue model and store their margins, arms and
-    queue keys (the job of kind ``rescore``). Returns how many items were scored."""
+    queue keys (the job of kind ``rescore``). With ensemble uncertainty, the heads are fitted first
+    and saved to ``work_dir / "ensemble-heads.pt"`` when given. Returns how many items were scored."""
     model = queue_model_of(store, dataset)
     if not model:
         raise LoopError(f"dataset {dataset!r} has no model to score its queue (set one with --model)")
     with store.read() as session:
         target = require_dataset(session, dataset)
         dataset_id, fraction = target.id, target.random_fraction
+        uncertainty, ensemble_size = target.uncertainty, target.ensemble_size
         item_ids = open_item_ids(session, dataset_id)
     scorer = _scorer_for(store, model)
-    log(f"scoring {len(item_ids)} open item(s) of {dataset} with {model}")
+    heads = _ensemble_heads(store, dataset, dataset_id, scorer, ensemble_size, log) if uncertainty == "ensemble" else None
+    if heads is not None and work_dir is not None:
+        import torch
+
+        work_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": model, "heads": heads}, work_dir / "ensemble-heads.pt")
+    log(f"scoring {len(item_ids)} open item(s) of {dataset} with {model}"
+        + (f" and {len(heads)} ensemble heads" if heads is not None else ""))
     margins: dict[int, float | None] = {}
+    spreads: dict[int, float | None] | None = {} if heads is not None else None
     for start in range(0, len(item_ids), SCORE_CHUNK):
-        margins.update(_item_margins(store, scorer, item_ids[start:start + SCORE_CHUNK]))
+        chunk_margins, chunk_spreads = _item_margins(store, scorer, item_ids[start:start + SCORE_CHUNK], heads)
+        margins.update(chunk_margins)
+        if spreads is not None:
+            spreads.update(chunk_spreads)
         log(f"scored {min(start + SCORE_CHUNK, len(item_ids))}/{len(item_ids)}")
-    keys = queue_keys(dataset_id, margins, fraction)
+    keys = queue_keys(dataset_id, margins, fraction, spreads)
     for start in range(0, len(keys), SCORE_CHUNK):  # short write transactions: labeling goes on meanwhile
         with store.write() as session:
             write_queue_keys(session, keys[start:start + SCORE_CHUNK])
@@ -333,6 +421,26 @@ def loop_report(store: Store, actor: Actor, dataset: str | None, *, evaluate: bo
     if evaluate and current:
         _evaluate(store, target.id, dataset, current, report)
     return report
+
+
+def evaluate_before_retrain(store: Store, dataset: str) -> str | None:
+    """Test, then train: when a retrain of ``dataset`` finishes, the model it may replace is scored on
+    the pairs labeled since that model was trained, which it never saw, per arm (stored, so the loop
+    page draws each arm's accuracy against labels, one point per version). Returns a summary for the
+    job's log, or None when the dataset has no promoted model yet."""
+    from storage.loop import arm_label_counts
+
+    with store.read() as session:
+        target = require_dataset(session, dataset)
+        status = _status(session, target)
+        counts = arm_label_counts(session, target.id)
+    if not status.promoted_model:
+        return None
+    report = LoopReport(status, [], [ArmResult(arm, n, 0, None) for arm, n in counts.items()])
+    _evaluate(store, target.id, dataset, status.promoted_model, report)
+    arms = ", ".join(f"{a.arm} arm {a.accuracy:.3f} on {a.fresh_pairs}" if a.accuracy is not None
+                     else f"{a.arm} arm n/a" for a in report.arms)
+    return f"{status.promoted_model} on the labels it had not seen: {arms or 'none yet'}"
 
 
 def _evaluate(store: Store, dataset_id: int, dataset: str, model: str, report: LoopReport) -> None:

@@ -12,7 +12,7 @@ import signal
 import sys
 import traceback
 
-from core.training.active_learning import after_training, rescore_queue
+from core.training.active_learning import after_training, evaluate_before_retrain, rescore_queue
 from core.training.config import TrainingConfig
 from core.training.jobs import job_dir
 from core.training.trainer import TrainingError, run_training
@@ -72,6 +72,9 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
     note = None
     loop_dataset = (job.config or {}).get("loop_dataset")
     if loop_dataset and outcome.model_name:
+        evaluated = evaluate_before_retrain(store, loop_dataset)
+        if evaluated:
+            log(f"loop: {evaluated}")
         note = after_training(store, loop_dataset, outcome.model_name, outcome.eval_accuracy)
         log(f"loop: {note}")
     with store.write() as session:
@@ -83,10 +86,13 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
 
 
 def _rescore(store: Store, job, *, log=print) -> int:  # noqa: ANN001
-    """A rescore job of the loop: order a dataset's queue by its model's margins."""
+    """A rescore job of the loop: order a dataset's queue by its model's margins (or its ensemble's
+    disagreement; the fitted heads are kept in the job's folder as ``ensemble-heads.pt``)."""
+    from core.training.jobs import job_dir
+
     dataset = (job.config or {}).get("loop_dataset", "")
     try:
-        scored = rescore_queue(store, dataset, log=log)
+        scored = rescore_queue(store, dataset, log=log, work_dir=job_dir(store, job.id))
     except Exception as error:  # noqa: BLE001 (any failure must end the job as failed, with its reason)
         traceback.print_exc()
         with store.write() as session:
