@@ -74,10 +74,12 @@ def test_labels_trigger_a_retrain_and_the_loop_page_shows_versions_and_reliabili
         page.locator("#loop-status").get_by_text("promoted model: loop-loop").wait_for()
         page.locator("#loop-curve .js-plotly-plot").wait_for()
         assert "loop-loop" in page.locator("#loop-curve").inner_text()
+        # The retrain scored seed-rm on the three labels it had not seen first: a per-arm accuracy point.
+        assert "arm: accuracy on labels it had not seen" in page.locator("#loop-curve").inner_text()
         page.locator("#loop-evaluate").click()
         page.locator("#loop-reliability .js-plotly-plot").wait_for()
         page.locator("#loop-reliability").get_by_text("Reliability of loop-loop").wait_for()
-        assert sql(store, "SELECT model_name FROM loopevaluation") == [("loop-loop",)]
+        assert sql(store, "SELECT model_name FROM loopevaluation ORDER BY id") == [("seed-rm",), ("loop-loop",)]
         save_screenshot(page, "loop-page")
     finally:
         app.process.terminate()
