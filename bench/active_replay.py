@@ -49,7 +49,8 @@ from common import parse_with_smoke  # noqa: E402
 
 HH_RLHF = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 DATASET = "replay"
-ARMS = {"uncertainty": 0.0, "random": 1.0}  # arm -> the loop's random_fraction
+# arm -> the loop's random_fraction and uncertainty kind
+ARMS = {"uncertainty": (0.0, "margin"), "random": (1.0, "margin"), "ensemble": (0.0, "ensemble")}
 FILLER = ("the a we then list check each one rule keep fits answer step next case first so it is on for "
           "with this that from here there value result part").split()
 MARKERS = {"precise": 2, "because": 1, "checked": 1, "maybe": -1, "guess": -1, "whatever": -2}  # the hidden rule
@@ -191,7 +192,8 @@ def replay(arm: str, seed: int, test_file: Path, seed_set: list[Pair], pool: lis
         run_queued_jobs(store)
         labels, accuracy, seconds = [len(seed_set)], [accuracy_on_test_set(store, "seed-rm", test_file)], []
         configure_loop(store, admin, DATASET, LoopSettings(order="uncertainty", model="seed-rm",
-                                                           random_fraction=ARMS[arm], retrain_every=args.per_round,
+                                                           random_fraction=ARMS[arm][0], uncertainty=ARMS[arm][1],
+                                                           retrain_every=args.per_round,
                                                            promotion_tolerance=1.0))
         run_queued_jobs(store)  # the first rescore, by the seed model
         configure_loop(store, admin, DATASET, LoopSettings(model=LATEST))
@@ -255,7 +257,7 @@ def svg_plot(results: dict, path: Path) -> None:
     """Learning curves (mean ± std over seeds) per data set, one panel each, as a small SVG by hand
     (matplotlib is not installed and plotly's static export needs kaleido). Each arm's error bars are
     shifted a few pixels sideways so that they do not hide each other."""
-    colours = {"uncertainty": "#d62728", "random": "#1f77b4"}
+    colours = {"uncertainty": "#d62728", "random": "#1f77b4", "ensemble": "#2ca02c"}
     width, height, pad = 420, 300, 50
     parts = []
     for index, (name, summary) in enumerate(results.items()):
@@ -309,8 +311,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 because on this shared 2-core machine two threads ran a tiny model's "
                         "steps ~6x slower than one (OpenMP threads spinning against other processes)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+                        help="uncertainty: smallest margin first; random: the control arm; ensemble: bootstrap heads' "
+                        "largest disagreement first (the random and uncertainty arms are always run)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "active")
     args = parse_with_smoke(parser, seeds=2, seed_labels=8, rounds=1, per_round=4, pool=8, test=16, steps=2)
+    args.arms = ["uncertainty", "random"] + [arm for arm in args.arms if arm not in ("uncertainty", "random")]
     import torch
 
     torch.set_num_threads(args.threads)
@@ -321,14 +327,14 @@ def main() -> None:
     results, started = {}, time.perf_counter()
     for name in args.data:
         pairs = sources[name]()
-        runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+        runs: dict[str, list[dict]] = {arm: [] for arm in args.arms}
         with tempfile.TemporaryDirectory() as tmp:
             for seed in range(args.seeds):
                 test, seed_set, pool = split_for_seed(pairs, args.test, args.seed_labels, args.pool, seed)
                 test_file = Path(tmp) / "test.jsonl"
                 test_file.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n"
                                              for p, c, r in test))
-                for arm in ARMS:
+                for arm in args.arms:
                     run = replay(arm, seed, test_file, seed_set, pool, args, near_ties.get(name))
                     runs[arm].append(run)
                     print(f"{name} seed {seed} {arm}: " + " ".join(f"{a:.3f}" for a in run["accuracy"])
@@ -346,8 +352,10 @@ def main() -> None:
         for i, n in enumerate(summary["labels"]):
             u, r, d = (summary["curves"]["uncertainty"][i], summary["curves"]["random"][i],
                        summary["uncertainty_minus_random"][i])
+            e = summary["curves"].get("ensemble")
             print(f"| {n} | {u['mean']:.3f} ± {u['std']:.3f} | {r['mean']:.3f} ± {r['std']:.3f} | "
-                  f"{d['mean']:+.3f} ± {d['stderr']:.3f} |")
+                  f"{d['mean']:+.3f} ± {d['stderr']:.3f} |"
+                  + (f" ensemble {e[i]['mean']:.3f} ± {e[i]['std']:.3f} |" if e else ""))
         reach = summary["labels_to_reach_random_final"]
         print(f"labels to reach the random arm's final accuracy {summary['random_final_accuracy']:.3f}: "
               + "; ".join(f"{arm} {r['mean_curve']} (per seed {r['per_seed']})" for arm, r in reach.items()))
