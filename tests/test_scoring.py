@@ -42,6 +42,12 @@ def reference(scorer: RewardScorer, ids: list[int]) -> float:
         return scorer.model(input_ids=torch.tensor([ids])).logits[0, 0].item()
 
 
+def closing_tokens(example) -> list[int]:  # noqa: ANN001
+    """What the example holds after its response (text: EOS; chat: the template's end of the assistant
+    turn, <|im_end|> and a newline): a prefix cut after token k is closed the same way."""
+    return example.ids[example.response_tokens[1]:]
+
+
 def reference_text(scorer: RewardScorer, prompt, response: str) -> float:  # noqa: ANN001
     if isinstance(prompt, list):
         ids = scorer.tokenizer.apply_chat_template(
@@ -77,15 +83,20 @@ def test_rewards_and_segment_rewards_equal_the_defined_texts(scorer, prompt, opt
 
 @pytest.mark.parametrize("prompt", PROMPTS, ids=["standard", "conversational"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_every_trajectory_value_is_the_reward_of_the_prefix_plus_eos(scorer, prompt, padding_side):
+def test_every_trajectory_value_is_the_reward_of_the_prefix_closed_like_the_example(scorer, prompt, padding_side):
+    """The prefix cut after token k, closed as the whole example is (text: EOS; chat: <|im_end|> and the
+    newline after it), so the last point is the response's own reward."""
     examples = [scorer.format(prompt, r) for r in RESPONSES]
     trajectories = scorer.trajectories(examples, padding_side=padding_side, batch_size=4)
     for example, (steps, think_end) in zip(examples, trajectories, strict=True):
         start, end = example.response_tokens
         assert len(steps) == end - start
+        assert len(closing_tokens(example)) == (1 if isinstance(prompt, str) else 2)
+        assert steps[-1][1] == pytest.approx(reference(scorer, example.ids), abs=TOLERANCE)
         for k, (token_text, value) in zip(range(start, end), steps, strict=True):
             assert token_text == example.text[example.offsets[k][0] : example.offsets[k][1]]
-            assert value == pytest.approx(reference(scorer, example.ids[: k + 1] + [scorer.eos_id]), abs=TOLERANCE)
+            assert value == pytest.approx(reference(scorer, example.ids[: k + 1] + closing_tokens(example)),
+                                          abs=TOLERANCE)
         response_text = "".join(text for text, _ in steps)
         if "</think>" in response_text:
             upto = "".join(text for text, _ in steps[: think_end + 1])
@@ -141,8 +152,10 @@ def test_the_cached_prefix_path_gives_each_prefix_reward_like_the_probe_rows(sco
         steps, think_end = long_path.trajectory_of(example)
         start, end = example.response_tokens
         assert len(steps) == end - start
+        assert steps[-1][1] == pytest.approx(reference(scorer, example.ids), abs=TOLERANCE)
         for k, (_, value) in zip(range(start, end), steps, strict=True):
-            assert value == pytest.approx(reference(scorer, example.ids[: k + 1] + [scorer.eos_id]), abs=TOLERANCE)
+            assert value == pytest.approx(reference(scorer, example.ids[: k + 1] + closing_tokens(example)),
+                                          abs=TOLERANCE)
         batched_steps, batched_end = scorer.trajectory_of(scorer.format(prompt, response))
         assert think_end == batched_end
         assert [v for _, v in steps] == pytest.approx([v for _, v in batched_steps], abs=TOLERANCE)
@@ -208,3 +221,25 @@ def test_split_probe_attention_equals_a_plain_masked_softmax_over_each_probes_pr
             values = torch.cat([cached_values[0, h // 3, : cut + 1], value[0, h // 3, i : i + 1]])
             expected = torch.softmax(keys @ query[0, h, i] * 0.3, dim=0) @ values
             assert out[0, h, i].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_split_probe_attention_with_two_token_probes_sees_only_its_own_probes_earlier_tokens():
+    """Chat probes are two tokens (<|im_end|>, newline): token j of probe i sees cached keys 0..cut_i
+    and tokens 0..j of probe i, never another probe's."""
+    from core.scoring import probe_attention
+    from core.scoring.engine import _own_probe_visibility
+
+    generator = torch.Generator().manual_seed(1)
+    heads, dim, length, probes, tokens = 4, 8, 30, 3, 2
+    query, key, value = (torch.randn(1, heads, probes * tokens, dim, generator=generator) for _ in range(3))
+    cached_keys, cached_values = (torch.randn(1, heads, length, dim, generator=generator) for _ in range(2))
+    cuts = torch.tensor([10, 11, 12]).repeat_interleave(tokens)
+    out = probe_attention.probe_attention(query, key, value, cached_keys, cached_values, cuts, 0.5,
+                                          own_visible=_own_probe_visibility(probes, tokens))
+    for q in range(probes * tokens):
+        probe, first = q // tokens, q // tokens * tokens
+        for h in range(heads):
+            keys = torch.cat([cached_keys[0, h, : int(cuts[q]) + 1], key[0, h, first : q + 1]])
+            values = torch.cat([cached_values[0, h, : int(cuts[q]) + 1], value[0, h, first : q + 1]])
+            expected = torch.softmax(keys @ query[0, h, q] * 0.5, dim=0) @ values
+            assert out[0, h, q].tolist() == pytest.approx(expected.tolist(), abs=1e-5), (probe, q, h)

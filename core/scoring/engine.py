@@ -8,7 +8,8 @@ Definitions (the tests hold the code to them):
 * **Segments**: split at the last ``</think>`` (``core.segments``). ``thinking_reward`` scores
   prompt + thinking, ``answer_reward`` prompt + answer, each formatted as above.
 * **Trajectory**: for each response token k (in the tokenization of the whole example), the reward
-  of the example cut after token k with EOS appended.
+  of the example cut after token k and closed as the whole example is (text: EOS; chat: the
+  template's end of the assistant turn), so the last point is the reward.
 
 How it runs. A reward model's head scores every position; the reward is the score at the last
 token. So the engine runs the backbone and the head itself and reads the score where it wants:
@@ -311,6 +312,14 @@ class RewardScorer:
             return SegmentedExample(self.format(prompt, response), None, None)
         return SegmentedExample(self.format(prompt, response), self.format(prompt, thinking), self.format(prompt, answer))
 
+    def probe_suffix(self, example: FormattedExample) -> list[int]:
+        """What a trajectory probe appends after a cut: the tokens that close the example after its
+        response, so the last point is the reward itself. Text: EOS. Chat: the template's end of the
+        assistant turn (Qwen: ``<|im_end|>`` and a newline, where the sequence classifier reads).
+        A response that carries its own EOS leaves nothing after it: EOS then."""
+        start, end = example.response_tokens
+        return list(example.ids[end:]) or [self.eos_id]
+
     def trajectories(self, examples: Sequence[FormattedExample], *, padding_side: str = "right", batch_size: int = 4,
                      strategy: str = "bucket", meter: _WorkMeter | None = None) -> list[tuple[list[tuple[str, float]], int | None]]:
         """``trajectory_of`` for many examples. Short ones (example and probes within ``batch_tokens``)
@@ -325,28 +334,29 @@ class RewardScorer:
 
         def probe_width(i: int) -> int:
             start, end = examples[i].response_tokens
-            return len(examples[i].ids) + end - start
+            return len(examples[i].ids) + (end - start) * len(self.probe_suffix(examples[i]))
 
         for i in [i for i in todo if probe_width(i) > self.batch_tokens]:
             start, end = examples[i].response_tokens
-            results[i] = self._label_trajectory(examples[i], self._cached_prefix_probes(examples[i].ids, range(start, end),
-                                                                                        meter=meter))
+            results[i] = self._label_trajectory(examples[i], self._cached_prefix_probes(
+                examples[i].ids, range(start, end), meter=meter, suffix=self.probe_suffix(examples[i])))
         short = [i for i in todo if probe_width(i) <= self.batch_tokens]
         for begin in range(0, len(short), batch_size):
             chunk = short[begin : begin + batch_size]
             rows = []
             for i in chunk:
                 start, end = examples[i].response_tokens
-                rows.append(_probe_row(examples[i].ids, list(range(start, end)), self.eos_id))
+                rows.append(_probe_row(examples[i].ids, list(range(start, end)), self.probe_suffix(examples[i])))
             for i, values in zip(chunk, self._run(rows, padding_side), strict=True):
                 results[i] = self._label_trajectory(examples[i], values)
                 if meter is not None:
                     meter.add(len(values))
         return results
 
-    def _cached_prefix_probes(self, ids: list[int], cut_after: Sequence[int], *,
-                              meter: _WorkMeter | None = None) -> list[float]:
-        """The reward of ``ids[: k + 1] + [EOS]`` for each k in ``cut_after``, in memory linear in len(ids).
+    def _cached_prefix_probes(self, ids: list[int], cut_after: Sequence[int], *, meter: _WorkMeter | None = None,
+                              suffix: Sequence[int] | None = None) -> list[float]:
+        """The reward of ``ids[: k + 1] + suffix`` (default ``[EOS]``) for each k in ``cut_after``, in
+        memory linear in len(ids). A probe is the suffix's tokens, read at its last.
 
         One causal forward over the whole example keeps its key/value cache (no mask: attention's
         causal fast path). Then the EOS probes run in chunks of ``probe_chunk`` on top of that cache:
@@ -357,65 +367,73 @@ class RewardScorer:
         import torch
 
         n, cuts = len(ids), list(cut_after)
+        suffix = list(suffix) if suffix else [self.eos_id]
+        s = len(suffix)
         if not cuts:
             return []
         if self.split_probe_attention:
-            return self._split_attention_probes(ids, cuts, meter)
+            return self._split_attention_probes(ids, cuts, meter, suffix)
         # Probes per chunk: the chunk's attention scores (chunk x length per head) stay near a fixed budget.
-        chunk_size = max(8, min(256, PROBE_SCORE_BUDGET // max(1, n)))
+        chunk_size = max(8, min(256, PROBE_SCORE_BUDGET // max(1, n * s)))
         with torch.inference_mode():
             cache = self.backbone(input_ids=torch.tensor([ids], device=self.device), use_cache=True).past_key_values
             values: list[float] = []
             for begin in range(0, len(cuts), chunk_size):
                 chunk = torch.tensor(cuts[begin : begin + chunk_size])
                 m = len(chunk)
-                visible = torch.zeros(m, n + m, dtype=torch.bool)
-                visible[:, :n] = torch.arange(n)[None, :] <= chunk[:, None]
-                visible[torch.arange(m), n + torch.arange(m)] = True
+                query_cuts, offsets = chunk.repeat_interleave(s), torch.arange(s).repeat(m)
+                visible = torch.zeros(m * s, n + m * s, dtype=torch.bool)
+                visible[:, :n] = torch.arange(n)[None, :] <= query_cuts[:, None]
+                visible[:, n:] = _own_probe_visibility(m, s)
                 mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill(~visible, torch.finfo(self.dtype).min)
                 hidden = self.backbone(
-                    input_ids=torch.full((1, m), self.eos_id, dtype=torch.long, device=self.device),
-                    position_ids=(chunk + 1)[None].to(self.device),
+                    input_ids=torch.tensor([suffix * m], dtype=torch.long, device=self.device),
+                    position_ids=(query_cuts + 1 + offsets)[None].to(self.device),
                     attention_mask=mask[None, None].to(self.device),
                     past_key_values=cache,
                     use_cache=True,
                 ).last_hidden_state
-                cache.crop(-m)
-                values += self.head(hidden).squeeze(-1).float()[0].cpu().tolist()
+                cache.crop(-m * s)
+                values += self.head(hidden[:, s - 1 :: s]).squeeze(-1).float()[0].cpu().tolist()
                 if meter is not None:
                     meter.add(m)
         return values
 
-    def _split_attention_probes(self, ids: list[int], cuts: list[int], meter: _WorkMeter | None) -> list[float]:
+    def _split_attention_probes(self, ids: list[int], cuts: list[int], meter: _WorkMeter | None,
+                                suffix: list[int]) -> list[float]:
         """``_cached_prefix_probes`` with the probes' attention split into the prefix they share and a
         small band (``core.scoring.probe_attention``): the cache is read, never copied or cut, and the
         shared part runs through the fused kernel without a mask."""
         import torch
 
         values: list[float] = []
+        s = len(suffix)
+        probes_per_chunk = max(1, SPLIT_PROBE_CHUNK // s)  # the own-key block is (probes x s) squared per head
         with torch.inference_mode():
             cache = self.backbone(input_ids=torch.tensor([ids], device=self.device), use_cache=True).past_key_values
             begin = 0
             while begin < len(cuts):
                 # A chunk's band spans its first to last cut: bound that span, not only the count.
                 end = begin + 1
-                while end < len(cuts) and end - begin < SPLIT_PROBE_CHUNK and cuts[end] - cuts[begin] < SPLIT_PROBE_CHUNK:
+                while end < len(cuts) and end - begin < probes_per_chunk and cuts[end] - cuts[begin] < SPLIT_PROBE_CHUNK:
                     end += 1
-                chunk = torch.tensor(cuts[begin:end], device=self.device)
-                with probe_attention.probing(cache, chunk):
+                m = end - begin
+                query_cuts = torch.tensor(cuts[begin:end], device=self.device).repeat_interleave(s)
+                offsets = torch.arange(s, device=self.device).repeat(m)
+                with probe_attention.probing(cache, query_cuts, _own_probe_visibility(m, s).to(self.device)):
                     hidden = self.backbone(
-                        input_ids=torch.full((1, end - begin), self.eos_id, dtype=torch.long, device=self.device),
-                        position_ids=(chunk + 1)[None],
+                        input_ids=torch.tensor([suffix * m], dtype=torch.long, device=self.device),
+                        position_ids=(query_cuts + 1 + offsets)[None],
                         use_cache=False,
                     ).last_hidden_state
-                values += self.head(hidden).squeeze(-1).float()[0].cpu().tolist()
+                values += self.head(hidden[:, s - 1 :: s]).squeeze(-1).float()[0].cpu().tolist()
                 if meter is not None:
                     meter.add(end - begin)
                 begin = end
         return values
 
     def trajectory_of(self, example: FormattedExample) -> tuple[list[tuple[str, float]], int | None]:
-        """(token text, reward of the example cut after that token + EOS) for each response token,
+        """(token text, reward of the example cut after that token and closed like the example) for each response token,
         and the index of the token that closes the last </think> (None without one). One pass."""
         return self.trajectories([example])[0]
 
@@ -466,18 +484,29 @@ def _causal_row(ids: list[int]) -> Row:
     return Row(list(ids), list(range(n)), None, [n - 1], plain_causal=True)
 
 
-def _probe_row(ids: list[int], cut_after: list[int], eos_id: int) -> Row:
-    """The whole example, then one EOS probe per cut point k, seeing tokens 0..k and itself."""
+def _own_probe_visibility(probes: int, suffix_length: int) -> Any:
+    """Among the probes' own tokens (``probes`` blocks of ``suffix_length``, one block per cut), each
+    token sees the tokens of its own probe up to itself."""
     import torch
 
-    n, m = len(ids), len(cut_after)
-    visible = torch.zeros(n + m, n + m, dtype=torch.bool)
+    block = torch.arange(probes * suffix_length) // suffix_length
+    index = torch.arange(probes * suffix_length)
+    return (block[:, None] == block[None, :]) & (index[None, :] <= index[:, None])
+
+
+def _probe_row(ids: list[int], cut_after: list[int], suffix: list[int]) -> Row:
+    """The whole example, then one probe per cut point k: the ``suffix`` tokens at positions
+    k+1.., seeing tokens 0..k and their own probe's tokens up to themselves, read at the last."""
+    import torch
+
+    n, m, s = len(ids), len(cut_after), len(suffix)
+    visible = torch.zeros(n + m * s, n + m * s, dtype=torch.bool)
     visible[:n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
-    cuts = torch.tensor(cut_after)
+    cuts = torch.tensor(cut_after).repeat_interleave(s)
     visible[n:, :n] = torch.arange(n)[None, :] <= cuts[:, None]
-    visible[n + torch.arange(m), n + torch.arange(m)] = True
-    positions = list(range(n)) + [k + 1 for k in cut_after]
-    return Row(list(ids) + [eos_id] * m, positions, visible, list(range(n, n + m)))
+    visible[n:, n:] = _own_probe_visibility(m, s)
+    positions = list(range(n)) + [k + 1 + j for k in cut_after for j in range(s)]
+    return Row(list(ids) + list(suffix) * m, positions, visible, [n + i * s + s - 1 for i in range(m)])
 
 
 def _buckets(order: list[int], lengths: list[int], budget: int, min_fill: float = 0.7) -> list[list[int]]:

@@ -1,6 +1,7 @@
 """Attention for trajectory probes: each EOS probe attends to its own prefix of a cached example.
 
-A trajectory asks, for every response token k, the reward of the example cut after k with EOS appended.
+A trajectory asks, for every response token k, the reward of the example cut after k and closed (EOS;
+in a chat, the template's end of turn).
 One causal forward over the example caches its keys and values; then chunks of EOS probes run, probe
 k at position k + 1 seeing cached keys 0..k and its own key. Written as one masked attention
 (``engine._cached_prefix_probes``' generic path) every chunk computes scores against the whole
@@ -66,10 +67,11 @@ def enable(model: Any) -> bool:
 
 
 @contextmanager
-def probing(prefix: Any, cuts: Any) -> Iterator[None]:
-    """Within the block, attention in this thread treats its queries as EOS probes after ``cuts``
-    (ascending token indices, one per query) over ``prefix``, the example's key/value cache."""
-    _active.state = (prefix, cuts)
+def probing(prefix: Any, cuts: Any, own_visible: Any = None) -> Iterator[None]:
+    """Within the block, attention in this thread treats its queries as probe tokens after ``cuts``
+    (ascending token indices, one per query) over ``prefix``, the example's key/value cache;
+    ``own_visible`` (queries x queries) says which probe tokens each sees (None: only itself)."""
+    _active.state = (prefix, cuts, own_visible)
     try:
         yield
     finally:
@@ -84,18 +86,19 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    prefix, cuts = state
+    prefix, cuts, own_visible = state
     layer = prefix.layers[module.layer_idx]
     out = probe_attention(query, key, value, layer.keys, layer.values, cuts,
-                          scaling if scaling is not None else query.shape[-1] ** -0.5)
+                          scaling if scaling is not None else query.shape[-1] ** -0.5, own_visible=own_visible)
     return out.transpose(1, 2).contiguous(), None
 
 
 def probe_attention(query: Any, key: Any, value: Any, cached_keys: Any, cached_values: Any, cuts: Any,
-                    scale: float, *, fused: bool | None = None) -> Any:
-    """Attention of ``m`` probes (query/key/value: batch 1 x heads x m x head_dim, the probes' own
-    projections) where probe i sees cached positions 0..cuts[i] and itself. ``cached_keys`` /
-    ``cached_values``: 1 x kv_heads x length x head_dim. Returns 1 x heads x m x head_dim."""
+                    scale: float, *, fused: bool | None = None, own_visible: Any = None) -> Any:
+    """Attention of ``m`` probe tokens (query/key/value: batch 1 x heads x m x head_dim, the probes'
+    own projections) where token i sees cached positions 0..cuts[i] and the probe tokens j with
+    ``own_visible[i, j]`` (None: itself only). ``cached_keys`` / ``cached_values``: 1 x kv_heads x
+    length x head_dim. Returns 1 x heads x m x head_dim."""
     import torch
 
     heads, m, dim = query.shape[1], query.shape[2], query.shape[3]
@@ -118,11 +121,16 @@ def probe_attention(query: Any, key: Any, value: Any, cached_keys: Any, cached_v
     band_scores = band_scores.masked_fill(hidden[None, None], float("-inf"))
     own_k = key.repeat_interleave(groups, dim=1).float()
     own_v = value.repeat_interleave(groups, dim=1).float()
-    own_scores = (q * own_k).sum(-1, keepdim=True) * scale  # 1 x heads x m x 1
+    if own_visible is None:  # one token per probe: it sees itself only
+        own_scores = (q * own_k).sum(-1, keepdim=True) * scale  # 1 x heads x m x 1
+    else:  # several tokens per probe: each sees its own probe's tokens up to itself
+        own_scores = ((q @ own_k.transpose(-1, -2)) * scale).masked_fill(~own_visible[None, None], float("-inf"))
     logits = torch.cat([shared_lse, band_scores, own_scores], dim=-1)
     weights = torch.softmax(logits, dim=-1)
-    out = (weights[..., :1] * shared_out + weights[..., 1 : 1 + band_k.shape[2]] @ band_v
-           + weights[..., -1:] * own_v)
+    band = band_k.shape[2]
+    own_weights = weights[..., 1 + band :]
+    own_out = own_weights * own_v if own_visible is None else own_weights @ own_v
+    out = weights[..., :1] * shared_out + weights[..., 1 : 1 + band] @ band_v + own_out
     return out.to(query.dtype)
 
 
