@@ -325,3 +325,23 @@ def test_ensemble_uncertainty_orders_the_queue_by_the_saved_heads_disagreement_o
     by_key = sorted(stored, key=lambda c: stored[c][1])
     by_spread = sorted(spread, key=lambda c: (-spread[c], c))
     assert by_key == by_spread
+
+
+@pytest.mark.slow
+def test_ensemble_order_with_labels_on_too_few_prompts_falls_back_to_margins_and_the_job_note_says_why(store):
+    rows = separable_pairs(20)
+    import_rows(store, rows[:5], source="import:seed", dataset="few")  # labels on 5 prompts: below 8
+    import_rows(store, [{"prompt": r["prompt"], "completions": [r["chosen"][0]["content"], r["rejected"][0]["content"]]}
+                        for r in rows[5:]], source="import:pool", dataset="few")
+    admin = actor_for(store, None)
+    seed_job = submit_job(store, admin, TrainingConfig(dataset=["few"], max_steps=5, output_name="few-rm",
+                                                       eval_fraction=0.0, seed=0))
+    assert execute_job(store, seed_job, log=_quiet) == 0
+    status = configure_loop(store, admin, "few", LoopSettings(order="uncertainty", model="few-rm", random_fraction=0,
+                                                              uncertainty="ensemble"))
+    assert execute_job(store, status.queued_job, log=_quiet) == 0
+    (note,), = sql(store, f"SELECT note FROM trainingjob WHERE id = {status.queued_job}")
+    assert "few-rm's margins" in note and "needs labels on 8 prompts" in note and "has 5" in note
+    rows_by_key = sql(store, "SELECT c.id, c.model_margin FROM comparison c JOIN dataset d ON d.id = c.dataset_id "
+                             "WHERE d.name = 'few' AND c.done = false ORDER BY c.queue_key, c.id")
+    assert [margin for _, margin in rows_by_key] == sorted(margin for _, margin in rows_by_key)

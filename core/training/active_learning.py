@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,7 +46,7 @@ from storage.registry import find_model
 
 QUEUE_ORDERS = ("priority", "uncertainty")
 UNCERTAINTY_KINDS = ("margin", "ensemble")
-MIN_ENSEMBLE_PAIRS = 8  # labeled pairs below which the heads would fit noise: margin order meanwhile
+MIN_ENSEMBLE_PAIRS = 8  # labeled prompts below which the heads would fit noise: margin order meanwhile
 LATEST = "latest"  # the queue model that follows the loop's promoted version
 SCORE_CHUNK = 256  # items scored and written per step of a rescore job
 
@@ -211,16 +212,19 @@ def _ensemble_heads(store: Store, dataset: str, dataset_id: int, scorer: Any, si
         rows = []
     examples = [(row["prompt"], response_text(row[side])) for row in rows for side in ("chosen", "rejected")]
     features = scorer.reward_features(examples)
-    pairs = [(features[2 * i], features[2 * i + 1]) for i in range(len(rows))
-             if features[2 * i] is not None and features[2 * i + 1] is not None]
-    if len(pairs) < MIN_ENSEMBLE_PAIRS:
-        log(f"ensemble uncertainty needs {MIN_ENSEMBLE_PAIRS} labeled pairs within max_length, {dataset} has "
-            f"{len(pairs)}: ordered by the model's margin until it has")
+    kept = [i for i in range(len(rows)) if features[2 * i] is not None and features[2 * i + 1] is not None]
+    # Counted in labeled items (prompts), not pairs: one ranking of 9 completions gives 36 pairs.
+    prompts = len({json.dumps(rows[i]["prompt"], sort_keys=True) for i in kept})
+    if prompts < MIN_ENSEMBLE_PAIRS:
+        log(f"ensemble uncertainty needs labels on {MIN_ENSEMBLE_PAIRS} prompts within max_length, {dataset} has "
+            f"{prompts}: ordered by the model's margin until it has")
         return None
-    chosen, rejected = torch.stack([c for c, _ in pairs]), torch.stack([r for _, r in pairs])
+    chosen, rejected = torch.stack([features[2 * i] for i in kept]), torch.stack([features[2 * i + 1] for i in kept])
     margins = _head_rewards(scorer, chosen) - _head_rewards(scorer, rejected)
-    log(f"fitting {size} ensemble heads on {len(pairs)} labeled pair(s)")
-    return fit_heads(chosen - rejected, margins, size, seed=dataset_id)
+    # A ranking's pairs weigh 1/C(K,2), as in training, so one ranking counts as one label.
+    weights = torch.tensor([1.0 if rows[i].get("weight") is None else float(rows[i]["weight"]) for i in kept])
+    log(f"fitting {size} ensemble heads on {len(kept)} labeled pair(s) of {prompts} prompt(s)")
+    return fit_heads(chosen - rejected, margins, size, seed=dataset_id, weights=weights)
 
 
 def _head_rewards(scorer: Any, features: Any) -> Any:
@@ -279,10 +283,11 @@ def _item_margins(store: Store, scorer: Any, item_ids: list[int],
 
 
 def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = print,
-                  work_dir: Path | None = None) -> int:
+                  work_dir: Path | None = None) -> str:
     """Score the open items of ``dataset`` with its queue model and store their margins, arms and
     queue keys (the job of kind ``rescore``). With ensemble uncertainty, the heads are fitted first
-    and saved to ``work_dir / "ensemble-heads.pt"`` when given. Returns how many items were scored."""
+    and saved to ``work_dir / "ensemble-heads.pt"`` when given. Returns the job's note: how many
+    items were scored, by what (and why margin, when an ensemble was asked for but could not be fitted)."""
     model = queue_model_of(store, dataset)
     if not model:
         raise LoopError(f"dataset {dataset!r} has no model to score its queue (set one with --model)")
@@ -292,7 +297,11 @@ def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = pr
         uncertainty, ensemble_size = target.uncertainty, target.ensemble_size
         item_ids = open_item_ids(session, dataset_id)
     scorer = _scorer_for(store, model)
-    heads = _ensemble_heads(store, dataset, dataset_id, scorer, ensemble_size, log) if uncertainty == "ensemble" else None
+    fallback: list[str] = []
+    heads = _ensemble_heads(store, dataset, dataset_id, scorer, ensemble_size, fallback.append) \
+        if uncertainty == "ensemble" else None
+    for line in fallback:
+        log(line)
     if heads is not None and work_dir is not None:
         import torch
 
@@ -312,8 +321,10 @@ def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = pr
     for start in range(0, len(keys), SCORE_CHUNK):  # short write transactions: labeling goes on meanwhile
         with store.write() as session:
             write_queue_keys(session, keys[start:start + SCORE_CHUNK])
-    log(f"queue of {dataset} ordered by {model}: {sum(k.arm == 'random' for k in keys)} item(s) in the random arm")
-    return len(keys)
+    how = (f"the disagreement of {len(heads)} ensemble heads on {model}" if heads is not None
+           else f"{model}'s margins" + (f" ({fallback[0]})" if fallback else ""))
+    log(f"queue of {dataset} ordered by {how}: {sum(k.arm == 'random' for k in keys)} item(s) in the random arm")
+    return f"ordered the queue of {dataset} by {how}: {len(keys)} item(s) scored"
 
 
 def loop_tick(store: Store) -> list[int]:

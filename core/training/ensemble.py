@@ -30,24 +30,28 @@ L2 = 1e-2  # the residual's weight decay: members stay near the model's head whe
 FIT_STEPS = 50  # L-BFGS iterations per member
 
 
-def fit_heads(differences: Any, base_margins: Any, size: int, seed: int = 0) -> Any:
+def fit_heads(differences: Any, base_margins: Any, size: int, seed: int = 0, weights: Any = None) -> Any:
     """``size`` residual heads (size x features), each fitted on a bootstrap resample of the pairs.
     ``differences``: pairs x features, f(chosen) - f(rejected); ``base_margins``: the model's own
-    r(chosen) - r(rejected) per pair, to which a residual head adds."""
+    r(chosen) - r(rejected) per pair, to which a residual head adds; ``weights``: per pair (a
+    ranking's pairs 1/C(K,2), as in training), 1 when None."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     differences, base_margins = differences.double(), base_margins.double()
+    weights = torch.ones(len(differences), dtype=torch.double) if weights is None else weights.double()
     heads = []
     for _ in range(size):
         sample = torch.randint(len(differences), (len(differences),), generator=generator)
-        x, margin = differences[sample], base_margins[sample]
+        x, margin, weight = differences[sample], base_margins[sample], weights[sample]
         delta = torch.zeros(differences.shape[1], dtype=torch.double, requires_grad=True)
         optimizer = torch.optim.LBFGS([delta], max_iter=FIT_STEPS, line_search_fn="strong_wolfe")
 
-        def loss(x: Any = x, margin: Any = margin, delta: Any = delta, optimizer: Any = optimizer) -> Any:
+        def loss(x: Any = x, margin: Any = margin, weight: Any = weight, delta: Any = delta,
+                 optimizer: Any = optimizer) -> Any:
             optimizer.zero_grad()
-            value = -torch.nn.functional.logsigmoid(margin + x @ delta).mean() + L2 / 2 * delta.square().sum()
+            fit = -(weight * torch.nn.functional.logsigmoid(margin + x @ delta)).sum() / weight.sum()
+            value = fit + L2 / 2 * delta.square().sum()
             value.backward()
             return value
 

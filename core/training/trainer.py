@@ -548,6 +548,7 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
         if why_not is None:
             packing.enable(model)
             padding_free = True
+            log("padding-free batches: each batch's sequences end to end in one row, no pad tokens")
         else:
             notes.append(f"padding_free is on but {config.base_model} cannot take it ({why_not}): padded batches")
             log(f"note: {notes[-1]}")

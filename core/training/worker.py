@@ -92,14 +92,14 @@ def _rescore(store: Store, job, *, log=print) -> int:  # noqa: ANN001
 
     dataset = (job.config or {}).get("loop_dataset", "")
     try:
-        scored = rescore_queue(store, dataset, log=log, work_dir=job_dir(store, job.id))
+        note = rescore_queue(store, dataset, log=log, work_dir=job_dir(store, job.id))
     except Exception as error:  # noqa: BLE001 (any failure must end the job as failed, with its reason)
         traceback.print_exc()
         with store.write() as session:
             finish_job(session, job.id, JobStatus.FAILED, error=f"{type(error).__name__}: {error}")
         return 1
     with store.write() as session:
-        finish_job(session, job.id, JobStatus.SUCCEEDED, note=f"ordered the queue of {dataset}: {scored} item(s) scored")
+        finish_job(session, job.id, JobStatus.SUCCEEDED, note=note)
     return 0
 
 
