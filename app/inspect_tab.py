@@ -79,7 +79,7 @@ def trajectory_figure(inspection: Inspection) -> go.Figure:
             figure.add_vline(x=score.result.think_end_token, line_dash="dash", line_color=color,
                              annotation_text=plot_text(f"</think> ({RESPONSE_NAMES[score.response_index]})"),
                              annotation_position="top")
-    figure.update_layout(title="Reward of each response prefix (+EOS), token by token", xaxis_title="response token",
+    figure.update_layout(title="Reward of each response prefix (closed like the whole response), token by token", xaxis_title="response token",
                          yaxis_title="reward", height=420, margin={"t": 60, "l": 50, "r": 20, "b": 40})
     return figure
 
