@@ -35,34 +35,18 @@ PROBE_ATTENTION = "rewardlab_probe"
 PORTABLE_KEY_BLOCK = 4096
 
 _active = threading.local()
-_registered = False
-
-
-def register() -> None:
-    """Registers the attention function and its mask function (SDPA's) with transformers, once."""
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(PROBE_ATTENTION, _attention)
-    AttentionMaskInterface.register(PROBE_ATTENTION, sdpa_mask)
-    _registered = True
 
 
 def enable(model: Any) -> bool:
     """Switches a decoder's attention to the probe-aware function if it runs SDPA on every layer.
     Returns whether it did; a model it cannot serve (other kernels, sliding windows) keeps its own."""
-    config = model.config
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", PROBE_ATTENTION):
+    from transformers.masking_utils import sdpa_mask
+
+    from core.attention_functions import install, obstacle
+
+    if obstacle(model, PROBE_ATTENTION) is not None:
         return False
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return False  # a windowed layer does not see the whole prefix; the generic path handles it
-    if not getattr(model, "_supports_attention_backend", False):
-        return False
-    register()
-    model.set_attn_implementation(PROBE_ATTENTION)
+    install(model, PROBE_ATTENTION, _attention, sdpa_mask)
     return model.config._attn_implementation == PROBE_ATTENTION
 
 

@@ -23,39 +23,21 @@ from typing import Any
 
 VARLEN_ATTENTION = "rewardlab_varlen"
 
-_registered = False
-
-
-def register() -> None:
-    """Registers the attention function and its mask function with transformers."""
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(VARLEN_ATTENTION, _varlen_attention)
-    AttentionMaskInterface.register(VARLEN_ATTENTION, _padding_mask)
-    _registered = True
-
 
 def supports(model: Any) -> str | None:
     """None if padding-free batches can run on ``model``; else why not (the job falls back to padded batches)."""
-    config = model.config
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", VARLEN_ATTENTION):
-        return f"its attention implementation is {config._attn_implementation!r}, not SDPA"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return "it uses sliding-window attention"
-    if not getattr(model, "_supports_attention_backend", False):
-        return f"{type(model).__name__} does not take a custom attention function"
-    if getattr(config, "is_encoder_decoder", False) or not hasattr(model, "score"):
-        return "it is not a decoder with a score head on every position"
-    return None
+    from core.attention_functions import obstacle
+
+    why_not = obstacle(model, VARLEN_ATTENTION, takes_over=("sdpa", "eager"))
+    if why_not is None and (getattr(model.config, "is_encoder_decoder", False) or not hasattr(model, "score")):
+        why_not = "it is not a decoder with a score head on every position"
+    return why_not
 
 
 def enable(model: Any) -> None:
-    register()
-    model.set_attn_implementation(VARLEN_ATTENTION)
+    from core.attention_functions import install
+
+    install(model, VARLEN_ATTENTION, _varlen_attention, _padding_mask)
 
 
 def _padding_mask(*args: Any, **kwargs: Any) -> Any:
