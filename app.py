@@ -41,7 +41,8 @@ from core.accounts import (
 )
 from core.config_fields import ConfigError, add_config_arguments, config_from_args
 from core.data.datasets import DatasetError, DatasetSettings, change_dataset_settings, create_dataset, datasets_for
-from core.data.exporter import ExportConfig, NothingToExport, export_dataset
+from core.data.exporter import ExportConfig, export_dataset
+from core.preferences.pairs import NothingToExport
 from core.data.importer import ImportConfig, ImportRejected, import_file
 from core.data.store_move import BackupError, TransferError, back_up_store, move_store
 from core.limits import DEFAULT_MAX_UPLOAD_MB
@@ -49,11 +50,11 @@ from core.scoring.engine import ModelLoadError
 from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, evaluate_pairs, score_file
 from core.scoring.inspection import registered_models
 from core.scoring.model_names import model_references
-from core.scoring.server_config import CheckServerConfig, ServerConfig
-from core.training.active_learning import LoopError, LoopSettings, configure_loop
+from core.serving.config import CheckServerConfig, ServerConfig
+from core.loop.settings import LoopError, LoopSettings, configure_loop
 from core.training.config import TrainingConfig
-from core.training.jobs import recent_jobs, submit_job
-from core.training.worker import execute_job, stop_at_next_step_on_signals
+from core.jobs.scheduling import recent_jobs, submit_job
+from core.jobs.worker import execute_job, stop_at_next_step_on_signals
 from storage.engine import DB_URL_ENV, Store, StoreConfigError
 
 EXIT_BAD_INPUT = 2
@@ -247,8 +248,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_serve_rm(args: argparse.Namespace) -> int:
-    from core.scoring.parity import ParityFailed
-    from core.scoring.server import serve_reward_models
+    from core.serving.parity import ParityFailed
+    from core.serving.reward_server import serve_reward_models
 
     config = config_from_args(ServerConfig, args)
     try:
@@ -263,8 +264,8 @@ def run_serve_rm(args: argparse.Namespace) -> int:
 
 
 def run_check_server(args: argparse.Namespace) -> int:
-    from core.scoring.http_client import RemoteError
-    from core.scoring.server import check_remote_server
+    from core.serving.http_client import RemoteError
+    from core.serving.reward_server import check_remote_server
 
     config = config_from_args(CheckServerConfig, args)
     try:
@@ -416,7 +417,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from app.server import UnsafeListenAddress, serve
+    from app.web_server import UnsafeListenAddress, serve
 
     try:
         serve(db_url=args.db, host=args.host, port=args.port, load_demo=not args.no_demo,

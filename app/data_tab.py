@@ -13,9 +13,10 @@ from app.records_panel import render_records_panel
 from app.session import USER_ERRORS, current_actor
 from core.config_fields import ConfigError
 from core.data.datasets import DEFAULT_DATASET, datasets_for
-from core.data.exporter import EXPORT_FORMATS, PROMPT_FORMATS, NothingToExport, export_for_download
+from core.data.exporter import EXPORT_FORMATS, PROMPT_FORMATS, export_for_download
+from core.preferences.pairs import NothingToExport
 from core.data.importer import QUESTIONS, ImportConfig, ImportRejected, import_upload
-from core.data.ranking_export import RANKING_PAIRS
+from core.preferences.rankings import RANKING_PAIRS
 from core.data.summary import store_summary
 from storage.engine import Store
 

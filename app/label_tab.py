@@ -27,7 +27,8 @@ from core.labeling.actions import (
     undo_last_screen,
     update_guidelines,
 )
-from core.labeling.ranking import LETTERS, RankingView, groups_from_places, order_text, parse_order
+from core.labeling.ranking import RankingView, groups_from_places, order_text, parse_order
+from core.preferences.rankings import LETTERS
 from storage.engine import Store
 
 # (screen choice, button text, element id, key)

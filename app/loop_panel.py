@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 from app.formatting import plot_text
 from app.session import USER_ERRORS, current_actor
 from core.scoring.engine import ModelLoadError
-from core.training.active_learning import LoopError, LoopReport, loop_report
+from core.loop.evaluation import LoopReport, loop_report
+from core.loop.settings import LoopError
 from storage.engine import Store
 
 ARM_HEADERS = ["arm", "human labels", "fresh pairs (labeled after the model)", "accuracy on them"]

@@ -18,7 +18,7 @@ from core.accounts import Permission
 from core.config_fields import ConfigError, field_base_type
 from core.data.datasets import datasets_for
 from core.training.config import DEMO_BASE, HUB_PRESETS, TrainingConfig
-from core.training.jobs import JobError, cancel_job, job_report, preview_training, recent_jobs, resume_job, submit_job
+from core.jobs.scheduling import JobError, cancel_job, job_report, preview_training, recent_jobs, resume_job, submit_job
 from core.training.trainer import TrainingError
 from storage.engine import Store
 

@@ -136,7 +136,7 @@ class SimulatedAnnotator:
 
 def run_queued_jobs(store) -> list[int]:  # noqa: ANN001
     """Run the queued jobs in this process, oldest first, as the scheduler runs them (one at a time)."""
-    from core.training.worker import execute_job
+    from core.jobs.worker import execute_job
     from storage.jobs import next_queued_job
 
     done = []
@@ -170,9 +170,10 @@ def replay(arm: str, seed: int, test_file: Path, seed_set: list[Pair], pool: lis
     from core.accounts import actor_for, add_user
     from core.data.importer import import_rows
     from core.labeling.actions import label_stored, next_comparison
-    from core.training.active_learning import LATEST, LoopSettings, configure_loop, loop_tick, queue_model_of
+    from core.loop.retraining import loop_tick
+    from core.loop.settings import LATEST, LoopSettings, configure_loop, queue_model_of
     from core.training.config import TrainingConfig
-    from core.training.jobs import submit_job
+    from core.jobs.scheduling import submit_job
     from storage.engine import Store
 
     rng = random.Random(seed)

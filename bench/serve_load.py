@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, free_port, parse_with_smoke, percentile, texts_with_lengths  # noqa: E402
 
 from core.scoring.engine import RewardScorer  # noqa: E402
-from core.scoring.http_client import get_json, post_json, wait_until_serving  # noqa: E402
+from core.serving.http_client import get_json, post_json, wait_until_serving  # noqa: E402
 from core.training.demo_model import build_demo_reward_model  # noqa: E402
 
 COMPLETIONS_PER_REQUEST = 8

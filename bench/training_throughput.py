@@ -62,7 +62,7 @@ def rewardlab_run(store, config, folder: Path) -> dict:  # noqa: ANN001
     from sqlalchemy import text
 
     from core.accounts import operator_actor
-    from core.training.jobs import submit_job
+    from core.jobs.scheduling import submit_job
     from core.training.trainer import run_training
 
     job_id = submit_job(store, operator_actor(store), config)
@@ -79,7 +79,7 @@ def plain_trl_run(store, config, demo_base: Path, folder: Path) -> dict:  # noqa
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from core.data.exporter import build_preference_rows, split_rows
+    from core.preferences.pairs import build_preference_rows, split_rows
     from core.training.trainer import held_out_accuracy
 
     train, held_out = split_rows(build_preference_rows(store).rows, config.eval_fraction, config.seed)

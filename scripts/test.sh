@@ -31,4 +31,4 @@ export REWARDLAB_TEST_POSTGRES
   tests/test_store.py tests/test_migrations.py tests/test_store_move.py tests/test_import.py tests/test_export.py \
   tests/test_labeling.py tests/test_api_clients.py tests/test_access.py tests/test_accounts_admin.py tests/test_crash_safety.py \
   tests/test_hostile_input.py tests/test_job_faults.py tests/test_browser_label.py tests/test_trust.py tests/test_inspection_rules.py \
-  tests/test_datasets.py tests/test_ranking.py tests/test_active_learning.py
+  tests/test_datasets.py tests/test_ranking.py tests/test_loop.py

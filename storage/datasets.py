@@ -14,6 +14,7 @@ from sqlalchemy import case, delete, func, select
 from sqlmodel import Session
 
 from storage.models import Comparison, Dataset, DatasetMember, Label, PromptKind, Question, Role, User
+from storage.queue_counts import refresh_comparison_counts
 
 DEFAULT_DATASET = "default"
 MAX_GUIDELINES_CHARS = 100_000
@@ -126,8 +127,6 @@ class DatasetSettings:
 
 def change_dataset(session: Session, name: str, settings: DatasetSettings) -> Dataset:
     """Apply ``settings`` to dataset ``name``; all of them or, on a bad value, none."""
-    from storage.queue import refresh_comparison_counts  # queue reads datasets; this import is one-way at run time
-
     dataset = require_dataset(session, name)
     if settings.overlap is not None and not 1 <= settings.overlap <= 10:
         raise DatasetError(f"overlap must be between 1 and 10 annotators per comparison, got {settings.overlap}")

@@ -17,7 +17,7 @@ from sqlmodel import Session, SQLModel
 
 from storage.bulk import dialect_insert, execute_many, insert_ignoring_conflicts
 from storage.models import Comparison, Completion, Label, Prompt, Role, User, utc_now
-from storage.queue import refresh_comparison_counts
+from storage.queue_counts import refresh_comparison_counts
 from storage.ranking import RankingRecord, write_ranking_items
 
 

@@ -115,7 +115,7 @@ class Dataset(SQLModel, table=True):
     default_priority: int = Field(default=0, description="priority of comparisons imported without one")
     open_to_all: bool = Field(default=True, description="every annotator may label it; else only its members")
     archived: bool = Field(default=False, description="archived datasets hand out nothing and are hidden from Label")
-    # --- the active-learning loop (core.training.active_learning)
+    # --- the active-learning loop (core.loop)
     queue_order: str = Field(default="priority", max_length=12,
                              description="'priority' (then import order) or 'uncertainty' (then the model's margin)")
     queue_model: Optional[str] = Field(default=None, max_length=200,

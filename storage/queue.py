@@ -2,7 +2,7 @@
 
 * A comparison is **open** while fewer than its dataset's ``overlap`` people have labeled it
   (skips do not count: a skip asks someone else to judge). ``Comparison.label_count`` and
-  ``Comparison.done`` keep that state so the queue never scans finished items.
+  ``Comparison.done`` keep that state so the queue never scans finished items (``storage.queue_counts``).
 * ``claim_next_comparison`` hands an annotator the highest-priority open comparison they have not
   labeled and that is not reserved by enough others, and reserves it for them with a lease. Among
   equal priorities, a dataset ordered by uncertainty serves the lowest ``queue_key`` first (written
@@ -27,25 +27,13 @@ from sqlmodel import Session
 from storage.bulk import chunked, dialect_insert
 from storage.labels import LabelInput, upsert_label
 from storage.datasets import labelable_dataset_ids
-from storage.models import Comparison, Dataset, Label, Lease, Prompt, Role, User, utc_now
+from storage.models import Comparison, Dataset, Label, Lease, Prompt, utc_now
 from storage.queries import prompt_excerpt
+from storage.queue_counts import labels_needed, refresh_comparison_counts
 
 
 class QueueError(ValueError):
     """A label the queue cannot take; the message says why and what to do."""
-
-
-def _labeled_by_a_source():  # noqa: ANN202
-    """An imported comparison that came with its label (an import source's vote)."""
-    return (
-        exists()
-        .where(Label.comparison_id == Comparison.id, Label.annotator_id == User.id, User.role == Role.SOURCE.value)
-        .correlate(Comparison)
-    )
-
-
-def _overlap_of_dataset():  # noqa: ANN202
-    return select(Dataset.overlap).where(Dataset.id == Comparison.dataset_id).correlate(Comparison).scalar_subquery()
 
 
 def _lease_seconds_of(session: Session, comparison_id: int) -> int:
@@ -53,43 +41,6 @@ def _lease_seconds_of(session: Session, comparison_id: int) -> int:
         select(Dataset.lease_seconds).join(Comparison, Comparison.dataset_id == Dataset.id)
         .where(Comparison.id == comparison_id)
     ).scalar_one()
-
-
-def labels_needed():  # noqa: ANN201
-    """How many non-skip labels a comparison needs, as a SQL expression: its dataset's overlap for
-    one that people label; for one imported with its label, that label alone, so raising the overlap never
-    sends imported pairs to annotators. Either way plus ``extra_labels``: an engineer sending a
-    comparison back asks for that many more human labels."""
-    return case((_labeled_by_a_source(), 1), else_=_overlap_of_dataset()) + Comparison.extra_labels
-
-
-def refresh_comparison_counts(
-    session: Session, comparison_ids: list[int] | None = None, *, labeled_by: int | None = None,
-    dataset_id: int | None = None,
-) -> None:
-    """Recompute ``label_count`` and ``done`` from the labels: of the given comparisons, of those
-    labeled by user ``labeled_by`` (after an import), of one dataset (when its overlap changes), or
-    of all."""
-    counted = (
-        select(func.count())
-        .where(Label.comparison_id == Comparison.id, Label.choice != "skip")
-        .correlate(Comparison)
-        .scalar_subquery()
-    )
-    statement = update(Comparison).values(label_count=counted, done=counted >= labels_needed())
-    if dataset_id is not None:
-        session.execute(statement.where(Comparison.dataset_id == dataset_id))
-        return
-    if labeled_by is not None:
-        session.execute(
-            statement.where(Comparison.id.in_(select(Label.comparison_id).where(Label.annotator_id == labeled_by)))
-        )
-        return
-    if comparison_ids is None:
-        session.execute(statement)
-        return
-    for chunk in chunked(list(comparison_ids), 1):
-        session.execute(statement.where(Comparison.id.in_(chunk)))
 
 
 def _lease(session: Session, comparison_id: int, annotator_id: int, expires_at: datetime) -> None:

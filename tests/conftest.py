@@ -149,7 +149,7 @@ def run_worker_on_two_processes(db_url: str, job_id: int) -> subprocess.Complete
     (gloo on CPU, one thread each), as several GPUs run it."""
     env = {**os.environ, "REWARDLAB_DB": db_url, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                           "core.training.worker", "--job", str(job_id)], cwd=PROJECT_ROOT, env=env,
+                           "core.jobs.worker", "--job", str(job_id)], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -26,7 +26,7 @@ from core.data.records import (
 )
 from core.labeling.actions import StaleScreen, label_and_next, label_on_screen, next_comparison
 from core.training.config import TrainingConfig
-from core.training.jobs import submit_job
+from core.jobs.scheduling import submit_job
 from storage.datasets import DatasetError
 
 TEXT_PAIRS = [{"prompt": f"T{i}?", "chosen": f" good {i}", "rejected": f" bad {i}"} for i in range(3)]
@@ -300,7 +300,7 @@ def test_a_label_from_a_stale_tab_is_refused_until_the_annotator_chooses_to_chan
 
 
 def test_an_export_of_all_datasets_leaves_archived_datasets_out_unless_named(two_kinds, tmp_path):
-    from core.data.exporter import build_preference_rows
+    from core.preferences.pairs import build_preference_rows
 
     import_file(two_kinds, ImportConfig(write_jsonl(tmp_path / "old.jsonl", TEXT_PAIRS[:2]), dataset="old"))
     change_dataset_settings(two_kinds, _actor(two_kinds, "boss", "admin"), "old", DatasetSettings(archived=True))

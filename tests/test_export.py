@@ -11,7 +11,9 @@ from sqlalchemy import text
 from sqlmodel import select
 from test_import import write_jsonl
 
-from core.data.exporter import STRENGTH_MARGIN, ExportConfig, NothingToExport, build_preference_rows, export_dataset
+from core.data.exporter import ExportConfig, export_dataset
+from core.preferences.pairs import NothingToExport, build_preference_rows
+from core.preferences.votes import STRENGTH_MARGIN
 from core.data.importer import ImportConfig, import_file
 from storage.labels import LabelError, LabelInput, ensure_user, upsert_label
 from storage.models import Label

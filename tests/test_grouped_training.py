@@ -120,7 +120,7 @@ def test_a_weight_on_some_rows_reaches_the_training_dataset_for_every_row(store,
 
 def test_check_data_says_what_grouping_saves_and_counts_the_batch_in_prompts(store):
     from core.accounts import operator_actor
-    from core.training.jobs import preview_training
+    from core.jobs.scheduling import preview_training
 
     import_rows(store, ranking_pairs(8, weighted=False), source="import:ranked")  # K = 3, 4, 3, 4, ...
     summary = preview_training(store, operator_actor(store), TrainingConfig(group_by_prompt=True, eval_fraction=0))
@@ -218,7 +218,7 @@ def test_a_grouped_job_trains_registers_and_its_held_out_accuracy_is_per_pair_ov
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from core.accounts import operator_actor
-    from core.training.jobs import submit_job
+    from core.jobs.scheduling import submit_job
     from core.training.trainer import run_training, take_snapshot
     from storage.jobs import metrics_of
 
@@ -304,7 +304,7 @@ def test_two_processes_train_a_grouped_job_with_prompts_of_different_sizes(db_ur
     """Ranks hold different numbers of responses per step (prompts of 3 and 4): the metrics are gathered
     as sums, and evaluation gathers no rewards, so neither waits on a mismatched collective."""
     from core.accounts import operator_actor
-    from core.training.jobs import submit_job
+    from core.jobs.scheduling import submit_job
     from storage.engine import Store
 
     store = Store(db_url)

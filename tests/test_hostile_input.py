@@ -173,6 +173,6 @@ def test_valid_text_round_trips_exactly(seeded_store, text):
     path = folder / "roundtrip.jsonl"
     path.write_text(json.dumps({"prompt": "P " + text, "chosen": text + " A", "rejected": text + " B"}) + "\n")
     import_file(store, ImportConfig(path))
-    from core.data.exporter import build_preference_rows
+    from core.preferences.pairs import build_preference_rows
 
     assert {"prompt": "P " + text, "chosen": text + " A", "rejected": text + " B"} in build_preference_rows(store).rows

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import HH_RLHF_FILE, run_cli
 
-from core.data.exporter import build_preference_rows
+from core.preferences.pairs import build_preference_rows
 from core.data.importer import ImportConfig, ImportRejected, import_file
 from storage.engine import Store
 from storage.queries import store_counts

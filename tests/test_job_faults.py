@@ -11,7 +11,7 @@ from test_training import separable_pairs, wait_for
 from core.accounts import actor_for
 from core.data.importer import import_rows
 from core.training.config import TrainingConfig
-from core.training.jobs import start_next_job, submit_job
+from core.jobs.scheduling import start_next_job, submit_job
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_labels_are_served_while_a_job_trains(db_url, tmp_path, store):
     finally:
         app.process.terminate()
         app.process.wait(timeout=10)
-    from core.training.jobs import cancel_job
+    from core.jobs.scheduling import cancel_job
 
     cancel_job(store, _admin(store), job_id)
     wait_for(store, job_id, ("cancelled", "interrupted", "failed"), seconds=120)

@@ -14,7 +14,7 @@ from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 from conftest import sql
 
-from core.data.exporter import build_preference_rows
+from core.preferences.pairs import build_preference_rows
 from storage import schema
 from storage.engine import Store
 from storage.queue import claim_next_comparison, label_history

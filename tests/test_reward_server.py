@@ -25,11 +25,11 @@ import pytest
 from conftest import PROJECT_ROOT, _free_port, run_app
 
 from core.config_fields import ConfigError
-from core.scoring.batching import DynamicBatcher, ScoringWork, ServerBusy
+from core.serving.batching import DynamicBatcher, ScoringWork, ServerBusy
 from core.scoring.engine import RewardScorer
-from core.scoring.http_client import RemoteError, wait_until_serving
-from core.scoring.reward_fn import make_remote_reward_fn
-from core.scoring.server_config import ServerConfig
+from core.serving.http_client import RemoteError, wait_until_serving
+from core.serving.client import make_remote_reward_fn
+from core.serving.config import ServerConfig
 from core.training.demo_model import build_demo_reward_model, build_demo_tokenizer
 from storage.engine import Store
 from storage.registry import register_model
@@ -318,9 +318,9 @@ def test_the_batcher_scores_waiting_requests_together_and_refuses_past_its_queue
 
 
 def test_the_server_refuses_to_serve_when_its_http_path_differs_from_in_process_scoring(model_dirs, monkeypatch):
-    from core.scoring.parity import ParityFailed
-    from core.scoring.reward_service import CompletionScore, RewardService
-    from core.scoring.server import serve_reward_models
+    from core.serving.parity import ParityFailed
+    from core.serving.reward_service import CompletionScore, RewardService
+    from core.serving.reward_server import serve_reward_models
 
     assemble = RewardService.assemble
 
@@ -355,8 +355,8 @@ def test_the_server_refuses_to_serve_when_its_http_path_differs_from_in_process_
 def test_the_start_gate_lets_only_the_parity_check_through_until_it_passes():
     from starlette.requests import Request
 
-    from core.scoring.server_api import PARITY_HEADER, ServerState, admit
-    from core.scoring.server_requests import BadRequest
+    from core.serving.routes import PARITY_HEADER, ServerState, admit
+    from core.serving.request_bodies import BadRequest
 
     def request(**headers: str) -> Request:
         return Request({"type": "http", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})

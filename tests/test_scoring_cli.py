@@ -8,7 +8,7 @@ import pytest
 from conftest import PROJECT_ROOT
 
 from core.scoring.engine import RewardScorer
-from core.scoring.reward_fn import RewardEnsemble, RewardNormalizer, make_reward_fn
+from core.serving.reward_fn import RewardEnsemble, RewardNormalizer, make_reward_fn
 from core.training.demo_model import build_demo_reward_model
 
 CORPUS = ["What is 2 + 2? <think>add them</think> It is 4.", "Name a color. Blue is a color."] * 20

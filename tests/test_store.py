@@ -119,7 +119,7 @@ def test_backup_copies_a_live_store_and_the_copy_restores(store, tmp_path):
     import hashlib
     import sqlite3
 
-    from core.data.exporter import build_preference_rows
+    from core.preferences.pairs import build_preference_rows
     from storage.backup import BackupError, backup_store
 
     rows = [{"prompt": f"Q{i}?", "chosen": " yes", "rejected": " no"} for i in range(50)]

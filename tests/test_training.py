@@ -14,7 +14,7 @@ from sqlalchemy import text
 from core.accounts import actor_for
 from core.data.importer import import_rows
 from core.training.config import ConfigError, TrainingConfig, suggest_hyperparameters
-from core.training.jobs import cancel_job, job_dir, resume_job, start_next_job, submit_job, worker_command
+from core.jobs.scheduling import cancel_job, job_dir, resume_job, start_next_job, submit_job, worker_command
 from core.training.trainer import TrainingError, latest_complete_checkpoint, length_report, take_snapshot
 from storage.jobs import get_job, mark_orphans_interrupted, metrics_of
 from storage.registry import model_by_name
@@ -197,10 +197,10 @@ def test_the_worker_command_is_plain_python_on_one_device_and_accelerate_launch_
     """Only the argument lists; the several-process run itself is
     test_training_guarantees.py::test_two_processes_train_one_job_and_only_the_main_one_writes."""
     single = worker_command(7, gpus=1)
-    assert single[1:] == ["-m", "core.training.worker", "--job", "7"]
+    assert single[1:] == ["-m", "core.jobs.worker", "--job", "7"]
     multi = worker_command(7, gpus=4)
     assert multi[1:6] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4"]
-    assert multi[-4:] == ["-m", "core.training.worker", "--job", "7"]
+    assert multi[-4:] == ["-m", "core.jobs.worker", "--job", "7"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -283,7 +283,7 @@ def test_a_running_jobs_eta_is_the_time_per_step_so_far_times_the_steps_left(tra
     from datetime import timedelta
 
     from core.accounts import operator_actor
-    from core.training.jobs import job_report
+    from core.jobs.scheduling import job_report
     from storage.models import utc_now
 
     admin = operator_actor(training_store)
@@ -304,7 +304,7 @@ def test_check_data_uses_the_jobs_own_tokenizer_and_builds_no_model(training_sto
     """The Train tab's "Check data" must answer at once: for the demo base it builds the job's BPE once
     per data snapshot (no weights, nothing written), and it is exactly the tokenizer training builds."""
     from core.accounts import operator_actor
-    from core.training.jobs import preview_training
+    from core.jobs.scheduling import preview_training
     from core.training.trainer import load_tokenizer, preview_tokenizer
 
     config = TrainingConfig()
@@ -322,7 +322,7 @@ def test_starting_a_job_holds_no_write_transaction_while_torch_loads_or_the_chil
     another thread meanwhile must go through, not wait for the scheduler's transaction."""
     import threading
 
-    import core.training.jobs as jobs
+    import core.jobs.scheduling as jobs
     from core.accounts import operator_actor
 
     admin = operator_actor(training_store)

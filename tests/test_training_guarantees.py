@@ -162,7 +162,7 @@ def test_an_interrupted_foreground_train_ends_cancelled_never_running(signum, db
 
 def test_evaluation_runs_on_a_cadence_that_keeps_it_near_a_tenth_of_training_and_once_at_the_end(pair_store, tmp_path):
     from core.accounts import operator_actor
-    from core.training.jobs import submit_job
+    from core.jobs.scheduling import submit_job
 
     assert evaluation_interval(TrainingConfig(logging_steps=5), n_eval_pairs=3, batch_size=8) == 5
     assert evaluation_interval(TrainingConfig(logging_steps=5), n_eval_pairs=240, batch_size=8) == 100
@@ -179,7 +179,7 @@ def test_evaluation_runs_on_a_cadence_that_keeps_it_near_a_tenth_of_training_and
 
 
 def test_the_registry_accuracy_is_per_pair_over_the_whole_held_out_split(store, tmp_path):
-    from core.data.exporter import build_preference_rows, split_rows
+    from core.preferences.pairs import build_preference_rows, split_rows
 
     # Half the pairs prefer the longer reply, half the shorter: a barely trained model gets some right.
     mixed = [{**row, "chosen": row["rejected"], "rejected": row["chosen"]} if i % 2 else row for i, row in enumerate(PAIRS)]
@@ -205,7 +205,7 @@ def test_two_processes_train_one_job_and_only_the_main_one_writes(db_url, tmp_pa
     row, one registered model, metrics once per step; both ranks trained (an epoch takes half the steps)."""
     assert run_cli("import", str(write_jsonl(tmp_path / "pairs.jsonl", PAIRS)), db_url=db_url).returncode == 0
     from core.accounts import operator_actor
-    from core.training.jobs import submit_job
+    from core.jobs.scheduling import submit_job
     from storage.engine import Store
 
     store = Store(db_url)

@@ -1,5 +1,6 @@
-"""Datasets as users see them: listing with counts, changing settings, and choosing one or several
-for export and training. Every function checks the actor's permission first."""
+"""Datasets as users see them: listing with counts, creating, changing settings. Every function checks
+the actor's permission first. (Which datasets an export or a training covers:
+``core.preferences.pairs.resolve_datasets``.)"""
 
 from __future__ import annotations
 
@@ -10,16 +11,14 @@ from storage.datasets import (
     DatasetSettings,
     DatasetSummary,
     change_dataset,
-    dataset_ids_for,
     fix_question,
     get_or_create_dataset,
-    open_dataset_ids,
     summarize_datasets,
 )
 from storage.engine import Store
 
 __all__ = ["DEFAULT_DATASET", "DatasetError", "DatasetSettings", "DatasetSummary", "change_dataset_settings",
-           "create_dataset", "datasets_for", "datasets_to_label", "resolve_datasets"]
+           "create_dataset", "datasets_for", "datasets_to_label"]
 
 
 def datasets_for(store: Store, actor: Actor) -> list[DatasetSummary]:
@@ -62,13 +61,3 @@ def change_dataset_settings(store: Store, actor: Actor, name: str, settings: Dat
     with store.write() as session:
         change_dataset(session, name, settings)
     return next(summary for summary in datasets_for(store, actor) if summary.name == name)
-
-
-def resolve_datasets(store: Store, names: list[str] | tuple[str, ...] | None) -> tuple[list[int] | None, str | None]:
-    """Dataset ids and their prompt kind for export or training: the named datasets (archived ones
-    too, when named), or with no names every dataset that is not archived. Raises ``DatasetError``
-    for an unknown name or datasets of different prompt kinds."""
-    with store.read() as session:
-        if not names:
-            return open_dataset_ids(session), None
-        return dataset_ids_for(session, list(names))

@@ -5,8 +5,8 @@ chat messages) and ``margin`` when any label carries a strength or a source marg
 annotators are folded by majority vote; ties, both-bad, skip-only and split votes are left out and
 counted. The output is deterministic: the same store and config give the same bytes.
 
-Training takes its data snapshot through ``build_preference_rows``, so what trains is exactly what
-an export would write.
+The rows come from ``core.preferences`` (the votes-to-pairs rules), the same function training takes
+its data snapshot through, so what trains is exactly what an export would write; this module writes them.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,20 +26,17 @@ import psutil
 
 from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
-from core.data.datasets import DatasetError, resolve_datasets
-from core.data.ranking_export import RANKING_PAIRS, ranked_format_rows, ranking_rows
+from core.preferences.pairs import NothingToExport, build_preference_rows, resolve_datasets, split_rows
+from core.preferences.rankings import RANKING_PAIRS, ranked_format_rows
+from storage.datasets import DatasetError
 from storage.engine import Store
-from storage.queries import ComparisonContent, Vote, comparison_contents, count_comparisons, votes_by_comparison
+from storage.queries import comparison_contents
 from storage.ranking import items_of, rankings_by_item
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf", "csv", "ranked")
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 PROMPT_FORMATS = ("auto", "text", "chat")
-# Label strength -> TRL margin. The values are Llama 2's "small" margins (Touvron et al. 2023,
-# Table 28): "slightly better" 1/3, "significantly better" 1, so a margin never dominates the
-# Bradley-Terry logit early in training.
-STRENGTH_MARGIN = {1: 1 / 3, 2: 1.0}
 
 
 @dataclass
@@ -91,181 +86,6 @@ class ExportConfig:
             raise ConfigError(f"test_size must be between 0 and 0.5 (a fraction of the rows), got {self.test_size}")
 
 
-class NothingToExport(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Verdict:
-    outcome: str  # "a" | "b" | "tie" | "both_bad" | "skipped" | "no_majority"
-    margin: float | None = None
-
-
-def _vote_margin(vote: Vote) -> float | None:
-    if vote.margin is not None:
-        return vote.margin
-    return STRENGTH_MARGIN.get(vote.strength) if vote.strength is not None else None
-
-
-def fold_votes(votes: list[Vote]) -> Verdict:
-    """Majority vote over non-skip labels; a shared top count is ``no_majority``.
-
-    The margin is the mean of the winning votes' margins (None when none has one).
-    """
-    counted = [vote for vote in votes if vote.choice != "skip"]
-    if not counted:
-        return Verdict("skipped")
-    tally = Counter(vote.choice for vote in counted).most_common()
-    if len(tally) > 1 and tally[0][1] == tally[1][1]:
-        return Verdict("no_majority")
-    winner = tally[0][0]
-    margins = [m for m in (_vote_margin(v) for v in counted if v.choice == winner) if m is not None]
-    return Verdict(winner, sum(margins) / len(margins) if margins else None)
-
-
-@dataclass
-class PreferenceRows:
-    """The rows an export writes, and what was left out (by reason)."""
-
-    rows: list[dict[str, Any]]
-    left_out: Counter = field(default_factory=Counter)
-    comparison_ids: list[int] = field(default_factory=list)
-
-    @property
-    def content_hash(self) -> str:
-        digest = hashlib.sha256()
-        for row in self.rows:
-            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
-        return digest.hexdigest()
-
-
-def _vote_as_row_side(choice: str, chosen_side: str) -> str:
-    if choice in ("a", "b"):
-        return "chosen" if choice == chosen_side else "rejected"
-    return choice
-
-
-def _metadata(comparison_id: int, content: ComparisonContent, chosen_side: str, votes: list[Vote]) -> dict[str, Any]:
-    """The evidence behind one exported row; votes name the row's sides (chosen/rejected)."""
-    rejected_side = "b" if chosen_side == "a" else "a"
-    models = {"a": content.a_model, "b": content.b_model}
-    return {
-        "comparison_id": comparison_id,
-        "dataset": content.dataset,
-        "source": content.source,
-        "chosen_model": models[chosen_side],
-        "rejected_model": models[rejected_side],
-        "labels": [
-            {
-                "annotator": vote.annotator,
-                "vote": _vote_as_row_side(vote.choice, chosen_side),
-                "strength": {1: "slightly", 2: "clearly"}.get(vote.strength),
-                "comment": vote.comment,
-                "seconds": vote.seconds_spent,
-                "time": vote.updated_at.isoformat() if vote.updated_at is not None else None,
-            }
-            for vote in votes
-        ],
-    }
-
-
-def build_preference_rows(
-    store: Store, *, prompt_format: str = "auto", since: datetime | None = None, annotators: list[str] | None = None,
-    datasets: list[str] | None = None, with_metadata: bool = False, ranking_pairs: str = "all",
-    ranking_margin: bool = False,
-) -> PreferenceRows:
-    """Fold the labels of ``datasets`` (every dataset not archived when None) into TRL preference rows, ordered by
-    comparison id; ``with_metadata`` adds the evidence columns. Ranking items give the pairs
-    ``ranking_pairs`` selects, with a ``weight`` column (``core.data.ranking_export``); pairwise rows
-    then weigh 1.
-
-    Raises ``NothingToExport`` for an unknown dataset, datasets of different prompt kinds, or labels
-    that mix text and chat prompts under ``prompt_format='auto'``.
-    """
-    try:
-        dataset_ids, _ = resolve_datasets(store, datasets)
-    except DatasetError as error:
-        raise NothingToExport(str(error)) from None
-    with store.read() as session:
-        votes = votes_by_comparison(session, since=since, annotators=annotators, dataset_ids=dataset_ids)
-        ranking_items = {item_id for item_id, _, _ in items_of(session, dataset_ids)} & set(votes)
-        rankings = rankings_by_item(session, dataset_ids, since=since, annotators=annotators) if ranking_items else {}
-        contents = comparison_contents(session, list(votes))
-        ranked = ranking_rows(session, contents, rankings, sorted(ranking_items), mode=ranking_pairs,
-                              with_margin=ranking_margin, with_metadata=with_metadata)
-        total = count_comparisons(session, dataset_ids)
-        archived = count_comparisons(session, dataset_ids, archived=True)
-        # With no dataset named, archived datasets are left out: say how much that was.
-        in_archived_datasets = 0 if datasets else count_comparisons(session) + count_comparisons(
-            session, archived=True) - total - archived
-    result = PreferenceRows(rows=[])
-    if archived:
-        result.left_out["archived"] = archived
-    if in_archived_datasets:
-        result.left_out["in archived datasets"] = in_archived_datasets
-    if total > len(votes):
-        result.left_out["without labels"] = total - len(votes)
-    result.left_out.update(ranked.left_out)
-    decided: list[tuple[int, Verdict]] = []
-    for comparison_id in sorted(set(votes) - ranking_items):
-        verdict = fold_votes(votes[comparison_id])
-        if verdict.outcome in ("a", "b"):
-            decided.append((comparison_id, verdict))
-        else:
-            result.left_out[verdict.outcome] += 1
-    decided_ids = [cid for cid, _ in decided] + [cid for cid, _ in ranked.rows]
-    styles = Counter("chat" if contents[cid].prompt_messages is not None else "text" for cid in set(decided_ids))
-    if prompt_format == "auto" and len(styles) > 1:
-        by_kind: dict[str, set[str]] = {}
-        for comparison_id in decided_ids:
-            content = contents[comparison_id]
-            by_kind.setdefault("chat" if content.prompt_messages is not None else "text", set()).add(content.dataset)
-        listed = "; ".join(f"{kind}: {', '.join(sorted(names))}" for kind, names in sorted(by_kind.items()))
-        raise NothingToExport(
-            f"the labels cover {styles['text']} plain-text and {styles['chat']} chat prompts ({listed}), and a "
-            "preference dataset holds one kind; choose datasets of one kind (--dataset NAME, or the Dataset choice)"
-        )
-    with_margin = any(verdict.margin is not None for _, verdict in decided) or (ranking_margin and bool(ranked.rows))
-    with_weight = bool(ranked.rows)
-    built: list[tuple[int, dict[str, Any]]] = []
-    for comparison_id, verdict in decided:
-        content = contents[comparison_id]
-        chat = content.prompt_messages is not None
-        if prompt_format != "auto" and prompt_format != ("chat" if chat else "text"):
-            result.left_out[f"not {prompt_format}"] += 1
-            continue
-        chosen, rejected = (content.a_text, content.b_text) if verdict.outcome == "a" else (content.b_text, content.a_text)
-        if chat:
-            row: dict[str, Any] = {
-                "prompt": content.prompt_messages,
-                "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-            }
-        else:
-            row = {"prompt": content.prompt_text, "chosen": chosen, "rejected": rejected}
-        if with_weight:
-            row["weight"] = 1.0
-        if with_margin:
-            # TRL applies a margin column to every row; a row without one gets 0 (plain Bradley-Terry).
-            row["margin"] = verdict.margin if verdict.margin is not None else 0.0
-        if with_metadata:
-            row.update(_metadata(comparison_id, content, verdict.outcome, votes[comparison_id]))
-        built.append((comparison_id, row))
-    for comparison_id, row in ranked.rows:
-        content = contents[comparison_id]
-        if prompt_format != "auto" and prompt_format != ("chat" if content.prompt_messages is not None else "text"):
-            result.left_out[f"not {prompt_format}"] += 1
-            continue
-        if with_margin:
-            row.setdefault("margin", 0.0)
-        built.append((comparison_id, row))
-    # One order for both kinds of rows: by comparison (item) id, pairs of an item in their built order.
-    built.sort(key=lambda pair: pair[0])
-    result.rows = [row for _, row in built]
-    result.comparison_ids = [comparison_id for comparison_id, _ in built]
-    return result
-
-
 def build_ranked_rows(store: Store, *, since: datetime | None = None, annotators: list[str] | None = None,
                       datasets: list[str] | None = None) -> list[dict[str, Any]]:
     """The rows of ``--format ranked``: one per ranked item of the ranking datasets among ``datasets``."""
@@ -281,25 +101,6 @@ def build_ranked_rows(store: Store, *, since: datetime | None = None, annotators
         rankings = rankings_by_item(session, dataset_ids, since=since, annotators=annotators)
         contents = comparison_contents(session, sorted(rankings))
         return ranked_format_rows(session, contents, rankings, sorted(rankings))
-
-
-def response_text(side: Any) -> str:
-    """The response of an exported row's ``chosen`` or ``rejected``: the text itself, or the content
-    of the single assistant message of a conversational row."""
-    return side[0]["content"] if isinstance(side, list) else side
-
-
-def split_rows(rows: list[dict[str, Any]], test_size: float, seed: int) -> tuple[list, list]:
-    """Deterministic train/test split: shuffle indices with ``seed``, hold out ``test_size`` of them."""
-    if test_size <= 0 or len(rows) < 2:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_test = min(len(rows) - 1, max(1, round(len(rows) * test_size)))
-    test_ids = set(order[:n_test])
-    train = [row for i, row in enumerate(rows) if i not in test_ids]
-    test = [row for i, row in enumerate(rows) if i in test_ids]
-    return train, test
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Callable
 from sqlalchemy.engine import make_url
 
 from core.accounts import Actor, Permission
-from core.data.exporter import build_preference_rows
+from core.preferences.pairs import build_preference_rows
 from storage.backup import BackupError, backup_store
 from storage.engine import Store
 from storage.transfer import TransferError, TransferReport, copy_store, store_digest

@@ -17,13 +17,13 @@ from sqlmodel import Session
 
 from core.accounts import Actor, Permission
 from core.limits import MAX_COMMENT_CHARS
+from core.preferences.rankings import LETTERS
 from core.segments import split_thinking
 from storage.labels import LabelInput
 from storage.queries import load_comparison
 from storage.queue import QueueError, label_of
 from storage.ranking import MAX_RANKED, ranked_completions, ranking_json, slots_of
 
-LETTERS = "ABCDEFGHI"  # one per shown position; MAX_RANKED of them
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass
 from itertools import combinations
 
-from core.data.ranking_export import fractional_ranks
+from core.preferences.rankings import fractional_ranks
 from storage.ranking import StoredRanking
 
 

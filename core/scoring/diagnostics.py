@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from core.accounts import Actor, Permission
-from core.data.exporter import build_preference_rows, response_text
+from core.preferences.pairs import build_preference_rows, response_text
 from core.limits import MAX_DIAGNOSED_PAIRS
 from core.scoring.engine import Progress, RewardScorer
 from core.scoring.inspection import require_inspect, resolve_model

@@ -287,7 +287,7 @@ class RewardScorer:
     def reward_features(self, examples: Sequence[tuple[Prompt, str]]) -> list[Any]:
         """The score head's input at each example's reward token (its last, EOS), as a float32 vector,
         or None for an example over ``max_length`` (never truncated). Decoder models only: what the
-        loop's ensemble heads (``core.training.ensemble``) are fitted on and applied to."""
+        loop's ensemble heads (``core.loop.ensemble``) are fitted on and applied to."""
         import torch
 
         if not self.is_decoder:

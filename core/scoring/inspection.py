@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from core.accounts import Actor, Permission, PermissionDenied
-from core.data.exporter import fold_votes
+from core.preferences.votes import fold_votes
 from core.limits import MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
 from core.model_folders import folder_under_models_root
 from core.scoring.engine import ModelLoadError, Progress, Prompt, RewardScorer, ScoreResult
@@ -22,8 +22,7 @@ from core.scoring.model_names import (  # noqa: F401 (UnknownModel: re-exported)
 )
 from storage.engine import Store
 from storage.models import RegisteredModel, Role
-from core.data.ranking_export import consensus_groups
-from core.labeling.ranking import LETTERS
+from core.preferences.rankings import LETTERS, consensus_groups
 from storage.datasets import dataset_id_of
 from storage.queries import ComparisonContent, load_comparison, votes_by_comparison
 from storage.ranking import completion_texts, rankings_by_item, slots_of

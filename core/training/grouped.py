@@ -27,7 +27,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.data.exporter import response_text
+from core.preferences.pairs import response_text
 from core.limits import MAX_GROUP_RESPONSES
 from core.scoring.engine import Prompt, format_example
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.data.exporter import PreferenceRows, build_preference_rows, response_text, split_rows
+from core.preferences.pairs import PreferenceRows, build_preference_rows, response_text, split_rows
 from core.model_folders import model_folder, models_folder
 from core.scoring.engine import format_example
 from core.training import packing

@@ -1,4 +1,4 @@
-"""The child process of one training job: ``python -m core.training.worker --job ID`` (store from ``$REWARDLAB_DB`` or ``--db URL``).
+"""The child process of one training job: ``python -m core.jobs.worker --job ID`` (store from ``$REWARDLAB_DB`` or ``--db URL``).
 
 It reads the job's config from the store, trains, and records the ending: succeeded, cancelled
 (SIGTERM or a cancel request: it stops at the next step) or failed with the reason.
@@ -12,9 +12,11 @@ import signal
 import sys
 import traceback
 
-from core.training.active_learning import after_training, evaluate_before_retrain, rescore_queue
+from core.loop.evaluation import evaluate_before_retrain
+from core.loop.rescore import rescore_queue
+from core.loop.retraining import after_training
 from core.training.config import TrainingConfig
-from core.training.jobs import job_dir
+from core.jobs.scheduling import job_dir
 from core.training.trainer import TrainingError, run_training
 from storage.engine import Store
 from storage.jobs import finish_job, get_job, mark_started
@@ -88,7 +90,7 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
 def _rescore(store: Store, job, *, log=print) -> int:  # noqa: ANN001
     """A rescore job of the loop: order a dataset's queue by its model's margins (or its ensemble's
     disagreement; the fitted heads are kept in the job's folder as ``ensemble-heads.pt``)."""
-    from core.training.jobs import job_dir
+    from core.jobs.scheduling import job_dir
 
     dataset = (job.config or {}).get("loop_dataset", "")
     try:

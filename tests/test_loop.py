@@ -12,20 +12,13 @@ from test_training import separable_pairs
 from core.accounts import PermissionDenied, actor_for, add_user
 from core.data.importer import import_rows
 from core.labeling.actions import label_stored, next_comparison
-from core.training.active_learning import (
-    LATEST,
-    LoopError,
-    LoopSettings,
-    after_training,
-    arm_of,
-    configure_loop,
-    loop_report,
-    loop_tick,
-    queue_keys,
-)
+from core.loop.evaluation import loop_report
+from core.loop.queue_keys import arm_of, queue_keys
+from core.loop.retraining import after_training, loop_tick
+from core.loop.settings import LATEST, LoopError, LoopSettings, configure_loop
 from core.training.config import TrainingConfig
-from core.training.jobs import submit_job
-from core.training.worker import execute_job
+from core.jobs.scheduling import submit_job
+from core.jobs.worker import execute_job
 
 
 def _quiet(*_args) -> None:  # noqa: ANN002
@@ -275,7 +268,7 @@ def test_ensemble_uncertainty_orders_the_queue_by_the_saved_heads_disagreement_o
     fits the labeled pairs at least as well as the model's head alone."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from core.training.jobs import job_dir
+    from core.jobs.scheduling import job_dir
 
     store = loop_store
     admin = actor_for(store, None)

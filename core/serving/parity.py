@@ -27,9 +27,9 @@ from typing import Any, Sequence
 
 from core.limits import MAX_SERVE_TEXTS
 from core.scoring.engine import Prompt
-from core.scoring.http_client import RemoteError, get_json, post_json
-from core.scoring.reward_fn import combine_rewards
-from core.scoring.served_models import ReferenceSamples, ServedModel
+from core.serving.http_client import RemoteError, get_json, post_json
+from core.serving.reward_fn import combine_rewards
+from core.serving.served_models import ReferenceSamples, ServedModel
 
 
 class ParityFailed(RuntimeError):

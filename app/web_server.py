@@ -27,7 +27,7 @@ from core.limits import DEFAULT_MAX_UPLOAD_MB  # noqa: E402
 from core.model_folders import model_folder  # noqa: E402
 from core.scoring.inspection import registered_models  # noqa: E402
 from core.training.demo_model import DEMO_MODEL_NAME  # noqa: E402
-from core.training.jobs import PROJECT_ROOT, JobScheduler, recover_orphaned_jobs, worker_environment  # noqa: E402
+from core.jobs.scheduling import PROJECT_ROOT, JobScheduler, recover_orphaned_jobs, worker_environment  # noqa: E402
 from storage.engine import Store  # noqa: E402
 
 

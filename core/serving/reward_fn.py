@@ -6,8 +6,9 @@
   reward hacking (the policy must satisfy every model, not exploit one).
 * ``make_reward_fn``: a callable with TRL's ``reward_funcs`` signature
   ``(prompts, completions, **kwargs) -> list[float]``, usable by ``GRPOTrainer``.
-* ``make_remote_reward_fn``: the same signature, scored by a reward server (``python app.py serve-rm``)
-  over HTTP, so the policy's trainer holds no reward model.
+
+The remote twin, ``make_remote_reward_fn`` (a reward server over HTTP), is in ``core.serving.client``: a
+trainer imports it without torch.
 """
 
 from __future__ import annotations
@@ -107,35 +108,4 @@ def make_reward_fn(
         return [normalizer(r) for r in rewards] if normalizer is not None else rewards
 
     reward_fn.__name__ = "rewardlab_" + "_".join(Path(m.name).name for m in models)
-    return reward_fn
-
-
-def make_remote_reward_fn(url: str, *, api_key: str | None = None, timeout: float = 300.0,
-                          retries: int = 3) -> Callable[..., list[float | None]]:
-    """A reward function for TRL that asks a reward server (``python app.py serve-rm``) at ``url``:
-    ``GRPOTrainer(reward_funcs=[make_remote_reward_fn("http://127.0.0.1:8001")])``.
-
-    Each call POSTs ``prompts[i]`` and ``completions[i]`` (text or chat, as TRL passes them) to the
-    server's ``/score`` in requests of at most ``MAX_SERVE_TEXTS`` completions; the server formats
-    them as the model was trained. A completion over the model's max_length gets None, which TRL
-    counts as "no reward from this function" (NaN) instead of a reward of a truncated text.
-    Unreachable or busy servers are retried ``retries`` times with backoff; a refusal (4xx) raises
-    ``RemoteError`` with the server's message at once.
-    """
-    from core.limits import MAX_SERVE_TEXTS
-    from core.scoring.http_client import post_json
-
-    endpoint = url.rstrip("/") + "/score"
-
-    def reward_fn(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions: TRL passes one prompt per completion")
-        rewards: list[float | None] = []
-        for start in range(0, len(completions), MAX_SERVE_TEXTS):
-            body = {"prompts": list(prompts[start : start + MAX_SERVE_TEXTS]),
-                    "completions": list(completions[start : start + MAX_SERVE_TEXTS])}
-            rewards += post_json(endpoint, body, api_key=api_key, timeout=timeout, retries=retries)["rewards"]
-        return rewards
-
-    reward_fn.__name__ = "rewardlab_remote"
     return reward_fn

@@ -1,8 +1,8 @@
 """Training jobs as background processes: submit, run one at a time, cancel, resume.
 
 Each job runs in a child process started with an argument list (never a shell string):
-``python -m core.training.worker --job ID`` (store URL in ``$REWARDLAB_DB``), or ``accelerate launch --num_processes N -m
-core.training.worker ...`` when several GPUs are visible. Its state (status, pid, heartbeat, progress,
+``python -m core.jobs.worker --job ID`` (store URL in ``$REWARDLAB_DB``), or ``accelerate launch --num_processes N -m
+core.jobs.worker ...`` when several GPUs are visible. Its state (status, pid, heartbeat, progress,
 log file, error) lives in the store, so a restarted app knows what was running; a job marked running
 whose process is gone is marked interrupted, and can be resumed from its last complete checkpoint.
 The process exits when the job ends, which frees its GPU memory.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.accounts import Actor, Permission
-from core.data.datasets import resolve_datasets
+from core.preferences.pairs import resolve_datasets
 from core.training.config import TrainingConfig
 from storage.engine import DB_URL_ENV, Store
 from storage.jobs import (
@@ -35,7 +35,7 @@ from storage.jobs import (
 )
 from storage.models import JobStatus
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]  # core/training/jobs.py -> the project
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # core/jobs/scheduling.py -> the project
 
 
 class JobError(ValueError):
@@ -49,7 +49,7 @@ def job_dir(store: Store, job_id: int) -> Path:
 def worker_command(job_id: int, *, gpus: int) -> list[str]:
     """The child's argument list: plain Python on one device, ``accelerate launch`` on several.
     The store URL travels in the environment (``worker_environment``), never in the arguments."""
-    worker = ["-m", "core.training.worker", "--job", str(job_id)]
+    worker = ["-m", "core.jobs.worker", "--job", str(job_id)]
     if gpus > 1:
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus), *worker]
     return [sys.executable, *worker]
@@ -158,7 +158,7 @@ class JobScheduler:
         self._stop.set()
 
     def _loop(self) -> None:
-        from core.training.active_learning import loop_tick
+        from core.loop.retraining import loop_tick
 
         while not self._stop.wait(self.interval):
             try:

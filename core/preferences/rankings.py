@@ -3,7 +3,7 @@
 Each annotator's ranking of an item votes on every pair of its completions: the better-placed one
 wins, a shared place is a tie, and a ranking flagged "all unacceptable" votes both-bad. Several
 annotators are folded per pair by majority, exactly as pairwise votes are
-(``core.data.exporter.fold_votes``): ties, both-bad, skips and split votes leave the pair out.
+(``core.preferences.votes.fold_votes``): ties, both-bad, skips and split votes leave the pair out.
 
 Which pairs are exported is the export's choice (``RANKING_PAIRS``), made on the item's consensus
 order (completions by mean fractional rank over its rankings), never on one annotator's ranking, so
@@ -28,10 +28,12 @@ from typing import Any
 
 from sqlmodel import Session
 
+from core.preferences.votes import fold_votes
 from storage.queries import ComparisonContent, Vote
 from storage.ranking import StoredRanking, completion_texts, slots_of
 
 RANKING_PAIRS = ("all", "adjacent", "best_vs_rest")
+LETTERS = "ABCDEFGHI"  # a ranking's completions by shown position (MAX_RANKED of them), on the Label tab and in Inspect
 
 
 def places(groups: list[list[int]]) -> dict[int, int]:
@@ -86,7 +88,6 @@ class RankedPairs:
 def ranking_rows(session: Session, contents: dict[int, ComparisonContent], rankings: dict[int, list[StoredRanking]],
                  item_ids: list[int], *, mode: str, with_margin: bool, with_metadata: bool) -> RankedPairs:
     """The preference rows of ranking items ``item_ids`` (those with at least one label)."""
-    from core.data.exporter import fold_votes  # the exporter imports this module
 
     result = RankedPairs()
     slots = slots_of(session, item_ids)

@@ -19,11 +19,11 @@ from datetime import datetime
 from typing import Any
 
 from core.config_fields import ConfigError
-from core.data.exporter import build_preference_rows, response_text, split_rows
+from core.preferences.pairs import build_preference_rows, response_text, split_rows
 from core.scoring.engine import Prompt, RewardScorer
 from core.scoring.evaluation import read_score_rows
 from core.scoring.model_names import existing_folder, model_folder_for, recorded_max_length, registry_store
-from core.scoring.reward_fn import RewardNormalizer
+from core.serving.reward_fn import RewardNormalizer
 from storage.engine import Store
 from storage.models import RegisteredModel
 from storage.registry import VERSION_SEPARATOR, find_model

@@ -9,7 +9,7 @@ scored: its reward is None and ``over_max_length`` is set, never a reward of a t
 Request handlers call ``prepare_*`` (formatting, in a worker thread), then ``score`` (the batcher
 scores the sequences of many requests together), which returns one ``CompletionScore`` per
 completion: each model's rewards normalized (``--normalize``) and reduced (mean or min) as
-``core.scoring.reward_fn.combine_rewards`` does in process.
+``core.serving.reward_fn.combine_rewards`` does in process.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from core.scoring.batching import DynamicBatcher, ScoredWork, ScoringWork
+from core.serving.batching import DynamicBatcher, ScoredWork, ScoringWork
 from core.scoring.engine import FormattedExample, Prompt, SegmentedExample, segment_rewards, segment_sequences
-from core.scoring.reward_fn import combine_rewards
-from core.scoring.served_models import ServedModel
-from core.scoring.server_requests import BadRequest, ClassifyRequest
+from core.serving.reward_fn import combine_rewards
+from core.serving.served_models import ServedModel
+from core.serving.request_bodies import BadRequest, ClassifyRequest
 
 
 class ModelFailure(RuntimeError):

@@ -29,9 +29,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from core.limits import MAX_SERVE_BODY_BYTES
-from core.scoring.batching import ServerBusy
-from core.scoring.reward_service import CompletionScore, ModelFailure, RewardService
-from core.scoring.server_requests import (
+from core.serving.batching import ServerBusy
+from core.serving.reward_service import CompletionScore, ModelFailure, RewardService
+from core.serving.request_bodies import (
     BadRequest,
     parse_classify_request,
     parse_get_reward_request,

@@ -4,7 +4,7 @@ reward server with in-process scoring.
 Start-up, in order: resolve and load the models (registry ``name@vN`` or folders), find the
 reference samples and fit normalizers (``served_models``), start the batcher and the HTTP server
 on the configured address, then run the parity check through that very address: while it runs
-the scoring routes answer 503 to everyone but the check (``server_api.admit``). On a difference
+the scoring routes answer 503 to everyone but the check (``routes.admit``). On a difference
 above the tolerance the server stops and ``serve_reward_models`` raises ``ParityFailed``: it never
 serves rewards that differ from what ``score`` computes.
 """
@@ -23,12 +23,12 @@ from core.limits import (
     MAX_SERVE_TEXTS,
     MAX_SERVE_TRAJECTORY_TEXTS,
 )
-from core.scoring.batching import DynamicBatcher
-from core.scoring.parity import ParityFailed, ParityReport, check_parity
-from core.scoring.reward_service import RewardService
-from core.scoring.served_models import ReferenceSamples, ServedModel, load_served_models
-from core.scoring.server_api import PARITY_HEADER, SCORING_APIS, ServerState, build_app
-from core.scoring.server_config import CheckServerConfig, ServerConfig
+from core.serving.batching import DynamicBatcher
+from core.serving.parity import ParityFailed, ParityReport, check_parity
+from core.serving.reward_service import RewardService
+from core.serving.served_models import ReferenceSamples, ServedModel, load_served_models
+from core.serving.routes import PARITY_HEADER, SCORING_APIS, ServerState, build_app
+from core.serving.config import CheckServerConfig, ServerConfig
 
 log = logging.getLogger(__name__)
 

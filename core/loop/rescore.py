@@ -1,0 +1,157 @@
+"""The rescore job: score a dataset's open items with its queue model (margins, or an ensemble's
+disagreement) and write their queue keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from core.loop.queue_keys import queue_keys
+from core.loop.settings import MIN_ENSEMBLE_PAIRS, SCORE_CHUNK, LoopError, queue_model_of
+from storage.datasets import require_dataset
+from storage.engine import Store
+from storage.loop import open_item_ids, write_queue_keys
+from storage.queries import comparison_contents
+from storage.ranking import completion_texts, slots_of
+
+
+def scorer_for(store: Store, model: str) -> Any:
+    """The scorer of a loop's model (registered name, or a folder under the models folder), with the
+    max_length it was trained with: what the rescore job and the loop's evaluation both score with."""
+    from core.model_folders import folder_under_models_root
+    from core.scoring.inspection import load_scorer
+    from core.scoring.model_names import model_folder_for, trained_max_length
+
+    folder = model_folder_for(store, model, local_folder=lambda path: folder_under_models_root(store, path))
+    return load_scorer(str(folder), trained_max_length(store, model))
+
+
+def _ensemble_heads(store: Store, dataset: str, dataset_id: int, scorer: Any, size: int,
+                    log: Callable[[str], None]) -> Any:
+    """The ensemble's residual heads, fitted on the dataset's newest labeled pairs (None, with a log
+    line, when there are too few: the queue is ordered by margin until there are enough)."""
+    import torch
+
+    from core.preferences.pairs import NothingToExport, build_preference_rows, response_text
+    from core.loop.ensemble import ENSEMBLE_PAIRS, fit_heads
+
+    try:
+        rows = build_preference_rows(store, datasets=[dataset]).rows[-ENSEMBLE_PAIRS:]
+    except NothingToExport:
+        rows = []
+    examples = [(row["prompt"], response_text(row[side])) for row in rows for side in ("chosen", "rejected")]
+    features = scorer.reward_features(examples)
+    kept = [i for i in range(len(rows)) if features[2 * i] is not None and features[2 * i + 1] is not None]
+    # Counted in labeled items (prompts), not pairs: one ranking of 9 completions gives 36 pairs.
+    prompts = len({json.dumps(rows[i]["prompt"], sort_keys=True) for i in kept})
+    if prompts < MIN_ENSEMBLE_PAIRS:
+        log(f"ensemble uncertainty needs labels on {MIN_ENSEMBLE_PAIRS} prompts within max_length, {dataset} has "
+            f"{prompts}: ordered by the model's margin until it has")
+        return None
+    chosen, rejected = torch.stack([features[2 * i] for i in kept]), torch.stack([features[2 * i + 1] for i in kept])
+    margins = _head_rewards(scorer, chosen) - _head_rewards(scorer, rejected)
+    # A ranking's pairs weigh 1/C(K,2), as in training, so one ranking counts as one label.
+    weights = torch.tensor([1.0 if rows[i].get("weight") is None else float(rows[i]["weight"]) for i in kept])
+    log(f"fitting {size} ensemble heads on {len(kept)} labeled pair(s) of {prompts} prompt(s)")
+    return fit_heads(chosen - rejected, margins, size, seed=dataset_id, weights=weights)
+
+
+def _head_rewards(scorer: Any, features: Any) -> Any:
+    """The model's own rewards from reward-token features (its score head applied to them)."""
+    import torch
+
+    with torch.inference_mode():
+        return scorer.head(features.to(scorer.device, scorer.dtype)).squeeze(-1).float().cpu()
+
+
+def _item_margins(store: Store, scorer: Any, item_ids: list[int],
+                  heads: Any = None) -> tuple[dict[int, float | None], dict[int, float | None]]:
+    """|r(a) - r(b)| of each pair, the smallest gap between two completions of a ranking item; None
+    when a text is over the model's max_length (never truncated). With ensemble ``heads``, also each
+    item's disagreement (``core.loop.ensemble``; a ranking item: the largest over its pairs)."""
+    with store.read() as session:
+        slots = slots_of(session, item_ids)
+        contents = comparison_contents(session, item_ids)  # prompts of pairs and ranking items alike
+        texts = completion_texts(session, [c for ids in slots.values() for c in ids])
+    examples: list[tuple[Any, str]] = []
+    spans: dict[int, tuple[int, int]] = {}
+    for item_id in item_ids:
+        content = contents[item_id]
+        prompt = content.prompt_messages if content.prompt_messages is not None else (content.prompt_text or "")
+        responses = [texts[c][0] for c in slots[item_id]] if item_id in slots else [content.a_text, content.b_text]
+        spans[item_id] = (len(examples), len(examples) + len(responses))
+        examples += [(prompt, response) for response in responses]
+    margins: dict[int, float | None] = {}
+    spreads: dict[int, float | None] = {}
+    if heads is None:
+        rewards_of = [None if r.exceeds_max_length else r.reward for r in scorer.score_responses(examples)]
+    else:  # one pass gives both: the model's reward is its head applied to the features
+        import torch
+
+        from core.loop.ensemble import disagreement, member_rewards
+
+        features = scorer.reward_features(examples)
+        known = [i for i, f in enumerate(features) if f is not None]
+        rewards_of = [None] * len(examples)
+        if known:
+            for i, reward in zip(known, _head_rewards(scorer, torch.stack([features[i] for i in known])).tolist(),
+                                 strict=True):
+                rewards_of[i] = reward
+    for item_id, (start, end) in spans.items():
+        chunk = rewards_of[start:end]
+        if any(r is None for r in chunk):
+            margins[item_id] = spreads[item_id] = None
+            continue
+        ordered = sorted(chunk)
+        margins[item_id] = min(b - a for a, b in zip(ordered, ordered[1:]))
+        if heads is not None:
+            members = member_rewards(heads, torch.stack(features[start:end]), torch.tensor(chunk))
+            spreads[item_id] = max(disagreement(members[:, i], members[:, j])
+                                   for i in range(end - start) for j in range(i + 1, end - start))
+    return margins, spreads
+
+
+def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = print,
+                  work_dir: Path | None = None) -> str:
+    """Score the open items of ``dataset`` with its queue model and store their margins, arms and
+    queue keys (the job of kind ``rescore``). With ensemble uncertainty, the heads are fitted first
+    and saved to ``work_dir / "ensemble-heads.pt"`` when given. Returns the job's note: how many
+    items were scored, by what (and why margin, when an ensemble was asked for but could not be fitted)."""
+    model = queue_model_of(store, dataset)
+    if not model:
+        raise LoopError(f"dataset {dataset!r} has no model to score its queue (set one with --model)")
+    with store.read() as session:
+        target = require_dataset(session, dataset)
+        dataset_id, fraction = target.id, target.random_fraction
+        uncertainty, ensemble_size = target.uncertainty, target.ensemble_size
+        item_ids = open_item_ids(session, dataset_id)
+    scorer = scorer_for(store, model)
+    fallback: list[str] = []
+    heads = _ensemble_heads(store, dataset, dataset_id, scorer, ensemble_size, fallback.append) \
+        if uncertainty == "ensemble" else None
+    for line in fallback:
+        log(line)
+    if heads is not None and work_dir is not None:
+        import torch
+
+        work_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": model, "heads": heads}, work_dir / "ensemble-heads.pt")
+    log(f"scoring {len(item_ids)} open item(s) of {dataset} with {model}"
+        + (f" and {len(heads)} ensemble heads" if heads is not None else ""))
+    margins: dict[int, float | None] = {}
+    spreads: dict[int, float | None] | None = {} if heads is not None else None
+    for start in range(0, len(item_ids), SCORE_CHUNK):
+        chunk_margins, chunk_spreads = _item_margins(store, scorer, item_ids[start:start + SCORE_CHUNK], heads)
+        margins.update(chunk_margins)
+        if spreads is not None:
+            spreads.update(chunk_spreads)
+        log(f"scored {min(start + SCORE_CHUNK, len(item_ids))}/{len(item_ids)}")
+    keys = queue_keys(dataset_id, margins, fraction, spreads)
+    for start in range(0, len(keys), SCORE_CHUNK):  # short write transactions: labeling goes on meanwhile
+        with store.write() as session:
+            write_queue_keys(session, keys[start:start + SCORE_CHUNK])
+    how = (f"the disagreement of {len(heads)} ensemble heads on {model}" if heads is not None
+           else f"{model}'s margins" + (f" ({fallback[0]})" if fallback else ""))
+    log(f"queue of {dataset} ordered by {how}: {sum(k.arm == 'random' for k in keys)} item(s) in the random arm")
+    return f"ordered the queue of {dataset} by {how}: {len(keys)} item(s) scored"

@@ -1,0 +1,145 @@
+"""The loop: a dataset's reward model picks what to label next, and retrains as labels arrive.
+
+This module holds a dataset's loop settings and their checks; the wing's other modules do the work:
+``queue_keys`` (arms and order), ``rescore`` (the job that scores the queue), ``ensemble`` (bootstrap
+heads), ``retraining`` (cadence and promotion) and ``evaluation`` (the loop page's figures).
+
+* **Queue order.** A dataset ordered by ``uncertainty`` serves, among comparisons of equal priority,
+  first those whose reward margin |r(a) - r(b)| under the dataset's model is smallest (a ranking
+  item: the smallest gap between two of its completions). A fraction ``random_fraction`` of items
+  (chosen by a hash of the item, so the same item stays in its arm) is the control arm: served in
+  random order and marked ``random``, so the two arms can be compared. The margins are written by a
+  background job (kind ``rescore``, run by the job scheduler like training), never inside a labeling
+  request, so labeling latency does not change; items imported after the last scoring have no key
+  and count as most uncertain (served first). Margin uncertainty costs one forward pass per
+  completion per rescore. ``uncertainty = "ensemble"`` orders the uncertainty arm by the disagreement
+  of bootstrap reward heads on the model's features instead (``core.loop.ensemble``: its choice
+  and cost); the stored ``model_margin`` stays the model's own margin.
+* **Retraining.** With ``retrain_every`` N, the scheduler queues a training job after every N new
+  human labels in the dataset, with the dataset's last training config (one waits at a time: a newer
+  trigger replaces a queued one). When it finishes, the new version is promoted to the dataset's
+  model unless its held-out accuracy is lower than the current model's by more than
+  ``promotion_tolerance``; the job's note says which and why. A promotion re-scores the queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.accounts import Actor, Permission
+from core.training.config import TrainingConfig
+from storage.datasets import require_dataset
+from storage.engine import Store
+from storage.loop import clear_queue_keys, human_label_count, last_training_config, queue_loop_job
+from storage.registry import find_model
+
+
+QUEUE_ORDERS = ("priority", "uncertainty")
+UNCERTAINTY_KINDS = ("margin", "ensemble")
+MIN_ENSEMBLE_PAIRS = 8  # labeled prompts below which the heads would fit noise: margin order meanwhile
+LATEST = "latest"  # the queue model that follows the loop's promoted version
+SCORE_CHUNK = 256  # items scored and written per step of a rescore job
+
+
+class LoopError(ValueError):
+    """A loop setting that cannot be taken; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The loop's settings of one dataset; None leaves a setting as it is."""
+
+    order: str | None = None  # "priority" or "uncertainty"
+    model: str | None = None  # a registered model (name or name@vN), or "latest"
+    random_fraction: float | None = None  # 0 to 1: the share of items in the random control arm
+    retrain_every: int | None = None  # new human labels between retrains; 0 turns retraining off
+    promotion_tolerance: float | None = None  # 0 to 1
+    uncertainty: str | None = None  # "margin" or "ensemble"
+    ensemble_size: int | None = None  # 2 to 16 heads
+
+
+@dataclass
+class LoopStatus:
+    dataset: str
+    order: str
+    model: str | None
+    promoted_model: str | None
+    random_fraction: float
+    retrain_every: int | None
+    promotion_tolerance: float
+    human_labels: int
+    labels_at_retrain: int
+    queued_job: int | None = None
+    notes: list[str] = field(default_factory=list)
+    uncertainty: str = "margin"
+    ensemble_size: int = 5
+
+
+def loop_status_of(session, dataset, queued_job: int | None = None) -> LoopStatus:  # noqa: ANN001
+    return LoopStatus(dataset.name, dataset.queue_order, dataset.queue_model, dataset.promoted_model,
+                      dataset.random_fraction, dataset.retrain_every, dataset.promotion_tolerance,
+                      human_label_count(session, dataset.id), dataset.labels_at_retrain, queued_job,
+                      uncertainty=dataset.uncertainty, ensemble_size=dataset.ensemble_size)
+
+
+def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSettings) -> LoopStatus:
+    """Change a dataset's loop settings (admins). Choosing uncertainty order with a model queues a
+    rescore job at once; turning retraining on keeps the dataset's last training config for it."""
+    actor.require(Permission.CHANGE_SETTINGS)
+    if settings.order is not None and settings.order not in QUEUE_ORDERS:
+        raise LoopError(f"order must be one of {', '.join(QUEUE_ORDERS)}, got {settings.order!r}")
+    if settings.random_fraction is not None and not 0 <= settings.random_fraction <= 1:
+        raise LoopError(f"the random fraction is a share of items, 0 to 1; got {settings.random_fraction}")
+    if settings.retrain_every is not None and not 0 <= settings.retrain_every <= 1_000_000:
+        raise LoopError(f"retrain every N labels needs N from 1 to 1000000 (0 turns it off); got {settings.retrain_every}")
+    if settings.promotion_tolerance is not None and not 0 <= settings.promotion_tolerance <= 1:
+        raise LoopError(f"the promotion tolerance is an accuracy difference, 0 to 1; got {settings.promotion_tolerance}")
+    if settings.uncertainty is not None and settings.uncertainty not in UNCERTAINTY_KINDS:
+        raise LoopError(f"uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, got {settings.uncertainty!r}")
+    if settings.ensemble_size is not None and not 2 <= settings.ensemble_size <= 16:
+        raise LoopError(f"an ensemble has 2 to 16 heads; got {settings.ensemble_size}")
+    with store.write() as session:
+        target = require_dataset(session, dataset)
+        if settings.model is not None and settings.model != LATEST and find_model(session, settings.model) is None:
+            raise LoopError(f"no registered model named {settings.model!r}: name one from `python app.py models`, "
+                            f"or '{LATEST}' for the loop's promoted version")
+        order = settings.order or target.queue_order
+        model = settings.model if settings.model is not None else target.queue_model
+        if order == "uncertainty" and (not model or (model == LATEST and not target.promoted_model)):
+            raise LoopError("uncertainty order needs a model to score the queue: --model NAME, or --model latest "
+                            "once the loop has promoted a version")
+        if settings.model not in (None, LATEST) and target.promoted_model is None:
+            target.promoted_model = settings.model  # the loop starts from the model it is given
+        for name, value in (("queue_order", settings.order), ("queue_model", settings.model),
+                            ("random_fraction", settings.random_fraction),
+                            ("promotion_tolerance", settings.promotion_tolerance),
+                            ("uncertainty", settings.uncertainty), ("ensemble_size", settings.ensemble_size)):
+            if value is not None:
+                setattr(target, name, value)
+        notes = []
+        if settings.retrain_every is not None:
+            target.retrain_every = settings.retrain_every or None
+            if target.retrain_every and target.retrain_config is None:
+                target.retrain_config = last_training_config(session, dataset) or TrainingConfig(dataset=[dataset]).to_record()
+            target.labels_at_retrain = human_label_count(session, target.id)
+        session.add(target)
+        session.flush()
+        queued = None
+        if target.queue_order == "priority":
+            clear_queue_keys(session, target.id)
+        elif any(value is not None for value in (settings.order, settings.model, settings.random_fraction,
+                                                  settings.uncertainty, settings.ensemble_size)):
+            queued = queue_loop_job(session, dataset, "rescore", {})
+            notes.append(f"rescore job {queued} queued: the queue is ordered by the new scores when it finishes")
+        status = loop_status_of(session, target, queued)
+        status.notes = notes
+        return status
+
+
+
+
+def queue_model_of(store: Store, dataset: str) -> str | None:
+    """The registered model that orders ``dataset``'s queue now ('latest' resolved), or None."""
+    with store.read() as session:
+        target = require_dataset(session, dataset)
+        return target.promoted_model if target.queue_model == LATEST else target.queue_model
