@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -65,13 +66,30 @@ def postgres_template() -> str | None:
     admin.dispose()
 
 
+_SQLITE_TEMPLATE: list[Path] = []
+
+
+def _sqlite_template(tmp_path_factory) -> Path:  # noqa: ANN001
+    """A SQLite store migrated to the newest schema once per session (seven migrations take ~1 s, and
+    some 450 tests open a store): each test gets a byte copy, which ``Store`` finds already at head."""
+    if not _SQLITE_TEMPLATE:
+        path = tmp_path_factory.mktemp("sqlite-template") / "store.db"
+        Store(f"sqlite:///{path}").dispose()  # the last connection closed: the WAL is checkpointed into the file
+        _SQLITE_TEMPLATE.append(path)
+    return _SQLITE_TEMPLATE[0]
+
+
 @contextmanager
-def database_url(folder: Path, postgres_template: str | None, label: str):  # noqa: ANN201
-    """A fresh store URL: a SQLite file in ``folder``, or, in the PostgreSQL pass, a database of its
-    own copied from the migrated template (dropped afterwards)."""
+def database_url(folder: Path, postgres_template: str | None, label: str, sqlite_template: Path | None = None):  # noqa: ANN201
+    """A fresh store URL: a SQLite file in ``folder`` (a copy of the migrated template when given), or, in
+    the PostgreSQL pass, a database of its own copied from the migrated template (dropped afterwards)."""
     server = os.environ.get(TEST_POSTGRES_ENV)
     if not server:
-        yield f"sqlite:///{folder / 'store.db'}"
+        path = folder / "store.db"
+        if sqlite_template is not None:
+            shutil.copyfile(sqlite_template, path)
+            path.chmod(0o600)  # as Store creates it: the store holds password hashes
+        yield f"sqlite:///{path}"
         return
     name = f"rewardlab_test_{os.getpid()}_{label}".lower()[:63]
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
@@ -91,10 +109,10 @@ def _record_database(node, url: str) -> None:  # noqa: ANN001
 
 
 @pytest.fixture
-def db_url(tmp_path: Path, postgres_template: str | None, request, monkeypatch) -> str:  # noqa: ANN001
+def db_url(tmp_path: Path, postgres_template: str | None, request, monkeypatch, tmp_path_factory) -> str:  # noqa: ANN001
     # A PostgreSQL store keeps its files (models, jobs, downloads) in $REWARDLAB_DATA_DIR: the test's own.
     monkeypatch.setenv("REWARDLAB_DATA_DIR", str(tmp_path / "data"))
-    with database_url(tmp_path, postgres_template, tmp_path.name) as url:
+    with database_url(tmp_path, postgres_template, tmp_path.name, _sqlite_template(tmp_path_factory)) as url:
         _record_database(request.node, url)
         yield url
 
@@ -103,7 +121,7 @@ def db_url(tmp_path: Path, postgres_template: str | None, request, monkeypatch) 
 def module_db_url(tmp_path_factory, postgres_template: str | None, request) -> str:  # noqa: ANN001
     """One store URL shared by a module's tests (for fixtures that start an app once)."""
     folder = tmp_path_factory.mktemp("module-store")
-    with database_url(folder, postgres_template, f"m_{folder.name}") as url:
+    with database_url(folder, postgres_template, f"m_{folder.name}", _sqlite_template(tmp_path_factory)) as url:
         yield url
 
 
@@ -123,6 +141,28 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN0
                 counts[backend] = counts.get(backend, 0) + 1
     if counts:
         terminalreporter.write_line("tests by database: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    _write_time_per_file(terminalreporter)
+
+
+def _write_time_per_file(terminalreporter) -> None:  # noqa: ANN001
+    """Where CI's time goes: seconds per test file (setup, call and teardown; module fixtures land on
+    the first test that uses them), largest first, so a file that grew is seen in every run."""
+    seconds: dict[str, float] = {}
+    tests: dict[str, int] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            duration, nodeid = getattr(report, "duration", None), getattr(report, "nodeid", "")
+            if duration is None or not nodeid:
+                continue
+            path = nodeid.split("::")[0]
+            seconds[path] = seconds.get(path, 0.0) + duration
+            if getattr(report, "when", None) == "call":
+                tests[path] = tests.get(path, 0) + 1
+    if not seconds:
+        return
+    terminalreporter.write_sep("-", f"time per test file ({sum(seconds.values()) / 60:.1f} min in all)")
+    for path, spent in sorted(seconds.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{spent:8.1f} s  {tests.get(path, 0):4d} tests  {path}")
 
 
 @pytest.fixture
