@@ -27,13 +27,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request, cookie_parser
 
+from core.limits import MAX_EVENT_BODY_BYTES, MAX_LOGIN_BODY_BYTES, MAX_SESSIONS_REMEMBERED
 from core.accounts import LoginThrottle
 
 ALLOWED_ORIGINS_ENV = "REWARDLAB_ALLOWED_ORIGINS"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-MAX_EVENT_BODY_BYTES = 8 * 1024 * 1024  # an event's inputs: the Inspect tab's responses at their caps fit
-MAX_LOGIN_BODY_BYTES = 16 * 1024
-MAX_SESSIONS_REMEMBERED = 200_000
 
 log = logging.getLogger("rewardlab.http")
 Scope = dict[str, Any]

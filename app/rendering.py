@@ -34,20 +34,10 @@ from pygments.lexers import get_lexer_by_name
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
 
+from core.limits import MAX_HIGHLIGHT_CHARS, MAX_MARKDOWN_CHARS
 from core.labeling.actions import ComparisonView, ResponseView
 from core.segments import thinking_body
 
-# Characters of code Pygments highlights per text, blocks taken in order; a block that does not fit
-# in what is left (so any block longer than this) shows escaped and monospaced, without colour.
-# Pygments' lexers are regular expressions, some of which backtrack (super-linear time) on
-# pathological input, and highlighted HTML is ~15 times the size of the code; a completion may be
-# 1,000,000 characters. 20,000 is a few hundred lines, more than an annotator reads closely.
-MAX_HIGHLIGHT_CHARS = 20_000
-# A text longer than this is shown as raw text, not Markdown. markdown-it is linear but not fast:
-# on this project's 2-core machine adversarial Markdown ("[[[[...", a long table) renders at about
-# 100,000 characters a second, and every comparison shown renders its texts again. 200,000
-# characters is a 50,000-token reasoning trace.
-MAX_MARKDOWN_CHARS = 200_000
 
 # Pygments' token classes get a prefix so that they cannot collide with Gradio's own classes, and
 # only those classes survive the sanitizer.

@@ -20,13 +20,13 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select, update
 
+from core.limits import MIN_PASSWORD_LENGTH
 from storage.engine import Store
 from storage.labels import ensure_user
 from storage.models import Label, Role, User, utc_now
 
 LOCAL_USER = "local"
 LOGIN_ROLES = (Role.ANNOTATOR, Role.ENGINEER, Role.ADMIN)
-MIN_PASSWORD_LENGTH = 8
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _hasher = PasswordHasher()
 

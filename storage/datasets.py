@@ -17,7 +17,11 @@ from storage.models import Comparison, Dataset, DatasetMember, Label, PromptKind
 from storage.queue_counts import refresh_comparison_counts
 
 DEFAULT_DATASET = "default"
+# Bounds of dataset settings, enforced here and listed in core.limits.STORAGE_BOUNDS.
 MAX_GUIDELINES_CHARS = 100_000
+MIN_OVERLAP, MAX_OVERLAP = 1, 10  # annotators per comparison
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 10, 86_400  # how long a served comparison stays reserved
+MAX_DEFAULT_PRIORITY = 1_000_000
 DEFAULT_GUIDELINES = (
     "Pick the response that better answers the prompt: correct first, then helpful, then clear.\n\n"
     "* **Tie**: both are equally good.\n* **Both bad**: neither is acceptable.\n"
@@ -128,12 +132,15 @@ class DatasetSettings:
 def change_dataset(session: Session, name: str, settings: DatasetSettings) -> Dataset:
     """Apply ``settings`` to dataset ``name``; all of them or, on a bad value, none."""
     dataset = require_dataset(session, name)
-    if settings.overlap is not None and not 1 <= settings.overlap <= 10:
-        raise DatasetError(f"overlap must be between 1 and 10 annotators per comparison, got {settings.overlap}")
-    if settings.lease_seconds is not None and not 10 <= settings.lease_seconds <= 86_400:
-        raise DatasetError(f"the lease must be between 10 and 86400 seconds, got {settings.lease_seconds}")
-    if settings.default_priority is not None and not -1_000_000 <= settings.default_priority <= 1_000_000:
-        raise DatasetError(f"the default priority must be between -1000000 and 1000000, got {settings.default_priority}")
+    if settings.overlap is not None and not MIN_OVERLAP <= settings.overlap <= MAX_OVERLAP:
+        raise DatasetError(f"overlap must be between {MIN_OVERLAP} and {MAX_OVERLAP} annotators per comparison, "
+                           f"got {settings.overlap}")
+    if settings.lease_seconds is not None and not MIN_LEASE_SECONDS <= settings.lease_seconds <= MAX_LEASE_SECONDS:
+        raise DatasetError(f"the lease must be between {MIN_LEASE_SECONDS} and {MAX_LEASE_SECONDS} seconds, "
+                           f"got {settings.lease_seconds}")
+    if settings.default_priority is not None and not abs(settings.default_priority) <= MAX_DEFAULT_PRIORITY:
+        raise DatasetError(f"the default priority must be between -{MAX_DEFAULT_PRIORITY} and {MAX_DEFAULT_PRIORITY}, "
+                           f"got {settings.default_priority}")
     if settings.guidelines is not None and len(settings.guidelines) > MAX_GUIDELINES_CHARS:
         raise DatasetError(
             f"the guidelines are {len(settings.guidelines):,} characters; the limit is {MAX_GUIDELINES_CHARS:,}"

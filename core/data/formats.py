@@ -20,10 +20,8 @@ import json
 import math
 from typing import Any, NamedTuple
 
-MAX_TEXT_CHARS = 1_000_000
-MAX_MODEL_NAME_CHARS = 200
-MAX_COMPLETIONS_PER_ROW = 64
-MAX_FIELDS_PER_ROW = 1_000
+from core.limits import MAX_COMPLETIONS_PER_ROW, MAX_FIELDS_PER_ROW, MAX_MODEL_NAME_CHARS, MAX_TEXT_CHARS
+
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 # The turn marker of Anthropic's HH-RLHF transcripts; the implicit prompt ends right after it.
 HH_ASSISTANT_MARKER = "\n\nAssistant:"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.limits import MAX_BULK_IDS, MAX_PAGE_SIZE, MAX_PRIORITY, MAX_SEARCH_CHARS
 from core.accounts import Actor, Permission
 from storage.datasets import DatasetError, require_dataset
 from storage.engine import Store
@@ -31,10 +32,6 @@ from storage.records import (
 __all__ = ["RECORD_STATUSES", "RecordFilter", "RecordDetail", "RecordError", "browse", "record_detail",
            "send_back", "change_priority", "archive_records"]
 
-MAX_PAGE_SIZE = 100
-MAX_SEARCH_CHARS = 200
-MAX_BULK_IDS = 10_000
-MAX_PRIORITY = 1_000_000
 
 
 class RecordError(ValueError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.limits import MAX_EVALUATED_PAIRS
 from core.accounts import Actor, Permission
 from core.loop.rescore import scorer_for
 from core.loop.settings import LoopStatus, loop_status_of
@@ -15,7 +16,6 @@ from storage.queries import comparison_contents
 from storage.registry import find_model
 
 
-MAX_EVALUATED_PAIRS = 2_000  # the newest labeled pairs an evaluation scores
 CALIBRATION_BINS = 10
 
 

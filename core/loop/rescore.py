@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.loop.queue_keys import queue_keys
-from core.loop.settings import MIN_ENSEMBLE_PAIRS, SCORE_CHUNK, LoopError, queue_model_of
+from core.limits import MIN_ENSEMBLE_PAIRS
+from core.loop.settings import SCORE_CHUNK, LoopError, queue_model_of
 from storage.datasets import require_dataset
 from storage.engine import Store
 from storage.loop import open_item_ids, write_queue_keys

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.accounts import Actor, Permission
+from core.limits import MAX_ENSEMBLE_SIZE, MAX_RETRAIN_EVERY, MIN_ENSEMBLE_PAIRS, MIN_ENSEMBLE_SIZE
 from core.training.config import TrainingConfig
 from storage.datasets import require_dataset
 from storage.engine import Store
@@ -36,7 +37,6 @@ from storage.registry import find_model
 
 QUEUE_ORDERS = ("priority", "uncertainty")
 UNCERTAINTY_KINDS = ("margin", "ensemble")
-MIN_ENSEMBLE_PAIRS = 8  # labeled prompts below which the heads would fit noise: margin order meanwhile
 LATEST = "latest"  # the queue model that follows the loop's promoted version
 SCORE_CHUNK = 256  # items scored and written per step of a rescore job
 
@@ -90,14 +90,15 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
         raise LoopError(f"order must be one of {', '.join(QUEUE_ORDERS)}, got {settings.order!r}")
     if settings.random_fraction is not None and not 0 <= settings.random_fraction <= 1:
         raise LoopError(f"the random fraction is a share of items, 0 to 1; got {settings.random_fraction}")
-    if settings.retrain_every is not None and not 0 <= settings.retrain_every <= 1_000_000:
-        raise LoopError(f"retrain every N labels needs N from 1 to 1000000 (0 turns it off); got {settings.retrain_every}")
+    if settings.retrain_every is not None and not 0 <= settings.retrain_every <= MAX_RETRAIN_EVERY:
+        raise LoopError(f"retrain every N labels needs N from 1 to {MAX_RETRAIN_EVERY} (0 turns it off); "
+                        f"got {settings.retrain_every}")
     if settings.promotion_tolerance is not None and not 0 <= settings.promotion_tolerance <= 1:
         raise LoopError(f"the promotion tolerance is an accuracy difference, 0 to 1; got {settings.promotion_tolerance}")
     if settings.uncertainty is not None and settings.uncertainty not in UNCERTAINTY_KINDS:
         raise LoopError(f"uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, got {settings.uncertainty!r}")
-    if settings.ensemble_size is not None and not 2 <= settings.ensemble_size <= 16:
-        raise LoopError(f"an ensemble has 2 to 16 heads; got {settings.ensemble_size}")
+    if settings.ensemble_size is not None and not MIN_ENSEMBLE_SIZE <= settings.ensemble_size <= MAX_ENSEMBLE_SIZE:
+        raise LoopError(f"an ensemble has {MIN_ENSEMBLE_SIZE} to {MAX_ENSEMBLE_SIZE} heads; got {settings.ensemble_size}")
     with store.write() as session:
         target = require_dataset(session, dataset)
         if settings.model is not None and settings.model != LATEST and find_model(session, settings.model) is None:

@@ -11,7 +11,7 @@ from itertools import combinations
 
 from core.accounts import Actor, Permission, PermissionDenied
 from core.preferences.votes import fold_votes
-from core.limits import MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
+from core.limits import MAX_CACHED_MODELS, MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
 from core.model_folders import folder_under_models_root
 from core.scoring.engine import ModelLoadError, Progress, Prompt, RewardScorer, ScoreResult
 from core.scoring.model_names import (  # noqa: F401 (UnknownModel: re-exported)
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 _cache: dict[tuple[str, int | None], RewardScorer] = {}
 _cache_lock = threading.Lock()
-MAX_CACHED_MODELS = 4
 
 
 class UnknownComparison(ValueError):

@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from core.limits import MAX_NAMES_LISTED
 from core.scoring.engine import ModelLoadError
 from storage.engine import Store, default_db_url
 from storage.registry import find_model, list_models, version_references
 
-MAX_NAMES_LISTED = 30
 
 
 class UnknownModel(ModelLoadError):

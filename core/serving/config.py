@@ -15,10 +15,9 @@ from typing import Optional
 
 from core.loopback import is_loopback
 from core.config_fields import ConfigError, config_field
-from core.limits import MAX_SERVE_QUEUE
+from core.limits import MAX_SERVED_MODELS, MAX_SERVE_QUEUE
 from core.serving.reward_fn import REDUCTIONS
 
-MAX_SERVED_MODELS = 4  # an ensemble of more is rarely worth its memory; Inspect allows as many
 DEFAULT_PARITY_TOLERANCE = 1e-4
 DTYPES = ("auto", "float32", "bfloat16")
 

@@ -21,12 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.data.formats import CHAT_ROLES
-from core.limits import MAX_SERVE_CHARS, MAX_SERVE_MESSAGES, MAX_SERVE_TEXTS, MAX_SERVE_TRAJECTORY_TEXTS
+from core.limits import MAX_JSON_DEPTH, MAX_SERVE_CHARS, MAX_SERVE_MESSAGES, MAX_SERVE_TEXTS, MAX_SERVE_TRAJECTORY_TEXTS
 from core.scoring.engine import Prompt
 
-# A chat prompt nests 3 deep, token ids 2: anything far deeper is not a request this server takes,
-# and Python's json module would recurse into it.
-MAX_JSON_DEPTH = 16
 
 
 class BadRequest(ValueError):

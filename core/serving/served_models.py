@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from core.limits import MAX_REFERENCE_SAMPLES
 from core.config_fields import ConfigError
 from core.preferences.pairs import build_preference_rows, response_text, split_rows
 from core.scoring.engine import Prompt, RewardScorer
@@ -28,7 +29,6 @@ from storage.engine import Store
 from storage.models import RegisteredModel
 from storage.registry import VERSION_SEPARATOR, find_model
 
-MAX_REFERENCE_SAMPLES = 256
 
 _LONG_REASONING = " ".join(["we add the tens, then the ones, and check the sum again before we answer"] * 40)
 BUILTIN_PROBES: list[tuple[Prompt, str]] = [
