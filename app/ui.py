@@ -18,16 +18,23 @@ from storage.engine import Store
 TITLE = "RewardLab"
 
 
+LOG_OUT_JS = """() => {
+    fetch(new URL("logout", window.location.href), {method: "POST", credentials: "same-origin"})
+        .finally(() => window.location.assign(window.location.pathname));
+}"""
+
+
 def build_ui(store: Store) -> gr.Blocks:
     # Files Gradio serves (exports, uploads) are copied into its cache: delete those older than 15
     # minutes, checking every 10, so no export lingers in the temporary folder.
     with gr.Blocks(title=TITLE, delete_cache=(600, 900)) as blocks:
         with gr.Row(equal_height=False):
             gr.Markdown(f"# {TITLE}\nLabel preferences, train reward models on them, and inspect what they reward.")
-            # Gradio serves /logout when logins are on (the server asks for them exactly when accounts
-            # exist): it deletes this user's session cookies and tokens and redirects to the login page.
-            gr.Button("Log out", link="/logout", size="sm", scale=0, min_width=100, visible=accounts_exist(store),
-                      elem_id="logout-button")
+            # Logging out is a POST (app/http_guard.py ends this user's sessions in the store and clears the
+            # cookies); a GET /logout is refused, so an image or link on another site cannot log anyone out.
+            logout = gr.Button("Log out", size="sm", scale=0, min_width=100, visible=accounts_exist(store),
+                               elem_id="logout-button")
+            logout.click(None, js=LOG_OUT_JS, api_visibility="private")
         with gr.Tabs():
             with gr.Tab("Label", id="label"):
                 render_label_tab(store, blocks)

@@ -62,13 +62,22 @@ def login_check(store: Store):  # noqa: ANN201
 def serve(*, db_url: str | None, host: str, port: int, load_demo: bool,
           max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB) -> None:
     """Serve the app. Raises ``UnsafeListenAddress`` for a non-loopback host without accounts."""
-    from app.label_tab import shortcuts_script
-    from app.rendering import LABEL_CSS
-    from app.ui import build_ui
-
+    # Everything this process writes (the store's files, exports, Gradio's copies of them, models) is for
+    # its own user: other local users cannot read labels, password hashes or exports.
+    os.umask(0o077)
     store = Store(db_url)
     # Models, job folders and logs live here; on PostgreSQL it is ./data, which may not exist yet.
     store.data_dir.mkdir(parents=True, exist_ok=True)
+    # Gradio copies every file it serves into its cache, by default a world-listable folder in /tmp:
+    # a private one beside the store instead (read by Gradio when it is imported, just below).
+    cache = store.data_dir / "gradio-cache"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    cache.chmod(0o700)
+    os.environ["GRADIO_TEMP_DIR"] = str(cache.resolve())
+
+    from app.label_tab import shortcuts_script
+    from app.rendering import LABEL_CSS
+    from app.ui import build_ui
     with_logins = accounts_exist(store)
     if not with_logins and not is_loopback(host):
         raise UnsafeListenAddress(
@@ -98,8 +107,11 @@ def serve(*, db_url: str | None, host: str, port: int, load_demo: bool,
         # meant for users are returned as messages by each handler.
         show_error=False,
         max_file_size=f"{max_upload_mb}mb",
-        app_kwargs={"middleware": [Middleware(RequestGuard)]},
+        app_kwargs={"middleware": [Middleware(RequestGuard, store=store if with_logins else None)]},
         footer_links=[],
+        # Gradio's run history keeps every call's inputs and results in the browser (labels and completions on
+        # a shared annotator machine) and lets a user send future runs to a Hugging Face bucket: off.
+        run_history=False,
         enable_monitoring=False,
         css=LABEL_CSS,
         head=shortcuts_script(),

@@ -20,10 +20,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select, update
 
-from core.limits import MIN_PASSWORD_LENGTH
+from core.limits import MAX_PASSWORD_CHARS, MIN_PASSWORD_LENGTH
 from storage.engine import Store
 from storage.labels import ensure_user
 from storage.models import Label, Role, User, utc_now
+from storage.sessions import end_sessions_of
 
 LOCAL_USER = "local"
 LOGIN_ROLES = (Role.ANNOTATOR, Role.ENGINEER, Role.ADMIN)
@@ -101,14 +102,18 @@ def add_user(store: Store, name: str, role: str, password: str) -> None:
         raise AccountError(f"role must be one of {', '.join(r.value for r in LOGIN_ROLES)}, got {role!r}")
     _check_password(password)
     with store.write() as session:
-        if session.execute(select(User.id).where(User.name == name)).first() is not None:
-            raise AccountError(f"user {name!r} already exists")
+        twin = session.execute(select(User.name).where(func.lower(User.name) == name.lower())).scalars().first()
+        if twin is not None:
+            raise AccountError(f"user {name!r} already exists" if twin == name else
+                               f"user {twin!r} exists; names differing only in case are one name: choose another")
         session.add(User(name=name, role=role, password_hash=hash_password(password)))
 
 
 def _check_password(password: str | None) -> None:
     if len(password or "") < MIN_PASSWORD_LENGTH:
         raise AccountError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise AccountError(f"the password is longer than {MAX_PASSWORD_CHARS:,} characters")
 
 
 def accounts_exist(store: Store) -> bool:
@@ -249,6 +254,7 @@ def change_role(store: Store, actor: Actor, name: str, role: str) -> None:
         if role != Role.ADMIN.value:
             _refuse_removing_the_last_admin(session, user, f"make {name!r} {'an' if role[0] in 'aeiou' else 'a'} {role}")
         session.execute(update(User).where(User.id == user.id).values(role=role))
+        end_sessions_of(session, user.id)  # a session keeps what it was granted: the next request logs in anew
 
 
 def set_password(store: Store, actor: Actor, name: str, password: str) -> None:
@@ -260,6 +266,7 @@ def set_password(store: Store, actor: Actor, name: str, password: str) -> None:
     with store.write() as session:
         user = _login_account(session, name)
         session.execute(update(User).where(User.id == user.id).values(password_hash=password_hash))
+        end_sessions_of(session, user.id)  # whoever knew the old password is logged out at their next request
 
 
 def disable_account(store: Store, actor: Actor, name: str) -> bool:
@@ -274,6 +281,7 @@ def disable_account(store: Store, actor: Actor, name: str) -> bool:
             return False
         _refuse_removing_the_last_admin(session, user, f"disable {name!r}")
         session.execute(update(User).where(User.id == user.id).values(disabled_at=utc_now()))
+        end_sessions_of(session, user.id)
     return True
 
 

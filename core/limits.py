@@ -20,6 +20,12 @@ def _env_int(name: str, default: int) -> int:
 
 # --- accounts
 MIN_PASSWORD_LENGTH = 8  # NIST SP 800-63B's minimum for a password a user chooses
+MAX_PASSWORD_CHARS = 1_024  # Argon2 hashes any length; a megabyte password is a denial of service, not a secret
+MAX_SESSION_AGE_SECONDS = 7 * 24 * 3600  # a login lasts a week (across restarts), then asks again
+# Password checks (Argon2id: ~100 ms of CPU and 64 MiB each) running at once, whoever asks: a flood of
+# logins from many addresses and names waits here instead of taking every core and gigabytes of memory.
+MAX_CONCURRENT_PASSWORD_CHECKS = 2
+MAX_PASSWORD_CHECK_WAIT_SECONDS = 5  # how long a login waits for a free check before HTTP 503
 
 # --- labeling
 MAX_COMMENT_CHARS = 5_000  # a label's comment: a few paragraphs, never a pasted document
@@ -119,6 +125,10 @@ STORAGE_BOUNDS = (
 # What a user sees when a cap refuses (the message each check raises, with its value filled in).
 CAPS: dict[str, str] = {
     "MIN_PASSWORD_LENGTH": "the password must be at least 8 characters long",
+    "MAX_PASSWORD_CHARS": "the password is longer than 1,024 characters",
+    "MAX_SESSION_AGE_SECONDS": "(not refused) after 7 days the page asks for a login again",
+    "MAX_CONCURRENT_PASSWORD_CHECKS": "(queued) a login waits for one of 2 password checks",
+    "MAX_PASSWORD_CHECK_WAIT_SECONDS": "HTTP 503 with Retry-After: too many logins at once: try again in a few seconds",
     "MIN_ENSEMBLE_PAIRS": "(not refused) the rescore job's note: ensemble uncertainty needs labels on 8 prompts within max_length, DATASET has N: ordered by the model's margin until it has",
     "MAX_COMMENT_CHARS": "the comment is N characters; the limit is 5,000. Shorten it",
     "MAX_HIGHLIGHT_CHARS": "(not refused) a longer code block is shown without highlighting",

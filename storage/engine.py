@@ -82,7 +82,12 @@ class Store:
                     f"store URL {self.url!r} names no file: RewardLab needs a SQLite *file* "
                     "(e.g. sqlite:///data/rewardlab.db) so that separate processes share it"
                 )
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(database).expanduser()
+            # The store holds password hashes and every label: its folder and file are its owner's alone
+            # (SQLite gives the -wal and -shm files the database file's mode).
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not path.exists():
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             self.write_engine = create_engine(self.url, connect_args=connect_args)
             self.read_engine = create_engine(self.url, connect_args=connect_args)

@@ -243,7 +243,28 @@ class User(SQLModel, table=True):
     disabled_at: Optional[datetime] = Field(default=None, sa_type=UtcDateTime, description="login disabled (labels kept)")
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
-    __table_args__ = (CheckConstraint(_one_of("role", Role), name="user_role_known"),)
+    __table_args__ = (
+        CheckConstraint(_one_of("role", Role), name="user_role_known"),
+        # Active login names are unique whatever their case ("ADM" and "adm" would be two people to the queue
+        # and one to a reader); import sources (no password) may differ by case, as file names do.
+        Index("uq_login_name_lower", text("lower(name)"), unique=True,
+              sqlite_where=text("password_hash IS NOT NULL AND disabled_at IS NULL"),
+              postgresql_where=text("password_hash IS NOT NULL AND disabled_at IS NULL")),
+    )
+
+
+class LoginSession(SQLModel, table=True):
+    """A logged-in browser or script: kept in the store, so a restart of the app logs nobody out, and an
+    admin's password reset, role change or disable ends every session of that user at its next request.
+    Only a hash of the token is stored: a copy of the store logs nobody in."""
+
+    __tablename__ = "login_session"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True, description="sha256 of the cookie's token, hex")
+    user_id: int = Field(foreign_key="user.id", index=True)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
+    expires_at: datetime = Field(sa_type=UtcDateTime)
+    ended_at: Optional[datetime] = Field(default=None, sa_type=UtcDateTime, description="logged out or revoked")
 
 
 class Label(SQLModel, table=True):
