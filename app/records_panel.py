@@ -116,7 +116,7 @@ def render_records_panel(store: Store, dataset_choices: gr.Dropdown) -> None:
     def open_record(comparison_id: int | None, selection: str, request: gr.Request) -> dict:
         try:
             actor = current_actor(store, request)
-            record = record_detail(store, actor, int(comparison_id or 0))
+            record = record_detail(store, actor, comparison_id)
         except ERRORS as error:
             return {action_result: f"**Not shown.** {inline_text(error)}"}
         ids = (selection or "").replace(",", " ").split()
@@ -135,9 +135,13 @@ def render_records_panel(store: Store, dataset_choices: gr.Dropdown) -> None:
             my_choice: mine,
         }
 
-    def open_row(event: gr.SelectData, selection: str, request: gr.Request) -> dict:
-        row = getattr(event, "row_value", None) or []  # no row when called without a click
-        return open_record(row[0] if row else None, selection, request)
+    def open_row(event: gr.EventData, selection: str, request: gr.Request) -> dict:
+        # gr.EventData, not gr.SelectData: Gradio builds a SelectData by indexing the event's data, which a
+        # call without a click (a script, a crafted request) does not carry, and failed with a TypeError
+        # before this handler (and its permission check) ran.
+        data = getattr(event, "_data", None)
+        row = data.get("row_value") if isinstance(data, dict) else None
+        return open_record(row[0] if isinstance(row, list) and row else None, selection, request)
 
     detail_outputs = [detail, labels, selected, shown, my_choice, action_result]
     table.select(open_row, inputs=selected, outputs=detail_outputs, api_visibility="private")

@@ -65,6 +65,13 @@ def serve(*, db_url: str | None, host: str, port: int, load_demo: bool,
     # Everything this process writes (the store's files, exports, Gradio's copies of them, models) is for
     # its own user: other local users cannot read labels, password hashes or exports.
     os.umask(0o077)
+    if ":" in host.strip("[]"):
+        # Gradio 6.31 builds its own start-up URL as http://HOST:PORT/ without brackets, so an IPv6 literal
+        # crashes its launch ("Invalid port: ':1:7860'"): refuse it with the way round instead.
+        raise UnsafeListenAddress(
+            f"the web app cannot listen on the IPv6 address {host} (Gradio builds http://{host}:PORT without the "
+            "brackets an IPv6 URL needs); listen on 127.0.0.1 (or 0.0.0.0 with accounts) and put a reverse proxy in "
+            "front for IPv6. The reward server (serve-rm) listens on IPv6 as it is.")
     store = Store(db_url)
     # Models, job folders and logs live here; on PostgreSQL it is ./data, which may not exist yet.
     store.data_dir.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,13 @@ MAX_SERVE_TRAJECTORY_TEXTS = 8
 # Requests waiting to be scored: past this the server answers 503 with Retry-After instead of
 # holding ever more bodies in memory (at most this many times MAX_SERVE_BODY_BYTES).
 MAX_SERVE_QUEUE = 256
+# Scoring requests in flight at once (reading their body, formatting, queued): past it, 503 before the body is
+# read, so bodies held in memory are at most this many times MAX_SERVE_BODY_BYTES.
+MAX_SERVE_IN_FLIGHT = 64
+# Requests formatting and tokenizing at once (each holds its texts' encodings): the rest wait their turn.
+MAX_SERVE_PREPARING = 2
+MAX_SERVE_BODY_SECONDS = 60  # a whole request body must arrive within this (a trickling body holds a slot)
+MAX_SERVE_IDLE_SECONDS = 15  # a connection that has not sent a whole request head by then is closed
 # Chat messages in one prompt, and nesting of a JSON body: bounded like every other count.
 MAX_SERVE_MESSAGES = 256
 # A chat prompt nests 3 deep, token ids 2: anything far deeper is not a request this server takes,
@@ -163,6 +170,10 @@ CAPS: dict[str, str] = {
     "MAX_SERVE_BODY_BYTES": "HTTP 413: the request body is larger than 16 MiB",
     "MAX_SERVE_TRAJECTORY_TEXTS": "HTTP 400: trajectory: a request asking for trajectories may hold at most 8 completions, got N; split it",
     "MAX_SERVE_QUEUE": "HTTP 503 with Retry-After: the server is busy",
+    "MAX_SERVE_IN_FLIGHT": "HTTP 503 with Retry-After: the server is busy: 64 requests are in flight; retry shortly",
+    "MAX_SERVE_PREPARING": "(queued) a request waits for one of 2 formatting slots",
+    "MAX_SERVE_BODY_SECONDS": "HTTP 408: the body took longer than 60 s to arrive",
+    "MAX_SERVE_IDLE_SECONDS": "(connection closed) a connection silent for 15 s before its request head",
     "MAX_SERVE_MESSAGES": "HTTP 413: prompts[i]: N messages; at most 256",
     "MAX_JSON_DEPTH": "HTTP 400: the body nests JSON deeper than 16 levels; no request of this server does",
     "MAX_SERVED_MODELS": "N models given; an ensemble holds at most 4",

@@ -8,10 +8,15 @@ import ipaddress
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
-    if host == "localhost":
+    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1, also written ``[::1]`` as
+    in a URL, or as an IPv4-mapped IPv6 address)."""
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
+        return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
     except ValueError:
         return False

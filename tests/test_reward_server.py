@@ -549,3 +549,91 @@ def test_a_grpo_step_runs_with_the_remote_reward_fn(server, oracle, tmp_path):
     assert logged == pytest.approx([statistics.fmean(rewards) for _, _, rewards in calls], abs=1e-5)
     prompts, completions, rewards = calls[0]
     assert rewards == pytest.approx([oracle.reward(p, c) for p, c in zip(prompts, completions)], abs=1e-4)
+
+
+# ----- round 3 of attacks: memory under parallel maximal bodies, idle connections, broken Unicode
+
+
+@pytest.fixture(scope="module")
+def default_caps_server(registry, tmp_path_factory):
+    """The registered ``rm`` (max_length 56) served with the default body cap (16 MiB)."""
+    log = tmp_path_factory.mktemp("server-default-caps") / "serve-rm.log"
+    process, url = start_reward_server(log, "--model", "rm", "--db", registry)
+    yield process, url
+    stop(process)
+
+
+@pytest.mark.slow
+def test_six_concurrent_maximal_bodies_over_max_length_keep_the_server_small(default_caps_server):
+    """Six /get_reward bodies of 60 texts x 200,000 characters at once, every text over max_length: before the
+    prefix check every text was tokenized whole (516 -> 6,111 MiB on the team's run); the OS's RSS is the oracle."""
+    import concurrent.futures
+
+    import psutil
+
+    process, url = default_caps_server
+    server = psutil.Process(process.pid)
+    before = server.memory_info().rss
+    body = json.dumps({"query": [("four " * 40_000)[:200_000]] * 60}).encode()
+    peak = [before]
+
+    def send(_: int) -> tuple[int, dict]:
+        return call(url + "/get_reward", raw=body)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(send, i) for i in range(6)]
+        while not all(f.done() for f in futures):
+            peak[0] = max(peak[0], server.memory_info().rss)
+            time.sleep(0.05)
+        results = [f.result() for f in futures]
+    for status, answer in results:
+        assert status == 200, answer
+        assert answer["rewards"] == [None] * 60 and answer["extra_logs"]["over_max_length"] == [1.0] * 60
+    grown = (peak[0] - before) / 2**20
+    print(f"serve-rm RSS {before / 2**20:.0f} -> peak {peak[0] / 2**20:.0f} MiB under 6 maximal bodies")
+    assert peak[0] < 1.5 * 2**30, f"peak RSS {peak[0] / 2**20:.0f} MiB"
+    assert grown < 600, f"grew {grown:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_health_stays_200_while_a_thousand_idle_connections_are_open(default_caps_server):
+    import socket
+
+    _, url = default_caps_server
+    port = int(url.rsplit(":", 1)[1])
+    idle = []
+    try:
+        for _ in range(1_000):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        status, body = call(url + "/health")
+        assert status == 200, body
+        status, body = call(url + "/score", {"prompts": ["Q? "], "completions": ["It is 4."]})
+        assert status == 200 and body["rewards"][0] is not None
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_lone_surrogate_is_refused_naming_where(server):
+    raw = b'{"prompts": ["Q? "], "completions": ["ok \\ud800 then"]}'
+    status, body = call(server + "/score", raw=raw)
+    assert status == 400, body
+    assert "completions[0]" in body["error"] and "surrogate" in body["error"]
+    status, body = call(server + "/get_reward", raw=b'{"query": ["\\udfff"]}')
+    assert status == 400 and "query[0]" in body["error"]
+
+
+def test_the_prefix_check_never_calls_an_example_over_that_fits(model_dirs):
+    """``surely_over_max_length`` only says "over" when the whole example is over: checked against the token
+    count of the full formatted example (a plain tokenizer call) for texts around the limit."""
+    from core.scoring.engine import RewardScorer
+
+    scorer = RewardScorer(str(model_dirs[0]), max_length=MAX_LENGTH)
+    oracle = PlainForward(model_dirs[0])
+    words = ["four", "Blue", "is", "a", "color.", "2 + 2", "<think>", "add them", "</think>", "x" * 300, "\n\n"]
+    for n in range(1, 400, 7):
+        response = " ".join(words[(i * 3) % len(words)] for i in range(n))
+        surely = scorer.surely_over_max_length(["Q? ", response])
+        if surely:
+            assert len(oracle.ids("Q? ", response)) > MAX_LENGTH, n
+    assert scorer.surely_over_max_length(["Q? ", "four " * 40_000])

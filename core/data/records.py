@@ -9,6 +9,7 @@ characters, a bulk action at most ``MAX_BULK_IDS`` comparisons.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from core.limits import MAX_BULK_IDS, MAX_PAGE_SIZE, MAX_PRIORITY, MAX_SEARCH_CHARS
 from core.accounts import Actor, Permission
@@ -78,8 +79,14 @@ class RecordDetail:
         return "A left, B right" if label.shown_left == "a" else "B left, A right"
 
 
-def record_detail(store: Store, actor: Actor, comparison_id: int) -> RecordDetail:
+def record_detail(store: Store, actor: Actor, comparison_id: Any) -> RecordDetail:
+    """One comparison with every label (engineers and admins). Raises ``PermissionDenied`` first, then
+    ``RecordError`` for an id that is not a stored comparison (or not a number at all)."""
     actor.require(Permission.VIEW_TEAM)
+    try:
+        comparison_id = int(comparison_id)
+    except (TypeError, ValueError):
+        raise RecordError(f"pick a comparison (a row of the table); {str(comparison_id)[:40]!r} is not one") from None
     with store.read() as session:
         content = load_comparison(session, int(comparison_id))
         state = comparison_state(session, int(comparison_id))

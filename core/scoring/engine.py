@@ -66,6 +66,10 @@ class _WorkMeter:
             self.report(min(1.0, self.done / self.total))
 
 
+PREFIX_CHARS_PER_TOKEN = 8  # a prefix long enough to hold max_length tokens of ordinary text (~4 characters each)
+PREFIX_SLACK_TOKENS = 32  # a prefix cut inside a very long "word" may tokenize to this many more than its part
+
+
 class ModelLoadError(ValueError):
     """A model that cannot be used as a reward model; the message says why and what to do."""
 
@@ -178,6 +182,30 @@ class RewardScorer:
     def format(self, prompt: Prompt, response: str) -> FormattedExample:
         """The example as RewardTrainer tokenizes it, with the token span of the response."""
         return format_example(self.tokenizer, prompt, response)
+
+    def surely_over_max_length(self, texts: Sequence[str]) -> bool:
+        """Whether the example made of ``texts`` (its prompt's texts and the response) is surely longer than
+        ``max_length``, found by tokenizing a prefix of each text (at most ``PREFIX_CHARS_PER_TOKEN`` characters
+        per allowed token), so a 200,000-character text over the limit costs a few kilobytes of tokenizing
+        instead of its whole encoding. False means "not known": format the example in full and count.
+
+        Sound because a prefix cut at whitespace tokenizes to no more tokens than its part of the whole text
+        (pre-tokenizers split at whitespace); joining texts merges at most a token at each seam, and a cut
+        inside a word (no whitespace near the end) is allowed ``PREFIX_SLACK_TOKENS`` extra."""
+        if not self.max_length:
+            return False
+        budget, counted = self.max_length, 0
+        for text in texts:
+            head = text[: PREFIX_CHARS_PER_TOKEN * (budget + 1)]
+            if len(head) < len(text):
+                cut = max(head.rfind(" "), head.rfind("\n"))
+                head, slack = (head[:cut], 1) if cut > len(head) // 2 else (head, PREFIX_SLACK_TOKENS)
+            else:
+                slack = 1
+            counted += len(self.tokenizer(head, add_special_tokens=False)["input_ids"]) - slack
+            if counted > budget:
+                return True
+        return False
 
     # ----- execution --------------------------------------------------------------------------
     def _run(self, rows: list[Row], padding_side: str = "right") -> list[list[float]]:

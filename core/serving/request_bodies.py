@@ -200,7 +200,18 @@ def _text(value: Any, where: str) -> str:
         raise BadRequest(f"{where}: must be a string, got {_json_type(value)}")
     if len(value) > MAX_SERVE_CHARS:
         raise BadRequest(f"{where}: {len(value):,} characters; at most {MAX_SERVE_CHARS:,} per text", status=413)
+    _refuse_lone_surrogates(value, where)
     return value
+
+
+def _refuse_lone_surrogates(value: str, where: str) -> None:
+    """JSON may escape half of a UTF-16 pair (``"\\ud800"``); Python then holds a string no tokenizer can
+    encode. Refused here, naming the place, rather than failing inside the model's tokenizer."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadRequest(f"{where}: character {error.start} is half of a UTF-16 surrogate pair "
+                         f"(\\u{ord(value[error.start]):04x}) with no other half; send valid Unicode") from None
 
 
 def _messages(value: Any, where: str) -> list[dict[str, str]]:

@@ -27,7 +27,7 @@ from core.serving.batching import DynamicBatcher
 from core.serving.parity import ParityFailed, ParityReport, check_parity
 from core.serving.reward_service import RewardService
 from core.serving.served_models import ReferenceSamples, ServedModel, load_served_models
-from core.serving.routes import PARITY_HEADER, SCORING_APIS, ServerState, build_app
+from core.serving.routes import PARITY_HEADER, SCORING_APIS, ServerState, build_app, idle_closing_protocol
 from core.serving.config import CheckServerConfig, ServerConfig
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,11 @@ def serve_reward_models(config: ServerConfig, *, say: Callable[[str], None] = pr
     service = RewardService(models, config.reduction, batcher)
     state = ServerState()
     app = build_app(service, api_key=config.api_key, state=state, info=server_info(config, models, reference, batcher))
-    # Connections past the queue (and a margin for /health and /info) are refused by uvicorn with a
-    # 503 before their bodies are read.
+    # Scoring requests past MAX_SERVE_IN_FLIGHT get a 503 from the routes before their bodies are read; uvicorn's
+    # own limit_concurrency is not used, as it counts idle connections too (and /health would answer 503).
+    # Connections silent before their request head are closed (``idle_closing_protocol``).
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
-                                           limit_concurrency=config.max_queue + 16, timeout_keep_alive=30))
+                                           timeout_keep_alive=30, http=idle_closing_protocol()))
     url = local_url(config.host, config.port)
     outcome: dict[str, Any] = {}
 

@@ -36,7 +36,7 @@ class CompletionScore:
     thinking_reward: float | None  # None without a thinking block (or when not asked)
     answer_reward: float | None
     over_max_length: bool
-    n_tokens: int  # of the formatted example, under the first model
+    n_tokens: int | None  # of the formatted example, under the first model (None: over max_length by its prefix)
     trajectory: list[tuple[str, float]] | None = None
 
 
@@ -63,16 +63,27 @@ class RewardService:
         if trajectory:
             self._require_trajectories()
         pairs = list(zip(prompts, completions, strict=True))
+        surely_over = self._surely_over([[*_prompt_texts(p), c] for p, c in pairs])
         if segments:
-            examples = [[model.scorer.format_segments(p, c) for p, c in pairs] for model in self.models]
+            examples = [[_NOT_FORMATTED if surely_over[i] else model.scorer.format_segments(p, c)
+                         for i, (p, c) in enumerate(pairs)] for model in self.models]
         else:
-            examples = [[_whole(model.scorer.format(p, c)) for p, c in pairs] for model in self.models]
-        return self._prepare(examples, segments=segments, trajectory=trajectory)
+            examples = [[_NOT_FORMATTED if surely_over[i] else _whole(model.scorer.format(p, c))
+                         for i, (p, c) in enumerate(pairs)] for model in self.models]
+        return self._prepare(examples, segments=segments, trajectory=trajectory, surely_over=surely_over)
 
     def prepare_queries(self, queries: Sequence[str]) -> PreparedRequest:
         """Full texts (prompt and response joined, OpenRLHF's ``query``) formatted as standard examples:
         RewardTrainer's rule, EOS appended when missing."""
-        return self._prepare([[_whole(model.scorer.format("", query)) for query in queries] for model in self.models])
+        surely_over = self._surely_over([[query] for query in queries])
+        return self._prepare([[_NOT_FORMATTED if surely_over[i] else _whole(model.scorer.format("", query))
+                               for i, query in enumerate(queries)] for model in self.models], surely_over=surely_over)
+
+    def _surely_over(self, texts_per_example: list[list[str]]) -> list[bool]:
+        """Examples over some model's max_length, found from prefixes (``RewardScorer.surely_over_max_length``)
+        before anything is tokenized in full: such an example gets no reward anyway, and a body of 256
+        texts of 200,000 characters would otherwise be tokenized whole (gigabytes across a few requests)."""
+        return [any(model.scorer.surely_over_max_length(texts) for model in self.models) for texts in texts_per_example]
 
     def prepare_classify(self, request: ClassifyRequest) -> PreparedRequest:
         """vLLM's ``/classify`` inputs: texts tokenized as given (the caller formatted them, as verl
@@ -82,8 +93,11 @@ class RewardService:
             *prompt, reply = request.messages
             return self._prepare([[_whole(model.scorer.format(prompt, reply["content"]))] for model in self.models])
         if request.texts is not None:
-            return self._prepare([[_whole(_tokenized(model, text, request.add_special_tokens)) for text in request.texts]
-                                  for model in self.models])
+            surely_over = self._surely_over([[text] for text in request.texts])
+            return self._prepare([[_NOT_FORMATTED if surely_over[i] else
+                                   _whole(_tokenized(model, text, request.add_special_tokens))
+                                   for i, text in enumerate(request.texts)] for model in self.models],
+                                 surely_over=surely_over)
         if len(self.models) > 1:
             raise BadRequest("input: token ids belong to one model's tokenizer, and this server reduces "
                              f"{len(self.models)} models; send texts or messages")
@@ -102,9 +116,10 @@ class RewardService:
             raise BadRequest("trajectory: the model is an encoder (bidirectional): it has no per-token trajectory")
 
     def _prepare(self, examples: list[list[SegmentedExample]], *, segments: bool = False,
-                 trajectory: bool = False) -> PreparedRequest:
+                 trajectory: bool = False, surely_over: list[bool] | None = None) -> PreparedRequest:
         count = len(examples[0])
-        over = [any(_too_long(model, per_model[i].whole) for model, per_model in zip(self.models, examples, strict=True))
+        over = [(surely_over is not None and surely_over[i])
+                or any(_too_long(model, per_model[i].whole) for model, per_model in zip(self.models, examples, strict=True))
                 for i in range(count)]
         kept = [i for i in range(count) if not over[i]]
         sequences = []
@@ -147,9 +162,23 @@ class RewardService:
         return [
             CompletionScore(rewards[i], thinking[i] if prepared.segments else None,
                             answers[i] if prepared.segments else None, prepared.over_max_length[i],
-                            len(prepared.examples[0][i].whole.ids), trajectories[i])
+                            _token_count(prepared.examples[0][i]), trajectories[i])
             for i in range(count)
         ]
+
+
+# The place of an example found over max_length from a prefix: never tokenized in full, so no token count.
+_NOT_FORMATTED = SegmentedExample(FormattedExample([], "", None, []), None, None)
+
+
+def _token_count(example: SegmentedExample) -> int | None:
+    return None if example is _NOT_FORMATTED else len(example.whole.ids)
+
+
+def _prompt_texts(prompt: Prompt) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    return [str(message.get("content", "")) for message in prompt]
 
 
 def _whole(example: FormattedExample) -> SegmentedExample:

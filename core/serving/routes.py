@@ -28,7 +28,13 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from core.limits import MAX_SERVE_BODY_BYTES
+from core.limits import (
+    MAX_SERVE_BODY_BYTES,
+    MAX_SERVE_BODY_SECONDS,
+    MAX_SERVE_IDLE_SECONDS,
+    MAX_SERVE_IN_FLIGHT,
+    MAX_SERVE_PREPARING,
+)
 from core.serving.batching import ServerBusy
 from core.serving.reward_service import CompletionScore, ModelFailure, RewardService
 from core.serving.request_bodies import (
@@ -85,9 +91,20 @@ async def read_body(request: Request, cap: int = MAX_SERVE_BODY_BYTES) -> bytes:
     too_big = BadRequest(f"the body is over {cap:,} bytes ($REWARDLAB_MAX_SERVE_BODY_MB); split the request", status=413)
     declared = request.headers.get("content-length", "")
     chunks, size = [], 0
+    deadline = anyio.current_time() + MAX_SERVE_BODY_SECONDS
     if declared.isdigit() and int(declared) > 2 * cap:
         raise too_big
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        # A body that trickles in holds a connection and a slot of the server's concurrency: it gets a
+        # deadline for the whole body, not only for each chunk.
+        try:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise BadRequest(f"the body took longer than {MAX_SERVE_BODY_SECONDS} s to arrive", status=408) from None
         size += len(chunk)
         if size > 2 * cap:
             break
@@ -102,12 +119,29 @@ def build_app(service: RewardService, *, api_key: str, state: ServerState,
               info: Callable[[], dict[str, Any]]) -> FastAPI:
     """The ASGI app serving ``service``; ``info`` gives ``/info``'s body."""
     app = FastAPI(title="RewardLab reward server", docs_url=None, redoc_url=None, openapi_url=None)
+    preparing = anyio.CapacityLimiter(MAX_SERVE_PREPARING)
+    in_flight = [0]  # scoring requests between admission and answer (one event loop: no lock needed)
 
     async def scores_of(request: Request, parse: Callable[[dict[str, Any]], Any], prepare: Callable[[Any], Any]
                         ) -> tuple[Any, list[CompletionScore]]:
         admit(request, api_key, state)
+        # Scoring requests in flight (reading their body, formatting, waiting for the batcher) are counted
+        # here rather than by uvicorn, which counts idle connections too (1,000 idle sockets made /health 503).
+        if in_flight[0] >= MAX_SERVE_IN_FLIGHT:
+            raise BadRequest(f"the server is busy: {MAX_SERVE_IN_FLIGHT} requests are in flight; retry shortly",
+                             status=503, headers={"Retry-After": "1"})
+        in_flight[0] += 1
+        try:
+            return await _scores_of(request, parse, prepare)
+        finally:
+            in_flight[0] -= 1
+
+    async def _scores_of(request: Request, parse: Callable[[dict[str, Any]], Any], prepare: Callable[[Any], Any]
+                         ) -> tuple[Any, list[CompletionScore]]:
         parsed = parse(parse_json_body(await read_body(request)))
-        prepared = await anyio.to_thread.run_sync(prepare, parsed)
+        # Formatting and tokenizing hold a request's texts and encodings in memory: a few at once, the rest wait
+        # (their bodies are capped and the queue behind is bounded).
+        prepared = await anyio.to_thread.run_sync(prepare, parsed, limiter=preparing)
         return parsed, await service.score(prepared)
 
     @app.post("/score")
@@ -150,7 +184,7 @@ def build_app(service: RewardService, *, api_key: str, state: ServerState,
 
         parsed, results = await scores_of(request, parse, service.prepare_classify)
         label = service.models[0].scorer.hf_model.config.id2label.get(0, "LABEL_0")
-        tokens = sum(r.n_tokens for r in results)
+        tokens = sum(r.n_tokens or 0 for r in results)
         data = [{"index": i, "label": label, "probs": [_activated(r.reward, parsed.activation)], "num_classes": 1,
                  "over_max_length": r.over_max_length} for i, r in enumerate(results)]
         return JSONResponse({"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
@@ -193,3 +227,26 @@ def _activated(reward: float | None, activation: bool) -> float | None:
     if reward is None or not activation:
         return reward
     return 1.0 / (1.0 + math.exp(-reward)) if reward >= 0 else math.exp(reward) / (1.0 + math.exp(reward))
+
+
+def idle_closing_protocol(idle_seconds: float = MAX_SERVE_IDLE_SECONDS) -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request head within
+    ``idle_seconds`` of opening. uvicorn times out idle keep-alive connections only after a first response,
+    so connections opened and left silent (or dripping a header a byte at a time) stayed forever and, past
+    ``limit_concurrency``, made every request, ``/health`` included, a 503."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class IdleClosingH11Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:  # noqa: ANN001
+            super().connection_made(transport)
+            self._head_deadline = self.loop.call_later(idle_seconds, self._close_if_no_request)
+
+        def _close_if_no_request(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_deadline.cancel()
+            super().connection_lost(exc)
+
+    return IdleClosingH11Protocol
