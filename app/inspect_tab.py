@@ -15,6 +15,7 @@ from app.diagnostics_panel import render_diagnostics_panel
 from app.formatting import code_block, inline_text, plot_text
 from app.session import USER_ERRORS, current_actor
 from core.data.demo_data import DEMO_PREFERENCES
+from core.preferences.rankings import LETTERS
 from core.scoring.engine import ModelLoadError, ScoringCancelled
 from core.scoring.inspection import (
     Inspection,
@@ -30,7 +31,7 @@ from storage.engine import Store
 
 TABLE_HEADERS = ["model", "response", "reward", "thinking reward", "answer reward", "reward − answer reward",
                  "tokens", "over max_length"]
-RESPONSE_NAMES = "ABCD"
+RESPONSE_NAMES = LETTERS  # A and B, then C to I (a ranking item's completions)
 
 
 def _number(value: float | None) -> str:
@@ -41,23 +42,31 @@ def results_table(inspection: Inspection) -> list[list]:
     rows = []
     for score in inspection.scores:
         r = score.result
-        difference = None if r.answer_reward is None else r.reward - r.answer_reward
+        difference = None if r.answer_reward is None or r.reward is None else r.reward - r.answer_reward
+        over = ("yes: no reward" + (f" (answer alone: {score.answer_alone_reward:+.4f})"
+                                     if score.answer_alone_reward is not None else "")) if r.exceeds_max_length else ""
         rows.append([score.model, RESPONSE_NAMES[score.response_index], _number(r.reward), _number(r.thinking_reward),
-                     _number(r.answer_reward), _number(difference), r.n_tokens, "yes" if r.exceeds_max_length else ""])
+                     _number(r.answer_reward), _number(difference), r.n_tokens, over])
     return rows
 
 
 def flips_markdown(inspection: Inspection) -> str:
+    n = inspection.pairs_compared
+    left_out = "".join(f"\n- Left out: {inline_text(why)}" for why in inspection.left_out)
+    if n == 0:
+        return ("No verdict on flips: no pair of responses had rewards on both sides (n = 0)." + left_out)
     if not inspection.flips:
-        return "No preference flips: every model prefers the same response with and without the thinking."
-    lines = ["**The preference flips when the thinking is removed:**"]
+        return (f"No preference flips in {n} pair(s) compared: every model prefers the same response with and "
+                f"without the thinking." + left_out)
+    lines = [f"**The preference flips when the thinking is removed in {len(inspection.flips)} of {n} pair(s) "
+             "compared:**"]
     for flip in inspection.flips:
         lines.append(
             f"- {inline_text(flip.model)}: {RESPONSE_NAMES[flip.first]} vs {RESPONSE_NAMES[flip.second]} — whole "
             f"response prefers **{RESPONSE_NAMES[flip.whole_prefers]}**, answer alone prefers "
             f"**{RESPONSE_NAMES[flip.answer_prefers]}**"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + left_out
 
 
 def trajectory_figure(inspection: Inspection) -> go.Figure:
@@ -88,7 +97,9 @@ def model_view_markdown(inspection: Inspection) -> str:
     parts = []
     for score in inspection.scores:
         limit = score.max_length
-        over = " — **exceeds max_length: training would drop this example**" if score.result.exceeds_max_length else ""
+        over = (" — **over max_length: no reward** (training would drop this example)"
+                + (f"; its answer alone scores {score.answer_alone_reward:+.4f}, shown apart and used in no verdict"
+                   if score.answer_alone_reward is not None else "")) if score.result.exceeds_max_length else ""
         parts.append(f"**{RESPONSE_NAMES[score.response_index]} · {inline_text(score.model)}**: "
                      f"{score.result.n_tokens} tokens (max_length {limit}){over}\n\n{code_block(score.formatted_text)}")
     return "\n\n".join(parts)

@@ -18,7 +18,7 @@ if [ "$#" -gt 0 ]; then
 fi
 
 echo "=== pass 1 of 2: every test on SQLite ==="
-.venv/bin/python -m pytest
+.venv/bin/python -m pytest --durations=25
 
 echo "=== pass 2 of 2: storage and API tests on PostgreSQL ==="
 pg_dir=$(mktemp -d)
@@ -27,8 +27,5 @@ pg_port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.
 trap 'bash scripts/postgres.sh stop "$pg_dir/data" || true; rm -rf "$pg_dir"' EXIT
 REWARDLAB_TEST_POSTGRES=$(bash scripts/postgres.sh start "$pg_dir/data" "$pg_port")
 export REWARDLAB_TEST_POSTGRES
-.venv/bin/python -m pytest \
-  tests/test_store.py tests/test_migrations.py tests/test_store_move.py tests/test_import.py tests/test_export.py \
-  tests/test_labeling.py tests/test_api_clients.py tests/test_access.py tests/test_accounts_admin.py tests/test_crash_safety.py \
-  tests/test_hostile_input.py tests/test_job_faults.py tests/test_browser_label.py tests/test_trust.py tests/test_inspection_rules.py \
-  tests/test_datasets.py tests/test_ranking.py tests/test_loop.py
+# Every test that opens a store, chosen in tests/conftest.py (runs_on_postgres) by the fixtures it uses.
+.venv/bin/python -m pytest --durations=10

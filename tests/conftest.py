@@ -39,11 +39,24 @@ CHROMIUM_ARGS = [
 TEST_POSTGRES_ENV = "REWARDLAB_TEST_POSTGRES"
 
 
+STORE_FIXTURES = frozenset({"db_url", "store", "module_db_url"})
+
+
+def runs_on_postgres(item) -> bool:  # noqa: ANN001
+    """The PostgreSQL pass, chosen by what a test uses rather than a list of files: every test that opens a
+    store (one of ``STORE_FIXTURES``, directly or through another fixture), unless it tests SQLite's own
+    mechanics (``sqlite_only``); of the slow ones (training, browsers), those marked ``postgres`` (their point
+    is the store: concurrency, crash safety, sessions), so the pass fits CI's budget."""
+    if item.get_closest_marker("sqlite_only") is not None:
+        return False
+    if not STORE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return False
+    return item.get_closest_marker("slow") is None or item.get_closest_marker("postgres") is not None
+
+
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001
     if os.environ.get(TEST_POSTGRES_ENV):
-        # Tests of SQLite's own mechanics (WAL, BEGIN IMMEDIATE, the online backup API, the file)
-        # ran in the SQLite pass; on PostgreSQL they are not run rather than reported as skipped.
-        kept = [item for item in items if item.get_closest_marker("sqlite_only") is None]
+        kept = [item for item in items if runs_on_postgres(item)]
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
 

@@ -14,7 +14,7 @@ from conftest import run_cli, start_app
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 PASSWORD = "long enough pw"
 ROLES = {"ann": "annotator", "eng": "engineer", "boss": "admin"}
 

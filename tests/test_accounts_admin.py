@@ -198,6 +198,7 @@ def _login(app, name: str, password: str) -> tuple[int, httpx.Client]:  # noqa: 
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_passwd_changes_which_password_the_running_app_accepts(accounts_app):
     assert _login(accounts_app, "bob", PASSWORD)[0] == 200
 
@@ -209,6 +210,7 @@ def test_passwd_changes_which_password_the_running_app_accepts(accounts_app):
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_deluser_keeps_the_labels_refuses_the_login_and_ends_the_open_session(accounts_app):
     from test_access import call, handler_ids
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from storage.engine import Store
 from storage.models import Label, User
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 PASSWORD = "correct horse battery"
 COMPARISONS = 200
 

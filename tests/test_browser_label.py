@@ -15,7 +15,7 @@ from sqlalchemy import select
 from storage.engine import Store
 from storage.models import Label, User
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.postgres]
 PASSWORD = "correct horse battery"
 
 

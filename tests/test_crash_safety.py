@@ -17,7 +17,7 @@ from conftest import run_cli, start_app
 from storage.engine import Store
 from storage.models import Label, User
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 PASSWORD = "correct horse battery"
 CLIENTS = 8
 KILL_AFTER_SECONDS = (1.0, 2.0, 3.0, 4.5, 6.0)

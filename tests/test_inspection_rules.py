@@ -86,3 +86,43 @@ def test_guidelines_over_the_cap_unknown_datasets_and_unknown_settings_are_refus
     with pytest.raises(SettingError, match="unknown setting"):
         with store.write() as session:
             set_setting(session, "overlap", 2)
+
+
+def test_an_over_length_response_gets_no_reward_no_flip_and_agrees_with_the_score_command(tmp_path):
+    """One rule for what a model can score: Inspect gives a response over max_length no reward (as ``score``
+    does for the same input, read from its output file), leaves it out of the flips and says so; its answer
+    alone, which fits, is given apart. The oracle for the fitting side is a plain forward pass."""
+    import json
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core.scoring.engine import RewardScorer
+    from core.scoring.evaluation import ScoreConfig, score_file
+    from core.training.demo_model import build_demo_reward_model
+
+    folder = build_demo_reward_model(tmp_path / "rm", ["What is 2 + 2? <think>add them</think> It is 4."] * 20,
+                                     hidden_size=32, num_layers=1, num_heads=2, seed=4)
+    scorer = RewardScorer(str(folder), max_length=40)
+    prompt = "What is 2 + 2? "
+    short, long = "<think>add</think> It is 4.", "<think>" + "add them up " * 30 + "</think> It is 4."
+    inspection = inspect_responses({"rm": scorer}, prompt, [short, long, "It is 5."])
+    by_index = {s.response_index: s for s in inspection.scores}
+    assert by_index[1].result.reward is None and by_index[1].result.answer_reward is None
+    assert by_index[1].result.trajectory is None and by_index[1].result.exceeds_max_length
+    assert by_index[1].answer_alone_reward is not None  # "It is 4." alone fits
+    assert inspection.pairs_compared == 1  # A vs C only: the pairs with B are left out
+    assert any("response B" in why and "max_length 40" in why for why in inspection.left_out)
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.inference_mode():
+        plain = model(input_ids=torch.tensor([tokenizer(prompt + short + tokenizer.eos_token)["input_ids"]])).logits[0, 0]
+    assert abs(by_index[0].result.reward - plain.item()) < 1e-4
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": prompt, "response": r}) + "\n" for r in (short, long)))
+    score_file(ScoreConfig(model=str(folder), input=rows, output=tmp_path / "out.jsonl"), scorer)
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert written[1]["reward"] is None and written[1]["over_max_length"] is True
+    assert abs(written[0]["reward"] - by_index[0].result.reward) < 1e-6

@@ -13,7 +13,7 @@ from core.data.importer import import_rows
 from core.training.config import TrainingConfig
 from core.jobs.scheduling import start_next_job, submit_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 @pytest.mark.parametrize("config,reason", [

@@ -67,6 +67,7 @@ def _stored_keys(store) -> dict[int, tuple[float, float, str]]:  # noqa: ANN001
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_the_loop_orders_the_queue_by_margins_retrains_after_n_labels_promotes_and_rescores(loop_store):
     store = loop_store
     admin = actor_for(store, None)
@@ -199,6 +200,7 @@ def _wait_for_sql(store, statement: str, expected, seconds: float = 300, app=Non
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_the_whole_loop_runs_in_the_app_labels_through_the_api_retrain_and_promotion_reorder_the_queue(
         loop_store, db_url, tmp_path):
     """Import, a seed model, then the running app: an annotator labels through the HTTP API (gradio_client)
@@ -261,6 +263,7 @@ def test_the_whole_loop_runs_in_the_app_labels_through_the_api_retrain_and_promo
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_ensemble_uncertainty_orders_the_queue_by_the_saved_heads_disagreement_on_a_plain_forward(loop_store):
     """With --uncertainty ensemble the rescore job fits bootstrap heads on the labeled pairs and keeps
     them in its folder; recomputing each open pair's disagreement from those heads and the model's own
@@ -321,6 +324,7 @@ def test_ensemble_uncertainty_orders_the_queue_by_the_saved_heads_disagreement_o
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_ensemble_order_with_labels_on_too_few_prompts_falls_back_to_margins_and_the_job_note_says_why(store):
     rows = separable_pairs(20)
     import_rows(store, rows[:5], source="import:seed", dataset="few")  # labels on 5 prompts: below 8

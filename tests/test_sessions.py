@@ -150,6 +150,7 @@ def _client(app, name: str, password: str = PASSWORD) -> httpx.Client:
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_a_session_survives_a_restart_of_the_app(sessions_app):
     app = sessions_app["app"]
     ann = _client(app, "ann")
@@ -162,6 +163,7 @@ def test_a_session_survives_a_restart_of_the_app(sessions_app):
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_passwd_on_the_command_line_logs_the_user_out_of_the_running_app(sessions_app):
     app = sessions_app["app"]
     bob = _client(app, "bob")
@@ -173,6 +175,7 @@ def test_passwd_on_the_command_line_logs_the_user_out_of_the_running_app(session
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_logout_is_a_post_from_the_page_and_a_get_or_another_sites_post_is_refused(sessions_app):
     app = sessions_app["app"]
     ann = _client(app, "ann")
@@ -187,6 +190,7 @@ def test_logout_is_a_post_from_the_page_and_a_get_or_another_sites_post_is_refus
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_another_user_cannot_read_or_cancel_an_event_by_its_id(sessions_app):
     app = sessions_app["app"]
     ann, cid = _client(app, "ann"), _client(app, "cid")  # bob's password changed above
@@ -204,6 +208,7 @@ def test_another_user_cannot_read_or_cancel_an_event_by_its_id(sessions_app):
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_an_annotator_cannot_fetch_files_from_the_apps_cache(sessions_app):
     app = sessions_app["app"]
     cache = Path(Store(sessions_app["db"], create=False).data_dir) / "gradio-cache"
@@ -218,6 +223,7 @@ def test_an_annotator_cannot_fetch_files_from_the_apps_cache(sessions_app):
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_eight_correct_logins_at_once_from_one_office_address_all_succeed(sessions_app):
     app = sessions_app["app"]
 
@@ -231,6 +237,7 @@ def test_eight_correct_logins_at_once_from_one_office_address_all_succeed(sessio
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_a_login_flood_from_fresh_addresses_and_names_keeps_the_apps_memory_bounded(sessions_app):
     """32 guessers at once, each with a fresh X-Forwarded-For (trusted from loopback) and a fresh user name: before
     the bound on concurrent password checks the app grew ~64 MiB per check in flight (460 -> 2,574 MiB)."""

@@ -67,6 +67,7 @@ def test_the_models_folder_lock_holds_even_for_a_name_that_skipped_the_config_ch
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_training_twice_under_one_name_registers_a_second_version_and_keeps_the_first(db_url, tmp_path):
     rows = [{"prompt": f"Q{i}? ", "chosen": f" good answer {i}", "rejected": f" bad {i}"} for i in range(12)]
     assert run_cli("import", str(write_jsonl(tmp_path / "p.jsonl", rows)), db_url=db_url).returncode == 0
@@ -303,6 +304,7 @@ def test_diagnostics_skip_and_count_pairs_longer_than_the_model_instead_of_scori
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_a_gzip_that_inflates_past_the_cap_is_refused_holding_a_chunk_in_memory(db_url, tmp_path):
     """A 1 MB file that inflates to 1 GiB: refused by streaming, peak memory far under the inflated
     size (the oracle is the OS's peak RSS of the import process). Nothing is written."""

@@ -122,6 +122,8 @@ def _evaluate(store: Store, dataset_id: int, dataset: str, model: str, report: L
     by_arm: dict[str, list[bool]] = {}
     bins: list[list[tuple[float, float]]] = [[] for _ in range(CALIBRATION_BINS)]
     for index, cid in enumerate(pairs):
+        if results[2 * index].exceeds_max_length or results[2 * index + 1].exceeds_max_length:
+            continue  # a pair the model cannot take (over its trained max_length) counts in no figure
         r_a, r_b = results[2 * index].reward, results[2 * index + 1].reward
         cast = [v for v in votes[cid] if v in ("a", "b")]
         share_a = cast.count("a") / len(cast)

@@ -129,7 +129,7 @@ class Row:
 
 @dataclass(frozen=True)
 class ScoreResult:
-    reward: float
+    reward: float | None  # None: over max_length, never scored (Inspect's rule; score_responses scores what it is given)
     thinking_reward: float | None
     answer_reward: float | None
     n_tokens: int

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 from core.accounts import Actor, Permission, PermissionDenied
@@ -14,6 +14,7 @@ from core.preferences.votes import fold_votes
 from core.limits import MAX_CACHED_MODELS, MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
 from core.model_folders import folder_under_models_root
 from core.scoring.engine import ModelLoadError, Progress, Prompt, RewardScorer, ScoreResult
+from core.segments import split_thinking
 from core.scoring.model_names import (  # noqa: F401 (UnknownModel: re-exported)
     UnknownModel,
     model_folder_for,
@@ -222,9 +223,12 @@ def _prompt_text(prompt: Prompt) -> str:
 class ResponseScore:
     model: str
     response_index: int
-    result: ScoreResult
+    result: ScoreResult  # rewards None when the response is over the model's max_length (never scored)
     formatted_text: str
     max_length: int | None
+    # Over max_length only: the reward of prompt + answer alone when that fits, shown labelled as such and
+    # used in no verdict (the whole response, what training would see, gets no reward).
+    answer_alone_reward: float | None = None
 
 
 @dataclass(frozen=True)
@@ -240,22 +244,56 @@ class Flip:
 class Inspection:
     scores: list[ResponseScore]
     flips: list[Flip]
+    pairs_compared: int = 0  # (model, pair of responses) with whole and answer rewards on both sides
+    left_out: list[str] = field(default_factory=list)  # why a response got no reward under a model
 
 
 def inspect_responses(models: dict[str, RewardScorer], prompt: Prompt, responses: list[str], *,
                       progress: Progress | None = None) -> Inspection:
+    """Score each response under each model. One rule for what a model can score, as ``score``, ``eval`` and
+    the reward server apply it: a response whose example (prompt + response, formatted) is longer than the
+    model's max_length gets no reward, no segment rewards and no trajectory, and is left out of every flip;
+    ``left_out`` says which and why. Where its answer alone fits, that reward is given apart, labelled."""
     if len(responses) < 2:
         raise ValueError("give at least two responses to compare")
-    scores, flips = [], []
+    scores, flips, left_out, compared = [], [], [], 0
     for number, (name, model) in enumerate(models.items()):
         # Each model's share of the progress bar, in turn.
         share = (lambda done, n=number: progress((n + done) / len(models))) if progress else None
-        results = model.score_responses([(prompt, r) for r in responses], trajectory=model.is_decoder, progress=share)
-        for index, (response, result) in enumerate(zip(responses, results, strict=True)):
-            scores.append(ResponseScore(name, index, result, model.format(prompt, response).text, model.max_length))
+        formatted = [model.format(prompt, r) for r in responses]
+        fits = [not (model.max_length and len(f.ids) > model.max_length) for f in formatted]
+        scored = iter(model.score_responses([(prompt, r) for r, ok in zip(responses, fits, strict=True) if ok],
+                                            trajectory=model.is_decoder, progress=share))
+        results: list[ScoreResult] = []
+        for index, (response, example, ok) in enumerate(zip(responses, formatted, fits, strict=True)):
+            if ok:
+                results.append(next(scored))
+                scores.append(ResponseScore(name, index, results[-1], example.text, model.max_length))
+                continue
+            results.append(ScoreResult(None, None, None, len(example.ids), True))
+            left_out.append(f"response {LETTERS[index]} under {name}: {len(example.ids):,} tokens with its prompt, "
+                            f"over the model's max_length {model.max_length:,}, so it gets no reward")
+            scores.append(ResponseScore(name, index, results[-1], example.text, model.max_length,
+                                        _answer_alone(model, prompt, response)))
         for i, j in combinations(range(len(responses)), 2):
-            whole = i if results[i].reward > results[j].reward else j
-            answer = i if results[i].answer_reward > results[j].answer_reward else j
+            a, b = results[i], results[j]
+            if None in (a.reward, b.reward, a.answer_reward, b.answer_reward):
+                continue
+            compared += 1
+            whole = i if a.reward > b.reward else j
+            answer = i if a.answer_reward > b.answer_reward else j
             if whole != answer:
                 flips.append(Flip(name, i, j, whole, answer))
-    return Inspection(scores, flips)
+    return Inspection(scores, flips, compared, left_out)
+
+
+def _answer_alone(model: RewardScorer, prompt: Prompt, response: str) -> float | None:
+    """The reward of prompt + the answer (the response after its last ``</think>``) when that fits the model's
+    max_length and differs from the whole response; else None."""
+    thinking, answer = split_thinking(response)
+    if thinking is None:
+        return None
+    example = model.format(prompt, answer)
+    if model.max_length and len(example.ids) > model.max_length:
+        return None
+    return model.score_responses([(prompt, answer)])[0].reward
