@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(0: off); it trains with the dataset's last training config")
     loop.add_argument("--promotion-tolerance", type=float,
                       help="promote a new version unless its held-out accuracy is lower by more than this (0.02)")
+    loop.add_argument("--min-heldout-pairs", type=int,
+                      help="a new version is judged against the current one on the same held-out pairs, at least this "
+                           "many (5 to 100000, default 30); with fewer the current model is kept")
     loop.add_argument("--uncertainty", choices=("margin", "ensemble"),
                       help="what 'least certain' means: the model's margin |r(a) - r(b)| (default), or the "
                            "disagreement of an ensemble of bootstrap reward heads on the model's features")
@@ -378,7 +381,7 @@ def run_datasets(args: argparse.Namespace) -> int:
             change_dataset_settings(store, actor, args.name, settings)
         loop_settings = LoopSettings(order=args.order, model=args.model, random_fraction=args.random_fraction,
                                      retrain_every=args.retrain_every, promotion_tolerance=args.promotion_tolerance,
-                                     uncertainty=args.uncertainty, ensemble_size=args.ensemble_size)
+                                     min_heldout_pairs=args.min_heldout_pairs, uncertainty=args.uncertainty, ensemble_size=args.ensemble_size)
         if loop_settings != LoopSettings():
             status = configure_loop(store, actor, args.name, loop_settings)
             print(f"loop of {status.dataset}: order {status.order}"

@@ -31,6 +31,11 @@ def _summary(report: Diagnostics) -> str:
         + (f" · skipped (longer than the model's max_length): **{report.skipped_over_max_length}**"
            if report.skipped_over_max_length else ""),
     ]
+    if report.confounds is not None:
+        c = report.confounds
+        lines.append(f"Baselines on the same {c.n} pairs: prefer the longer response **{c.prefer_longer:.3f}** · prefer "
+                     f"the shorter **{c.prefer_shorter:.3f}** (lengths in tokens; equal lengths count half). "
+                     f"{html.escape(c.verdict[0].upper() + c.verdict[1:])}.")
     if report.health:
         lines.append("**Health checks**")
         lines += [f"- **{c.symptom}** ({html.escape(c.evidence)}). Fix: {html.escape(c.fix)}" for c in report.health]

@@ -81,6 +81,9 @@ MAX_DIAGNOSED_PAIRS = 2_000  # most recent labeled pairs scored in one diagnosis
 MAX_EVALUATED_PAIRS = 2_000  # the newest labeled pairs a loop evaluation scores
 MAX_RETRAIN_EVERY = 1_000_000  # the loop's "retrain every N labels"
 MIN_ENSEMBLE_SIZE, MAX_ENSEMBLE_SIZE = 2, 16  # bootstrap heads of the loop's ensemble
+# Held-out pairs the loop judges a new version on (both models scoring the same pairs): the dataset's
+# setting may be 5 to 100,000 (default 30); fewer than the setting and the current model is kept.
+MIN_HELDOUT_PAIRS, MAX_HELDOUT_PAIRS = 5, 100_000
 MIN_ENSEMBLE_PAIRS = 8  # labeled prompts below which the heads would fit noise: margin order meanwhile
 
 # --- training
@@ -162,6 +165,8 @@ CAPS: dict[str, str] = {
     "MAX_DIAGNOSED_PAIRS": "(not refused) the diagnosis scores the newest 2,000 pairs and says so",
     "MAX_EVALUATED_PAIRS": "(not refused) a loop evaluation scores the newest 2,000 pairs",
     "MAX_RETRAIN_EVERY": "retrain every N labels needs N from 1 to 1000000 (0 turns it off)",
+    "MIN_HELDOUT_PAIRS": "the minimum of held-out pairs is 5 to 100000 (a verdict on fewer is noise)",
+    "MAX_HELDOUT_PAIRS": "the minimum of held-out pairs is 5 to 100000 (a verdict on fewer is noise)",
     "MIN_ENSEMBLE_SIZE": "an ensemble has 2 to 16 heads",
     "MAX_ENSEMBLE_SIZE": "an ensemble has 2 to 16 heads",
     "MAX_GROUP_RESPONSES": "(not refused) a prompt with more responses is cut into groups of 16",

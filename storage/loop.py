@@ -165,3 +165,12 @@ def loop_evaluations(session: Session, dataset_id: int) -> list[dict[str, Any]]:
         for e in session.execute(select(LoopEvaluation).where(LoopEvaluation.dataset_id == dataset_id)
                                  .order_by(LoopEvaluation.id)).scalars()
     ]
+
+
+def labeled_pair_count(session: Session, dataset_id: int) -> int:
+    """Comparisons of a dataset with at least one label that is not a skip (imported or human): what a
+    training snapshot can hold at most."""
+    return session.execute(
+        select(func.count(func.distinct(Label.comparison_id))).join(Comparison, Comparison.id == Label.comparison_id)
+        .where(Comparison.dataset_id == dataset_id, Label.choice != "skip")
+    ).scalar_one()

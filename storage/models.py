@@ -129,6 +129,8 @@ class Dataset(SQLModel, table=True):
     promoted_model: Optional[str] = Field(default=None, max_length=200, description="the loop's current model")
     promotion_tolerance: float = Field(default=0.02, description="a new version is promoted unless its held-out "
                                                                  "accuracy is lower than the current one's by more")
+    min_heldout_pairs: int = Field(default=30, description="held-out pairs both models must score before the loop "
+                                                           "judges a new version (fewer: the current model is kept)")
     uncertainty: str = Field(default="margin", max_length=12,
                              description="'margin' (the model's |r(a) - r(b)|) or 'ensemble' (bootstrap heads' disagreement)")
     ensemble_size: int = Field(default=5, description="heads in the ensemble (2 to 16)")

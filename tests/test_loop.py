@@ -14,7 +14,15 @@ from core.data.importer import import_rows
 from core.labeling.actions import label_stored, next_comparison
 from core.loop.evaluation import loop_report
 from core.loop.queue_keys import arm_of, queue_keys
-from core.loop.retraining import after_training, loop_tick
+from core.loop.retraining import (
+    PairedComparison,
+    after_training,
+    compare_on_held_out,
+    labels_needed_to_judge,
+    loop_tick,
+    mcnemar_p,
+    promotion_decision,
+)
 from core.loop.settings import LATEST, LoopError, LoopSettings, configure_loop
 from core.training.config import TrainingConfig
 from core.jobs.scheduling import submit_job
@@ -76,7 +84,7 @@ def test_the_loop_orders_the_queue_by_margins_retrains_after_n_labels_promotes_a
     assert execute_job(store, seed_job, log=_quiet) == 0
     status = configure_loop(store, admin, "loop", LoopSettings(order="uncertainty", model="seed-rm",
                                                                random_fraction=0.25, retrain_every=4,
-                                                               promotion_tolerance=1.0))
+                                                               promotion_tolerance=1.0, min_heldout_pairs=5))
     assert status.queued_job is not None and sql(store, f"SELECT kind FROM trainingjob WHERE id = {status.queued_job}") == [
         ("rescore",)]
     assert execute_job(store, status.queued_job, log=_quiet) == 0
@@ -144,21 +152,69 @@ def test_the_loop_orders_the_queue_by_margins_retrains_after_n_labels_promotes_a
     assert sql(store, "SELECT model_name FROM loopevaluation ORDER BY id") == [("seed-rm",), ("loop-loop",)]
 
 
-def test_a_version_worse_than_the_tolerance_is_kept_but_not_promoted(loop_store):
-    from storage.engine import Store  # noqa: F401  (the store fixture is a Store)
+def test_promotion_is_judged_on_the_same_pairs_with_a_minimum_and_a_paired_statistic():
+    """Hand-worked: 40 pairs, the old model right on 34, the new on 26 (2 only-new, 10 only-old): McNemar's exact
+    p = 2 * P(X <= 2), X ~ Bin(12, 1/2) = 2 * 79/4096."""
+    worse = PairedComparison(40, 26 / 40, 34 / 40, 2, 10, mcnemar_p(2, 10))
+    assert mcnemar_p(2, 10) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    promote, why = promotion_decision(worse, "new", "old", tolerance=0.02, minimum=30)
+    assert not promote and why.startswith("not promoted") and "same 40 held-out pairs" in why and "p = 0.0386" in why
+    promote, why = promotion_decision(worse, "new", "old", tolerance=0.25, minimum=30)
+    assert promote and "0.650" in why and "0.850" in why  # within a (generous) tolerance
+    few = PairedComparison(7, 1.0, 0.0, 7, 0, mcnemar_p(7, 0))
+    promote, why = promotion_decision(few, "new", "old", tolerance=0.02, minimum=30)
+    assert not promote and why == "kept old: too few held-out pairs to judge (n=7; the loop judges on at least 30, " \
+                                  "min_heldout_pairs)"
+    assert labels_needed_to_judge(30, 0.1) == 300 and labels_needed_to_judge(5, 0.25) == 20
+
+
+def test_a_worse_version_is_refused_on_the_held_out_pairs_both_models_scored(loop_store, tmp_path):
+    """Two registered models judged on the same held-out rows: the oracle is a plain forward of each side, and a
+    new version that is right less often than the current one (beyond the tolerance) stays unpromoted."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core.preferences.pairs import build_preference_rows
+    from core.training.demo_model import build_demo_reward_model
+    from storage.registry import register_model
 
     store = loop_store
-    with store.write() as session:
-        from storage.registry import register_model
+    rows = build_preference_rows(store, datasets=["loop"]).rows[:12]
+    texts = [r["prompt"][0]["content"] + r["chosen"][0]["content"] + r["rejected"][0]["content"] for r in rows]
+    folders = {name: build_demo_reward_model(tmp_path / name, texts * 4, hidden_size=32, num_layers=1, num_heads=2,
+                                             seed=seed) for name, seed in (("old", 1), ("new", 2))}
 
-        register_model(session, name="good", path="/nowhere", eval_accuracy=0.9)
+    def plain_right(folder) -> list[bool]:  # noqa: ANN001
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+
+        def reward(row, side: str) -> float:  # noqa: ANN001
+            text = tokenizer.apply_chat_template([*row["prompt"], *row[side]], tokenize=False)
+            with torch.inference_mode():
+                return model(input_ids=torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])).logits[0, 0].item()
+        return [reward(r, "chosen") > reward(r, "rejected") for r in rows]
+
+    right = {name: plain_right(folder) for name, folder in folders.items()}
+    with store.write() as session:
+        for name, folder in folders.items():
+            register_model(session, name=name, path=str(folder), config={"max_length": 1024})
+    compared = compare_on_held_out(store, "new", "old", rows)
+    assert compared.n == 12
+    assert compared.new_accuracy == pytest.approx(sum(right["new"]) / 12)
+    assert compared.old_accuracy == pytest.approx(sum(right["old"]) / 12)
+    assert compared.only_new_right == sum(n and not o for n, o in zip(right["new"], right["old"], strict=True))
     admin = actor_for(store, None)
-    configure_loop(store, admin, "loop", LoopSettings(model="good", promotion_tolerance=0.05))
-    note = after_training(store, "loop", "worse", 0.8)
-    assert note.startswith("not promoted") and "0.800" in note and "good" in note
-    assert sql(store, "SELECT promoted_model FROM dataset WHERE name = 'loop'") == [("good",)]
-    assert after_training(store, "loop", "close", 0.86).startswith("promoted")
-    assert sql(store, "SELECT promoted_model FROM dataset WHERE name = 'loop'") == [("close",)]
+    configure_loop(store, admin, "loop", LoopSettings(model="old", promotion_tolerance=0.0, min_heldout_pairs=5))
+    better, worse = ("new", "old") if compared.difference > 0 else ("old", "new")
+    if compared.difference != 0:
+        configure_loop(store, admin, "loop", LoopSettings(model=better))
+        with store.write() as session:
+            session.execute(__import__("sqlalchemy").text(f"UPDATE dataset SET promoted_model = '{better}' WHERE name = 'loop'"))
+        note = after_training(store, "loop", worse, rows)
+        assert note.startswith("not promoted") and "same 12 held-out pairs" in note and "McNemar p" in note
+        assert sql(store, "SELECT promoted_model FROM dataset WHERE name = 'loop'") == [(better,)]
+    note = after_training(store, "loop", "new" if better == "old" else "old", rows[:3])
+    assert note.startswith(f"kept {better}: too few held-out pairs to judge (n=3")
 
 
 def test_the_random_arm_takes_its_share_and_an_item_keeps_its_arm():
@@ -220,7 +276,8 @@ def test_the_whole_loop_runs_in_the_app_labels_through_the_api_retrain_and_promo
                          "--retrain-every", "4", "--promotion-tolerance", "1.0", db_url=db_url)
     assert configured.returncode != 0 and "once the loop has promoted a version" in configured.stderr + configured.stdout
     configured = run_cli("datasets", "loop", "--order", "uncertainty", "--model", "seed-rm", "--random-fraction",
-                         "0.25", "--retrain-every", "4", "--promotion-tolerance", "1.0", db_url=db_url)
+                         "0.25", "--retrain-every", "4", "--promotion-tolerance", "1.0", "--min-heldout-pairs", "5",
+                         db_url=db_url)
     assert configured.returncode == 0, configured.stderr
     # From now on the queue follows the loop's promoted version (seed-rm until a retrain is promoted).
     assert run_cli("datasets", "loop", "--model", "latest", db_url=db_url).returncode == 0

@@ -73,6 +73,23 @@ def test_eval_prints_accuracy_margin_and_count(model_dirs, tmp_path):
     assert result["n"] == 8
     assert result["accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 8)
     assert result["mean_margin"] == pytest.approx(sum(margins) / 8, abs=1e-5)
+    # The confound baselines on the same pairs, worked out by hand: every chosen is longer ("good answer i" vs
+    # "bad i"), so "prefer the longer" is right on all 8 and "prefer the shorter" on none; no positions in a file.
+    assert result["baselines"]["prefer_longer"] == 1.0 and result["baselines"]["prefer_shorter"] == 0.0
+    assert result["baselines"]["prefer_position_a"] is None
+    assert result["verdict"].startswith("no verdict on confounds: 8 pair(s), fewer than 30")
+
+
+def test_the_confound_verdict_names_a_baseline_the_model_does_not_beat():
+    from core.scoring.confounds import ScoredPair, confound_baselines
+
+    # 40 pairs: the model is right on 24 (0.6); the chosen response is longer in 32 (0.8).
+    pairs = [ScoredPair(10 if i < 32 else 5, 5 if i < 32 else 10, 1.0 if i < 24 else 0.0, 0.5) for i in range(40)]
+    result = confound_baselines(pairs)
+    assert (result.n, result.model_accuracy, result.prefer_longer, result.prefer_shorter) == (40, 0.6, 0.8, 0.2)
+    assert "no better than 'prefer the longer response' on these 40 pairs (0.600 vs 0.800)" in result.verdict
+    ties = confound_baselines([ScoredPair(5, 5, 1.0, 0.0, chosen_at_a=True)] * 30)
+    assert ties.prefer_longer == ties.prefer_shorter == 0.5 and ties.prefer_position_a == 1.0
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path):

@@ -77,7 +77,7 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
         evaluated = evaluate_before_retrain(store, loop_dataset)
         if evaluated:
             log(f"loop: {evaluated}")
-        note = after_training(store, loop_dataset, outcome.model_name, outcome.eval_accuracy)
+        note = after_training(store, loop_dataset, outcome.model_name, outcome.held_out)
         log(f"loop: {note}")
     with store.write() as session:
         finish_job(session, job.id, status, reward_model_name=outcome.model_name,

@@ -27,7 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.accounts import Actor, Permission
-from core.limits import MAX_ENSEMBLE_SIZE, MAX_RETRAIN_EVERY, MIN_ENSEMBLE_PAIRS, MIN_ENSEMBLE_SIZE
+from core.limits import (
+    MAX_ENSEMBLE_SIZE,
+    MAX_HELDOUT_PAIRS,
+    MAX_RETRAIN_EVERY,
+    MIN_ENSEMBLE_SIZE,
+    MIN_HELDOUT_PAIRS,
+)
 from core.training.config import TrainingConfig
 from storage.datasets import require_dataset
 from storage.engine import Store
@@ -54,6 +60,7 @@ class LoopSettings:
     random_fraction: float | None = None  # 0 to 1: the share of items in the random control arm
     retrain_every: int | None = None  # new human labels between retrains; 0 turns retraining off
     promotion_tolerance: float | None = None  # 0 to 1
+    min_heldout_pairs: int | None = None  # held-out pairs a new version is judged on, at least (MIN..MAX_HELDOUT_PAIRS)
     uncertainty: str | None = None  # "margin" or "ensemble"
     ensemble_size: int | None = None  # 2 to 16 heads
 
@@ -73,13 +80,15 @@ class LoopStatus:
     notes: list[str] = field(default_factory=list)
     uncertainty: str = "margin"
     ensemble_size: int = 5
+    min_heldout_pairs: int = 30
 
 
 def loop_status_of(session, dataset, queued_job: int | None = None) -> LoopStatus:  # noqa: ANN001
     return LoopStatus(dataset.name, dataset.queue_order, dataset.queue_model, dataset.promoted_model,
                       dataset.random_fraction, dataset.retrain_every, dataset.promotion_tolerance,
                       human_label_count(session, dataset.id), dataset.labels_at_retrain, queued_job,
-                      uncertainty=dataset.uncertainty, ensemble_size=dataset.ensemble_size)
+                      uncertainty=dataset.uncertainty, ensemble_size=dataset.ensemble_size,
+                      min_heldout_pairs=dataset.min_heldout_pairs)
 
 
 def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSettings) -> LoopStatus:
@@ -95,6 +104,9 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
                         f"got {settings.retrain_every}")
     if settings.promotion_tolerance is not None and not 0 <= settings.promotion_tolerance <= 1:
         raise LoopError(f"the promotion tolerance is an accuracy difference, 0 to 1; got {settings.promotion_tolerance}")
+    if settings.min_heldout_pairs is not None and not MIN_HELDOUT_PAIRS <= settings.min_heldout_pairs <= MAX_HELDOUT_PAIRS:
+        raise LoopError(f"the minimum of held-out pairs is {MIN_HELDOUT_PAIRS} to {MAX_HELDOUT_PAIRS} (a verdict on fewer "
+                        f"is noise); got {settings.min_heldout_pairs}")
     if settings.uncertainty is not None and settings.uncertainty not in UNCERTAINTY_KINDS:
         raise LoopError(f"uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, got {settings.uncertainty!r}")
     if settings.ensemble_size is not None and not MIN_ENSEMBLE_SIZE <= settings.ensemble_size <= MAX_ENSEMBLE_SIZE:
@@ -114,6 +126,7 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
         for name, value in (("queue_order", settings.order), ("queue_model", settings.model),
                             ("random_fraction", settings.random_fraction),
                             ("promotion_tolerance", settings.promotion_tolerance),
+                            ("min_heldout_pairs", settings.min_heldout_pairs),
                             ("uncertainty", settings.uncertainty), ("ensemble_size", settings.ensemble_size)):
             if value is not None:
                 setattr(target, name, value)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from core.accounts import Actor, Permission
 from core.preferences.pairs import build_preference_rows, response_text
 from core.limits import MAX_DIAGNOSED_PAIRS
+from core.scoring.confounds import Confounds, ScoredPair, confound_baselines
 from core.scoring.engine import Progress, RewardScorer
 from core.scoring.inspection import require_inspect, resolve_model
 from storage.engine import Store
@@ -60,6 +61,7 @@ class Diagnostics:
     near_ties: list[PairDiagnosis] = field(default_factory=list)
     health: list[HealthCheck] = field(default_factory=list)
     skipped_over_max_length: int = 0  # pairs with a side longer than the model takes: not scored
+    confounds: Confounds | None = None  # length baselines on the same pairs (token counts), with their verdict
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:
@@ -127,6 +129,8 @@ def diagnose(store: Store, model: RewardScorer, *, name: str, limit: int = 500,
         length_correlation=_pearson([float(n) for n in lengths], rewards),
         skipped_over_max_length=skipped,
     )
+    result.confounds = confound_baselines([ScoredPair(p.chosen_tokens, p.rejected_tokens, p.chosen_reward,
+                                                      p.rejected_reward) for p in pairs])
     result.suspected_label_errors = sorted((p for p in pairs if p.margin <= -0.5 * typical), key=lambda p: p.margin)
     result.near_ties = sorted((p for p in pairs if abs(p.margin) < 0.1 * typical), key=lambda p: abs(p.margin))
     result.health = _health(result, rewards, typical)

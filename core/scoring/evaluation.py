@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core.config_fields import ConfigError, config_field
+from core.scoring.confounds import Confounds, ScoredPair, confound_baselines
 from core.data.formats import RowError, _check_messages, _check_text, parse_row
 from core.data.readers import UnreadableFile, read_rows
 from core.scoring.engine import Progress, RewardScorer
@@ -141,10 +142,18 @@ class EvalResult:
     mean_margin: float | None
     n: int
     n_over_max_length: int = 0
+    confounds: Confounds | None = None  # baselines on the same pairs (core.scoring.confounds)
 
-    def as_dict(self) -> dict[str, float | int | None]:
+    def as_dict(self) -> dict[str, Any]:
+        baselines = self.confounds
         return {"accuracy": self.accuracy, "mean_margin": self.mean_margin, "n": self.n,
-                "n_over_max_length": self.n_over_max_length}
+                "n_over_max_length": self.n_over_max_length,
+                "baselines": None if baselines is None else {
+                    "prefer_longer": baselines.prefer_longer, "prefer_shorter": baselines.prefer_shorter,
+                    "prefer_position_a": baselines.prefer_position_a,
+                    "position_note": "a pairs file names chosen and rejected, not positions: no position baseline"},
+                "reward_length_correlation": None if baselines is None else baselines.reward_length_correlation,
+                "verdict": None if baselines is None else baselines.verdict}
 
 
 def evaluate_pairs(config: EvalConfig, model: RewardScorer | None = None) -> EvalResult:
@@ -184,4 +193,7 @@ def evaluate_pairs(config: EvalConfig, model: RewardScorer | None = None) -> Eva
     rewards = model.score_pairs([(p, c) for p, c, _ in kept] + [(p, r) for p, _, r in kept])
     chosen, rejected = rewards[: len(kept)], rewards[len(kept) :]
     margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
-    return EvalResult(sum(m > 0 for m in margins) / len(margins), sum(margins) / len(margins), len(margins), over)
+    confounds = confound_baselines([ScoredPair(len(c), len(r), rc, rr) for (_, c, r), rc, rr
+                                    in zip(kept, chosen, rejected, strict=True)])
+    return EvalResult(sum(m > 0 for m in margins) / len(margins), sum(margins) / len(margins), len(margins), over,
+                      confounds)

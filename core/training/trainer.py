@@ -498,6 +498,7 @@ class TrainOutcome:
     report: LengthReport
     notes: list[str]
     resumed_from: str | None = None
+    held_out: list[dict[str, Any]] = field(default_factory=list)  # the snapshot's held-out rows (the loop judges on them)
 
 
 def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id: int | None = None,
@@ -598,7 +599,7 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
     log(f"registered {name} at {model_dir} (held-out accuracy {accuracy}, margin {margin})")
     trainer.accelerator.wait_for_everyone()
     return TrainOutcome("succeeded", name, model_dir, accuracy, margin, report, notes,
-                        resume_from.name if resume_from else None)
+                        resume_from.name if resume_from else None, snapshot.eval)
 
 
 def save_reward_model(trainer: Any, tokenizer: Any, model_dir: Path, *, lora: bool, quantized: bool) -> None:
