@@ -1,6 +1,7 @@
 """Nothing acknowledged is lost: the real server is killed with SIGKILL while 8 clients label through
 the API, then restarted; every label whose submit returned is there exactly once, the database
-passes its integrity check, and the queue carries on. Five kills, at different moments."""
+passes its integrity check, and the queue carries on. Five kills, at different moments after labels start
+flowing; each run must have acknowledged labels, so a run that checked nothing fails."""
 
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ def test_sigkill_while_labeling_loses_no_acknowledged_label(db_url, tmp_path, ca
         before = len(acknowledged)
         for thread in threads:
             thread.start()
+        # The kill comes while labels are flowing: after the run's first acknowledged label (the app and its
+        # clients take seconds to warm up under load), then the run's own delay.
+        deadline = time.monotonic() + 180
+        while len(acknowledged) == before and time.monotonic() < deadline and any(t.is_alive() for t in threads):
+            time.sleep(0.05)
         time.sleep(kill_after)
         os.kill(app.process.pid, signal.SIGKILL)
         app.process.wait(timeout=10)
@@ -87,6 +93,7 @@ def test_sigkill_while_labeling_loses_no_acknowledged_label(db_url, tmp_path, ca
         per_comparison = [c for _, c in stored]
         assert len(per_comparison) == len(set(per_comparison)), "a comparison got two labels with overlap 1"
         lost = acknowledged - set(stored)
+        assert len(acknowledged) > before, f"kill run {run + 1} acknowledged no label: it checked nothing"
         assert not lost, f"acknowledged labels missing after the kill: {sorted(lost)[:10]}"
         summary.append((run + 1, kill_after, len(acknowledged) - before, len(stored)))
 

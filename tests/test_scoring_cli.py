@@ -134,21 +134,27 @@ def test_the_normalizer_z_scores_and_clips():
 
 
 @pytest.mark.slow
-def test_score_trajectory_of_a_16k_token_response_runs_in_well_under_3_gb(tmp_path):
-    """The per-token trajectory's memory grows linearly with the length (the oracle: the OS's peak RSS
-    of the `score` process); 16k tokens once took 16 GB through a dense length x length mask."""
+def test_score_trajectory_memory_grows_linearly_from_8k_to_16k_tokens(tmp_path):
+    """The per-token trajectory's memory grows linearly with the length (the oracle: the OS's peak RSS of the
+    `score` process at two lengths); 16k tokens once took 16 GB through a dense length x length mask, whose
+    growth from 8k to 16k alone would be ~3x that of the first 8k."""
     from conftest import run_app_measuring_peak_rss
 
     folder = build_demo_reward_model(tmp_path / "rm", ["step by step we add the numbers"] * 20, hidden_size=32,
                                      num_layers=2, num_heads=2, max_positions=65_536)
-    response = "<think>" + "step by step we add the numbers " * 2_800 + "</think> four"
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text(json.dumps({"prompt": "2+2? ", "response": response}) + "\n")
-    out = tmp_path / "out.jsonl"
-    done, peak = run_app_measuring_peak_rss("score", "--model", str(folder), "--input", str(rows), "--output", str(out),
-                                            "--trajectory")
-    assert done.returncode == 0, done.stderr[-2000:]
-    scored = json.loads(out.read_text())
-    print(f"\n{len(scored['trajectory']):,}-token trajectory: peak RSS {peak / 2**20:.0f} MiB")
-    assert len(scored["trajectory"]) >= 16_000
-    assert peak < 1.5 * 2**30
+    peaks, lengths = {}, {}
+    for repeats in (1_400, 2_800):
+        response = "<think>" + "step by step we add the numbers " * repeats + "</think> four"
+        rows = tmp_path / f"rows{repeats}.jsonl"
+        rows.write_text(json.dumps({"prompt": "2+2? ", "response": response}) + "\n")
+        out = tmp_path / f"out{repeats}.jsonl"
+        done, peaks[repeats] = run_app_measuring_peak_rss("score", "--model", str(folder), "--input", str(rows),
+                                                          "--output", str(out), "--trajectory")
+        assert done.returncode == 0, done.stderr[-2000:]
+        lengths[repeats] = len(json.loads(out.read_text())["trajectory"])
+    print(f"\ntrajectory peak RSS: {lengths[1_400]:,} tokens {peaks[1_400] / 2**20:.0f} MiB, "
+          f"{lengths[2_800]:,} tokens {peaks[2_800] / 2**20:.0f} MiB")
+    assert lengths[2_800] >= 16_000 and lengths[1_400] >= 8_000
+    assert peaks[2_800] < 1.5 * 2**30
+    # Doubling the length adds at most a few hundred MiB (linear terms); a dense mask would add ~768 MiB more.
+    assert peaks[2_800] - peaks[1_400] < 400 * 2**20

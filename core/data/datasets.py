@@ -54,7 +54,7 @@ def change_dataset_settings(store: Store, actor: Actor, name: str, settings: Dat
     the settings permission. Raising the overlap reopens its comparisons that people label (never
     imported labeled pairs); lowering it closes them."""
     others = DatasetSettings(**{**settings.__dict__, "guidelines": None})
-    if others != DatasetSettings():
+    if others != DatasetSettings() or settings.guidelines is None:  # nothing to change is still a settings call
         actor.require(Permission.CHANGE_SETTINGS)
     if settings.guidelines is not None:
         actor.require(Permission.EDIT_GUIDELINES)
