@@ -3,6 +3,7 @@ and ``rank``, acting as the logged-in user, with the same rules as the page."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import gradio as gr
@@ -75,8 +76,32 @@ def register_api(store: Store) -> None:
             raise gr.Error(str(error)) from None
         return {"label_id": result.label_id, "changed": result.changed}
 
-    gr.api(api_next, api_name="next")
-    gr.api(api_next_in_dataset, api_name="next_in_dataset")
-    gr.api(api_label, api_name="label")
-    gr.api(api_rank, api_name="rank")
+    for function, name in ((api_next, "next"), (api_next_in_dataset, "next_in_dataset"), (api_label, "label"),
+                           (api_rank, "rank")):
+        gr.api(function, api_name=name)
+        API_PARAMETERS[name] = [p for p in inspect.signature(function).parameters.values() if p.name != "request"]
+
+
+# The parameters of each named endpoint, for the request guard: Gradio's HTTP call API does not fill a
+# parameter's default when a script sends fewer values (the call ended in an "error" event with data null).
+API_PARAMETERS: dict[str, list[inspect.Parameter]] = {}
+
+
+def complete_api_arguments(api_name: str, data: list) -> list:
+    """``data`` with the defaults of the parameters a script left out. Raises ``ValueError`` naming the
+    missing parameter when one without a default is left out, or when too many values are given."""
+    parameters = API_PARAMETERS.get(api_name)
+    if parameters is None:
+        return data
+    if len(data) > len(parameters):
+        raise ValueError(f"/{api_name} takes {len(parameters)} values ({_signature(parameters)}), got {len(data)}")
+    missing = parameters[len(data):]
+    required = [p.name for p in missing if p.default is inspect.Parameter.empty]
+    if required:
+        raise ValueError(f"/{api_name}: give {', '.join(required)} ({_signature(parameters)})")
+    return [*data, *(p.default for p in missing)]
+
+
+def _signature(parameters: list[inspect.Parameter]) -> str:
+    return ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}" for p in parameters)
 

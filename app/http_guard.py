@@ -77,6 +77,7 @@ def _route_pattern(template: str) -> re.Pattern:
 
 _GUARDED = [_route_pattern(t) for t in GUARDED_ROUTES]
 _FILE_ROUTE = re.compile(r"/file[=/]")  # Gradio's /file={path} and /file/{path}
+_CALL_ROUTE = re.compile(r"/(?:call|call/v2|run|api)/(?P<api_name>[^/]+?)/?$")  # a script's call by api name
 _EVENT_STARTING = [_route_pattern(t) for t in EVENT_STARTING_ROUTES]
 
 
@@ -210,7 +211,7 @@ class RequestGuard:
                 body = await _read_body(receive, MAX_EVENT_BODY_BYTES)
             except _TooLarge:
                 return await _respond(send, 413, f"the request is larger than {MAX_EVENT_BODY_BYTES // 2**20} MiB")
-            receive = _replay(body, receive)
+            raw_receive, receive = receive, _replay(body, receive)
             try:
                 parsed = json.loads(body) if body else None
             except ValueError:  # not JSON: FastAPI will refuse it as a JSON body too
@@ -219,6 +220,19 @@ class RequestGuard:
                 named.append(str(parsed["session_hash"]))
             if isinstance(parsed, dict) and parsed.get("event_id") is not None:
                 events.append(str(parsed["event_id"]))
+            called = _CALL_ROUTE.search(path)
+            if called and isinstance(parsed, dict) and isinstance(parsed.get("data"), list):
+                from app.api import complete_api_arguments
+
+                try:
+                    completed = complete_api_arguments(called.group("api_name"), parsed["data"])
+                except ValueError as error:
+                    return await _respond(send, 400, str(error))
+                if len(completed) != len(parsed["data"]):
+                    body = json.dumps({**parsed, "data": completed}).encode()
+                    scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+                             + [(b"content-length", str(len(body)).encode())]}
+                    receive = _replay(body, raw_receive)
         if len(set(named)) > 1 or len(set(events)) > 1:
             return await _respond(send, 400, f"refused {method} {path}: it names more than one session or event")
         user = self._user(scope)

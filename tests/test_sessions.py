@@ -269,3 +269,25 @@ def test_a_login_flood_from_fresh_addresses_and_names_keeps_the_apps_memory_boun
           f"logged-in requests p50 {sorted(latencies)[len(latencies) // 2]:.3f} s, max {max(latencies):.3f} s")
     assert set(codes) <= {400, 429, 503}
     assert grown < 400, f"the app grew {grown:.0f} MiB during the flood"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_an_api_parameter_with_a_default_may_be_left_out_and_a_refusal_says_why(sessions_app):
+    """Gradio's call API filled no defaults: `/label` with (comparison_id, choice) ended in an "error" event
+    with data null. Now the defaults are filled, and a missing required value is refused with its name."""
+    app = sessions_app["app"]
+    cid = _client(app, "cid")
+    item = cid.post("/gradio_api/call/next", json={"data": []}).json()["event_id"]
+    with cid.stream("GET", f"/gradio_api/call/next/{item}") as stream:
+        body = "".join(stream.iter_lines())
+    comparison_id = json.loads(body.split("data:", 2)[-1])[0]["comparison_id"]
+    started = cid.post("/gradio_api/call/label", json={"data": [comparison_id, "a"]})
+    assert started.status_code == 200, started.text
+    with cid.stream("GET", f"/gradio_api/call/label/{started.json()['event_id']}") as stream:
+        body = "".join(stream.iter_lines())
+    assert "complete" in body and "label_id" in body, body
+    refused = cid.post("/gradio_api/call/rank", json={"data": [comparison_id]})
+    assert refused.status_code == 400 and "give groups" in refused.json()["detail"]
+    too_many = cid.post("/gradio_api/call/next", json={"data": [1, 2]})
+    assert too_many.status_code == 400 and "takes 0 values" in too_many.json()["detail"]
