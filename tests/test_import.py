@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import HH_RLHF_FILE, run_cli
+from conftest import HH_RLHF_FILE, run_cli, sql
 
 from core.preferences.pairs import build_preference_rows
 from core.data.importer import ImportConfig, ImportRejected, import_file
@@ -252,7 +252,9 @@ def test_bad_input_is_refused_naming_the_place_and_nothing_is_written(store, tmp
 
 
 def test_all_problems_are_listed_up_to_a_limit(store, tmp_path):
-    bad = write_jsonl(tmp_path / "many.jsonl", [{"prompt": "Q"}] * 120)
+    # 120 different problems (each swapped pair names its own first row), 50 of them listed.
+    pairs = [{"prompt": f"Q{i}", "chosen": "a", "rejected": "b"} for i in range(120)]
+    bad = write_jsonl(tmp_path / "many.jsonl", pairs + [{**p, "chosen": "b", "rejected": "a"} for p in pairs])
     with pytest.raises(ImportRejected) as refused:
         import_file(store, ImportConfig(bad))
     assert refused.value.total == 120 and len(refused.value.problems) == 50
@@ -280,3 +282,19 @@ def test_export_after_import_round_trips_through_the_cli(db_url, tmp_path):
     done = run_cli("export", str(out), db_url=db_url)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line) for line in out.read_text().splitlines()] == PAIRS
+
+
+def test_a_problem_repeated_on_many_rows_is_one_line_naming_the_lines(store, tmp_path):
+    """A wrong-kind file (rows without 'completions' or 'chosen') printed the same error 300 times; now one
+    line says how many rows and which lines, and a different problem keeps its own line. Nothing is written."""
+    rows = [{"prompt": f"Q{i}?", "answer": "A"} for i in range(300)] + [{"prompt": "Q?", "chosen": 5, "rejected": "b"}]
+    source = tmp_path / "wrong.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ImportRejected) as refused:
+        import_file(store, ImportConfig(source))
+    lines = refused.value.problems
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{source} lines 1-300 (300 rows): row has neither")
+    assert lines[1].startswith(f"{source}:301: ")
+    assert "more problem" not in str(refused.value)
+    assert sql(store, "SELECT count(*) FROM comparison") == [(0,)]

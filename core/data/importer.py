@@ -76,10 +76,10 @@ class ImportConfig:
 class ImportRejected(Exception):
     """The file was refused; nothing was written. ``problems`` holds one line per problem."""
 
-    def __init__(self, problems: list[str], total: int | None = None) -> None:
+    def __init__(self, problems: list[str], total: int | None = None, covered: int | None = None) -> None:
         self.problems = problems
         self.total = total if total is not None else len(problems)
-        hidden = self.total - len(problems)
+        hidden = self.total - (covered if covered is not None else len(problems))
         lines = problems + ([f"... and {hidden} more problem(s)"] if hidden > 0 else [])
         super().__init__("\n".join(lines))
 
@@ -112,7 +112,8 @@ class ImportReport:
 @dataclass
 class _Collected:
     rows: list[ParsedRow] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    # message -> the locations (file:line) it was found at, in order: a problem repeated on 300 rows is one line
+    groups: dict[str, list[str | None]] = field(default_factory=dict)
     problem_count: int = 0
     first_kind: tuple[str, str, str] | None = None  # (kind, style, location)
     # (prompt hash, {chosen, rejected}) -> (location, chosen text) of the first occurrence
@@ -122,39 +123,40 @@ class _Collected:
 def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int, question: str) -> _Collected:
     collected = _Collected()
 
-    def problem(message: str) -> None:
+    def problem(message: str, location: str | None = None) -> None:
         collected.problem_count += 1
-        if len(collected.problems) < max_problems_shown:
-            collected.problems.append(message)
+        if message in collected.groups or len(collected.groups) < max_problems_shown:
+            collected.groups.setdefault(message, []).append(location)
 
     try:
         for raw in raw_rows:
             if raw.error:
-                problem(f"{raw.location}: {raw.error}")
+                problem(raw.error, raw.location)
                 continue
             try:
                 parsed = parse_row(raw.value)
             except RowError as error:
-                problem(f"{raw.location}: {error}")
+                problem(str(error), raw.location)
                 continue
             listed = raw.value.get("completions") if isinstance(raw.value, dict) else None
             if question == Question.RANKING.value and isinstance(listed, list) and len(listed) != len(parsed.completions):
-                problem(f"{raw.location}: the row lists {len(listed)} completions of which {len(parsed.completions)} "
-                        "differ: a completion takes one place in a ranking, so remove the repeated one")
+                problem(f"the row lists {len(listed)} completions of which {len(parsed.completions)} "
+                        "differ: a completion takes one place in a ranking, so remove the repeated one", raw.location)
                 continue
             if question == Question.RANKING.value and not (
                     parsed.kind == "candidates" and MIN_RANKED <= len(parsed.completions) <= MAX_RANKED):
-                problem(f"{raw.location}: a ranking dataset takes candidates rows with {MIN_RANKED} to {MAX_RANKED} "
+                problem(f"a ranking dataset takes candidates rows with {MIN_RANKED} to {MAX_RANKED} "
                         "different completions (prompt + completions); this row has "
-                        + (f"{len(parsed.completions)}" if parsed.kind == "candidates" else "a chosen/rejected pair"))
+                        + (f"{len(parsed.completions)}" if parsed.kind == "candidates" else "a chosen/rejected pair"),
+                        raw.location)
                 continue
             if collected.first_kind is None:
                 collected.first_kind = (parsed.kind, parsed.style, raw.location)
             elif collected.first_kind[:2] != (parsed.kind, parsed.style):
                 kind, style, where = collected.first_kind
                 problem(
-                    f"{raw.location}: a {parsed.kind} row ({parsed.style}) in a file whose first row "
-                    f"({where}) is a {kind} row ({style}); import one format per file"
+                    f"a {parsed.kind} row ({parsed.style}) in a file whose first row "
+                    f"({where}) is a {kind} row ({style}); import one format per file", raw.location
                 )
                 continue
             if parsed.kind == "preference":
@@ -162,13 +164,44 @@ def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int, question: str)
                 key = (parsed.prompt_hash, frozenset((chosen, rejected)))
                 first = collected.pairs_seen.setdefault(key, (raw.location, chosen))
                 if first[1] != chosen:
-                    problem(f"{raw.location}: the same pair as {first[0]} with chosen and rejected swapped; "
-                            "keep one of the two rows")
+                    problem(f"the same pair as {first[0]} with chosen and rejected swapped; "
+                            "keep one of the two rows", raw.location)
                     continue
             collected.rows.append(parsed)
     except UnreadableFile as error:
         problem(str(error))
     return collected
+
+
+def _grouped(message: str, locations: list[str | None]) -> str:
+    """One line per kind of problem: ``FILE:3: message``, or ``FILE lines 1-300 (300 rows): message``."""
+    if len(locations) == 1:
+        return f"{locations[0]}: {message}" if locations[0] else message
+    by_file: dict[str, list[int]] = {}
+    others: list[str] = []
+    for location in locations:
+        path, _, number = (location or "").rpartition(":")
+        digits = number.split()[-1] if number.split() else ""
+        if path and digits.isdigit():
+            by_file.setdefault(path, []).append(int(digits))
+        elif location:
+            others.append(location)
+    if len(by_file) == 1 and not others:  # the usual case: one file, named first like every other problem
+        (path, numbers), = by_file.items()
+        return f"{path} lines {_ranges(numbers)} ({len(locations)} rows): {message}"
+    where = [f"{path} {'lines' if len(numbers) > 1 else 'line'} {_ranges(numbers)}" for path, numbers in by_file.items()]
+    return f"{len(locations)} rows: {message} ({'; '.join(where + others)})"
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``1-3, 7, 9-10`` for [1, 2, 3, 7, 9, 10]."""
+    spans: list[list[int]] = []
+    for number in sorted(set(numbers)):
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
 def _batch(source: str, rows: list[ParsedRow], question: str) -> IngestBatch:
@@ -209,7 +242,8 @@ def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, dataset: s
     question = _question(store, dataset, question)
     collected = _collect(raw_rows, max_problems_shown, question)
     if collected.problem_count:
-        raise ImportRejected(collected.problems, collected.problem_count)
+        raise ImportRejected([_grouped(message, where) for message, where in collected.groups.items()],
+                             collected.problem_count, covered=sum(map(len, collected.groups.values())))
     if not collected.rows:
         raise ImportRejected([empty_message])
     kind, style, _ = collected.first_kind
