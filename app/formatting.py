@@ -35,7 +35,7 @@ def code_block(text: str) -> str:
 def counts_markdown(counts: StoreCounts) -> str:
     waiting = counts.comparisons - counts.labeled_comparisons
     return (
-        "| prompts | completions | comparisons | labeled | waiting for a label | labels | annotators |\n"
+        "| prompts | completions | comparisons | labeled | waiting for a label | labels | active logins |\n"
         "|---:|---:|---:|---:|---:|---:|---:|\n"
         f"| {counts.prompts} | {counts.completions} | {counts.comparisons} | {counts.labeled_comparisons} "
         f"| {waiting} | {counts.labels} | {counts.annotators} |"

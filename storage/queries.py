@@ -21,7 +21,7 @@ class StoreCounts:
     comparisons: int
     labeled_comparisons: int
     labels: int
-    annotators: int  # people, not import sources
+    annotators: int  # login accounts that may label (not import sources, not the local operator of a store without logins)
 
 
 def store_counts(session: Session) -> StoreCounts:
@@ -34,7 +34,8 @@ def store_counts(session: Session) -> StoreCounts:
         comparisons=count(select(func.count()).select_from(Comparison)),
         labeled_comparisons=count(select(func.count(distinct(Label.comparison_id)))),
         labels=count(select(func.count()).select_from(Label)),
-        annotators=count(select(func.count()).select_from(User).where(User.role != Role.SOURCE.value)),
+        annotators=count(select(func.count()).select_from(User).where(
+            User.role != Role.SOURCE.value, User.password_hash.is_not(None), User.disabled_at.is_(None))),
     )
 
 

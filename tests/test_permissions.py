@@ -47,7 +47,7 @@ PERMISSIONS: dict[str, tuple[str, str, Permission | None]] = {
     "core.data.records.change_priority": ("records", "set priority", P.REQUEUE),
     "core.data.records.archive_records": ("records", "archive", P.REQUEUE),
     "core.data.store_move.back_up_store": ("store", "back up", P.MANAGE_USERS),
-    "core.data.summary.store_summary": ("store", "summarize", LABEL_ONLY),
+    "core.data.summary.store_summary": ("store", "summarize", P.EXPORT),
     "core.jobs.scheduling.submit_job": ("jobs", "submit", P.TRAIN),
     "core.jobs.scheduling.cancel_job": ("jobs", "cancel", P.TRAIN),
     "core.jobs.scheduling.resume_job": ("jobs", "resume", P.TRAIN),
@@ -156,9 +156,10 @@ def test_a_role_without_the_permission_is_refused_first_and_an_admin_is_not(stor
             if qualified == "core.scoring.inspection.may_inspect":  # answers instead of raising
                 assert result is False
                 raise PermissionDenied("may_inspect said no")
-    try:
-        _call(function, store, admin)
-    except PermissionDenied as error:
-        pytest.fail(f"an admin was refused {qualified}: {error}")
-    except Exception:  # noqa: BLE001 (nonsense inputs fail after the check; the check is what is tested)
-        pass
+    for allowed in ([admin] if needed is not None else [admin, annotator]):
+        try:
+            _call(function, store, allowed)
+        except PermissionDenied as error:
+            pytest.fail(f"{allowed.role} {allowed.name} was refused {qualified}: {error}")
+        except Exception:  # noqa: BLE001 (nonsense inputs fail after the check; the check is what is tested)
+            pass

@@ -8,6 +8,7 @@ import threading
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
+from conftest import sql
 from test_import import write_jsonl
 
 from core.data.importer import ImportConfig, import_file
@@ -186,3 +187,19 @@ def test_a_postgresql_store_points_to_pg_dump_for_backups(tmp_path, postgres_tem
             backup_store(store, tmp_path / "copy.db")
         assert not (tmp_path / "copy.db").exists()
         store.dispose()
+
+
+def test_the_store_counts_active_logins_not_import_sources_or_the_local_operator(store, tmp_path):
+    from core.accounts import add_user, disable_account, operator_actor
+    from core.data.importer import ImportConfig, import_file
+    from core.data.summary import store_summary
+
+    source = tmp_path / "labeled.jsonl"
+    source.write_text('{"prompt": "Q?", "chosen": "yes", "rejected": "no"}\n')
+    import_file(store, ImportConfig(source))  # an import source with its label
+    admin = operator_actor(store)  # the local operator (the command line)
+    for name in ("ann", "bob", "cid"):
+        add_user(store, name, "annotator", "correct horse battery")
+    disable_account(store, admin, "cid")
+    assert store_summary(store, admin).annotators == 2
+    assert sql(store, "SELECT count(*) FROM \"user\"") == [(5,)]  # ann, bob, cid, the source, the operator
