@@ -472,9 +472,11 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
 
     change.click(change_label, inputs=change_id, outputs=tab.view_outputs, api_visibility="private")
 
-    def change_from_row(event: gr.SelectData, request: gr.Request) -> dict:
-        row = getattr(event, "row_value", None) or []  # no row when called without a click
-        return change_label(row[0] if row else None, request)
+    def change_from_row(event: gr.EventData, request: gr.Request) -> dict:
+        # gr.EventData, not gr.SelectData, whose constructor fails on a call without a click (app/records_panel.py)
+        data = getattr(event, "_data", None)
+        row = data.get("row_value") if isinstance(data, dict) else None
+        return change_label(row[0] if isinstance(row, list) and row else None, request)
 
     history_table.select(change_from_row, outputs=tab.view_outputs, api_visibility="private")
 

@@ -236,13 +236,14 @@ class HistoryItem:
     comment: str | None
     updated_at: datetime
     prompt_excerpt: str
+    ranking: dict | None = None  # a ranked label's order: {"groups", "shown", "all_bad"} (storage.ranking)
 
 
 def label_history(session: Session, *, annotator_id: int, limit: int = 50) -> list[HistoryItem]:
     """This annotator's labels, most recent first."""
     rows = session.execute(
         select(Label.comparison_id, Label.choice, Label.strength, Label.shown_left, Label.comment, Label.updated_at,
-               Prompt.text, Prompt.messages)
+               Prompt.text, Prompt.messages, Label.ranking)
         .join(Comparison, Comparison.id == Label.comparison_id)
         .join(Prompt, Prompt.id == Comparison.prompt_id)
         .where(Label.annotator_id == annotator_id)
@@ -250,8 +251,9 @@ def label_history(session: Session, *, annotator_id: int, limit: int = 50) -> li
         .limit(limit)
     ).all()
     return [
-        HistoryItem(comparison_id, choice, strength, shown_left, comment, updated_at, prompt_excerpt(text, messages))
-        for comparison_id, choice, strength, shown_left, comment, updated_at, text, messages in rows
+        HistoryItem(comparison_id, choice, strength, shown_left, comment, updated_at, prompt_excerpt(text, messages),
+                    ranking)
+        for comparison_id, choice, strength, shown_left, comment, updated_at, text, messages, ranking in rows
     ]
 
 

@@ -321,3 +321,19 @@ def test_a_typed_order_ending_in_a_tie_mark_is_refused(ranking_store):
     view = next_comparison(ranking_store, _actor(ranking_store, "ann"), "rk")
     with pytest.raises(QueueError, match="ends with a tie mark"):
         parse_order("A B C D=", view)
+
+
+def test_my_labels_show_a_ranking_as_its_order_in_the_letters_the_annotator_saw(ranking_store):
+    """"My labels" said "ranked"; now the order, in the letters of the layout this annotator saw (worked out here
+    from the stored shown order), ties joined with '='."""
+    from core.labeling.actions import history, screen_choice_of
+
+    ann = _actor(ranking_store, "ann")
+    view = next_comparison(ranking_store, ann, "rk")
+    ids = _ids_by_word(view)
+    rank_item(ranking_store, ann, view.item_id, [[ids["charlie"]], [ids["alpha"], ids["delta"]], [ids["bravo"]]])
+    letter = {completion: "ABCD"[position] for position, completion in enumerate(view.shown)}
+    expected = " > ".join("=".join(sorted(letter[ids[w]] for w in group))
+                          for group in (["charlie"], ["alpha", "delta"], ["bravo"]))
+    [item] = history(ranking_store, ann)
+    assert screen_choice_of(item) == expected and ">" in expected and "=" in expected

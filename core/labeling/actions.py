@@ -14,6 +14,7 @@ from typing import Any
 from sqlmodel import Session
 
 from core.accounts import Actor, Permission
+from core.preferences.rankings import LETTERS
 from core.labeling.ranking import RankingView, check_comment, is_ranking_item, ranking_label_input, ranking_view_in
 from core.segments import split_thinking
 from storage.engine import Store
@@ -435,6 +436,13 @@ def history(store: Store, actor: Actor, limit: int = 50) -> list[HistoryItem]:
 
 
 def screen_choice_of(item: HistoryItem) -> str:
+    """The label as its annotator gave it on screen: a side as they saw it, or a ranking's order in the letters
+    they saw (``B > A = D > C``; "all bad" flagged)."""
+    if item.choice == "ranked" and isinstance(item.ranking, dict) and item.ranking.get("groups"):
+        shown = list(item.ranking.get("shown") or [])
+        letter = {completion: LETTERS[index] for index, completion in enumerate(shown[:len(LETTERS)])}
+        order = " > ".join("=".join(sorted(letter.get(c, "?") for c in group)) for group in item.ranking["groups"])
+        return order + (" (all bad)" if item.ranking.get("all_bad") else "")
     return _to_screen(item.choice, item.shown_left) if item.shown_left else item.choice
 
 
