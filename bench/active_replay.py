@@ -9,7 +9,9 @@ label is kept aside), a seed model trained by a job (``submit_job`` + ``execute_
 ``demo``), the loop configured with ``configure_loop``, then rounds of: K labels served by the queue
 (``next_comparison``) and answered with the hidden label (``label_stored``; flipped with probability
 --noise), the scheduler's ``loop_tick`` queues the retrain, the job trains and promotes
-(``after_training``, tolerance 1: every version is promoted, so the curve follows the newest model)
+(``after_training``: judged on 20 % held-out pairs, at least ``MIN_HELDOUT_PAIRS``, with tolerance 1, so every
+version is promoted and the curve follows the newest model; before December 2026 nothing was held out, so
+figures in docs/loop.md from then trained on 25 % more of the labels)
 and the rescore job re-orders the queue. Jobs run in this process, oldest first, as the scheduler
 would run them as children.
 
@@ -171,6 +173,7 @@ def replay(arm: str, seed: int, test_file: Path, seed_set: list[Pair], pool: lis
     from core.data.importer import import_rows
     from core.labeling.actions import label_stored, next_comparison
     from core.loop.retraining import loop_tick
+    from core.limits import MIN_HELDOUT_PAIRS
     from core.loop.settings import LATEST, LoopSettings, configure_loop, queue_model_of
     from core.training.config import TrainingConfig
     from core.jobs.scheduling import submit_job
@@ -188,14 +191,15 @@ def replay(arm: str, seed: int, test_file: Path, seed_set: list[Pair], pool: lis
         add_user(store, "replayer", "annotator", "replay annotator pass")
         annotator, oracle = actor_for(store, "replayer"), SimulatedAnnotator(pool, args.noise, seed)
         submit_job(store, admin, TrainingConfig(
-            base_model="demo", dataset=[DATASET], output_name="seed-rm", max_steps=args.steps, eval_fraction=0.0,
+            base_model="demo", dataset=[DATASET], output_name="seed-rm", max_steps=args.steps, eval_fraction=0.2,
             seed=seed, per_device_train_batch_size=args.batch, logging_steps=args.steps, save_steps=10 * args.steps))
         run_queued_jobs(store)
         labels, accuracy, seconds = [len(seed_set)], [accuracy_on_test_set(store, "seed-rm", test_file)], []
         configure_loop(store, admin, DATASET, LoopSettings(order="uncertainty", model="seed-rm",
                                                            random_fraction=ARMS[arm][0], uncertainty=ARMS[arm][1],
                                                            retrain_every=args.per_round,
-                                                           promotion_tolerance=1.0))
+                                                           promotion_tolerance=1.0,
+                                                           min_heldout_pairs=MIN_HELDOUT_PAIRS))
         run_queued_jobs(store)  # the first rescore, by the seed model
         configure_loop(store, admin, DATASET, LoopSettings(model=LATEST))
         for _ in range(args.rounds):
@@ -316,7 +320,8 @@ def main() -> None:
                         help="uncertainty: smallest margin first; random: the control arm; ensemble: bootstrap heads' "
                         "largest disagreement first (the random and uncertainty arms are always run)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "active")
-    args = parse_with_smoke(parser, seeds=2, seed_labels=8, rounds=1, per_round=4, pool=8, test=16, steps=2)
+    # Smoke: enough seed labels that a fifth of them held out reaches the loop's minimum to judge a retrain.
+    args = parse_with_smoke(parser, seeds=2, seed_labels=24, rounds=1, per_round=4, pool=8, test=16, steps=2)
     args.arms = ["uncertainty", "random"] + [arm for arm in args.arms if arm not in ("uncertainty", "random")]
     import torch
 

@@ -71,8 +71,9 @@ def time_executemany(db_path: Path, rows: list[dict[str, str]]) -> float:
     connection.execute(
         "INSERT INTO dataset (id, name, prompt_kind, question, guidelines, overlap, lease_seconds, default_priority, "
         "open_to_all, archived, queue_order, random_fraction, labels_at_retrain, promotion_tolerance, uncertainty, "
-        "ensemble_size, created_at) "
-        "VALUES (1, 'default', 'text', 'pairwise', '', 1, 900, 0, 1, 0, 'priority', 0.1, 0, 0.02, 'margin', 5, ?)", (now,)
+        "ensemble_size, min_heldout_pairs, created_at) "
+        "VALUES (1, 'default', 'text', 'pairwise', '', 1, 900, 0, 1, 0, 'priority', 0.1, 0, 0.02, 'margin', 5, 30, ?)",
+        (now,)
     )
     connection.executemany("INSERT INTO prompt (id, content_hash, text, created_at) VALUES (?, ?, ?, ?)", prompts)
     connection.executemany(
