@@ -448,37 +448,37 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
 
     keep_it.click(keep_stored_label, inputs=dataset_choice, outputs=tab.view_outputs, api_visibility="private")
 
-    def undo_last_label(request: gr.Request) -> dict:
+    def undo_last_label(dataset: str | None, request: gr.Request) -> dict:
         try:
             actor = current_actor(store, request)
-            screen = undo_last_screen(store, actor)
+            screen = undo_last_screen(store, actor, dataset or None)
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
         if screen is None:
             return {tab.status: "Nothing to undo."}
         return _show(tab, actor, screen, f"Undone: #{screen.view.comparison_id} is back for you to label.", store=store)
 
-    undo.click(undo_last_label, outputs=tab.view_outputs, api_visibility="private")
+    undo.click(undo_last_label, inputs=dataset_choice, outputs=tab.view_outputs, api_visibility="private")
 
-    def change_label(comparison_id: float | None, request: gr.Request) -> dict:
+    def change_label(comparison_id: float | None, dataset: str | None, request: gr.Request) -> dict:
         try:
             actor = current_actor(store, request)
             if comparison_id is None:
                 return {tab.status: "Type the number of a comparison from your labels first."}
-            screen = change_label_screen(store, actor, int(comparison_id))
+            screen = change_label_screen(store, actor, int(comparison_id), dataset or None)
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
         return _show(tab, actor, screen, store=store)
 
-    change.click(change_label, inputs=change_id, outputs=tab.view_outputs, api_visibility="private")
+    change.click(change_label, inputs=[change_id, dataset_choice], outputs=tab.view_outputs, api_visibility="private")
 
-    def change_from_row(event: gr.EventData, request: gr.Request) -> dict:
+    def change_from_row(event: gr.EventData, dataset: str | None, request: gr.Request) -> dict:
         # gr.EventData, not gr.SelectData, whose constructor fails on a call without a click (app/records_panel.py)
         data = getattr(event, "_data", None)
         row = data.get("row_value") if isinstance(data, dict) else None
-        return change_label(row[0] if isinstance(row, list) and row else None, request)
+        return change_label(row[0] if isinstance(row, list) and row else None, dataset, request)
 
-    history_table.select(change_from_row, outputs=tab.view_outputs, api_visibility="private")
+    history_table.select(change_from_row, inputs=dataset_choice, outputs=tab.view_outputs, api_visibility="private")
 
     def refresh(request: gr.Request) -> dict:
         try:

@@ -3,10 +3,12 @@ roles and accounts."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from conftest import sql
 from test_import import write_jsonl
 
 from core.accounts import AccountError, PermissionDenied, actor_for, add_user, authenticate
@@ -281,3 +283,27 @@ def test_perfect_agreement_gives_kappa_one(queue_store):
     report = team_report(queue_store, boss)
     assert report.percent_agreement == 1.0 and report.cohens_kappa == pytest.approx(1.0)
     assert report.disagreements == []
+
+
+def test_after_undo_and_change_the_progress_counts_the_chosen_dataset_only(store, tmp_path):
+    """"Still open to you" after Undo counted every dataset (70 instead of 11); it counts the chosen one, as
+    every other screen does. The oracle counts the dataset's open comparisons with SQL."""
+    from core.accounts import actor_for, add_user
+    from core.labeling.actions import change_label_screen, label_stored, next_comparison, undo_last_screen
+
+    for name, count in (("small", 5), ("big", 7)):
+        source = tmp_path / f"{name}.jsonl"
+        source.write_text("".join(json.dumps({"prompt": f"{name} {i}?", "completions": ["a", "b"]}) + "\n"
+                                  for i in range(count)))
+        import_file(store, ImportConfig(source, dataset=name))
+    add_user(store, "ann", "annotator", "correct horse battery")
+    ann = actor_for(store, "ann")
+    first = next_comparison(store, ann, "small")
+    label_stored(store, ann, first.comparison_id, "a")
+    screen = undo_last_screen(store, ann, "small")
+    open_in_small = sql(store, "SELECT count(*) FROM comparison JOIN dataset ON dataset.id = comparison.dataset_id "
+                               "WHERE dataset.name = 'small' AND NOT comparison.done")[0][0]
+    assert screen.progress.open_comparisons == open_in_small == 5
+    label_stored(store, ann, first.comparison_id, "b")
+    changed = change_label_screen(store, ann, first.comparison_id, "small")
+    assert changed.progress.open_comparisons == 4 and changed.progress.labeled_by_me == 1

@@ -400,20 +400,24 @@ def label_and_next(
         return _screen(session, actor, next_id, result, dataset_id=dataset_id)
 
 
-def undo_last_screen(store: Store, actor: Actor) -> LabelingScreen | None:
-    """Remove the actor's last label and show that comparison again; None when there is nothing to undo."""
+def undo_last_screen(store: Store, actor: Actor, dataset: str | None = None) -> LabelingScreen | None:
+    """Remove the actor's last label and show that comparison again; None when there is nothing to undo. The
+    progress shown is of ``dataset`` (the one chosen on the page), as on every other screen."""
     actor.require(Permission.LABEL)
     with store.write() as session:
+        dataset_id = _dataset_id(session, actor, dataset)
         comparison_id = undo_last_label(session, annotator_id=actor.user_id)
-        return None if comparison_id is None else _screen(session, actor, comparison_id)
+        return None if comparison_id is None else _screen(session, actor, comparison_id, dataset_id=dataset_id)
 
 
-def change_label_screen(store: Store, actor: Actor, comparison_id: int) -> LabelingScreen:
-    """Show a comparison the actor labeled before, laid out as they saw it, to change the label."""
+def change_label_screen(store: Store, actor: Actor, comparison_id: int, dataset: str | None = None) -> LabelingScreen:
+    """Show a comparison the actor labeled before, laid out as they saw it, to change the label (progress of
+    ``dataset``)."""
     actor.require(Permission.LABEL)
     with store.write() as session:
+        dataset_id = _dataset_id(session, actor, dataset)
         _reserve_own_label(session, actor, comparison_id)
-        return _screen(session, actor, comparison_id)
+        return _screen(session, actor, comparison_id, dataset_id=dataset_id)
 
 
 def _reserve_own_label(session: Session, actor: Actor, comparison_id: int) -> None:
