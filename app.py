@@ -33,6 +33,7 @@ from pathlib import Path
 from core.accounts import (
     LOGIN_ROLES,
     AccountError,
+    accounts_exist,
     add_user,
     disable_account,
     list_accounts,
@@ -193,8 +194,11 @@ def _password_from(args: argparse.Namespace) -> str:
 
 
 def run_adduser(args: argparse.Namespace) -> int:
-    add_user(Store(args.db), args.name, args.role, _password_from(args))
-    print(f"created {args.role} {args.name!r}; a running app must be restarted to require logins")
+    store = Store(args.db)
+    first = not accounts_exist(store)
+    add_user(store, args.name, args.role, _password_from(args))
+    # Only the first account changes what a running app does (it starts asking for logins at its next start).
+    print(f"created {args.role} {args.name!r}" + ("; restart a running app so that it asks for logins" if first else ""))
     return 0
 
 

@@ -241,3 +241,11 @@ def test_deluser_keeps_the_labels_refuses_the_login_and_ends_the_open_session(ac
     assert _labels_of(store, "ann") == labels_before
     assert ann.get("/config").status_code in (401, 403)
     store.dispose()
+
+
+def test_adduser_says_to_restart_the_app_only_for_the_first_account(db_url):
+    first = run_cli("adduser", "boss", "--role", "admin", "--password", PASSWORD, db_url=db_url)
+    second = run_cli("adduser", "ann", "--role", "annotator", "--password", PASSWORD, db_url=db_url)
+    assert first.returncode == second.returncode == 0
+    assert "restart" in first.stdout and "restart" not in second.stdout
+    assert second.stdout.strip() == "created annotator 'ann'"
