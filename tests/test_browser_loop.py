@@ -32,8 +32,9 @@ def test_labels_trigger_a_retrain_and_the_loop_page_shows_versions_and_reliabili
 
     rows = separable_pairs(30)
     pool = [{"prompt": r["prompt"], "completions": [r["chosen"][0]["content"], r["rejected"][0]["content"]]}
-            for r in rows[12:]]
-    for name, data in (("seed", rows[:12]), ("pool", pool)):
+            for r in rows[18:]]
+    # 18 seed pairs + 3 labels: a quarter held out fills the loop's minimum of 5 pairs to judge the retrain.
+    for name, data in (("seed", rows[:18]), ("pool", pool)):
         done = run_cli("import", str(write_jsonl(tmp_path / f"{name}.jsonl", data)), "--dataset", "loop", db_url=db_url)
         assert done.returncode == 0, done.stderr
     trained = run_cli("train", "--dataset", "loop", "--max-steps", "20", "--output-name", "seed-rm", "--eval-fraction",
@@ -43,7 +44,7 @@ def test_labels_trigger_a_retrain_and_the_loop_page_shows_versions_and_reliabili
                          "--retrain-every", "3", "--promotion-tolerance", "1", db_url=db_url)
     assert configured.returncode == 2 and "needs a model" in configured.stderr  # nothing promoted yet
     configured = run_cli("datasets", "loop", "--order", "uncertainty", "--model", "seed-rm", "--random-fraction", "0.2",
-                         "--retrain-every", "3", "--promotion-tolerance", "1", db_url=db_url)
+                         "--retrain-every", "3", "--promotion-tolerance", "1", "--min-heldout-pairs", "5", db_url=db_url)
     assert configured.returncode == 0, configured.stderr
     assert "rescore job" in configured.stdout
     run_cli("datasets", "loop", "--model", "latest", db_url=db_url)
