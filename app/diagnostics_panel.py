@@ -71,7 +71,7 @@ def _rows(pairs) -> list[list]:  # noqa: ANN001
              round(p.margin, 4)] for p in pairs]
 
 
-def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
+def render_diagnostics_panel(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) -> None:
     with gr.Accordion("Dataset diagnostics", open=False, elem_id="diagnostics"):
         with gr.Row():
             model = gr.Dropdown(label="Model", elem_id="diag-model")
@@ -97,7 +97,7 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
             send = gr.Button("Send to the labeling queue (high priority)", elem_id="diag-send")
         send_status = gr.Markdown(elem_id="diag-send-status")
 
-    def choices(request: gr.Request) -> dict:
+    def choices(first: str | None, other: str | None, chosen_dataset: str | None, request: gr.Request) -> dict:
         try:
             actor = current_actor(store, request)
             names = model_choices(store, actor)
@@ -105,11 +105,17 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks) -> None:
         except USER_ERRORS:  # not allowed: nothing to choose from
             return {model: gr.Dropdown(choices=[], value=None), second: gr.Dropdown(choices=[""], value=""),
                     diag_dataset: gr.Dropdown(choices=[], value=None)}
-        return {model: gr.Dropdown(choices=names, value=names[0] if names else None),
-                second: gr.Dropdown(choices=["", *names], value=""),
-                diag_dataset: gr.Dropdown(choices=[("All datasets", ""), *[(name, name) for name in datasets]], value="")}
+        # A refresh (the tab opened again) lists new models and keeps what the user chose.
+        return {model: gr.Dropdown(choices=names, value=first if first in names else (names[0] if names else None)),
+                second: gr.Dropdown(choices=["", *names], value=other if other in names else ""),
+                diag_dataset: gr.Dropdown(choices=[("All datasets", ""), *[(name, name) for name in datasets]],
+                                          value=chosen_dataset if chosen_dataset in datasets else "")}
 
-    blocks.load(choices, outputs=[model, second, diag_dataset], api_visibility="private")
+    blocks.load(choices, inputs=[model, second, diag_dataset], outputs=[model, second, diag_dataset],
+                api_visibility="private")
+    if tab is not None:
+        tab.select(choices, inputs=[model, second, diag_dataset], outputs=[model, second, diag_dataset],
+                   api_visibility="private")
 
     cancel_requests = CancelRequests()
 

@@ -105,7 +105,7 @@ def model_view_markdown(inspection: Inspection) -> str:
     return "\n\n".join(parts)
 
 
-def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
+def render_inspect_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) -> None:
     gr.Markdown("Score responses with reward models: the whole response, its thinking (up to the last "
                 "`</think>`) and its answer, and how the reward moves token by token.")
     with gr.Row():
@@ -136,17 +136,20 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks) -> None:
     chart = gr.Plot(elem_id="inspect-chart")
     with gr.Accordion("What the model sees", open=False):
         model_view = gr.Markdown(elem_id="inspect-model-view")
-    render_diagnostics_panel(store, blocks)
+    render_diagnostics_panel(store, blocks, tab)
 
-    def choices(request: gr.Request):  # noqa: ANN202
+    def choices(chosen: list[str] | None, request: gr.Request):  # noqa: ANN202
         try:
             names = model_choices(store, current_actor(store, request))
         except USER_ERRORS:
             names = []
-        return gr.CheckboxGroup(choices=names, value=names[:1])
+        kept = [name for name in (chosen or []) if name in names]  # a refresh keeps what the user ticked
+        return gr.CheckboxGroup(choices=names, value=kept or names[:1])
 
-    refresh.click(choices, outputs=models, api_visibility="private")
-    blocks.load(choices, outputs=models, api_visibility="private")
+    refresh.click(choices, inputs=models, outputs=models, api_visibility="private")
+    blocks.load(choices, inputs=models, outputs=models, api_visibility="private")
+    if tab is not None:  # a model a job registered since the page opened is listed when the tab is opened
+        tab.select(choices, inputs=models, outputs=models, api_visibility="private")
 
     def demo_pair() -> tuple[str, str, str, bool]:
         pair = DEMO_PREFERENCES[0]

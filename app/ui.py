@@ -45,7 +45,7 @@ def build_ui(store: Store) -> gr.Blocks:
             with gr.Tab("Train", id="train", visible=False) as train_tab:
                 render_train_tab(store, blocks, train_tab)
             with gr.Tab("Inspect", id="inspect", visible=False) as inspect_tab:
-                render_inspect_tab(store, blocks)
+                render_inspect_tab(store, blocks, inspect_tab)
             with gr.Tab("Team", id="team", visible=False) as team_tab:
                 render_team_tab(store, team_tab)
                 users_section = render_users_section(store)

@@ -28,10 +28,10 @@ def wait_for_demo_model(db_url: str, seconds: float = 240) -> str:
 
 
 def test_inspect_a_demo_pair(running_app, page, db_url):
+    page.goto(running_app.url)  # before the demo model is registered: opening the tab lists it, no button needed
+    page.get_by_role("tab", name="Label").wait_for()
     name = wait_for_demo_model(db_url)
-    page.goto(running_app.url)
     page.get_by_role("tab", name="Inspect").click()
-    page.get_by_role("button", name="Refresh models").click()
     page.locator("#inspect-models").get_by_text(name).wait_for()
     page.locator("#inspect-demo").click()
     page.wait_for_function("() => document.querySelector('#inspect-a textarea').value.includes('</think>')")
@@ -50,6 +50,19 @@ def test_inspect_a_demo_pair(running_app, page, db_url):
     page.get_by_text("What the model sees").click()
     page.locator("#inspect-model-view").get_by_text("<|im_start|>assistant").first.wait_for()
     save_screenshot(page, "inspect-tab")
+
+    # A response longer than the model's max_length gets no reward, and no verdict is drawn from it.
+    page.locator("#inspect-b textarea").fill("<think>" + "let me count the words again " * 400 + "</think> It is 4.")
+    page.locator("#inspect-run").click()
+    page.locator("#inspect-status").get_by_text("Scored 2 responses.").wait_for(timeout=60_000)
+    rows = page.locator("#inspect-table [role=row]").filter(has_text=name)
+    over = rows.nth(1).inner_text()
+    assert "yes: no reward" in over and "answer alone" in over
+    assert rows.nth(1).locator("[role=gridcell], td").nth(2).inner_text().strip() == "—"
+    flips = page.locator("#inspect-flips").inner_text()
+    assert "No verdict on flips" in flips and "n = 0" in flips and "response B" in flips
+    assert page.locator("#inspect-chart .scatterlayer .trace").count() == 1  # no trajectory for B
+    save_screenshot(page, "inspect-over-length")
 
 
 def test_diagnose_the_demo_pairs_and_send_one_back(running_app, page, db_url):
