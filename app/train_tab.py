@@ -68,14 +68,23 @@ def _jobs_table(store: Store, actor) -> list[list]:  # noqa: ANN001
 
 def _figure(metrics: dict[str, list[tuple[int, float]]]) -> go.Figure:
     figure = make_subplots(rows=1, cols=4, subplot_titles=[title for title, _ in CHARTS])
-    for column, (_, key) in enumerate(CHARTS, start=1):
+    for column, (title, key) in enumerate(CHARTS, start=1):
         names = [key, f"eval_{key}"] + (["min_reward", "max_reward"] if key == "mean_reward" else [])
+        drawn = False
         for name in names:
             points = metrics.get(name, [])
             if points:
+                drawn = True
                 figure.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines+markers",
                                             name=plot_text(name)), row=1, col=column)
-    figure.update_layout(height=320, margin={"t": 40, "l": 40, "r": 10, "b": 30}, legend={"orientation": "h"})
+        figure.update_xaxes(title_text="step", row=1, col=column)
+        figure.update_yaxes(title_text=title, row=1, col=column)
+        if not drawn:  # say what the empty panel waits for, rather than show a bare title
+            waiting = "waiting for the first logged step" if key == "loss" else "waiting for the first evaluation"
+            figure.add_annotation(text=waiting, showarrow=False, font={"color": "#6b7280"},
+                                  xref=f"x{column if column > 1 else ''} domain", yref=f"y{column if column > 1 else ''} domain",
+                                  x=0.5, y=0.5)
+    figure.update_layout(height=320, margin={"t": 40, "l": 50, "r": 10, "b": 40}, legend={"orientation": "h"})
     return figure
 
 
@@ -83,7 +92,10 @@ def _progress(report) -> str:  # noqa: ANN001
     if report is None:
         return "No job selected."
     bar = "█" * int(report.fraction * 30) + "░" * (30 - int(report.fraction * 30))
-    eta = f" · about {int(report.eta_seconds // 60)} min {int(report.eta_seconds % 60)} s left" if report.eta_seconds else ""
+    if report.eta_seconds is not None:
+        eta = f" · about {int(report.eta_seconds // 60)} min {int(report.eta_seconds % 60)} s left (measured step times)"
+    else:
+        eta = " · time left: measuring the first steps" if report.status == "running" else ""
     total = report.total_steps or "?"
     lines = [f"**Job {report.id}** · {report.status} · `{bar}` {report.step}/{total} steps ({report.fraction:.0%}){eta}"]
     if report.reward_model_name:

@@ -279,103 +279,45 @@ def test_the_form_becomes_the_config_empty_numbers_zero_dates_parsed_annotators_
         TrainingConfig.from_form({"output_name": "../up"})
 
 
-def test_a_running_jobs_eta_is_the_time_per_step_so_far_times_the_steps_left(training_store):
-    from datetime import timedelta
-
+def test_a_running_jobs_eta_is_the_measured_time_per_step_times_the_steps_left(training_store):
     from core.accounts import operator_actor
     from core.jobs.scheduling import job_report
-    from storage.models import utc_now
+    from core.training.trainer import STEP_CLOCK_METRIC
 
     admin = operator_actor(training_store)
     job_id = submit_job(training_store, admin, TrainingConfig(max_steps=40))
-    with training_store.write() as session:  # 10 of 40 steps in 100 s: 300 s to go
-        session.execute(text("UPDATE trainingjob SET status = 'running', current_step = 10, total_steps = 40, "
-                             "started_at = :started WHERE id = :id"), {"started": utc_now() - timedelta(seconds=100),
-                                                                       "id": job_id})
+    with training_store.write() as session:  # steps 1 to 10 took 90 s after warm-up: 10 s a step, 30 steps to go
+        session.execute(text("UPDATE trainingjob SET status = 'running', current_step = 10, total_steps = 40 "
+                             "WHERE id = :id"), {"id": job_id})
+        for step, seconds in ((1, 0.0), (5, 40.0), (10, 90.0)):
+            session.execute(text("INSERT INTO trainingmetric (job_id, step, name, value) VALUES (:j, :s, :n, :v)"),
+                            {"j": job_id, "s": step, "n": STEP_CLOCK_METRIC, "v": seconds})
     report = job_report(training_store, admin, job_id)
-    assert report.eta_seconds == pytest.approx(300, abs=5)
+    assert report.eta_seconds == pytest.approx(300)
     assert report.fraction == pytest.approx(0.25)
+    assert STEP_CLOCK_METRIC not in report.metrics  # the job's clock is not drawn as a training metric
     with training_store.write() as session:
         session.execute(text("UPDATE trainingjob SET status = 'succeeded' WHERE id = :id"), {"id": job_id})
     assert job_report(training_store, admin, job_id).eta_seconds is None
 
 
-def test_check_data_uses_the_jobs_own_tokenizer_and_builds_no_model(training_store, tmp_path):
-    """The Train tab's "Check data" must answer at once: for the demo base it builds the job's BPE once
-    per data snapshot (no weights, nothing written), and it is exactly the tokenizer training builds."""
-    from core.accounts import operator_actor
-    from core.jobs.scheduling import preview_training
-    from core.training.trainer import load_tokenizer, preview_tokenizer
+def test_the_eta_comes_from_measured_step_times_after_warm_up():
+    """At step 1/34 the ETA said "7 min 10 s" for a 1-minute job (loading and warm-up counted as step time). Now:
+    no ETA until two steps after the first were measured, then seconds per step between them times the steps left."""
+    from core.jobs.scheduling import eta_from_step_clock
 
-    config = TrainingConfig()
-    summary = preview_training(training_store, operator_actor(training_store), config)
-    assert "pairs train" in summary
-    assert not (training_store.data_dir / "jobs").exists()
-    snapshot = take_snapshot(training_store, config)
-    assert preview_tokenizer(config, snapshot) is preview_tokenizer(config, snapshot)  # built once
-    trained_with = load_tokenizer(config, snapshot, tmp_path / "job")
-    assert preview_tokenizer(config, snapshot).get_vocab() == trained_with.get_vocab()
+    assert eta_from_step_clock([], 34) is None
+    assert eta_from_step_clock([(1, 0.0)], 34) is None  # the first step is the origin, not a sample
+    assert eta_from_step_clock([(1, 0.0), (2, 1.5)], 34) is None  # one measured step: not yet
+    assert eta_from_step_clock([(1, 0.0), (3, 2.0), (5, 4.0)], 34) == pytest.approx(29.0)  # 1 s/step x 29 steps
 
 
-def test_starting_a_job_holds_no_write_transaction_while_torch_loads_or_the_child_starts(training_store, monkeypatch):
-    """Counting GPUs imports torch (~2 s) and starting the child takes longer: a label written by
-    another thread meanwhile must go through, not wait for the scheduler's transaction."""
-    import threading
+def test_the_train_charts_have_axes_and_say_what_an_empty_panel_waits_for():
+    from app.train_tab import CHARTS, _figure
 
-    import core.jobs.scheduling as jobs
-    from core.accounts import operator_actor
-
-    admin = operator_actor(training_store)
-    submit_job(training_store, admin, TrainingConfig(max_steps=1))
-    wrote_meanwhile = []
-
-    def write_from_another_thread() -> bool:
-        done = threading.Event()
-
-        def write() -> None:
-            with training_store.write() as session:
-                session.execute(text("UPDATE comparison SET priority = priority + 1"))
-            done.set()
-
-        threading.Thread(target=write, daemon=True).start()
-        return done.wait(timeout=20)
-
-    monkeypatch.setattr(jobs, "visible_gpus", lambda: wrote_meanwhile.append(write_from_another_thread()) or 0)
-    real_popen = jobs.subprocess.Popen
-
-    def popen(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        wrote_meanwhile.append(write_from_another_thread())
-        return real_popen([sys.executable, "-c", "pass"], **{k: v for k, v in kwargs.items() if k != "cwd"})
-
-    monkeypatch.setattr(jobs.subprocess, "Popen", popen)
-    assert start_next_job(training_store) is not None
-    assert wrote_meanwhile == [True, True]
-
-
-def test_length_grouped_batches_pad_far_less_than_random_ones(tmp_path):
-    """The sampler behind train_sampling_strategy="group_by_length": the same pairs, batched by the
-    length of their longer side, need far fewer padded tokens than TRL's random batches."""
-    import datasets
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import RewardConfig
-
-    from core.training.demo_model import build_demo_reward_model
-    from core.training.trainer import length_grouped_reward_trainer
-
-    # Long-tailed like real data: prompts of very different lengths, two replies of similar length.
-    # (transformers' sampler sorts within "megabatches" of up to 50 batches, fewer on a small set.)
-    rows = [{"prompt": "Q? " + "context " * ((i * 37) % 300), "chosen": " yes" * (5 + i % 7), "rejected": " no" * (5 + i % 5)}
-            for i in range(800)]
-    folder = build_demo_reward_model(tmp_path / "m", ["yes no Q?"] * 20, hidden_size=16, num_layers=1, num_heads=2)
-    padded = {}
-    for strategy in ("group_by_length", "random"):
-        args = RewardConfig(output_dir=str(tmp_path / strategy), per_device_train_batch_size=8, bf16=False, use_cpu=True,
-                            train_sampling_strategy=strategy, report_to=[], max_length=4096, seed=0)
-        trainer = length_grouped_reward_trainer()(
-            model=AutoModelForSequenceClassification.from_pretrained(folder), args=args,
-            train_dataset=datasets.Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(folder))
-        batches = list(trainer.get_train_dataloader())
-        assert sum(len(b["input_ids"]) for b in batches) == 2 * len(rows)  # every pair once, both sides
-        real = sum(int(b["attention_mask"].sum()) for b in batches)
-        padded[strategy] = sum(b["input_ids"].numel() for b in batches) - real
-    assert padded["group_by_length"] < 0.5 * padded["random"], padded
+    figure = _figure({"loss": [(1, 0.7), (2, 0.6)]})
+    notes = [a.text for a in figure.layout.annotations if a.text.startswith("waiting")]
+    assert notes == ["waiting for the first evaluation"] * (len(CHARTS) - 1)
+    assert figure.layout.xaxis.title.text == "step" and figure.layout.yaxis.title.text == "loss"
+    assert [a.text for a in _figure({}).layout.annotations if a.text.startswith("waiting")][0] == \
+        "waiting for the first logged step"

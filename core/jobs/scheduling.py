@@ -20,6 +20,7 @@ from pathlib import Path
 from core.accounts import Actor, Permission
 from core.preferences.pairs import resolve_datasets
 from core.training.config import TrainingConfig
+from core.training.trainer import STEP_CLOCK_METRIC
 from storage.engine import DB_URL_ENV, Store
 from storage.jobs import (
     create_job,
@@ -206,19 +207,32 @@ def job_report(store: Store, actor: Actor, job_id: int) -> JobReport | None:
     from storage.jobs import metrics_of
 
     actor.require(Permission.TRAIN)
-    from storage.models import utc_now
-
     with store.read() as session:
         job = get_job(session, job_id)
         if job is None:
             return None
         metrics = metrics_of(session, job_id)
+    clock = metrics.pop(STEP_CLOCK_METRIC, [])
     eta = None
-    if job.status == JobStatus.RUNNING.value and job.started_at and job.total_steps and job.current_step:
-        elapsed = (utc_now() - job.started_at).total_seconds()
-        eta = elapsed / job.current_step * (job.total_steps - job.current_step)
+    if job.status == JobStatus.RUNNING.value and job.total_steps:
+        eta = eta_from_step_clock(clock, job.total_steps)
     return JobReport(job.id, job.status, job.config.get("base_model", ""), job.current_step, job.total_steps, eta,
                      job.error, job.reward_model_name, metrics, log_tail(store, job_id), job.note)
+
+
+MIN_STEPS_FOR_ETA = 2  # measured steps (after the first, which carries warm-up) before an ETA is given
+
+
+def eta_from_step_clock(clock: list[tuple[int, float]], total_steps: int) -> float | None:
+    """Seconds left, from the job's measured step times: the mean seconds per step between the first recorded
+    point (the end of step 1 or so: loading and warm-up are before it) and the last. None until
+    ``MIN_STEPS_FOR_ETA`` steps have been measured (the Train tab then says it is measuring)."""
+    if len(clock) < 2:
+        return None
+    (first_step, first_time), (last_step, last_time) = clock[0], clock[-1]
+    if last_step - first_step < MIN_STEPS_FOR_ETA:
+        return None
+    return (last_time - first_time) / (last_step - first_step) * max(0, total_steps - last_step)
 
 
 def recent_jobs(store: Store, actor: Actor, limit: int = 20) -> list:

@@ -445,6 +445,9 @@ def latest_complete_checkpoint(output_dir: Path) -> Path | None:
     return max(marked, key=lambda p: int(p.name.split("-")[-1])) if marked else None
 
 
+STEP_CLOCK_METRIC = "step_clock_seconds"  # a job's own clock, recorded with its progress (not a training metric)
+
+
 def _store_callback(store: Store | None, job_id: int | None, cancel_flag: list[bool]):  # noqa: ANN202
     from transformers import TrainerCallback
 
@@ -452,6 +455,7 @@ def _store_callback(store: Store | None, job_id: int | None, cancel_flag: list[b
         """Metrics, progress and heartbeat into the store; cancel requests; checkpoint markers."""
 
         last_beat = 0.0
+        started = None  # monotonic time at the first optimizer step's end (loading and warm-up excluded)
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
             numeric = {k: float(v) for k, v in (logs or {}).items()
@@ -470,11 +474,17 @@ def _store_callback(store: Store | None, job_id: int | None, cancel_flag: list[b
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
             if store is None or job_id is None or not state.is_world_process_zero:
                 return
-            if time.monotonic() - self.last_beat >= 1.0 or state.global_step == state.max_steps:
-                self.last_beat = time.monotonic()
+            now = time.monotonic()
+            if self.started is None:
+                self.started = now
+            if now - self.last_beat >= 1.0 or state.global_step == state.max_steps:
+                self.last_beat = now
                 with store.write() as session:
                     if beat(session, job_id, step=state.global_step, total_steps=state.max_steps):
                         cancel_flag[0] = True
+                    # Seconds since the first step ended, per step: the Train tab's ETA is measured from these
+                    # (the first step carries compilation and warm-up, so it is the origin, not a sample).
+                    record_metrics(session, job_id, state.global_step, {STEP_CLOCK_METRIC: now - self.started})
             if cancel_flag[0]:
                 control.should_training_stop = True
                 control.should_save = False
