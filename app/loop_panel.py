@@ -13,7 +13,7 @@ from app.formatting import plot_text
 from app.session import USER_ERRORS, current_actor
 from core.scoring.engine import ModelLoadError
 from core.loop.evaluation import LoopReport, loop_report
-from core.loop.settings import LoopError
+from core.loop.settings import LoopError, LoopSettings, configure_loop
 from storage.engine import Store
 
 ARM_HEADERS = ["arm", "human labels", "fresh pairs (labeled after the model)", "accuracy on them"]
@@ -28,9 +28,10 @@ def _status_markdown(report: LoopReport) -> str:
                     else "smallest margin") + " first)") if s.order == "uncertainty" else "")
         + f" · random control arm: **{s.random_fraction:.0%}** · retrain: {retrain} "
         f"({s.human_labels - s.labels_at_retrain} since the last) · promoted model: "
-        f"**{html.escape(s.promoted_model or '-')}** (tolerance {s.promotion_tolerance})\n\n"
-        "Change these with `python app.py datasets NAME --order uncertainty --model NAME|latest --random-fraction F "
-        "--retrain-every N --uncertainty margin|ensemble`."
+        f"**{html.escape(s.promoted_model or '-')}** (tolerance {s.promotion_tolerance}; judged on at least "
+        f"{s.min_heldout_pairs} held-out pairs)\n\n"
+        "Admins change these below, or with `python app.py datasets NAME --order uncertainty --model NAME|latest "
+        "--random-fraction F --retrain-every N --promotion-tolerance T --min-heldout-pairs N --uncertainty margin|ensemble`."
     )
 
 
@@ -80,6 +81,21 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
         evaluate = gr.Button("Evaluate the promoted model on labels it has not seen", size="sm", elem_id="loop-evaluate")
         arms = gr.Dataframe(headers=ARM_HEADERS, interactive=False, elem_id="loop-arms")
         reliability = gr.Plot(elem_id="loop-reliability")
+        with gr.Accordion("Loop settings (admins)", open=False, elem_id="loop-settings"):
+            with gr.Row():
+                order = gr.Radio(["priority", "uncertainty"], label="queue order", elem_id="loop-order")
+                uncertainty = gr.Radio(["margin", "ensemble"], label="uncertainty", elem_id="loop-uncertainty")
+                model = gr.Textbox(label="model (a registered NAME or NAME@vN, or latest)", elem_id="loop-model")
+            with gr.Row():
+                random_fraction = gr.Number(label="random control arm (0 to 1)", elem_id="loop-random-fraction")
+                retrain_every = gr.Number(label="retrain every N human labels (0: off)", precision=0,
+                                          elem_id="loop-retrain-every")
+                tolerance = gr.Number(label="promotion tolerance (0 to 1)", elem_id="loop-tolerance")
+                min_heldout = gr.Number(label="judge on at least N held-out pairs", precision=0,
+                                        elem_id="loop-min-heldout")
+            save = gr.Button("Save loop settings", size="sm", elem_id="loop-save")
+            saved = gr.Markdown(elem_id="loop-saved")
+        form = [order, uncertainty, model, random_fraction, retrain_every, tolerance, min_heldout]
 
     def show(chosen: str | None, request: gr.Request, run_evaluation: bool = False) -> dict:
         try:
@@ -88,9 +104,12 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
             return {status: html.escape(str(error))}
         if report is None:
             return {status: "Choose a dataset above to see its loop."}
+        s = report.status
         updates = {status: _status_markdown(report), curve: _curve(report),
                    arms: [[a.arm, a.labels, a.fresh_pairs, "n/a" if a.accuracy is None else f"{a.accuracy:.3f}"]
-                          for a in report.arms]}
+                          for a in report.arms],
+                   order: s.order, uncertainty: s.uncertainty, model: s.model or "", random_fraction: s.random_fraction,
+                   retrain_every: s.retrain_every or 0, tolerance: s.promotion_tolerance, min_heldout: s.min_heldout_pairs}
         if run_evaluation:
             updates[reliability] = _reliability(report)
             if report.evaluated_model is None:
@@ -103,7 +122,24 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
     def evaluate_loop(chosen: str | None, request: gr.Request) -> dict:
         return show(chosen, request, run_evaluation=True)
 
-    outputs = [status, curve, arms, reliability]
+    def save_loop_settings(chosen, chosen_order, chosen_uncertainty, chosen_model, fraction, every, tolerance_value,  # noqa: ANN001
+                           minimum, request: gr.Request) -> dict:
+        if not chosen:
+            return {saved: "Choose a dataset above first."}
+        try:
+            settings = LoopSettings(order=chosen_order or None, uncertainty=chosen_uncertainty or None,
+                                    model=(chosen_model or "").strip() or None,
+                                    random_fraction=None if fraction is None else float(fraction),
+                                    retrain_every=None if every is None else int(every),
+                                    promotion_tolerance=None if tolerance_value is None else float(tolerance_value),
+                                    min_heldout_pairs=None if minimum is None else int(minimum))
+            result = configure_loop(store, current_actor(store, request), chosen, settings)
+        except (*USER_ERRORS, LoopError) as error:
+            return {saved: f"**Not saved.** {html.escape(str(error))}"}
+        return {**show(chosen, request), saved: "Saved." + "".join(f" {html.escape(n)}." for n in result.notes)}
+
+    outputs = [status, curve, arms, reliability, *form]
+    save.click(save_loop_settings, inputs=[dataset, *form], outputs=[*outputs, saved], api_visibility="private")
     dataset.input(show_loop, inputs=dataset, outputs=outputs, api_visibility="private")
     if tab is not None:
         tab.select(show_loop, inputs=dataset, outputs=outputs, api_visibility="private")

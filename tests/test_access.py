@@ -96,6 +96,7 @@ HANDLER_PERMISSIONS = {
     "handler_4": "LABEL", "undo_last_label": "LABEL", "change_label": "LABEL", "refresh": "LABEL",
     "next": "LABEL", "next_in_dataset": "LABEL", "label": "LABEL", "tabs_for": None, "demo_pair": None,
     "show_loop": "VIEW_TEAM", "show_loop_1": "VIEW_TEAM", "evaluate_loop": "INSPECT",
+    "save_loop_settings": "CHANGE_SETTINGS",
     "rank": "LABEL", "rank_from_screen": "LABEL", "rank_from_screen_1": "LABEL", "skip_ranking": "LABEL",
     # the typed order of the places the caller has just clicked: reads nothing, writes nothing
     **{name: None for name in ("order_from_places", *(f"order_from_places_{i}" for i in range(1, 9)))},
@@ -187,7 +188,7 @@ def test_every_handler_the_page_lists_checks_the_role_of_whoever_calls_it_over_h
     assert {h for (r, h), (allowed, _) in outcomes.items() if r == "annotator" and not allowed} == {
         h for h, p in HANDLER_PERMISSIONS.items() if p not in (None, "LABEL")}
     assert {h for (r, h), (allowed, _) in outcomes.items() if r == "engineer" and not allowed} == {
-        "save_guidelines", "save_dataset_settings", "save_inspect_setting", *ACCOUNT_HANDLERS}
+        "save_guidelines", "save_dataset_settings", "save_inspect_setting", "save_loop_settings", *ACCOUNT_HANDLERS}
 
 
 def test_no_file_route_serves_the_store_or_model_folders(secured_app):

@@ -82,6 +82,22 @@ def test_labels_trigger_a_retrain_and_the_loop_page_shows_versions_and_reliabili
         page.locator("#loop-reliability").get_by_text("Reliability of loop-loop").wait_for()
         assert sql(store, "SELECT model_name FROM loopevaluation ORDER BY id") == [("seed-rm",), ("loop-loop",)]
         save_screenshot(page, "loop-page")
+
+        # The admin (the local operator here) changes the loop from the page, with the command line's checks.
+        page.get_by_text("Loop settings (admins)").click()
+        page.locator("#loop-min-heldout input").fill("3")
+        page.locator("#loop-save").click()
+        page.locator("#loop-saved").get_by_text("the minimum of held-out pairs is 5 to 100000").wait_for()
+        assert sql(store, "SELECT min_heldout_pairs FROM dataset WHERE name = 'loop'") == [(5,)]
+        page.locator("#loop-min-heldout input").fill("40")
+        page.locator("#loop-random-fraction input").fill("0.5")
+        page.locator("#loop-tolerance input").fill("0.05")
+        page.locator("#loop-save").click()
+        page.locator("#loop-saved").get_by_text("Saved.").wait_for()
+        assert sql(store, "SELECT min_heldout_pairs, random_fraction, promotion_tolerance FROM dataset "
+                          "WHERE name = 'loop'") == [(40, 0.5, 0.05)]
+        page.locator("#loop-saved").get_by_text("rescore job").wait_for()  # the arms changed: the queue is re-scored
+        page.locator("#loop-status").get_by_text("judged on at least 40 held-out pairs").wait_for()
     finally:
         app.process.terminate()
         app.process.wait(timeout=10)

@@ -123,6 +123,10 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
                             "once the loop has promoted a version")
         if settings.model not in (None, LATEST) and target.promoted_model is None:
             target.promoted_model = settings.model  # the loop starts from the model it is given
+        # What the queue order depends on, as it was: a setting given again unchanged (a form sends them all)
+        # queues no rescore.
+        ordering_before = (target.queue_order, target.queue_model, target.random_fraction, target.uncertainty,
+                           target.ensemble_size)
         for name, value in (("queue_order", settings.order), ("queue_model", settings.model),
                             ("random_fraction", settings.random_fraction),
                             ("promotion_tolerance", settings.promotion_tolerance),
@@ -131,7 +135,7 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
             if value is not None:
                 setattr(target, name, value)
         notes = []
-        if settings.retrain_every is not None:
+        if settings.retrain_every is not None and (settings.retrain_every or None) != target.retrain_every:
             target.retrain_every = settings.retrain_every or None
             if target.retrain_every and target.retrain_config is None:
                 target.retrain_config = last_training_config(session, dataset) or TrainingConfig(dataset=[dataset]).to_record()
@@ -141,8 +145,8 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
         queued = None
         if target.queue_order == "priority":
             clear_queue_keys(session, target.id)
-        elif any(value is not None for value in (settings.order, settings.model, settings.random_fraction,
-                                                  settings.uncertainty, settings.ensemble_size)):
+        elif ordering_before != (target.queue_order, target.queue_model, target.random_fraction, target.uncertainty,
+                                 target.ensemble_size):
             queued = queue_loop_job(session, dataset, "rescore", {})
             notes.append(f"rescore job {queued} queued: the queue is ordered by the new scores when it finishes")
         status = loop_status_of(session, target, queued)
