@@ -252,17 +252,38 @@ def _history_rows(items: list) -> list[list]:
     ]
 
 
+# Opens the guidelines when this browser has not seen this text yet (first visit of a dataset, or changed
+# guidelines), else leaves them folded to their one-line header. A hash of the text per browser, in localStorage.
+GUIDELINES_SEEN_JS = """(text) => {
+    if (!text) return;
+    let hash = 0;
+    for (let i = 0; i < text.length; i++) hash = (hash * 31 + text.charCodeAt(i)) | 0;
+    const seen = JSON.parse(localStorage.getItem("rewardlab-guidelines-seen") || "{}");
+    if (seen[hash]) return;
+    seen[hash] = Date.now();
+    localStorage.setItem("rewardlab-guidelines-seen", JSON.stringify(seen));
+    const box = document.querySelector("#label-guidelines-box");
+    const toggle = box && box.querySelector("button.label-wrap");
+    if (toggle && !toggle.classList.contains("open")) toggle.click();
+}"""
+
+
 def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
-    with gr.Row():
+    # One compact line: the dataset, the progress in it, and the list of one's datasets (LABEL_CSS keeps it short).
+    with gr.Row(equal_height=True, elem_id="label-topline"):
         dataset_choice = gr.Dropdown(choices=[("All my datasets", ALL_DATASETS)], value=ALL_DATASETS, label="Dataset",
-                                     elem_id="label-dataset", scale=1)
-        with gr.Accordion("My datasets", open=False):
+                                     show_label=False, container=False, elem_id="label-dataset", scale=1, min_width=180)
+        progress_md = gr.Markdown(elem_id="label-progress")
+        with gr.Accordion("My datasets", open=False, elem_id="label-my-datasets"):
             datasets_md = gr.Markdown(elem_id="label-datasets")
-    progress_md = gr.Markdown(elem_id="label-progress")
-    with gr.Accordion("Guidelines", open=False):
+    # Open on the first visit of a dataset and after its guidelines change (GUIDELINES_SEEN_JS), else one line.
+    with gr.Accordion("Guidelines", open=False, elem_id="label-guidelines-box"):
         guidelines_md = gr.Markdown(elem_id="label-guidelines")
-        guidelines_editor = gr.Textbox(label="Edit guidelines (admins)", lines=6, visible=False, elem_id="guidelines-editor")
-        guidelines_save = gr.Button("Save guidelines", size="sm", visible=False, elem_id="guidelines-save")
+        with gr.Accordion("Edit the guidelines (admins)", open=False, visible=False,
+                          elem_id="guidelines-edit-box") as guidelines_edit_box:
+            guidelines_editor = gr.Textbox(label="Edit guidelines (admins)", lines=6, visible=False,
+                                           elem_id="guidelines-editor")
+            guidelines_save = gr.Button("Save guidelines", size="sm", visible=False, elem_id="guidelines-save")
     prompt_html = gr.HTML(elem_id="label-prompt")
     with gr.Row(equal_height=True) as pair_row:
         left_html = gr.HTML(elem_id="label-left")
@@ -271,41 +292,48 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
     slots, slot_texts, places = [], [], []
     with gr.Row(visible=False, elem_id="rank-slots") as rank_row:
         for letter in LETTERS:
-            with gr.Column(visible=False, min_width=320, elem_id=f"rank-slot-{letter}") as slot:
+            with gr.Column(visible=False, min_width=150, elem_id=f"rank-slot-{letter}") as slot:
                 slot_texts.append(gr.HTML(elem_id=f"rank-text-{letter}"))
                 places.append(gr.Radio(choices=[], label=f"Place of {letter}", elem_id=f"rank-place-{letter}",
                                        elem_classes=["rl-place"]))
             slots.append(slot)
-    # Sticks to the bottom of the window (LABEL_CSS), so it is compact: one row of options, one of buttons.
+    # Sticks to the bottom of the window (LABEL_CSS), so it is compact (at most ~110 px): one row of buttons, one of
+    # options and the status line, whose messages are cut to one line (a refusal and "Change it" included).
     with gr.Column(elem_id="label-choice-bar"):
-        with gr.Row(equal_height=True):
-            strength = gr.Radio(["slightly", "clearly"], value="clearly", label="How much better",
-                                elem_id="label-strength", min_width=250)
-            comment = gr.Textbox(label="Comment (optional)", elem_id="label-comment", scale=2, min_width=160)
-            # Switches every block between rendered Markdown and the exact stored text in CSS alone
-            # (app/rendering.py): no handler, and it stays as set for the next comparison.
-            gr.Checkbox(label="Show raw text", value=False, elem_id="label-raw", min_width=130)
         with gr.Row(visible=False, equal_height=True) as rank_buttons:
             order_box = gr.Textbox(label=f"Order, best first (keys: {ORDER_KEY} here, letters, = ties, Enter)",
-                                   placeholder="e.g. C A=D B", elem_id="rank-order", scale=2, min_width=220)
-            all_bad = gr.Checkbox(label="All unacceptable", value=False, elem_id="rank-all-bad", min_width=150)
+                                   placeholder="order, best first: C A=D B",
+                                   show_label=False, container=False, elem_id="rank-order", scale=2, min_width=220)
+            all_bad = gr.Checkbox(label="All unacceptable", value=False, elem_id="rank-all-bad", min_width=150,
+                                  container=False)
             rank_submit = gr.Button("Submit ranking", variant="primary", elem_id="btn-rank-submit", size="sm",
                                     min_width=120)
             rank_skip = gr.Button("Skip", elem_id="btn-rank-skip", size="sm", min_width=80)
-        with gr.Row() as pair_buttons:
+        with gr.Row(equal_height=True, elem_id="label-button-row") as pair_buttons:
             choice_buttons = {
                 choice: gr.Button(text, elem_id=element_id, size="sm", min_width=90,
                                   variant="primary" if choice in ("left", "right") else "secondary")
                 for choice, text, element_id, _ in CHOICE_BUTTONS
             }
-        undo = gr.Button("Undo last", elem_id="btn-undo", size="sm", min_width=90)
-        legend = gr.HTML(shortcuts_legend())
+        with gr.Row(equal_height=True, elem_id="label-option-row"):
+            strength = gr.Radio(["slightly", "clearly"], value="clearly", label="How much better", show_label=False,
+                                container=False, elem_id="label-strength", min_width=190, scale=0)
+            comment = gr.Textbox(label="Comment (optional)", placeholder="comment (optional)", show_label=False,
+                                 container=False, elem_id="label-comment", scale=2, min_width=160)
+            # Switches every block between rendered Markdown and the exact stored text in CSS alone
+            # (app/rendering.py): no handler, and it stays as set for the next comparison.
+            gr.Checkbox(label="Show raw text", value=False, elem_id="label-raw", min_width=120, container=False,
+                        scale=0)
+            undo = gr.Button("Undo last", elem_id="btn-undo", size="sm", min_width=90, scale=0)
         # In the sticky bar, so that a refusal (and "Change it") is seen without scrolling past K responses.
-        with gr.Row():
+        with gr.Row(equal_height=True, elem_id="label-status-row"):
             current = gr.Markdown(elem_id="label-current")
             status = gr.Markdown(elem_id="label-status")
-            change_it = gr.Button("Change it", elem_id="btn-change-it", visible=False, size="sm", variant="stop")
-            keep_it = gr.Button("Keep my label, next", elem_id="btn-keep-it", visible=False, size="sm")
+            change_it = gr.Button("Change it", elem_id="btn-change-it", visible=False, size="sm", variant="stop",
+                                  scale=0, min_width=90)
+            keep_it = gr.Button("Keep my label, next", elem_id="btn-keep-it", visible=False, size="sm", scale=0,
+                                min_width=150)
+    legend = gr.HTML(shortcuts_legend())  # below the bar: the keys are read once, the answers every time
     with gr.Accordion("My labels", open=False):
         gr.Markdown("Click a row to open that comparison and change your label.")
         history_table = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, elem_id="label-history", wrap=True)
@@ -314,7 +342,8 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             change = gr.Button("Open it to change my label", elem_id="btn-change")
             refresh_history = gr.Button("Refresh", size="sm")
     for box in (prompt_html, left_html, right_html):
-        box.change(None, js=SCROLL_BOXES_TO_TOP_JS)  # a new comparison starts at its top
+        box.change(None, js=SCROLL_BOXES_TO_TOP_JS)  # a new comparison starts at its top (the prompt at its last turn)
+    guidelines_md.change(None, inputs=guidelines_md, js=GUIDELINES_SEEN_JS)
     tab = LabelTab(
         dataset_choice, datasets_md, progress_md, guidelines_md, guidelines_editor, guidelines_save, prompt_html,
         left_html, right_html, strength, comment, current, status, history_table, change_it, keep_it, gr.State(None),
@@ -341,12 +370,14 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             tab.datasets_table: _datasets_markdown(summaries),
             tab.guidelines_editor: gr.Textbox(value=text, visible=is_editor),
             tab.guidelines_save: gr.Button(visible=is_editor),
+            guidelines_edit_box: gr.Accordion(visible=is_editor),
         }
         if is_editor and screen.view is not None:
             updates[tab.guidelines_editor] = gr.Textbox(value=guidelines(store, screen.view.dataset), visible=True)
         return updates
 
-    dataset_outputs = [*tab.view_outputs, dataset_choice, datasets_md, guidelines_editor, guidelines_save]
+    dataset_outputs = [*tab.view_outputs, dataset_choice, datasets_md, guidelines_editor, guidelines_save,
+                       guidelines_edit_box]
     blocks.load(open_dataset, inputs=dataset_choice, outputs=dataset_outputs, api_visibility="private")
     dataset_choice.input(open_dataset, inputs=dataset_choice, outputs=dataset_outputs, api_visibility="private")
 

@@ -178,7 +178,8 @@ def render_response(response: ResponseView, title: str) -> str:
 # Gradio patches a changed gr.HTML in place, so a scrolled box would keep its scroll position into
 # the next comparison; the Label tab runs this in the browser whenever a box's content changes.
 SCROLL_BOXES_TO_TOP_JS = (
-    "() => { document.querySelectorAll('.rl-prompt, .rl-response').forEach((box) => { box.scrollTop = 0; }); }"
+    "() => { document.querySelectorAll('.rl-response').forEach((box) => { box.scrollTop = 0; });"
+    " document.querySelectorAll('.rl-prompt').forEach((box) => { box.scrollTop = box.scrollHeight; }); }"
 )
 
 _CODE_COLOURS = "\n".join(
@@ -224,10 +225,30 @@ body:has(#label-raw input:checked) .rl-thinking { display: none; }
 .rl-turn.rl-assistant { border-left-color: #10b981; }
 .rl-turn.rl-system, .rl-turn.rl-developer { border-left-color: #a855f7; }
 .rl-role { font-size: 0.75em; text-transform: uppercase; opacity: 0.7; letter-spacing: 0.05em; }
-/* A long prompt or completion scrolls in its own box, so both sides and the buttons stay in reach. */
-.rl-prompt { max-height: 30vh; overflow-y: auto; }
-.rl-response { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px 14px; min-height: 120px;
+/* A long prompt or completion scrolls in its own box, so both sides and the buttons stay in reach; the prompt
+   box opens at its end (the last turn, which the answers reply to). */
+.rl-prompt { max-height: 18vh; overflow-y: auto; }
+.rl-response { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 12px; min-height: 80px;
   max-height: 60vh; overflow-y: auto; overflow-x: hidden; }
+.rl-response h4 { margin: 0 0 4px 0; font-size: 0.95em; }
+/* At 1280x800 the page must show the first lines of both answers above the choice bar: a one-line header,
+   a one-line dataset row, a one-line guidelines header, a short prompt box. */
+#app-header { gap: 8px; }
+#app-title h1 { font-size: 1.25em; margin: 0; display: inline; }
+#app-title p { display: inline; margin: 0 0 0 0.6em; opacity: 0.75; font-size: 0.9em; }
+#label-topline { align-items: center; gap: 10px; }
+#label-topline #label-progress p { margin: 0; }
+#label-my-datasets, #label-guidelines-box { padding: 2px 10px; }
+#label-my-datasets .label-wrap, #label-guidelines-box .label-wrap { padding: 2px 0; }
+#label-prompt .rl-turn { margin: 2px 0; padding: 2px 8px; }
+#label-guidelines { max-height: 28vh; overflow-y: auto; }
+[id^="rank-text-"] .rl-response { max-height: 32vh; }
+/* A ranking slot's place buttons stay one short line, so K=4 slots fit in one row above the bar at 900 px. */
+#rank-slots { gap: 8px; }
+.rl-place { padding: 2px 6px !important; }
+.rl-place .wrap { gap: 3px !important; flex-wrap: wrap; }
+.rl-place label { padding: 1px 4px !important; min-height: 0 !important; font-size: 0.85em; }
+.rl-place > span, .rl-place [data-testid="block-info"] { font-size: 0.8em; margin-bottom: 2px; }
 .rl-response h4 { margin: 0 0 8px 0; }
 .rl-thinking { margin-bottom: 10px; opacity: 0.85; }
 .rl-thinking summary { cursor: pointer; font-size: 0.9em; }
@@ -239,5 +260,12 @@ body:has(#label-raw input:checked) .rl-thinking { display: none; }
    it a scroll container); clip cuts off the same overflow without being one. */
 .gradio-container:has(#label-choice-bar) { overflow: clip; }
 #label-choice-bar { position: sticky; bottom: 0; z-index: 100; background: var(--background-fill-primary);
-  border-top: 1px solid var(--border-color-primary); padding: 6px 0; }
+  border-top: 1px solid var(--border-color-primary); padding: 4px 0; gap: 4px; max-height: 118px; }
+#label-choice-bar > .row, #label-choice-bar .form { gap: 6px; }
+#label-option-row { align-items: center; }
+#label-option-row input[type=text], #rank-order input { padding: 4px 8px; }
+/* A refusal or "Change it" stays one line inside the bar: the bar never grows over the answers. */
+#label-status-row { align-items: center; min-height: 0; max-height: 30px; overflow: hidden; }
+#label-status-row .prose, #label-status-row p { margin: 0; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+  font-size: 0.9em; }
 """ + _CODE_COLOURS

@@ -28,8 +28,10 @@ def build_ui(store: Store) -> gr.Blocks:
     # Files Gradio serves (exports, uploads) are copied into its cache: delete those older than 15
     # minutes, checking every 10, so no export lingers in the temporary folder.
     with gr.Blocks(title=TITLE, delete_cache=(600, 900)) as blocks:
-        with gr.Row(equal_height=False):
-            gr.Markdown(f"# {TITLE}\nLabel preferences, train reward models on them, and inspect what they reward.")
+        with gr.Row(equal_height=False, elem_id="app-header"):
+            # One line: the Label tab must leave room at 1280x800 for the prompt and both answers.
+            gr.Markdown(f"# {TITLE}\nLabel preferences, train reward models on them, and inspect what they reward.",
+                        elem_id="app-title")
             # Logging out is a POST (app/http_guard.py ends this user's sessions in the store and clears the
             # cookies); a GET /logout is refused, so an image or link on another site cannot log anyone out.
             logout = gr.Button("Log out", size="sm", scale=0, min_width=100, visible=accounts_exist(store),

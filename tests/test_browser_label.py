@@ -154,23 +154,28 @@ def test_each_role_sees_its_tabs(team_app, page, chromium):
     assert page.get_by_role("tab", name="Data").count() == 0
     assert page.get_by_role("tab", name="Team").count() == 0
 
-    page.get_by_text("Guidelines", exact=True).click()
+    # First visit: the guidelines open by themselves; the annotator gets no editor.
     page.locator("#label-guidelines").get_by_text("Pick the response").wait_for()
     assert page.locator("#guidelines-editor").count() == 0
+    assert not page.get_by_text("Edit the guidelines (admins)").is_visible()
 
     admin = chromium.new_context().new_page()
     login(admin, team_app.url, "boss")
     admin.get_by_role("tab", name="Team").wait_for()
     admin.get_by_role("tab", name="Data").wait_for()
-    admin.get_by_text("Guidelines", exact=True).click()
+    admin.get_by_text("Edit the guidelines (admins)").click()
     admin.locator("#guidelines-editor textarea").fill("Prefer the **shorter** correct answer.")
     admin.locator("#guidelines-save").click()
     admin.locator("#label-status").get_by_text("Guidelines saved.").wait_for()
     admin.context.close()
 
+    # Seen once, they stay folded to their one-line header on the next visit, until they change: then they open.
     page.reload()
-    page.get_by_text("Guidelines", exact=True).click()
     page.locator("#label-guidelines").get_by_text("shorter").wait_for()
+    page.reload()
+    page.locator("#label-left .rl-response").wait_for()
+    page.wait_for_timeout(1000)
+    assert not page.locator("#label-guidelines").get_by_text("shorter").is_visible()
 
 
 HOSTILE = [
