@@ -15,7 +15,7 @@ from core.config_fields import ConfigError
 from core.data.datasets import DEFAULT_DATASET, datasets_for
 from core.data.exporter import EXPORT_FORMATS, PROMPT_FORMATS, export_for_download
 from core.preferences.pairs import NothingToExport
-from core.data.importer import QUESTIONS, ImportConfig, ImportRejected, import_upload
+from core.data.importer import QUESTIONS, ImportConfig, ImportRejected, import_upload, question_for_upload
 from core.preferences.rankings import RANKING_PAIRS
 from core.data.summary import store_summary
 from storage.engine import Store
@@ -50,7 +50,8 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
                 "text prompts or chat prompts, fixed by its first import; type a new name to make a dataset. "
                 "A **ranking** dataset takes candidates with 3 to 9 completions, which annotators order best to worst."
             )
-            upload = gr.File(label="File to import", file_types=[".jsonl", ".json", ".csv", ".parquet", ".gz", ".ndjson"])
+            upload = gr.File(label="File to import", file_types=[".jsonl", ".json", ".csv", ".parquet", ".gz", ".ndjson"],
+                             elem_id="import-file")
             import_dataset = gr.Dropdown(choices=[DEFAULT_DATASET], value=DEFAULT_DATASET, allow_custom_value=True,
                                          label="Into dataset", elem_id="import-dataset")
             question = gr.Radio([("the dataset's own (pairwise if new)", ""), *[(q, q) for q in QUESTIONS]], value="",
@@ -108,17 +109,19 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
                    request: gr.Request) -> dict:
         def outcome(message: str, *, keep_file: bool = False) -> dict:
             # An import or a refusal clears the upload box, so the next file (or the fixed one) can be
-            # dropped in; a dry run that passed keeps it, since importing that file is the next step.
+            # dropped in; a dry run that passed keeps it, since importing that file is the next step. The
+            # Question goes back to "the dataset's own" with the file: the next file says what it suggests.
             updates = {import_result: message, **current_counts(request)}
             if not keep_file:
                 updates[upload] = None
+                updates[question] = ""
             return updates
 
         if not path:
             return outcome("Choose a file first.")
         try:
             config = ImportConfig(Path(path), dataset=(dataset or DEFAULT_DATASET).strip(), question=asked or None,
-                                  dry_run=check_only)
+                                  dry_run=check_only, ask_question=True)
             report = import_upload(store, current_actor(store, request), config)
         except ConfigError as error:
             return outcome(f"**Not imported.** {inline_text(error)}")
@@ -132,7 +135,22 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
                        keep_file=check_only)
 
     import_button.click(run_import, inputs=[upload, import_dataset, question, dry_run],
-                        outputs=[import_result, upload, *count_outputs], api_visibility="private")
+                        outputs=[import_result, upload, question, *count_outputs], api_visibility="private")
+
+    def suggest_question(path: str | None, request: gr.Request) -> dict:
+        """What the dropped file suggests: pairs are pairwise; candidates of 3 to 9 completions ask."""
+        if not path:
+            return {question: ""}
+        try:
+            suggested = question_for_upload(store, current_actor(store, request), Path(path))
+        except USER_ERRORS as error:
+            return {import_result: f"**Not allowed.** {error}"}
+        if suggested is not None:
+            return {question: suggested, import_result: f"The file holds pairs: Question set to **{suggested}**."}
+        return {question: "", import_result: "The file holds candidates of 3 to 9 completions: for a new dataset, "
+                                             "choose the **Question**: pairwise (each pair of them) or ranking (one order)."}
+
+    upload.upload(suggest_question, inputs=upload, outputs=[question, import_result], api_visibility="private")
 
     def run_export(datasets: list[str] | None, format_name: str, prompts: str, test_fraction: float, metadata: bool,
                    pairs_mode: str, margin: bool, request: gr.Request) -> tuple[str, str | None]:

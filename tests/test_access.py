@@ -102,7 +102,7 @@ HANDLER_PERMISSIONS = {
     **{name: None for name in ("order_from_places", *(f"order_from_places_{i}" for i in range(1, 9)))},
     "save_guidelines": "EDIT_GUIDELINES", "save_dataset_settings": "CHANGE_SETTINGS",
     "current_counts": "EXPORT", "current_counts_1": "EXPORT", "current_counts_2": "EXPORT", "run_export": "EXPORT",
-    "run_import": "IMPORT",
+    "run_import": "IMPORT", "suggest_question": "IMPORT",
     "show": "VIEW_TEAM", "show_1": "VIEW_TEAM", "show_2": "VIEW_TEAM", "show_3": "VIEW_TEAM", "show_4": "VIEW_TEAM",
     "show_5": "VIEW_TEAM", "open_row": "VIEW_TEAM", "run_bulk": "REQUEUE", "run_bulk_1": "REQUEUE",
     "run_bulk_2": "REQUEUE", "run_bulk_3": "REQUEUE", "save_my_label": "LABEL",

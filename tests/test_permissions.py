@@ -41,6 +41,7 @@ PERMISSIONS: dict[str, tuple[str, str, Permission | None]] = {
     "core.data.datasets.change_dataset_settings": ("datasets", "change settings", P.CHANGE_SETTINGS),
     "core.data.exporter.export_for_download": ("labels", "export", P.EXPORT),
     "core.data.importer.import_upload": ("comparisons", "import", P.IMPORT),
+    "core.data.importer.question_for_upload": ("uploads", "read to suggest a question", P.IMPORT),
     "core.data.records.browse": ("records", "browse", P.VIEW_TEAM),
     "core.data.records.record_detail": ("records", "read with every label", P.VIEW_TEAM),
     "core.data.records.send_back": ("records", "send back to the queue", P.REQUEUE),
@@ -90,7 +91,7 @@ PERMISSIONS: dict[str, tuple[str, str, Permission | None]] = {
 NONSENSE = {  # inputs that would fail if used: the permission check must come first
     "name": "someone-else", "role": "annotator", "password": "x" * 12, "dataset": "no-such-dataset", "datasets": None,
     "comparison_id": 10**9, "comparison_ids": [10**9], "job_id": 10**9, "item_id": 10**9, "groups": [[1]],
-    "priority": 1, "archived": True, "page": 1, "page_size": 10, "record_filter": RecordFilter(),
+    "path": Path("/nonexistent/upload.jsonl"), "priority": 1, "archived": True, "page": 1, "page_size": 10, "record_filter": RecordFilter(),
     "settings": DatasetSettings(), "config": TrainingConfig(), "target": Path("/nonexistent/backup.db"),
     "markdown": "guidelines", "labels_needed": 2, "limit": 5, "first_name": "no-model", "second_name": None,
     "model_names": ["no-model"], "prompt": "p", "responses": ["a", "b"], "allowed": True, "stored_data": True,

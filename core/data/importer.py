@@ -55,6 +55,9 @@ class ImportConfig:
         choices=QUESTIONS,
     )
     dry_run: bool = config_field(False, help="validate and count, but write nothing")
+    ask_question: bool = config_field(
+        False, help="for a new dataset and no --question, refuse candidates rows of 3 to 9 completions until the "
+        "question is chosen (pairs of them, or a ranking?) instead of making it pairwise (the Data tab asks)")
     max_problems_shown: int = config_field(50, help="how many problems to list before summarising the rest")
 
     def __post_init__(self) -> None:
@@ -227,6 +230,33 @@ def _batch(source: str, rows: list[ParsedRow], question: str) -> IngestBatch:
     return batch
 
 
+def _is_new_dataset(store: Store, dataset: str) -> bool:
+    with store.read() as session:
+        return dataset_by_name(session, dataset) is None
+
+
+def question_for_file(path: Path, *, rows_read: int = 200) -> str | None:
+    """The question a file's rows suggest, from its first ``rows_read`` rows: "pairwise" for chosen/rejected
+    pairs (or candidates of two), None when it holds candidates of 3 to 9 completions (pairs of them, or a
+    ranking: the user must say) or cannot be read (the import will say why)."""
+    kinds = set()
+    try:
+        for number, raw in enumerate(read_rows(path)):
+            if number >= rows_read:
+                break
+            if raw.error:
+                continue
+            try:
+                parsed = parse_row(raw.value)
+            except RowError:
+                continue
+            many = parsed.kind == "candidates" and MIN_RANKED <= len(parsed.completions) <= MAX_RANKED
+            kinds.add("several" if many else "pairs")
+    except UnreadableFile:
+        return None
+    return Question.PAIRWISE.value if kinds == {"pairs"} else None
+
+
 def _question(store: Store, dataset: str, question: str | None) -> str:
     """The question rows are read for: the one asked for, else the dataset's (pairwise for a new one)."""
     if question:
@@ -238,7 +268,8 @@ def _question(store: Store, dataset: str, question: str | None) -> str:
 
 def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, dataset: str, priority: int | None,
             question: str | None, dry_run: bool, max_problems_shown: int, empty_message: str,
-            shown_name: str) -> ImportReport:
+            shown_name: str, ask_question: bool = False) -> ImportReport:
+    asked = question
     question = _question(store, dataset, question)
     collected = _collect(raw_rows, max_problems_shown, question)
     if collected.problem_count:
@@ -246,6 +277,11 @@ def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, dataset: s
                              collected.problem_count, covered=sum(map(len, collected.groups.values())))
     if not collected.rows:
         raise ImportRejected([empty_message])
+    if ask_question and asked is None and _is_new_dataset(store, dataset) and any(
+            row.kind == "candidates" and MIN_RANKED <= len(row.completions) <= MAX_RANKED for row in collected.rows):
+        raise ImportRejected([f"{shown_name}: its rows are candidates with {MIN_RANKED} to {MAX_RANKED} completions, which "
+                              f"the new dataset {dataset!r} can ask about as pairs (pairwise: each pair of them) or as "
+                              "one order (ranking): choose the Question and import again; nothing was written"])
     kind, style, _ = collected.first_kind
     what = f"{shown_name} ({len(collected.rows)} rows)"
     if dry_run:
@@ -288,6 +324,7 @@ def import_file(store: Store, config: ImportConfig) -> ImportReport:
         max_problems_shown=config.max_problems_shown,
         empty_message=f"{config.path}: no rows to import (the file is empty)",
         shown_name=config.path.name,
+        ask_question=config.ask_question,
     )
 
 
@@ -297,6 +334,12 @@ def import_rows(store: Store, rows: Iterable[Any], *, source: str, dataset: str 
     raw_rows = (RawRow(f"{source}:{number}", value=row) for number, row in enumerate(rows, start=1))
     return _import(store, raw_rows, source=source, dataset=dataset, priority=priority, question=question, dry_run=False,
                    max_problems_shown=50, empty_message=f"{source}: no rows to import", shown_name=source)
+
+
+def question_for_upload(store: Store, actor: Actor, path: Path) -> str | None:
+    """``question_for_file`` for a user of the web app who may import (it reads the file)."""
+    actor.require(Permission.IMPORT)
+    return question_for_file(path)
 
 
 def import_upload(store: Store, actor: Actor, config: ImportConfig) -> ImportReport:
