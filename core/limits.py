@@ -84,6 +84,8 @@ MIN_ENSEMBLE_SIZE, MAX_ENSEMBLE_SIZE = 2, 16  # bootstrap heads of the loop's en
 # Held-out pairs the loop judges a new version on (both models scoring the same pairs): the dataset's
 # setting may be 5 to 100,000 (default 30); fewer than the setting and the current model is kept.
 MIN_HELDOUT_PAIRS, MAX_HELDOUT_PAIRS = 5, 100_000
+MIN_STEPS_FOR_ETA = 2  # measured training steps (after the first, which carries warm-up) before a job shows an ETA
+MIN_VERDICT_PAIRS = 30  # pairs below which the confound baselines are shown but no verdict is drawn
 MIN_ENSEMBLE_PAIRS = 8  # labeled prompts below which the heads would fit noise: margin order meanwhile
 
 # --- training
@@ -165,6 +167,8 @@ CAPS: dict[str, str] = {
     "MAX_DIAGNOSED_PAIRS": "(not refused) the diagnosis scores the newest 2,000 pairs and says so",
     "MAX_EVALUATED_PAIRS": "(not refused) a loop evaluation scores the newest 2,000 pairs",
     "MAX_RETRAIN_EVERY": "retrain every N labels needs N from 1 to 1000000 (0 turns it off)",
+    "MIN_STEPS_FOR_ETA": "(withheld) 'time left: measuring the first steps' until 2 steps are measured",
+    "MIN_VERDICT_PAIRS": "(withheld) 'no verdict on confounds: N pair(s), fewer than 30'",
     "MIN_HELDOUT_PAIRS": "the minimum of held-out pairs is 5 to 100000 (a verdict on fewer is noise)",
     "MAX_HELDOUT_PAIRS": "the minimum of held-out pairs is 5 to 100000 (a verdict on fewer is noise)",
     "MIN_ENSEMBLE_SIZE": "an ensemble has 2 to 16 heads",

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.limits import MIN_STEPS_FOR_ETA
 from core.accounts import Actor, Permission
 from core.preferences.pairs import resolve_datasets
 from core.training.config import TrainingConfig
@@ -220,7 +221,6 @@ def job_report(store: Store, actor: Actor, job_id: int) -> JobReport | None:
                      job.error, job.reward_model_name, metrics, log_tail(store, job_id), job.note)
 
 
-MIN_STEPS_FOR_ETA = 2  # measured steps (after the first, which carries warm-up) before an ETA is given
 
 
 def eta_from_step_clock(clock: list[tuple[int, float]], total_steps: int) -> float | None:

@@ -15,7 +15,8 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-MIN_VERDICT_PAIRS = 30  # fewer pairs: the baselines are shown, no verdict is drawn
+from core.limits import MIN_VERDICT_PAIRS
+
 
 
 @dataclass(frozen=True)
