@@ -460,10 +460,12 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
                           place_i) -> str:
         return _places_order(view, (place_a, place_b, place_c, place_d, place_e, place_f, place_g, place_h, place_i))
 
-    for place in places:
-        # .input fires on the annotator's clicks only, not when a new item fills the places.
-        place.input(order_from_places, inputs=[tab.view, *places], outputs=order_box, api_visibility="private",
-                    show_progress="hidden")
+    # .input fires on the annotator's clicks only, not when a new item fills the places. One listener for all the
+    # places, run for the latest click: nine separate events could answer out of order under load and leave the
+    # order of an earlier click in the box.
+    gr.on([place.input for place in places], order_from_places, inputs=[tab.view, *places], outputs=order_box,
+          api_visibility="private", show_progress="hidden", trigger_mode="always_last", concurrency_limit=1,
+          concurrency_id="order-from-places")
 
     change_it.click(change_it_now, inputs=[tab.view, tab.shown_at, tab.refused, dataset_choice],
                     outputs=tab.view_outputs, api_visibility="private")

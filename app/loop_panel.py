@@ -13,6 +13,7 @@ from app.formatting import plot_text
 from app.session import USER_ERRORS, current_actor
 from core.scoring.engine import ModelLoadError
 from core.loop.evaluation import LoopReport, loop_report
+from core.data.datasets import DatasetError
 from core.loop.settings import LoopError, LoopSettings, configure_loop
 from storage.engine import Store
 
@@ -124,8 +125,6 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
 
     def save_loop_settings(chosen, chosen_order, chosen_uncertainty, chosen_model, fraction, every, tolerance_value,  # noqa: ANN001
                            minimum, request: gr.Request) -> dict:
-        if not chosen:
-            return {saved: "Choose a dataset above first."}
         try:
             settings = LoopSettings(order=chosen_order or None, uncertainty=chosen_uncertainty or None,
                                     model=(chosen_model or "").strip() or None,
@@ -133,8 +132,9 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
                                     retrain_every=None if every is None else int(every),
                                     promotion_tolerance=None if tolerance_value is None else float(tolerance_value),
                                     min_heldout_pairs=None if minimum is None else int(minimum))
-            result = configure_loop(store, current_actor(store, request), chosen, settings)
-        except (*USER_ERRORS, LoopError) as error:
+            # The permission is checked first (in core), whatever the form holds.
+            result = configure_loop(store, current_actor(store, request), chosen or "", settings)
+        except (*USER_ERRORS, LoopError, DatasetError) as error:
             return {saved: f"**Not saved.** {html.escape(str(error))}"}
         return {**show(chosen, request), saved: "Saved." + "".join(f" {html.escape(n)}." for n in result.notes)}
 

@@ -99,7 +99,7 @@ HANDLER_PERMISSIONS = {
     "save_loop_settings": "CHANGE_SETTINGS",
     "rank": "LABEL", "rank_from_screen": "LABEL", "rank_from_screen_1": "LABEL", "skip_ranking": "LABEL",
     # the typed order of the places the caller has just clicked: reads nothing, writes nothing
-    **{name: None for name in ("order_from_places", *(f"order_from_places_{i}" for i in range(1, 9)))},
+    "order_from_places": None,
     "save_guidelines": "EDIT_GUIDELINES", "save_dataset_settings": "CHANGE_SETTINGS",
     "current_counts": "EXPORT", "current_counts_1": "EXPORT", "current_counts_2": "EXPORT", "run_export": "EXPORT",
     "run_import": "IMPORT", "suggest_question": "IMPORT",
