@@ -84,7 +84,7 @@ def test_two_models_disagree_where_their_preferences_flip(store, trained, tmp_pa
 
 
 def _report(**overrides) -> Diagnostics:
-    values = dict(model="m", pairs=[], accuracy=0.95, mean_margin=2.0, answer_accuracy=0.9, thinking_accuracy=None,
+    values = dict(model="m", pairs=[object()] * 40, accuracy=0.95, mean_margin=2.0, answer_accuracy=0.9, thinking_accuracy=None,
                   length_correlation=0.1)
     values.update(overrides)
     return Diagnostics(**values)
@@ -97,4 +97,8 @@ def test_health_checks_name_the_symptom_and_the_fix():
     [extreme] = _health(_report(), [40.0, 41.0, 39.0, 42.0], typical_margin=1.0)
     assert extreme.symptom == "overconfident or extreme rewards" and "center_rewards_coefficient" in extreme.fix
     [length] = _health(_report(length_correlation=0.8), [-1.0, 1.0, -2.0, 2.0], typical_margin=2.0)
-    assert length.symptom == "reward grows with length"
+    assert length.symptom == "reward grows with length" and "over 80 responses" in length.evidence
+    assert "on 40 pairs" in poor.evidence
+    # Below the minimum no symptom is diagnosed, and the page says why.
+    [withheld] = _health(_report(pairs=[object()] * 29, accuracy=0.52), [-1.0, 1.0], typical_margin=0.01)
+    assert withheld.symptom == "no health verdict" and "29 pair(s)" in withheld.evidence

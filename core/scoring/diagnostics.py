@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from core.accounts import Actor, Permission
 from core.preferences.pairs import build_preference_rows, response_text
-from core.limits import MAX_DIAGNOSED_PAIRS
+from core.limits import MAX_DIAGNOSED_PAIRS, MIN_VERDICT_PAIRS
 from core.scoring.confounds import Confounds, ScoredPair, confound_baselines
 from core.scoring.engine import Progress, RewardScorer
 from core.scoring.inspection import require_inspect, resolve_model
@@ -138,12 +138,18 @@ def diagnose(store: Store, model: RewardScorer, *, name: str, limit: int = 500,
 
 
 def _health(result: Diagnostics, rewards: list[float], typical_margin: float) -> list[HealthCheck]:
+    """Symptoms, each stating its n; none below ``MIN_VERDICT_PAIRS`` pairs (a symptom of a handful is noise)."""
+    n = len(result.pairs)
+    if n < MIN_VERDICT_PAIRS:
+        return [HealthCheck("no health verdict", f"{n} pair(s) diagnosed, fewer than {MIN_VERDICT_PAIRS}",
+                            "label or import more pairs, or diagnose a larger sample (limit)")]
     checks = []
     spread = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0
     if result.accuracy < 0.6 or typical_margin < 0.05 * max(spread, 1e-9):
         checks.append(HealthCheck(
             "poor discrimination",
-            f"accuracy {result.accuracy:.2f}, median |margin| {typical_margin:.3g} against a reward spread of {spread:.3g}",
+            f"accuracy {result.accuracy:.2f} on {n} pairs, median |margin| {typical_margin:.3g} against a reward spread "
+            f"of {spread:.3g}",
             "train longer or with a higher learning rate; check the labels (agreement on the Team tab, the suspected "
             "label errors below)",
         ))
@@ -152,14 +158,15 @@ def _health(result: Diagnostics, rewards: list[float], typical_margin: float) ->
     if extreme > 20 or abs(center) > 3 * max(spread, 1e-9) and abs(center) > 1:
         checks.append(HealthCheck(
             "overconfident or extreme rewards",
-            f"largest |reward| {extreme:.3g}, mean reward {center:.3g}, spread {spread:.3g}",
+            f"largest |reward| {extreme:.3g}, mean reward {center:.3g}, spread {spread:.3g} over {2 * n} responses",
             "train with center_rewards_coefficient (e.g. 0.01) to keep rewards near zero; z-score normalize and clip "
             "rewards before RL (RewardNormalizer)",
         ))
     if result.length_correlation is not None and result.length_correlation > 0.5:
         checks.append(HealthCheck(
             "reward grows with length",
-            f"correlation between a response's token count and its reward: {result.length_correlation:.2f}",
+            f"correlation between a response's token count and its reward: {result.length_correlation:.2f} over "
+            f"{2 * n} responses",
             "check whether chosen responses are simply longer; balance lengths in the data or add a length penalty "
             "in RL, and compare the answer-only accuracy",
         ))
