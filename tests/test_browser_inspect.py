@@ -53,8 +53,10 @@ def test_inspect_a_demo_pair(running_app, page, db_url):
 
     # A response longer than the model's max_length gets no reward, and no verdict is drawn from it.
     page.locator("#inspect-b textarea").fill("<think>" + "let me count the words again " * 400 + "</think> It is 4.")
+    page.locator("#inspect-b textarea").press("Tab")  # the box commits its value before the click
     page.locator("#inspect-run").click()
-    page.locator("#inspect-status").get_by_text("Scored 2 responses.").wait_for(timeout=60_000)
+    # The status reads "Scored 2 responses." after either run: wait for the new table itself.
+    page.locator("#inspect-table").get_by_text("yes: no reward").first.wait_for(timeout=120_000)
     rows = page.locator("#inspect-table [role=row]").filter(has_text=name)
     over = rows.nth(1).inner_text()
     assert "yes: no reward" in over and "answer alone" in over
