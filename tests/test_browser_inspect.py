@@ -56,7 +56,8 @@ def test_inspect_a_demo_pair(running_app, page, db_url):
     page.locator("#inspect-b textarea").press("Tab")  # the box commits its value before the click
     page.locator("#inspect-run").click()
     # The status reads "Scored 2 responses." after either run: wait for the new table itself.
-    page.locator("#inspect-table").get_by_text("yes: no reward").first.wait_for(timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#inspect-table')?.innerText.includes('yes: no reward')",
+                           timeout=120_000)
     rows = page.locator("#inspect-table [role=row]").filter(has_text=name)
     over = rows.nth(1).inner_text()
     assert "yes: no reward" in over and "answer alone" in over
