@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlmodel import Session
 
 from storage.models import LoginSession, User, utc_now
@@ -46,7 +46,7 @@ def end_sessions_of(session: Session, user_id: int) -> int:
 
 def open_session_count(session: Session, user_id: int) -> int:
     now = utc_now()
-    return len(session.execute(
-        select(LoginSession.id).where(LoginSession.user_id == user_id, LoginSession.ended_at.is_(None),
-                                      LoginSession.expires_at > now)
-    ).all())
+    return session.execute(
+        select(func.count()).select_from(LoginSession).where(
+            LoginSession.user_id == user_id, LoginSession.ended_at.is_(None), LoginSession.expires_at > now)
+    ).scalar_one()

@@ -79,17 +79,16 @@ def postgres_template() -> str | None:
     admin.dispose()
 
 
-_SQLITE_TEMPLATE: list[Path] = []
-
-
-def _sqlite_template(tmp_path_factory) -> Path:  # noqa: ANN001
-    """A SQLite store migrated to the newest schema once per session (seven migrations take ~1 s, and
-    some 450 tests open a store): each test gets a byte copy, which ``Store`` finds already at head."""
-    if not _SQLITE_TEMPLATE:
-        path = tmp_path_factory.mktemp("sqlite-template") / "store.db"
-        Store(f"sqlite:///{path}").dispose()  # the last connection closed: the WAL is checkpointed into the file
-        _SQLITE_TEMPLATE.append(path)
-    return _SQLITE_TEMPLATE[0]
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path | None:  # noqa: ANN001
+    """A SQLite store migrated to the newest schema once per session (the migrations take ~1 s, and
+    some 450 tests open a store): each test gets a byte copy, which ``Store`` finds already at head.
+    None in the PostgreSQL pass, whose stores come from ``postgres_template``."""
+    if os.environ.get(TEST_POSTGRES_ENV):
+        return None
+    path = tmp_path_factory.mktemp("sqlite-template") / "store.db"
+    Store(f"sqlite:///{path}").dispose()  # the last connection closed: the WAL is checkpointed into the file
+    return path
 
 
 @contextmanager
@@ -122,19 +121,21 @@ def _record_database(node, url: str) -> None:  # noqa: ANN001
 
 
 @pytest.fixture
-def db_url(tmp_path: Path, postgres_template: str | None, request, monkeypatch, tmp_path_factory) -> str:  # noqa: ANN001
+def db_url(tmp_path: Path, postgres_template: str | None, sqlite_template: Path | None, request,  # noqa: ANN001
+           monkeypatch) -> str:  # noqa: ANN001
     # A PostgreSQL store keeps its files (models, jobs, downloads) in $REWARDLAB_DATA_DIR: the test's own.
     monkeypatch.setenv("REWARDLAB_DATA_DIR", str(tmp_path / "data"))
-    with database_url(tmp_path, postgres_template, tmp_path.name, _sqlite_template(tmp_path_factory)) as url:
+    with database_url(tmp_path, postgres_template, tmp_path.name, sqlite_template) as url:
         _record_database(request.node, url)
         yield url
 
 
 @pytest.fixture(scope="module")
-def module_db_url(tmp_path_factory, postgres_template: str | None, request) -> str:  # noqa: ANN001
+def module_db_url(tmp_path_factory, postgres_template: str | None, sqlite_template: Path | None,  # noqa: ANN001
+                  request) -> str:  # noqa: ANN001
     """One store URL shared by a module's tests (for fixtures that start an app once)."""
     folder = tmp_path_factory.mktemp("module-store")
-    with database_url(folder, postgres_template, f"m_{folder.name}", _sqlite_template(tmp_path_factory)) as url:
+    with database_url(folder, postgres_template, f"m_{folder.name}", sqlite_template) as url:
         yield url
 
 

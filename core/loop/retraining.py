@@ -108,7 +108,8 @@ def after_training(store: Store, dataset: str, model_name: str, held_out: list[d
     with store.read() as session:
         target = require_dataset(session, dataset)
         current, tolerance, minimum = target.promoted_model, target.promotion_tolerance, target.min_heldout_pairs
-    if current and current != model_name and find_model_name(store, current):
+        registered = bool(current) and find_model(session, current) is not None
+    if registered and current != model_name:
         promote, why = promotion_decision(compare_on_held_out(store, model_name, current, held_out), model_name,
                                           current, tolerance=tolerance, minimum=minimum)
         if not promote:
@@ -137,8 +138,3 @@ def promotion_decision(compared: PairedComparison, new: str, old: str, *, tolera
         return False, (f"not promoted: {compared.describe(new, old)}, lower by more than the tolerance {tolerance}; "
                        f"{old} stays")
     return True, compared.describe(new, old)
-
-
-def find_model_name(store: Store, name: str) -> bool:
-    with store.read() as session:
-        return find_model(session, name) is not None

@@ -10,7 +10,6 @@ does no better than a baseline" is stated with its n, and withheld below ``MIN_V
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -46,6 +45,13 @@ def _share(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """Pearson's r, or None with fewer than 3 points or a constant side (r is undefined there)."""
+    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
+        return None
+    return statistics.correlation(xs, ys)
+
+
 def confound_baselines(pairs: Sequence[ScoredPair]) -> Confounds:
     n = len(pairs)
     model = _share([1.0 if p.chosen_reward > p.rejected_reward else 0.0 for p in pairs])
@@ -58,9 +64,7 @@ def confound_baselines(pairs: Sequence[ScoredPair]) -> Confounds:
     position = _share([float(p.chosen_at_a) for p in positioned]) if len(positioned) == n and n else None
     lengths = [p.chosen_length for p in pairs] + [p.rejected_length for p in pairs]
     rewards = [p.chosen_reward for p in pairs] + [p.rejected_reward for p in pairs]
-    correlation = None
-    if len(lengths) >= 3 and statistics.pstdev(lengths) > 0 and statistics.pstdev(rewards) > 0:
-        correlation = statistics.correlation(lengths, rewards)
+    correlation = pearson([float(x) for x in lengths], rewards)
     longer, shorter = by_length(True), by_length(False)
     baselines = {name: value for name, value in (("prefer the longer response", longer),
                                                  ("prefer the shorter response", shorter),
@@ -76,5 +80,4 @@ def confound_baselines(pairs: Sequence[ScoredPair]) -> Confounds:
             verdict = f"the model beats every baseline on these {n} pairs (best baseline: '{best_name}', {best:.3f})"
         if correlation is not None and abs(correlation) >= 0.5:
             verdict += f"; its reward follows length (correlation {correlation:+.2f})"
-    return Confounds(n, model, longer, shorter, position, None if correlation is None or math.isnan(correlation)
-                     else correlation, verdict)
+    return Confounds(n, model, longer, shorter, position, correlation, verdict)

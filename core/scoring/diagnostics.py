@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from core.accounts import Actor, Permission
 from core.preferences.pairs import build_preference_rows, response_text
 from core.limits import MAX_DIAGNOSED_PAIRS, MIN_VERDICT_PAIRS
-from core.scoring.confounds import Confounds, ScoredPair, confound_baselines
+from core.scoring.confounds import Confounds, ScoredPair, confound_baselines, pearson
 from core.scoring.engine import Progress, RewardScorer
 from core.scoring.inspection import require_inspect, resolve_model
 from storage.engine import Store
@@ -62,12 +62,6 @@ class Diagnostics:
     health: list[HealthCheck] = field(default_factory=list)
     skipped_over_max_length: int = 0  # pairs with a side longer than the model takes: not scored
     confounds: Confounds | None = None  # length baselines on the same pairs (token counts), with their verdict
-
-
-def _pearson(xs: list[float], ys: list[float]) -> float | None:
-    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
-        return None
-    return statistics.correlation(xs, ys)
 
 
 def _ids_and_rows(store: Store, prompt_format: str, dataset: str | None) -> tuple[list[int], list[dict]]:
@@ -126,7 +120,7 @@ def diagnose(store: Store, model: RewardScorer, *, name: str, limit: int = 500,
         mean_margin=statistics.fmean(margins),
         answer_accuracy=sum(p.answer_margin > 0 for p in pairs) / len(pairs),
         thinking_accuracy=sum(m > 0 for m in thinking) / len(thinking) if thinking else None,
-        length_correlation=_pearson([float(n) for n in lengths], rewards),
+        length_correlation=pearson([float(n) for n in lengths], rewards),
         skipped_over_max_length=skipped,
     )
     result.confounds = confound_baselines([ScoredPair(p.chosen_tokens, p.rejected_tokens, p.chosen_reward,
