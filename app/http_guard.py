@@ -151,6 +151,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _login_token(scope: Scope, cookie_id: str) -> str | None:
+    """Gradio's login token from the request's cookies (either of the two it sets), read exactly as Starlette
+    (and so Gradio) reads them."""
+    jar = cookie_parser(_header(scope, b"cookie") or "")
+    return jar.get(f"access-token-{cookie_id}") or jar.get(f"access-token-unsecure-{cookie_id}")
+
+
 class RequestGuard:
     def __init__(self, app: Callable, *, store: Any = None, throttle: LoginThrottle | None = None,
                  allowed_origins: tuple[str, ...] | None = None) -> None:
@@ -292,8 +299,7 @@ class RequestGuard:
         tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
         if not tokens or cookie_id is None:
             return ""
-        jar = cookie_parser(_header(scope, b"cookie") or "")  # exactly as Starlette (and so Gradio) reads them
-        token = jar.get(f"access-token-{cookie_id}") or jar.get(f"access-token-unsecure-{cookie_id}")
+        token = _login_token(scope, cookie_id)
         return tokens.get(token, "") if token else ""
 
     def _may_download(self, user: str) -> bool:
@@ -329,7 +335,7 @@ class RequestGuard:
         user = names[0].strip()
         address = client_bucket((scope.get("client") or ("unknown", 0))[0])
         busy = [(b"retry-after", str(MAX_PASSWORD_CHECK_WAIT_SECONDS).encode())]
-        turn = self._bucket_turns.get(address) or self._bucket_turns.setdefault(address, asyncio.Lock())
+        turn = self._bucket_turns.setdefault(address, asyncio.Lock())
         self._bucket_turns.move_to_end(address)
         while len(self._bucket_turns) > MAX_SESSIONS_REMEMBERED:
             self._bucket_turns.popitem(last=False)
@@ -370,8 +376,7 @@ class RequestGuard:
         """End every session of the user (as Gradio's /logout does), clear the cookies, back to the page."""
         app = scope.get("app")
         cookie_id = getattr(app, "cookie_id", "")
-        jar = cookie_parser(_header(scope, b"cookie") or "")
-        token = jar.get(f"access-token-{cookie_id}") or jar.get(f"access-token-unsecure-{cookie_id}")
+        token = _login_token(scope, cookie_id)
         if self.store is not None:
             log_out_everywhere(self.store, token)
         elif token and isinstance(getattr(app, "tokens", None), dict):
