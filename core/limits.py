@@ -56,6 +56,13 @@ MAX_MODEL_NAME_CHARS = 200  # the model named on a side
 MAX_COMPLETIONS_PER_ROW = 64  # completions of a candidates row
 MAX_FIELDS_PER_ROW = 1_000  # keys of one JSON row
 
+# --- process supervision (steps datasets): one trace
+# PRM800K's longest solutions have ~50 steps and a 32k-token reasoning trace split at blank lines a
+# few hundred; 200 steps is more than an annotator marks in one sitting and keeps the per-step views small.
+MAX_STEPS_PER_TRACE = 200
+MAX_STEP_CHARS = 50_000  # one step: a long paragraph of a proof, never a whole trace in one step
+MAX_STEP_RULE_CHARS = 200  # a dataset's step separator (a string or a regular expression)
+
 # --- import (CLI and upload): the file
 # Bytes a file may hold once decompressed. A compressed file is measured as a stream before it is
 # parsed, so a small file that inflates to gigabytes is refused holding one chunk in memory.
@@ -156,6 +163,9 @@ CAPS: dict[str, str] = {
     "MAX_MODEL_NAME_CHARS": "line N: field 'completions[i].model' must be a string of at most 200 characters",
     "MAX_COMPLETIONS_PER_ROW": "line N: field 'completions' has N items; the limit is 64",
     "MAX_FIELDS_PER_ROW": "line N: row has N fields; a preference row has a handful (at most 1,000)",
+    "MAX_STEPS_PER_TRACE": "line N: the trace has N steps; the limit is 200 (split it into fewer, longer steps)",
+    "MAX_STEP_CHARS": "line N: field 'steps[i]' is N characters long; the limit is 50,000",
+    "MAX_STEP_RULE_CHARS": "the step separator is N characters long; the limit is 200",
     "MAX_IMPORT_BYTES": "FILE: decompresses to more than 512 MiB, the import limit ($REWARDLAB_MAX_IMPORT_MB)",
     "MAX_IMPORT_LINE_BYTES": "line N: the line is longer than 16 MiB",
     "DEFAULT_MAX_UPLOAD_MB": "Gradio refuses the upload: file exceeds the maximum size (serve --max-upload-mb)",

@@ -33,6 +33,14 @@ RANKING_GUIDELINES = (
     "* Tick **All unacceptable** when none of them should be given to a user (still order them).\n"
     "* **Skip** when you cannot judge.\n\nJudge the *answer*; the thinking is shown for context."
 )
+STEPS_GUIDELINES = (
+    "Mark each step of the reasoning: **correct** (1), **neutral** (2: true but does not move the solution on) or "
+    "**wrong** (3: a mistake in fact, logic or arithmetic).\n\n"
+    "* At the first wrong step, press **f** (*first wrong step here*): the later steps are left unreviewed.\n"
+    "* Then say whether the **final answer** is correct.\n* **Skip** when you cannot judge."
+)
+GUIDELINES_BY_QUESTION = {Question.PAIRWISE.value: DEFAULT_GUIDELINES, Question.RANKING.value: RANKING_GUIDELINES,
+                          Question.STEPS.value: STEPS_GUIDELINES}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -74,8 +82,7 @@ def get_or_create_dataset(session: Session, name: str, question: str | None = No
             raise DatasetError(f"a dataset named {twin!r} exists; names differing only in case are refused, "
                                f"so use {twin!r} or another name")
         question = Question(question or Question.PAIRWISE.value).value
-        dataset = Dataset(name=name, question=question,
-                          guidelines=RANKING_GUIDELINES if question == Question.RANKING.value else DEFAULT_GUIDELINES)
+        dataset = Dataset(name=name, question=question, guidelines=GUIDELINES_BY_QUESTION[question])
         session.add(dataset)
         session.flush()
     return dataset
@@ -104,8 +111,8 @@ def fix_question(session: Session, dataset: Dataset, question: str, *, what: str
     has_items = session.execute(select(Comparison.id).where(Comparison.dataset_id == dataset.id).limit(1)).first()
     if has_items is None:
         dataset.question = question
-        if dataset.guidelines in (DEFAULT_GUIDELINES, RANKING_GUIDELINES):
-            dataset.guidelines = RANKING_GUIDELINES if question == Question.RANKING.value else DEFAULT_GUIDELINES
+        if dataset.guidelines in GUIDELINES_BY_QUESTION.values():
+            dataset.guidelines = GUIDELINES_BY_QUESTION[question]
         session.add(dataset)
         session.flush()
         return

@@ -19,6 +19,7 @@ from storage.bulk import dialect_insert, execute_many, insert_ignoring_conflicts
 from storage.models import Comparison, Completion, Label, Prompt, Role, User, utc_now
 from storage.queue_counts import refresh_comparison_counts
 from storage.ranking import RankingRecord, write_ranking_items
+from storage.steps import StepItemRecord, write_step_items
 
 
 class PromptRecord(NamedTuple):
@@ -52,6 +53,7 @@ class IngestBatch:
     completions: dict[tuple[str, str], CompletionRecord] = field(default_factory=dict)
     pairs: list[PairRecord] = field(default_factory=list)
     rankings: list[RankingRecord] = field(default_factory=list)  # for a ranking dataset, instead of pairs
+    steps: list[StepItemRecord] = field(default_factory=list)  # for a steps dataset, instead of pairs
 
 
 @dataclass(frozen=True)
@@ -190,9 +192,15 @@ def write_batch(session: Session, batch: IngestBatch, *, dataset_id: int, priori
         write_ranking_items(session, batch.rankings, dataset_id=dataset_id, priority=priority, source=batch.source,
                             created_at=now)
 
+    if batch.steps:
+        labeled_steps = any(item.marks is not None for item in batch.steps)
+        write_step_items(session, batch.steps, dataset_id=dataset_id, priority=priority, source=batch.source,
+                         created_at=now, source_user_id=ensure_source_user(session, batch.source) if labeled_steps else None)
+
     after = {m: _count(session, m) for m in (Prompt, Completion, Comparison, Label)}
     distinct_pairs = {(p.prompt_hash, frozenset((p.first_hash, p.second_hash))) for p in batch.pairs}
     distinct_pairs |= {(r.prompt_hash, frozenset(r.completion_hashes)) for r in batch.rankings}
+    distinct_pairs |= {(s.prompt_hash, frozenset((s.completion_hash,))) for s in batch.steps}
     return IngestCounts(
         prompts_added=after[Prompt] - before[Prompt],
         completions_added=after[Completion] - before[Completion],

@@ -59,6 +59,8 @@ class Choice(str, enum.Enum):
     SKIP = "skip"
     # A ranking of a ranking item's completions; the order itself is in ``Label.ranking``.
     RANKED = "ranked"
+    # Marks on a reasoning trace's steps (a steps dataset); the marks themselves are in ``Label.steps``.
+    STEPS = "steps"
 
 
 class Role(str, enum.Enum):
@@ -95,6 +97,7 @@ class Question(str, enum.Enum):
 
     PAIRWISE = "pairwise"  # which of two completions is better
     RANKING = "ranking"  # order 3 to 9 completions best to worst (ties share a place)
+    STEPS = "steps"  # mark each step of one reasoning trace correct, neutral or wrong (process supervision)
 
 
 class Dataset(SQLModel, table=True):
@@ -108,7 +111,11 @@ class Dataset(SQLModel, table=True):
     name: str = Field(max_length=64, unique=True)
     prompt_kind: Optional[str] = Field(default=None, max_length=10, description="'text' or 'chat'; NULL while empty")
     question: str = Field(default=Question.PAIRWISE.value, max_length=10,
-                          description="'pairwise' or 'ranking', fixed when the dataset is made")
+                          description="'pairwise', 'ranking' or 'steps', fixed when the dataset is made")
+    step_separator: Optional[str] = Field(
+        default=None, max_length=200,
+        description="a steps dataset's split rule, fixed when it is made: NULL = blank-line paragraphs of the thinking, "
+                    "then the answer; 'text:SEP' = split at the string SEP; 'regex:PATTERN' = split at the pattern")
     guidelines: str = Field(default="", sa_column=Column(Text, nullable=False))
     overlap: int = Field(default=1, description="how many annotators label each comparison (1 to 10)")
     lease_seconds: int = Field(default=900, description="how long a comparison handed out stays reserved")
@@ -185,7 +192,8 @@ class Completion(SQLModel, table=True):
 class Comparison(SQLModel, table=True):
     """Two completions of one prompt, to be labeled, in one dataset. Stored with
     ``completion_a_id < completion_b_id`` so that a pair has exactly one row per dataset whichever
-    order it arrived in."""
+    order it arrived in. A steps item (a steps dataset) is one completion whose steps are marked: it names
+    that completion on both sides, so leases, overlap, priority and archiving work as for pairs."""
 
     id: Optional[int] = Field(default=None, primary_key=True)
     dataset_id: int = Field(foreign_key="dataset.id", index=True)
@@ -208,7 +216,7 @@ class Comparison(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint("arm IS NULL OR arm IN ('uncertainty', 'random')", name="comparison_arm_known"),
         UniqueConstraint("dataset_id", "completion_a_id", "completion_b_id", name="comparison_once_per_pair"),
-        CheckConstraint("completion_a_id < completion_b_id", name="comparison_pair_ordered"),
+        CheckConstraint("completion_a_id <= completion_b_id", name="comparison_pair_ordered"),
         # The queue reads open comparisons in this order and stops at the first it may hand out,
         # so finished ones never have to be scanned past.
         Index("comparison_queue_order", "done", text("priority DESC"), text("coalesce(queue_key, 0)"), "id"),
@@ -226,6 +234,22 @@ class RankingSlot(SQLModel, table=True):
     comparison_id: int = Field(foreign_key="comparison.id", primary_key=True)
     completion_id: int = Field(foreign_key="completion.id", primary_key=True)
     position: int = Field(description="place in the imported row, from 0")
+
+
+class TraceStep(SQLModel, table=True):
+    """One step of a steps item's completion, as a span of its text: ``text[char_start:char_end]`` is the
+    step, and the separator after it runs to the next step's ``char_start`` (the text's end for the last), so
+    the prefix a process reward model scores for step k is ``text[:next start]``. Spans keep the stored text the
+    one truth: the steps always join back into exactly what was imported."""
+
+    __tablename__ = "trace_step"
+    comparison_id: int = Field(foreign_key="comparison.id", primary_key=True)
+    position: int = Field(primary_key=True, description="step number, from 0")
+    char_start: int
+    char_end: int
+    in_answer: bool = Field(default=False, description="the step is (in) the final answer, after the last </think>")
+
+    __table_args__ = (CheckConstraint("0 <= char_start AND char_start < char_end", name="trace_step_span"),)
 
 
 class Lease(SQLModel, table=True):
@@ -286,12 +310,18 @@ class Label(SQLModel, table=True):
         description='a ranked label: {"groups": [[completion ids], ...] best first, ties in one group, '
                     '"shown": [completion ids in the order shown], "all_bad": bool}',
     )
+    steps: Optional[dict[str, Any]] = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True),
+        description='marks on a steps item: {"marks": ["+", "0", "-" or null (unreviewed), one per step], '
+                    '"final": "correct", "wrong" or null}',
+    )
     created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
     updated_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
     __table_args__ = (
         UniqueConstraint("comparison_id", "annotator_id", name="label_once_per_annotator"),
         CheckConstraint("(choice = 'ranked') = (ranking IS NOT NULL)", name="label_ranking_iff_ranked"),
+        CheckConstraint("(choice = 'steps') = (steps IS NOT NULL)", name="label_steps_iff_steps"),
         # An annotator's history, undo and progress read their labels newest first.
         Index("label_history_order", "annotator_id", "updated_at", "id"),
         CheckConstraint(_one_of("choice", Choice), name="label_choice_known"),

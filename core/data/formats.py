@@ -8,6 +8,9 @@ names them:
   assistant turn). An optional numeric ``margin``.
 * **candidates**: ``prompt`` and ``completions`` (two or more strings, or ``{"text", "model"}``
   objects); every pair becomes a comparison to label.
+* **steps** (a steps dataset only, ``parse_steps_row``): ``prompt`` and a ``completion`` split by the dataset's
+  step rule, or ``steps: [...]`` listed, or TRL's stepwise supervision rows ``{prompt, completions: [step, ...],
+  labels: [bool, ...]}`` (imported as labeled).
 
 ``parse_row`` turns a decoded row into a ``ParsedRow`` or raises ``RowError`` naming the field.
 Content hashes are computed here so that storage can deduplicate without knowing formats.
@@ -21,6 +24,7 @@ import math
 from typing import Any, NamedTuple
 
 from core.limits import MAX_COMPLETIONS_PER_ROW, MAX_FIELDS_PER_ROW, MAX_MODEL_NAME_CHARS, MAX_TEXT_CHARS
+from core.steps import StepError, StepRule, StepSpan, join_steps, marks_from_booleans, split_steps
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 # The turn marker of Anthropic's HH-RLHF transcripts; the implicit prompt ends right after it.
@@ -37,13 +41,15 @@ class Candidate(NamedTuple):
 
 
 class ParsedRow(NamedTuple):
-    kind: str  # "preference" | "candidates"
+    kind: str  # "preference" | "candidates" | "steps"
     style: str  # "text" | "chat"
     prompt_text: str | None
     prompt_messages: list[dict[str, str]] | None
     # preference: [chosen, rejected]; candidates: the distinct completions in file order
     completions: list[Candidate]
     margin: float | None = None
+    steps: tuple[StepSpan, ...] = ()  # a steps row: the steps of its one completion
+    step_marks: list[str] | None = None  # a labeled steps row (TRL's stepwise labels): one mark per step
 
     @property
     def prompt_hash(self) -> str:
@@ -267,3 +273,58 @@ def parse_row(row: Any) -> ParsedRow:
     raise RowError(
         "row has neither 'chosen'/'rejected' (a preference) nor 'prompt' + 'completions' (candidates to label)"
     )
+
+
+def parse_steps_row(row: Any, rule: StepRule) -> ParsedRow:
+    """Validate one row of a steps dataset: ``prompt`` (text or chat) and the trace as ``completion`` (split by
+    ``rule``), ``steps`` (listed) or ``completions`` + optional ``labels`` (TRL's stepwise supervision format).
+    Raises ``RowError`` naming the field or the step."""
+    if not isinstance(row, dict):
+        raise RowError(f"a row must be an object with named fields, got {type(row).__name__}")
+    if len(row) > MAX_FIELDS_PER_ROW:
+        raise RowError(f"row has {len(row):,} fields; a steps row has a handful (at most {MAX_FIELDS_PER_ROW:,})")
+    if "chosen" in row or "rejected" in row:
+        raise RowError("a steps dataset takes one trace per row (prompt + completion, steps or TRL's completions + "
+                       "labels), not a chosen/rejected pair")
+    given = [field for field in ("completion", "steps", "completions") if field in row]
+    if len(given) != 1:
+        raise RowError("a steps row needs exactly one of 'completion' (split by the dataset's step rule), 'steps' "
+                       f"(a list) or 'completions' with 'labels' (TRL's stepwise format); it has {given or 'none'}")
+    if "prompt" not in row:
+        raise RowError("field 'prompt' is missing")
+    prompt = row["prompt"]
+    chat = _is_chat(prompt)
+    prompt_messages = _check_messages(prompt, "prompt") if chat else None
+    prompt_text = None if chat else _check_text(prompt, "prompt")
+    field, = given
+    marks = None
+    try:
+        if field == "completion":
+            if "labels" in row:
+                raise StepError("field 'labels' goes with 'completions' (TRL's stepwise format), whose steps it marks; "
+                                "a 'completion' is split by the dataset's rule, so its steps are not known to the file")
+            text = _check_text(row["completion"], "completion")
+            spans = split_steps(text, rule)
+        else:
+            listed = row[field]
+            if isinstance(listed, str):  # CSV cells are strings: accept a JSON array there
+                try:
+                    listed = json.loads(listed)
+                except json.JSONDecodeError:
+                    raise RowError(f"field '{field}' must be a list (in CSV: a JSON array)") from None
+            text, spans = join_steps(listed, field)
+            if len(text) > MAX_TEXT_CHARS:
+                raise RowError(f"the steps join to {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+            if "labels" in row:
+                labels = row["labels"]
+                if isinstance(labels, str):
+                    try:
+                        labels = json.loads(labels)
+                    except json.JSONDecodeError:
+                        raise RowError("field 'labels' must be a list of booleans (in CSV: a JSON array)") from None
+                marks = marks_from_booleans(labels, len(spans))
+    except StepError as error:
+        raise RowError(str(error)) from None
+    return ParsedRow(kind="steps", style="chat" if chat else "text", prompt_text=prompt_text,
+                     prompt_messages=prompt_messages, completions=[Candidate(text)], steps=tuple(spans),
+                     step_marks=marks)

@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
-from core.data.formats import ParsedRow, RowError, completion_content_hash, parse_row
+from core.data.formats import ParsedRow, RowError, completion_content_hash, parse_row, parse_steps_row
+from core.steps import StepError, StepRule
 from core.data.readers import RawRow, UnreadableFile, read_rows
 from storage.engine import Store
 from storage.datasets import (
@@ -29,8 +30,11 @@ from storage.datasets import (
 from storage.ingest import CompletionRecord, IngestBatch, IngestCounts, PairRecord, PromptRecord, write_batch
 from storage.models import Question
 from storage.ranking import MAX_RANKED, MIN_RANKED, RankingConflict, RankingRecord
+from storage.steps import StepItemRecord
 
 QUESTIONS = tuple(question.value for question in Question)
+ITEM_NAMES = {Question.PAIRWISE.value: "comparisons", Question.RANKING.value: "ranking items",
+              Question.STEPS.value: "traces"}
 
 
 @dataclass
@@ -51,8 +55,13 @@ class ImportConfig:
     )
     question: str | None = config_field(
         None, help="what the dataset asks: pairwise (which of two is better) or ranking (order 3 to 9 completions of "
-        "a candidates row best to worst); empty = the dataset's question (pairwise for a new dataset)",
+        "a candidates row best to worst) or steps (mark each step of a reasoning trace: process supervision); empty = "
+        "the dataset's question (pairwise for a new dataset)",
         choices=QUESTIONS,
+    )
+    step_separator: str = config_field(
+        "", help="a new steps dataset's split rule: empty = blank-line paragraphs of the thinking, then the answer; "
+        "'text:SEP' = at each SEP (e.g. 'text:Step'); 'regex:PATTERN' = at each match. Fixed when the dataset is made",
     )
     dry_run: bool = config_field(False, help="validate and count, but write nothing")
     ask_question: bool = config_field(
@@ -74,6 +83,13 @@ class ImportConfig:
             check_dataset_name(self.dataset)
         except DatasetError as error:
             raise ConfigError(str(error)) from None
+        if self.step_separator:
+            if self.question not in (None, Question.STEPS.value):
+                raise ConfigError("step_separator is the split rule of a steps dataset; import with --question steps")
+            try:
+                StepRule.parse(self.step_separator)
+            except StepError as error:
+                raise ConfigError(str(error)) from None
 
 
 class ImportRejected(Exception):
@@ -100,12 +116,12 @@ class ImportReport:
 
     def summary(self) -> str:
         what = (f"{self.rows} {self.kind} rows" + (f" ({self.style})" if self.style else "")
-                + f" for {'ranking ' if self.question == Question.RANKING.value else ''}dataset {self.dataset!r}")
+                + f" for {'' if self.question == Question.PAIRWISE.value else self.question + ' '}dataset {self.dataset!r}")
         if self.counts is None:
             return f"{what} valid; dry run, nothing written"
         c = self.counts
         return (
-            f"{what}: {c.comparisons_added} new {'ranking items' if self.question == Question.RANKING.value else 'comparisons'} "
+            f"{what}: {c.comparisons_added} new {ITEM_NAMES[self.question]} "
             f"({c.comparisons_in_batch - c.comparisons_added} already "
             f"present), {c.prompts_added} new prompts, {c.completions_added} new completions, "
             f"{c.labels_added} new labels"
@@ -123,7 +139,8 @@ class _Collected:
     pairs_seen: dict = field(default_factory=dict)
 
 
-def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int, question: str) -> _Collected:
+def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int, question: str,
+             step_rule: StepRule | None = None) -> _Collected:
     collected = _Collected()
 
     def problem(message: str, location: str | None = None) -> None:
@@ -137,7 +154,7 @@ def _collect(raw_rows: Iterable[RawRow], max_problems_shown: int, question: str)
                 problem(raw.error, raw.location)
                 continue
             try:
-                parsed = parse_row(raw.value)
+                parsed = parse_steps_row(raw.value, step_rule) if question == Question.STEPS.value else parse_row(raw.value)
             except RowError as error:
                 problem(str(error), raw.location)
                 continue
@@ -220,7 +237,10 @@ def _batch(source: str, rows: list[ParsedRow], question: str) -> IngestBatch:
                 (prompt_hash, content_hash),
                 CompletionRecord(prompt_hash, content_hash, candidate.text, candidate.model),
             )
-        if question == Question.RANKING.value:
+        if question == Question.STEPS.value:
+            batch.steps.append(StepItemRecord(prompt_hash, hashes[0], tuple(tuple(span) for span in row.steps),
+                                              tuple(row.step_marks) if row.step_marks is not None else None))
+        elif question == Question.RANKING.value:
             batch.rankings.append(RankingRecord(prompt_hash, tuple(hashes)))
         elif row.kind == "preference":
             chosen, rejected = hashes
@@ -257,6 +277,21 @@ def question_for_file(path: Path, *, rows_read: int = 200) -> str | None:
     return Question.PAIRWISE.value if kinds == {"pairs"} else None
 
 
+def _step_rule(store: Store, dataset: str, asked: str) -> StepRule:
+    """The split rule of a steps import: the existing dataset's (refusing another one asked for), else the one
+    asked for (paragraphs when none)."""
+    with store.read() as session:
+        existing = dataset_by_name(session, dataset)
+        stored = existing.step_separator if existing is not None else None
+        has_items = existing is not None and existing.prompt_kind is not None
+    rule = StepRule.parse(asked or stored)
+    if has_items and asked and StepRule.parse(asked) != StepRule.parse(stored):
+        raise ImportRejected([f"dataset {dataset!r} splits traces {StepRule.parse(stored).describe()}, fixed when it was "
+                              f"made; --step-separator {asked!r} asks another rule: import into a new dataset, or "
+                              "leave --step-separator out; nothing was written"])
+    return rule
+
+
 def _question(store: Store, dataset: str, question: str | None) -> str:
     """The question rows are read for: the one asked for, else the dataset's (pairwise for a new one)."""
     if question:
@@ -268,10 +303,14 @@ def _question(store: Store, dataset: str, question: str | None) -> str:
 
 def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, dataset: str, priority: int | None,
             question: str | None, dry_run: bool, max_problems_shown: int, empty_message: str,
-            shown_name: str, ask_question: bool = False) -> ImportReport:
+            shown_name: str, ask_question: bool = False, step_separator: str = "") -> ImportReport:
     asked = question
     question = _question(store, dataset, question)
-    collected = _collect(raw_rows, max_problems_shown, question)
+    if step_separator and question != Question.STEPS.value:
+        raise ImportRejected([f"--step-separator is the split rule of a steps dataset, and {dataset!r} asks the "
+                              f"{question} question; nothing was written"])
+    step_rule = _step_rule(store, dataset, step_separator) if question == Question.STEPS.value else None
+    collected = _collect(raw_rows, max_problems_shown, question, step_rule)
     if collected.problem_count:
         raise ImportRejected([_grouped(message, where) for message, where in collected.groups.items()],
                              collected.problem_count, covered=sum(map(len, collected.groups.values())))
@@ -300,6 +339,9 @@ def _import(store: Store, raw_rows: Iterable[RawRow], *, source: str, dataset: s
         with store.write() as session:
             target = get_or_create_dataset(session, dataset, question)
             fix_question(session, target, question, what=what)
+            if step_rule is not None and target.prompt_kind is None:
+                target.step_separator = step_rule.stored  # fixed by the first import, as the prompt kind is
+                session.add(target)
             fix_prompt_kind(session, target, style, what=what)
             counts = write_batch(session, batch, dataset_id=target.id,
                                  priority=target.default_priority if priority is None else priority)
@@ -325,15 +367,17 @@ def import_file(store: Store, config: ImportConfig) -> ImportReport:
         empty_message=f"{config.path}: no rows to import (the file is empty)",
         shown_name=config.path.name,
         ask_question=config.ask_question,
+        step_separator=config.step_separator,
     )
 
 
 def import_rows(store: Store, rows: Iterable[Any], *, source: str, dataset: str = DEFAULT_DATASET,
-                priority: int | None = None, question: str | None = None) -> ImportReport:
+                priority: int | None = None, question: str | None = None, step_separator: str = "") -> ImportReport:
     """Import rows already in memory (demo data, API callers) with the same checks as a file."""
     raw_rows = (RawRow(f"{source}:{number}", value=row) for number, row in enumerate(rows, start=1))
     return _import(store, raw_rows, source=source, dataset=dataset, priority=priority, question=question, dry_run=False,
-                   max_problems_shown=50, empty_message=f"{source}: no rows to import", shown_name=source)
+                   max_problems_shown=50, empty_message=f"{source}: no rows to import", shown_name=source,
+                   step_separator=step_separator)
 
 
 def question_for_upload(store: Store, actor: Actor, path: Path) -> str | None:
