@@ -9,8 +9,9 @@ from typing import Any
 import gradio as gr
 
 from app.session import USER_ERRORS, current_actor
-from core.labeling.actions import label_stored, next_comparison, rank_item
+from core.labeling.actions import label_stored, label_steps, next_comparison, rank_item
 from core.labeling.ranking import RankingView
+from core.labeling.steps import StepsView
 from storage.engine import Store
 
 
@@ -21,7 +22,8 @@ def register_api(store: Store) -> None:
         """Reserve the next comparison for you from any dataset you may label: its id, dataset, the
         prompt (text or chat messages) and the two completions as `a` and `b` in stored order; for an
         item of a ranking dataset, `item_id`, `dataset`, `prompt` and `completions` ([{id, text}], in
-        the order shown to you); null when nothing is left for you."""
+        the order shown to you); for a trace of a steps dataset, `item_id`, `dataset`, `prompt` and `steps`
+        ([{id, text, in_answer}], in order); null when nothing is left for you."""
         return _next(None, request)
 
     def api_next_in_dataset(dataset: str, request: gr.Request) -> dict[str, Any] | None:
@@ -36,6 +38,9 @@ def register_api(store: Store) -> None:
         if view is None:
             return None
         prompt = view.prompt_messages if view.prompt_messages is not None else view.prompt_text
+        if isinstance(view, StepsView):
+            return {"item_id": view.item_id, "dataset": view.dataset, "prompt": prompt,
+                    "steps": [{"id": step.step_id, "text": step.text, "in_answer": step.in_answer} for step in view.steps]}
         if isinstance(view, RankingView):
             return {"item_id": view.item_id, "dataset": view.dataset, "prompt": prompt,
                     "completions": [{"id": c.completion_id, "text": c.text} for c in view.completions]}
@@ -76,8 +81,20 @@ def register_api(store: Store) -> None:
             raise gr.Error(str(error)) from None
         return {"label_id": result.label_id, "changed": result.changed}
 
+    def api_label_steps(item_id: int, labels: list, final: str = "", comment: str = "",
+                        request: gr.Request = None) -> dict[str, Any]:
+        """Mark the steps of a trace of a steps dataset as you: `labels` holds one mark per step, in order: "+"
+        (correct), "0" (neutral), "-" (wrong) or null (not reviewed, e.g. after the first wrong step); `final`
+        is "correct", "wrong" or "" (not judged). Repeating marks changes nothing; new marks replace yours."""
+        try:
+            result = label_steps(store, current_actor(store, request), item_id, labels, final=final or None,
+                                 comment=comment or None)
+        except USER_ERRORS as error:
+            raise gr.Error(str(error)) from None
+        return {"label_id": result.label_id, "changed": result.changed}
+
     for function, name in ((api_next, "next"), (api_next_in_dataset, "next_in_dataset"), (api_label, "label"),
-                           (api_rank, "rank")):
+                           (api_rank, "rank"), (api_label_steps, "label_steps")):
         gr.api(function, api_name=name)
         API_PARAMETERS[name] = [p for p in inspect.signature(function).parameters.values() if p.name != "request"]
 

@@ -43,10 +43,13 @@ class LabelInput:
     comment: str | None = None
     seconds_spent: float | None = None
     ranking: dict[str, Any] | None = None  # for choice "ranked": see Label.ranking
+    steps: dict[str, Any] | None = None  # for choice "steps": see Label.steps
 
     def __post_init__(self) -> None:
         if (self.choice == "ranked") != (self.ranking is not None):
             raise LabelError("a ranking goes with choice 'ranked', and choice 'ranked' needs a ranking")
+        if (self.choice == "steps") != (self.steps is not None):
+            raise LabelError("step marks go with choice 'steps', and choice 'steps' needs step marks")
         if self.choice not in VALID_CHOICES:
             raise LabelError(f"choice must be one of {', '.join(VALID_CHOICES)}, got {self.choice!r}")
         if self.strength is not None and self.strength not in (1, 2):
@@ -72,12 +75,13 @@ def upsert_label(session: Session, label: LabelInput) -> int:
         "comment": label.comment,
         "seconds_spent": label.seconds_spent,
         "ranking": label.ranking,
+        "steps": label.steps,
         "created_at": now,
         "updated_at": now,
     }
     statement = dialect_insert(session)(Label).values(values)
     changed = {key: statement.excluded[key] for key in ("choice", "strength", "shown_left", "comment", "seconds_spent", "ranking",
-                                                     "updated_at")}
+                                                     "steps", "updated_at")}
     statement = statement.on_conflict_do_update(
         index_elements=["comparison_id", "annotator_id"], set_=changed
     ).returning(Label.id)

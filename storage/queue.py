@@ -163,12 +163,13 @@ def submit_label(session: Session, label: LabelInput, *, now: datetime | None = 
     mine = session.execute(
         select(Label).where(Label.comparison_id == label.comparison_id, Label.annotator_id == label.annotator_id)
     ).scalar_one_or_none()
-    if mine is not None and (mine.choice, mine.strength, mine.comment, mine.shown_left, mine.ranking) == (
+    if mine is not None and (mine.choice, mine.strength, mine.comment, mine.shown_left, mine.ranking, mine.steps) == (
         label.choice,
         label.strength,
         label.comment,
         label.shown_left,
         label.ranking,
+        label.steps,
     ):
         return SubmitResult(mine.id, changed=False)
     # Every label that adds a person to a comparison (a new label, skip included, or a skip turned

@@ -16,6 +16,7 @@ from sqlmodel import Session
 from core.accounts import Actor, Permission
 from core.preferences.rankings import LETTERS
 from core.labeling.ranking import RankingView, check_comment, is_ranking_item, ranking_label_input, ranking_view_in
+from core.labeling.steps import StepsView, steps_label_input, steps_view_in
 from core.segments import split_thinking
 from storage.engine import Store
 from storage.labels import LabelError, LabelInput
@@ -45,6 +46,7 @@ from storage.datasets import (
     require_dataset,
 )
 from storage.settings import SettingError
+from storage.steps import is_steps_item
 
 # Errors whose message is meant for the person labeling (re-exported so that app/ need not import storage/).
 LABELING_ERRORS = (QueueError, LabelError, SettingError, DatasetError)
@@ -100,13 +102,15 @@ def left_side_for(annotator_id: int, comparison_id: int) -> str:
     return "a" if digest[0] % 2 == 0 else "b"
 
 
-ItemView = ComparisonView | RankingView  # what the Label tab shows: a pair, or completions to rank
+ItemView = ComparisonView | RankingView | StepsView  # what the Label tab shows: a pair, completions to rank, or steps
 
 
 def _view_in(session: Session, actor: Actor, comparison_id: int) -> ItemView | None:
     """The comparison (or ranking item) as this actor sees it, read inside the caller's transaction."""
     if is_ranking_item(session, comparison_id):
         return ranking_view_in(session, actor, comparison_id, dataset_name_of(session, comparison_id) or "")
+    if is_steps_item(session, comparison_id):
+        return steps_view_in(session, actor, comparison_id, dataset_name_of(session, comparison_id) or "")
     record = load_comparison(session, comparison_id)
     existing = label_of(session, annotator_id=actor.user_id, comparison_id=comparison_id)
     if record is None:
@@ -170,6 +174,9 @@ def _check_choice_fits(session: Session, label: LabelInput) -> None:
     if label.choice not in ("skip", "ranked") and is_ranking_item(session, label.comparison_id):
         raise QueueError(f"item {label.comparison_id} is a ranking item: rank its completions (the rank endpoint, or "
                          "the places on the Label tab) or skip it")
+    if label.choice not in ("skip", "steps") and is_steps_item(session, label.comparison_id):
+        raise QueueError(f"item {label.comparison_id} is a reasoning trace of a steps dataset: mark its steps (the "
+                         "label_steps endpoint, or the marks on the Label tab) or skip it")
 
 
 def next_comparison(store: Store, actor: Actor, dataset: str | None = None) -> ItemView | None:
@@ -328,6 +335,60 @@ def rank_and_next(
         stored = label_of(session, annotator_id=actor.user_id, comparison_id=view.item_id)
         if not replace_existing and stored is not None and not _ranking_screen_showed(view, stored) and (
                 (stored.choice, stored.ranking, stored.comment) != (label.choice, label.ranking, label.comment)):
+            raise StaleScreen(view.item_id, stored.choice, label.choice)
+        result = submit_label(session, label)
+        next_id = claim_next_comparison(session, annotator_id=actor.user_id, dataset_id=dataset_id)
+        return _screen(session, actor, next_id, result, dataset_id=dataset_id)
+
+
+def label_steps(store: Store, actor: Actor, item_id: int, labels: Any, *, final: Any = None, comment: Any = None,
+                seconds_spent: float | None = None) -> SubmitResult:
+    """Store the actor's marks on the steps of steps item ``item_id`` as scripts give them: ``labels`` holds one
+    mark per step, "+" (correct), "0" (neutral), "-" (wrong) or None (not reviewed), ``final`` says whether the
+    final answer is "correct" or "wrong" (None: not judged). The rules of ``label_stored`` apply (leases,
+    overlap, idempotent repeats, datasets open to the actor)."""
+    actor.require(Permission.LABEL)
+    if isinstance(item_id, bool) or not isinstance(item_id, int) or not 0 < item_id < 2 ** 62:
+        raise QueueError(f"item_id must be a positive whole number, got {str(item_id)[:30]!r}")
+    with store.write() as session:
+        _check_may_label(session, actor, item_id)
+        label = steps_label_input(session, actor, item_id, labels, final=final, comment=comment,
+                                  seconds_spent=seconds_spent)
+        return submit_label(session, label)
+
+
+def mark_steps_and_next(
+    store: Store,
+    actor: Actor,
+    view: StepsView,
+    marks: list[str | None] | None,
+    *,
+    final: str | None = None,
+    comment: str | None = None,
+    seconds_spent: float | None = None,
+    dataset: str | None = None,
+    replace_existing: bool = False,
+) -> "LabelingScreen":
+    """One click on a steps item: store the marks given on ``view`` (None skips the item), reserve the next item
+    and read progress and history, in one write transaction. Raises ``StaleScreen`` (nothing saved) when the
+    actor's stored label is not what ``view`` showed, unless ``replace_existing``."""
+    actor.require(Permission.LABEL)
+    with store.write() as session:
+        dataset_id = _dataset_id(session, actor, dataset)
+        _check_may_label(session, actor, view.item_id)
+        if marks is None:
+            label = _label_input(actor, view.item_id, "skip", strength=None, comment=comment, shown_left=None,
+                                 seconds_spent=seconds_spent)
+        else:
+            label = steps_label_input(session, actor, view.item_id, marks, final=final, comment=comment,
+                                      seconds_spent=seconds_spent)
+        stored = label_of(session, annotator_id=actor.user_id, comparison_id=view.item_id)
+        showed = stored is not None and stored.choice == view.existing_choice and (
+            (stored.steps is None and view.existing is None) or (view.existing is not None and stored.steps is not None
+                                                                 and stored.steps["marks"] == view.existing.marks
+                                                                 and stored.steps.get("final") == view.existing.final))
+        if not replace_existing and stored is not None and not showed and (
+                (stored.choice, stored.steps, stored.comment) != (label.choice, label.steps, label.comment)):
             raise StaleScreen(view.item_id, stored.choice, label.choice)
         result = submit_label(session, label)
         next_id = claim_next_comparison(session, annotator_id=actor.user_id, dataset_id=dataset_id)
