@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import select, tuple_
 from sqlmodel import Session
 
 from storage.bulk import chunked, insert_ignoring_conflicts
@@ -152,6 +152,10 @@ def step_traces(session: Session, dataset_ids: list[int], *, annotators: list[st
             for item_id, dataset, text, messages, completion, archived in items]
 
 
-def step_item_count(session: Session, dataset_ids: list[int]) -> int:
-    return session.execute(select(func.count()).select_from(Comparison).where(
-        Comparison.dataset_id.in_(dataset_ids), Comparison.completion_a_id == Comparison.completion_b_id)).scalar_one()
+def step_item_ids(session: Session, dataset_ids: list[int] | None) -> list[int]:
+    """The steps items (not archived) of the datasets (all datasets when None)."""
+    query = select(Comparison.id).where(Comparison.completion_a_id == Comparison.completion_b_id,
+                                        Comparison.archived.is_(False))
+    if dataset_ids is not None:
+        query = query.where(Comparison.dataset_id.in_(dataset_ids))
+    return list(session.execute(query).scalars())

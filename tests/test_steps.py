@@ -167,3 +167,50 @@ def test_the_cli_imports_a_steps_file_and_refuses_a_separator_on_a_pairwise_impo
     assert "3 new traces" in done.stdout
     refused = run_cli("import", str(path), "--dataset", "pw", "--step-separator", "text:###", db_url=db_url)
     assert refused.returncode != 0 and "--step-separator is the split rule of a steps dataset" in refused.stderr
+
+
+def test_stepwise_export_folds_marks_per_step_by_majority_cuts_at_the_first_unmarked_step_and_maps_neutral(
+        steps_store, tmp_path):
+    from core.data.exporter import ExportConfig, export_dataset
+
+    change_dataset_settings(steps_store, _actor(steps_store, "boss", "admin"), "proc", DatasetSettings(overlap=3))
+    voters = [_actor(steps_store, name) for name in ("v1", "v2", "v3")]
+    item = sql(steps_store, "SELECT c.id FROM comparison c JOIN completion co ON co.id = c.completion_a_id "
+                            f"WHERE co.text = '{TRACE}'")[0][0]
+    # 4 steps; per step: [+,+,-] -> +, [0,0,+] -> 0, [-,-,None] -> -, [None,None,+] -> + (one reviewer)
+    given = [["+", "0", "-", None], ["+", "0", "-", None], ["-", "+", None, "+"]]
+    for actor, marks in zip(voters, given):
+        label_steps(steps_store, actor, item, marks, final="wrong")
+    rows = {}
+    for neutral in ("correct", "wrong", "drop"):
+        out = tmp_path / f"{neutral}.jsonl"
+        export_dataset(steps_store, ExportConfig(out, format="stepwise", dataset=["proc"], neutral=neutral,
+                                                 with_metadata=True))
+        rows[neutral] = [json.loads(line) for line in out.read_text().splitlines()]
+    by_prompt = {row["prompt"]: row for row in rows["correct"]}
+    assert by_prompt["What is 2 + 3 * 4?"]["completions"] == ["3 * 4 = 12.", "2 + 12 = 15.", "So it is 15.",
+                                                               "The answer is 15."]
+    assert by_prompt["What is 2 + 3 * 4?"]["labels"] == [True, True, False, True]
+    assert by_prompt["What is 2 + 3 * 4?"]["step_votes"]["v3"] == ["-", "+", None, "+"]
+    assert by_prompt["What is 5 - 3?"]["labels"] == [True, False]  # imported TRL labels, unchanged
+    assert "What is 1 + 1?" not in by_prompt  # never marked
+    assert {r["prompt"]: r["labels"] for r in rows["wrong"]}["What is 2 + 3 * 4?"] == [True, False, False, True]
+    assert "What is 2 + 3 * 4?" not in {r["prompt"] for r in rows["drop"]}
+    # a pairwise export of the same dataset writes no trace as a pair
+    from core.preferences.pairs import NothingToExport
+    with pytest.raises(NothingToExport, match="traces of steps datasets"):
+        export_dataset(steps_store, ExportConfig(tmp_path / "pairs.jsonl", dataset=["proc"]))
+
+
+def test_a_trace_ends_at_its_last_labeled_step_after_first_error_labeling(steps_store, tmp_path):
+    from core.data.exporter import ExportConfig, export_dataset
+
+    ann = _actor(steps_store, "ann")
+    item = sql(steps_store, "SELECT c.id FROM comparison c JOIN completion co ON co.id = c.completion_a_id "
+                            f"WHERE co.text = '{TRACE}'")[0][0]
+    label_steps(steps_store, ann, item, ["+", "-", None, None])
+    out = tmp_path / "s.jsonl"
+    report = export_dataset(steps_store, ExportConfig(out, format="stepwise", dataset=["proc"]))
+    row = next(json.loads(line) for line in out.read_text().splitlines() if "2 + 3" in line)
+    assert (row["completions"], row["labels"]) == (["3 * 4 = 12.", "2 + 12 = 15."], [True, False])
+    assert report.left_out["steps after the last labeled one"] == 2

@@ -28,12 +28,13 @@ from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
 from core.preferences.pairs import NothingToExport, build_preference_rows, resolve_datasets, split_rows
 from core.preferences.rankings import RANKING_PAIRS, ranked_format_rows
+from core.preferences.stepwise import NEUTRAL_RULES, build_stepwise_rows
 from storage.datasets import DatasetError
 from storage.engine import Store
 from storage.queries import comparison_contents
 from storage.ranking import items_of, rankings_by_item
 
-EXPORT_FORMATS = ("jsonl", "parquet", "hf", "csv", "ranked")
+EXPORT_FORMATS = ("jsonl", "parquet", "hf", "csv", "ranked", "stepwise")
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 PROMPT_FORMATS = ("auto", "text", "chat")
@@ -47,8 +48,13 @@ class ExportConfig:
     format: str = config_field(
         "jsonl", help="jsonl, parquet, hf (datasets.save_to_disk folder), csv (for spreadsheets: cells that would "
         "run as formulas get a leading apostrophe, so use jsonl/parquet/hf to train), or ranked (JSON Lines, one row "
-        "per ranked item of ranking datasets: prompt, completions, consensus groups, each annotator's ranking)",
+        "per ranked item of ranking datasets: prompt, completions, consensus groups, each annotator's ranking), or "
+        "stepwise (JSON Lines in TRL's stepwise supervision format, one row per marked trace of steps datasets: prompt, "
+        "completions = the steps, labels = a bool per step folded by majority)",
         choices=EXPORT_FORMATS)
+    neutral: str = config_field(
+        "correct", help="stepwise: a step folded to neutral counts as correct, wrong, or drop (its trace is left out)",
+        choices=NEUTRAL_RULES)
     test_size: float = config_field(0.0, help="fraction of rows held out as a 'test' split, 0 to 0.5")
     seed: int = config_field(0, help="seed of the train/test split")
     prompt_format: str = config_field(
@@ -78,8 +84,10 @@ class ExportConfig:
             raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
         if self.ranking_pairs not in RANKING_PAIRS:
             raise ConfigError(f"ranking_pairs must be one of {', '.join(RANKING_PAIRS)}, got {self.ranking_pairs!r}")
-        if self.format == "ranked" and self.test_size:
-            raise ConfigError("the ranked format writes one file; leave test_size at 0")
+        if self.format in ("ranked", "stepwise") and self.test_size:
+            raise ConfigError(f"the {self.format} format writes one file; leave test_size at 0")
+        if self.neutral not in NEUTRAL_RULES:
+            raise ConfigError(f"neutral must be one of {', '.join(NEUTRAL_RULES)}, got {self.neutral!r}")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         if not 0.0 <= self.test_size <= 0.5:
@@ -193,6 +201,8 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
     """
     if config.format == "ranked":
         return _export_ranked(store, config)
+    if config.format == "stepwise":
+        return _export_stepwise(store, config)
     prepared = build_preference_rows(
         store, prompt_format=config.prompt_format, since=config.since, annotators=config.annotators,
         datasets=config.dataset, with_metadata=config.with_metadata, ranking_pairs=config.ranking_pairs,
@@ -214,10 +224,45 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
     return ExportReport(config.out, len(train), len(test), dict(prepared.left_out), prepared.content_hash)
 
 
+def build_stepwise_export(store: Store, config: ExportConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The rows of ``--format stepwise`` and what was left out, from the steps datasets among those exported."""
+    try:
+        dataset_ids, _ = resolve_datasets(store, config.dataset)
+    except DatasetError as error:
+        raise NothingToExport(str(error)) from None
+    prepared = build_stepwise_rows(store, dataset_ids, neutral=config.neutral, since=config.since,
+                                   annotators=config.annotators)
+    if not prepared.traces and not prepared.left_out:
+        raise NothingToExport("the stepwise format is for steps datasets, and none is among those exported; choose a "
+                              "steps dataset (--dataset NAME) or another format")
+    rows = []
+    for trace in prepared.traces:
+        row = trace.row()
+        if config.with_metadata:
+            votes = prepared.votes[trace.item_id]
+            row.update({"item_id": trace.item_id, "dataset": trace.dataset,
+                        "step_votes": {name: vote["marks"] for name, vote in sorted(votes.items())},
+                        "final_votes": {name: vote.get("final") for name, vote in sorted(votes.items())}})
+        rows.append(row)
+    return rows, dict(prepared.left_out)
+
+
+def _export_stepwise(store: Store, config: ExportConfig) -> ExportReport:
+    rows, left_out = build_stepwise_export(store, config)
+    if not rows:
+        left = ", ".join(f"{n} {reason}" for reason, n in sorted(left_out.items()))
+        raise NothingToExport(f"nothing to export: no trace has a majority mark on its first step ({left})")
+    return _write_one_jsonl(config, rows, left_out)
+
+
 def _export_ranked(store: Store, config: ExportConfig) -> ExportReport:
     rows = build_ranked_rows(store, since=config.since, annotators=config.annotators, datasets=config.dataset)
     if not rows:
         raise NothingToExport("nothing to export: no ranking item has a ranking yet")
+    return _write_one_jsonl(config, rows, {})
+
+
+def _write_one_jsonl(config: ExportConfig, rows: list[dict[str, Any]], left_out: dict[str, int]) -> ExportReport:
     config.out.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(config.out.parent)
     with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=config.out.parent) as staging:
@@ -225,7 +270,7 @@ def _export_ranked(store: Store, config: ExportConfig) -> ExportReport:
         _write_jsonl(rows, written)
         os.replace(written, config.out)
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-    return ExportReport(config.out, len(rows), 0, {}, digest)
+    return ExportReport(config.out, len(rows), 0, left_out, digest)
 
 
 DOWNLOAD_KEEP_SECONDS = 15 * 60  # a download stays long enough to be fetched; Gradio serves its own copy
@@ -258,9 +303,9 @@ def export_for_download(store: Store, actor: Actor, *, format: str, prompt_forma
     # Dataset names are restricted to letters, digits, '.', '_' and '-', so they are safe in a file name.
     what = "+".join(datasets) if datasets else "all"
     stem = f"preferences-{what}{'-metadata' if with_metadata else ''}-{stamp}"
-    if format == "ranked":
-        stem = stem.replace("preferences-", "rankings-", 1)
-    name = stem if format == "hf" or test_size > 0 else f"{stem}.{'jsonl' if format == 'ranked' else format}"
+    if format in ("ranked", "stepwise"):
+        stem = stem.replace("preferences-", "rankings-" if format == "ranked" else "steps-", 1)
+    name = stem if format == "hf" or test_size > 0 else f"{stem}.{'jsonl' if format in ('ranked', 'stepwise') else format}"
     config = ExportConfig(folder / name, format=format, prompt_format=prompt_format, test_size=test_size,
                           dataset=datasets, with_metadata=with_metadata, ranking_pairs=ranking_pairs,
                           ranking_margin=ranking_margin)

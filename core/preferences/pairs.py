@@ -21,6 +21,7 @@ from storage.datasets import DatasetError, dataset_ids_for, open_dataset_ids
 from storage.engine import Store
 from storage.queries import ComparisonContent, Vote, comparison_contents, count_comparisons, votes_by_comparison
 from storage.ranking import items_of, rankings_by_item
+from storage.steps import step_item_ids
 
 
 class NothingToExport(ValueError):
@@ -103,16 +104,22 @@ def build_preference_rows(
     with store.read() as session:
         votes = votes_by_comparison(session, since=since, annotators=annotators, dataset_ids=dataset_ids)
         ranking_items = {item_id for item_id, _, _ in items_of(session, dataset_ids)} & set(votes)
+        # Traces of steps datasets are exported as stepwise rows (--format stepwise), never as pairs.
+        steps_items = set(step_item_ids(session, dataset_ids))
+        for item_id in steps_items & set(votes):
+            del votes[item_id]
         rankings = rankings_by_item(session, dataset_ids, since=since, annotators=annotators) if ranking_items else {}
         contents = comparison_contents(session, list(votes))
         ranked = ranking_rows(session, contents, rankings, sorted(ranking_items), mode=ranking_pairs,
                               with_margin=ranking_margin, with_metadata=with_metadata)
-        total = count_comparisons(session, dataset_ids)
+        total = count_comparisons(session, dataset_ids) - len(steps_items)
         archived = count_comparisons(session, dataset_ids, archived=True)
         # With no dataset named, archived datasets are left out: say how much that was.
         in_archived_datasets = 0 if datasets else count_comparisons(session) + count_comparisons(
             session, archived=True) - total - archived
     result = PreferenceRows(rows=[])
+    if steps_items:
+        result.left_out["traces of steps datasets (--format stepwise)"] = len(steps_items)
     if archived:
         result.left_out["archived"] = archived
     if in_archived_datasets:
