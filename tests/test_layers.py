@@ -28,7 +28,8 @@ WING_DEPENDENCIES: dict[str, set[str]] = {
     "training": {"data", "preferences", "scoring"},  # RewardTrainer runs
     "loop": {"preferences", "scoring", "training"},  # active learning: rescore, retrain, promote, evaluate
     "serving": {"data", "preferences", "scoring"},  # the reward server and its trainer-side client
-    "jobs": {"loop", "preferences", "training"},  # background jobs: scheduler and worker process
+    "process": {"preferences", "scoring", "training"},  # process reward models: step training and step scores
+    "jobs": {"loop", "preferences", "process", "training"},  # background jobs: scheduler and worker process
 }
 
 

@@ -17,6 +17,7 @@ from core.loop.rescore import rescore_queue
 from core.loop.retraining import after_training
 from core.training.config import TrainingConfig
 from core.jobs.scheduling import job_dir
+from core.process.training import is_step_training, run_step_training
 from core.training.trainer import TrainingError, run_training
 from storage.engine import Store
 from storage.jobs import finish_job, get_job, mark_started
@@ -50,7 +51,9 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
         return _rescore(store, job, log=log)
     try:
         config = TrainingConfig.from_record(job.config)
-        outcome = run_training(store, config, folder, job_id=job.id, resume=job.resume, cancel_flag=cancel_flag, log=log)
+        # A job on steps datasets trains a process reward model; on pairs (or rankings), a reward model.
+        train = run_step_training if is_step_training(store, config) else run_training
+        outcome = train(store, config, folder, job_id=job.id, resume=job.resume, cancel_flag=cancel_flag, log=log)
     except KeyboardInterrupt:
         if main_process:
             with store.write() as session:

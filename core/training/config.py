@@ -87,6 +87,9 @@ class TrainingConfig:
     save_steps: int = config_field(50, help="save a resumable checkpoint every N steps")
     # --- data
     eval_fraction: float = config_field(0.1, help="fraction of pairs held out for evaluation (0 to 0.5)")
+    step_neutral: str = config_field(
+        "correct", help="training on steps datasets (a process reward model): a step folded to neutral counts as "
+        "correct, wrong, or drop (its trace is left out)", choices=("correct", "wrong", "drop"))
     labels_since: datetime | None = config_field(None, help="only labels given at or after this time (ISO date)")
     annotators: list[str] | None = config_field(None, help="only labels by these user names")
     dataset: list[str] | None = config_field(
@@ -100,6 +103,8 @@ class TrainingConfig:
             raise ConfigError(f"output_name {self.output_name!r} is not allowed: use {OUTPUT_NAME_RULE}")
         if self.load_in_4bit and not self.lora:
             raise ConfigError("load_in_4bit needs lora: 4-bit weights cannot be trained directly; turn lora on")
+        if self.step_neutral not in ("correct", "wrong", "drop"):
+            raise ConfigError(f"step_neutral must be correct, wrong or drop, got {self.step_neutral!r}")
         if not 0 <= self.eval_fraction <= 0.5:
             raise ConfigError(f"eval_fraction must be between 0 and 0.5, got {self.eval_fraction}")
         for name in ("lora_r", "lora_alpha", "gradient_accumulation_steps", "logging_steps", "save_steps", "max_length"):

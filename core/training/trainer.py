@@ -29,7 +29,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from core.preferences.pairs import PreferenceRows, build_preference_rows, response_text, split_rows
 from core.model_folders import model_folder, models_folder
@@ -151,6 +151,12 @@ def preview_tokenizer(config: TrainingConfig, snapshot: DataSnapshot) -> Any:
 
 def load_tokenizer(config: TrainingConfig, snapshot: DataSnapshot, work_dir: Path) -> Any:
     """The tokenizer training will use (for ``demo``, built from the snapshot's texts)."""
+    return load_tokenizer_for_texts(config, lambda: _snapshot_texts(snapshot), work_dir)
+
+
+def load_tokenizer_for_texts(config: TrainingConfig, texts: Callable[[], list[str]], work_dir: Path) -> Any:
+    """The tokenizer training will use; for ``demo``, a base model and tokenizer built from ``texts()`` (called only
+    when the demo base is built)."""
     from transformers import AutoTokenizer
 
     if config.base_model == DEMO_BASE:
@@ -162,7 +168,7 @@ def load_tokenizer(config: TrainingConfig, snapshot: DataSnapshot, work_dir: Pat
         with open(work_dir / ".demo-base.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (base / "config.json").exists():
-                build_demo_reward_model(base, _snapshot_texts(snapshot) * 2, seed=config.seed)
+                build_demo_reward_model(base, texts() * 2, seed=config.seed)
         return AutoTokenizer.from_pretrained(base)
     try:
         return AutoTokenizer.from_pretrained(config.base_model, token=hub_token(),
@@ -448,7 +454,7 @@ def latest_complete_checkpoint(output_dir: Path) -> Path | None:
 STEP_CLOCK_METRIC = "step_clock_seconds"  # a job's own clock, recorded with its progress (not a training metric)
 
 
-def _store_callback(store: Store | None, job_id: int | None, cancel_flag: list[bool]):  # noqa: ANN202
+def store_callback(store: Store | None, job_id: int | None, cancel_flag: list[bool]):  # noqa: ANN202
     from transformers import TrainerCallback
 
     class StoreCallback(TrainerCallback):
@@ -568,7 +574,7 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
         model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
         padding_free=padding_free,
         peft_config=lora_config(config) if config.lora else None,
-        callbacks=[_store_callback(store, job_id, cancel_flag)],
+        callbacks=[store_callback(store, job_id, cancel_flag)],
     )
     resume_from = latest_complete_checkpoint(checkpoints) if resume else None
     if resume:
@@ -587,11 +593,25 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
         # The registry's figure is per pair over the whole held-out split; the trainer's eval_accuracy
         # averages per-batch accuracies, which over-weights a short last batch.
         metrics["eval_accuracy"], metrics["eval_margin"] = held_out_accuracy(trainer)
-    base_name = config.output_name or (f"rm-job-{job_id}" if job_id else f"rm-{snapshot.content_hash[:8]}")
+    accuracy, margin = metrics.get("eval_accuracy"), metrics.get("eval_margin")
+    name, model_dir = save_and_register(store, trainer, tokenizer, config, job_id=job_id,
+                                        data_hash=snapshot.content_hash, n_examples=snapshot.n_pairs,
+                                        accuracy=accuracy, margin=margin, notes=notes)
+    log(f"registered {name} at {model_dir} (held-out accuracy {accuracy}, margin {margin})")
+    trainer.accelerator.wait_for_everyone()
+    return TrainOutcome("succeeded", name, model_dir, accuracy, margin, report, notes,
+                        resume_from.name if resume_from else None, snapshot.eval)
+
+
+def save_and_register(store: Store, trainer: Any, tokenizer: Any, config: TrainingConfig, *, job_id: int | None,
+                      data_hash: str, n_examples: int, accuracy: float | None, margin: float | None,
+                      notes: list[str]) -> tuple[str, Path]:
+    """Save the trained model as a plain folder and register it under the job's name (a new version when the
+    name is taken); returns the registered name and its folder."""
+    base_name = config.output_name or (f"rm-job-{job_id}" if job_id else f"rm-{data_hash[:8]}")
     models_root = models_folder(store)
     staging = models_root / f".staging-{base_name}-{os.getpid()}"
     save_reward_model(trainer, tokenizer, staging, lora=config.lora, quantized=config.load_in_4bit)
-    accuracy, margin = metrics.get("eval_accuracy"), metrics.get("eval_margin")
     # The version is chosen, the folder moved into place and the model registered in one write
     # transaction, so two jobs finishing under one name get two versions, and nothing is replaced.
     with store.write() as session:
@@ -602,14 +622,11 @@ def run_training(store: Store, config: TrainingConfig, work_dir: Path, *, job_id
         os.rename(staging, model_dir)
         register_model(
             session, name=name, path=str(model_dir), base_model=config.base_model, job_id=job_id,
-            config={**config.to_record(), "notes": notes}, data_hash=snapshot.content_hash, n_pairs=snapshot.n_pairs,
+            config={**config.to_record(), "notes": notes}, data_hash=data_hash, n_pairs=n_examples,
             eval_accuracy=float(accuracy) if accuracy is not None else None,
             eval_margin=float(margin) if margin is not None else None,
         )
-    log(f"registered {name} at {model_dir} (held-out accuracy {accuracy}, margin {margin})")
-    trainer.accelerator.wait_for_everyone()
-    return TrainOutcome("succeeded", name, model_dir, accuracy, margin, report, notes,
-                        resume_from.name if resume_from else None, snapshot.eval)
+    return name, model_dir
 
 
 def save_reward_model(trainer: Any, tokenizer: Any, model_dir: Path, *, lora: bool, quantized: bool) -> None:
