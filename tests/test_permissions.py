@@ -62,6 +62,8 @@ PERMISSIONS: dict[str, tuple[str, str, Permission | None]] = {
     "core.labeling.actions.label_stored": ("labels", "give by id", LABEL_ONLY),
     "core.labeling.actions.rank_item": ("rankings", "give", LABEL_ONLY),
     "core.labeling.actions.rank_and_next": ("rankings", "give and claim the next", LABEL_ONLY),
+    "core.labeling.actions.label_steps": ("step marks", "give", LABEL_ONLY),
+    "core.labeling.actions.mark_steps_and_next": ("step marks", "give and claim the next", LABEL_ONLY),
     "core.labeling.actions.open_labeling_screen": ("queue", "open the screen", LABEL_ONLY),
     "core.labeling.actions.label_and_next": ("labels", "give and claim the next", LABEL_ONLY),
     "core.labeling.actions.undo_last_screen": ("labels", "undo one's last", LABEL_ONLY),

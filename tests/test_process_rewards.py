@@ -15,7 +15,7 @@ from test_import import write_jsonl
 
 from core.data.importer import ImportConfig, import_file
 from core.jobs.worker import execute_job
-from core.process.prefixes import format_trace
+from core.scoring.steps import format_trace
 from core.process.training import StepCollator, step_logits, take_step_snapshot, tokenize_traces
 from core.training.config import TrainingConfig
 
@@ -138,3 +138,54 @@ def test_a_job_mixing_steps_and_pair_datasets_is_refused_with_the_reason(step_st
     (error,), = sql(step_store, f"SELECT error FROM trainingjob WHERE id = {job_id}")
     assert "train them in separate jobs" in error
     assert json.loads(json.dumps(error))  # a readable message, not a traceback
+
+
+@pytest.fixture(scope="module")
+def tiny_prm(tmp_path_factory):  # noqa: ANN001, ANN201
+    """A small untrained decoder reward model (the demo base), saved as a folder: step scores are checked against
+    a plain forward, which needs no training."""
+    from core.training.demo_model import build_demo_reward_model
+
+    folder = tmp_path_factory.mktemp("prm") / "model"
+    texts = [json.dumps(row) for row in arithmetic_traces(30)]
+    build_demo_reward_model(folder, texts * 2, seed=0)
+    return folder
+
+
+def test_score_steps_writes_one_score_per_step_equal_to_the_sigmoid_of_a_plain_forward_of_each_prefix(
+        tiny_prm, tmp_path):
+    import math
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core.scoring.evaluation import ScoreConfig, score_file
+
+    rows = [{"prompt": "Add 2 and 3.", "steps": ["step 0: 2 plus 0 is 2", "step 1: oops 2 plus 1 is 1", "answer 5"]},
+            {"prompt": "Add 4.", "completion": "<think>step 0: 4 plus 0 is 4\n\nstep 1: 4 plus 1 is 5</think>\n\nfive"},
+            {"prompt": [{"role": "user", "content": "Add 7."}], "steps": ["step 0: 7 plus 0 is 7", "seven"]}]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    assert score_file(ScoreConfig(model=str(tiny_prm), input=source, output=out, steps=True, step_threshold=0.5)) == 3
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_prm).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_prm)
+    assert written[1]["steps_scored"] == ["step 0: 4 plus 0 is 4", "step 1: 4 plus 1 is 5", "five"]
+    for row in written:
+        prompt = row["prompt"]
+        steps = row["steps_scored"]
+        # the oracle: the text of each prefix, tokenized whole as the trace is, and a plain forward of its tokens
+        from core.steps import join_steps, prefix_ends, split_steps
+        completion = row.get("completion") or join_steps(row["steps"])[0]
+        spans = split_steps(completion) if "completion" in row else join_steps(row["steps"])[1]
+        trace = format_trace(tokenizer, prompt, completion, prefix_ends(len(completion), spans))
+        expected = []
+        for position in trace.step_positions:
+            with torch.no_grad():
+                logit = model(input_ids=torch.tensor([trace.ids[: position + 1]])).logits[0, 0].item()
+            expected.append(1 / (1 + math.exp(-logit)))
+        assert len(row["step_scores"]) == len(steps)
+        assert row["step_scores"] == pytest.approx(expected, abs=1e-4)
+        low = next((k for k, score in enumerate(expected) if score < 0.5), None)
+        assert row["first_low_step"] == low
+        assert row["reward"] is not None and row["over_max_length"] is False

@@ -5,7 +5,7 @@ the same jobs, configs, checkpoints, metrics, LoRA/4-bit and registry as reward 
 
 * data: the stepwise traces of ``core.preferences.stepwise`` (the export's rule), split by trace;
 * one forward pass per trace: the score head runs at every position of the causal backbone and is read at each
-  step's position (``core.process.prefixes``), so every step's logit sees exactly its prefix;
+  step's position (``core.scoring.steps``), so every step's logit sees exactly its prefix;
 * loss: per-step logistic loss, ``mean over steps of BCEWithLogits(logit_k, label_k)``, label 1 = correct;
 * batches: length-grouped; padding-free (every trace of a batch end to end in one row, attention kept within each
   trace, ``core.training.packing``) where the model runs SDPA, else right-padded;
@@ -24,7 +24,7 @@ from typing import Any
 
 from core.preferences.pairs import resolve_datasets
 from core.preferences.stepwise import StepwiseRows, StepwiseTrace, build_stepwise_rows
-from core.process.prefixes import format_trace
+from core.scoring.steps import format_trace
 from core.training import packing
 from core.training.config import TrainingConfig
 from core.training.trainer import (

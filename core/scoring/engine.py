@@ -247,6 +247,11 @@ class RewardScorer:
             scores = self.head(hidden).squeeze(-1).float().cpu()
         return [[scores[b, offsets[b] + i].item() for i in row.read_at] for b, row in enumerate(rows)]
 
+    def scores_at(self, ids: list[int], positions: list[int]) -> list[float]:
+        """The score head's output at ``positions`` of one causal forward pass over ``ids`` (no mask: the fused causal
+        kernel, memory linear in the length): the reward of each prefix ``ids[:p + 1]``."""
+        return self._run([Row(list(ids), list(range(len(ids))), None, list(positions), plain_causal=True)])[0]
+
     def _encoder_scores(self, examples: list[FormattedExample]) -> list[float]:
         import torch
 

@@ -13,7 +13,9 @@ from core.config_fields import ConfigError, config_field
 from core.scoring.confounds import Confounds, ScoredPair, confound_baselines
 from core.data.formats import RowError, _check_messages, _check_text, parse_row
 from core.data.readers import UnreadableFile, read_rows
-from core.scoring.engine import Progress, RewardScorer
+from core.scoring.engine import Progress, RewardScorer, _WorkMeter
+from core.scoring.steps import score_steps
+from core.steps import StepError, StepRule, join_steps, prefix_ends, split_steps
 from core.scoring.model_names import existing_folder, model_folder_for, registry_store, trained_max_length
 
 
@@ -30,6 +32,14 @@ class ScoreConfig:
     input: Path = config_field(help="rows with 'prompt' (text or chat messages) and 'response' (.jsonl, .json, .csv, .parquet)")
     output: Path = config_field(help="output .jsonl: the input rows plus reward, thinking_reward, answer_reward")
     trajectory: bool = config_field(False, help="also write 'trajectory': [token, reward of the prefix] per response token")
+    steps: bool = config_field(
+        False, help="score each step of a reasoning trace with a process reward model: rows hold 'prompt' and "
+        "'completion' (or 'response'; split by --step-separator) or 'steps' (a list); writes step_rewards, step_scores "
+        "(sigmoid of the reward on the prefix ending at each step), first_low_step and the usual rewards")
+    step_separator: str = config_field(
+        "", help="with --steps: how a completion splits into steps: empty = blank-line paragraphs of the thinking, "
+        "then the answer; 'text:SEP' or 'regex:PATTERN'")
+    step_threshold: float = config_field(0.5, help="with --steps: first_low_step is the first step scored under this")
     batch_tokens: int = config_field(1024, help="most tokens in one batched forward pass (speed only)")
     db: Optional[str] = config_field(None, help="store whose registered models --model may name (default: $REWARDLAB_DB, "
                                                 "or data/rewardlab.db when it exists)")
@@ -38,6 +48,13 @@ class ScoreConfig:
         self.input, self.output = Path(self.input), Path(self.output)
         if self.batch_tokens < 16:
             raise ConfigError("batch_tokens must be at least 16")
+        if not 0 < self.step_threshold < 1:
+            raise ConfigError(f"step_threshold is a probability between 0 and 1, got {self.step_threshold}")
+        if self.step_separator:
+            try:
+                StepRule.parse(self.step_separator)
+            except StepError as error:
+                raise ConfigError(str(error)) from None
 
 
 @dataclass
@@ -70,6 +87,47 @@ def model_to_load(config: ScoreConfig | EvalConfig) -> tuple[str, int | None]:
     finally:
         if store is not None:
             store.dispose()
+
+
+def _trace_of(row: dict[str, Any], rule: StepRule) -> tuple[str, list]:
+    """A score row's trace (completion text and step spans): 'steps' listed, or 'completion'/'response' split."""
+    if "steps" in row:
+        return join_steps(row["steps"])
+    field = "completion" if "completion" in row else "response"
+    text = _check_text(row.get(field), field)
+    return text, split_steps(text, rule)
+
+
+def read_step_rows(path: Path, rule: StepRule) -> list[tuple[dict[str, Any], Any, str, list]]:
+    """Rows of ``score --steps``: (row, prompt, completion, step spans). Raises ``InputRejected`` naming each bad row."""
+    rows, problems = [], []
+    try:
+        for raw in read_rows(path):
+            if raw.error:
+                problems.append(f"{raw.location}: {raw.error}")
+                continue
+            try:
+                row = raw.value
+                if not isinstance(row, dict):
+                    raise RowError(f"a row must be an object with 'prompt' and 'completion' or 'steps', got "
+                                   f"{type(row).__name__}")
+                if "prompt" not in row:
+                    raise RowError("field 'prompt' is missing")
+                if not any(field in row for field in ("completion", "response", "steps")):
+                    raise RowError("a --steps row needs 'completion' (split into steps) or 'steps' (a list)")
+                prompt = row["prompt"]
+                prompt = _check_messages(prompt, "prompt") if isinstance(prompt, list) else _check_text(prompt, "prompt")
+                completion, spans = _trace_of(row, rule)
+                rows.append((row, prompt, completion, spans))
+            except (RowError, StepError) as error:
+                problems.append(f"{raw.location}: {error}")
+    except UnreadableFile as error:
+        problems.append(str(error))
+    if problems:
+        raise InputRejected("\n".join(problems[:50]) + (f"\n... and {len(problems) - 50} more" if len(problems) > 50 else ""))
+    if not rows:
+        raise InputRejected(f"{path}: no rows to score")
+    return rows
 
 
 def read_score_rows(path: Path) -> list[tuple[dict[str, Any], Any, str]]:
@@ -116,6 +174,8 @@ def score_file(config: ScoreConfig, model: RewardScorer | None = None, *, progre
     """Write ``config.output`` (whole or not at all) and return the number of rows scored. A row
     longer than the model's ``max_length`` gets ``over_max_length: true`` and null rewards."""
     folder, max_length = (None, None) if model is not None else model_to_load(config)
+    if config.steps:
+        return _score_step_file(config, folder, max_length, model, progress)
     rows = read_score_rows(config.input)
     model = model or RewardScorer(folder, batch_tokens=config.batch_tokens, max_length=max_length)
     examples = [(prompt, response) for _, prompt, response in rows]
@@ -131,6 +191,37 @@ def score_file(config: ScoreConfig, model: RewardScorer | None = None, *, progre
                       "answer_reward": result and result.answer_reward, "over_max_length": not ok}
             if config.trajectory:
                 scored["trajectory"] = [[token, reward] for token, reward in (result.trajectory or [])] if result else None
+            out.write(json.dumps(scored, ensure_ascii=False) + "\n")
+    os.replace(staging, config.output)
+    return len(rows)
+
+
+def _score_step_file(config: ScoreConfig, folder: str | None, max_length: int | None, model: RewardScorer | None,
+                     progress: Progress | None) -> int:
+    rows = read_step_rows(config.input, StepRule.parse(config.step_separator))
+    model = model or RewardScorer(folder, batch_tokens=config.batch_tokens, max_length=max_length)
+    meter = _WorkMeter(2 * len(rows), progress)
+    try:
+        steps = score_steps(model, [(prompt, completion, prefix_ends(len(completion), spans))
+                                    for _, prompt, completion, spans in rows], threshold=config.step_threshold,
+                            meter=meter)
+    except ValueError as error:
+        raise InputRejected(str(error)) from None
+    whole_fits = _within_limit(model, [(prompt, completion) for _, prompt, completion, _ in rows])
+    fits = [fit and not result.over_max_length for fit, result in zip(whole_fits, steps, strict=True)]
+    segments = iter(model.score_responses([(prompt, completion) for (_, prompt, completion, _), ok
+                                           in zip(rows, fits, strict=True) if ok]))
+    meter.add(len(rows))
+    config.output.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=config.output.parent, prefix=".score-", suffix=".jsonl")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        for (row, _, completion, spans), result, ok in zip(rows, steps, fits, strict=True):
+            whole = next(segments) if ok else None
+            scored = {**row, "steps_scored": [completion[s.start:s.end] for s in spans],
+                      "step_rewards": result.rewards if ok else None, "step_scores": result.scores if ok else None,
+                      "first_low_step": result.first_low_step if ok else None, "reward": whole and whole.reward,
+                      "thinking_reward": whole and whole.thinking_reward, "answer_reward": whole and whole.answer_reward,
+                      "over_max_length": not ok}
             out.write(json.dumps(scored, ensure_ascii=False) + "\n")
     os.replace(staging, config.output)
     return len(rows)

@@ -48,3 +48,47 @@ def format_trace(tokenizer: Any, prompt: Prompt, completion: str, prefix_ends: l
         positions.append(real[max(index, first_response)])
     last = max(positions)
     return FormattedTrace(list(example.ids[: last + 1]), positions)
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """A trace's step scores: ``rewards[k]`` is the model's reward on the prefix ending at step k, ``scores[k]`` its
+    sigmoid (a process reward model's P(step k is correct)); None when the trace is over the model's max_length."""
+
+    rewards: list[float] | None
+    scores: list[float] | None
+    first_low_step: int | None  # index of the first step scored under the threshold; None when none is
+    n_tokens: int
+    over_max_length: bool
+    step_positions: list[int]  # token index of each step's score
+
+
+def first_below(scores: list[float], threshold: float) -> int | None:
+    return next((k for k, score in enumerate(scores) if score < threshold), None)
+
+
+def score_steps(scorer: Any, traces: list[tuple[Prompt, str, list[int]]], *, threshold: float = 0.5,
+                meter: Any = None) -> list[StepScores]:
+    """Step scores of each ``(prompt, completion, prefix ends)`` trace with a loaded ``RewardScorer``: one forward
+    pass per trace (the score head at every position, read at each step's position), whatever its length; a
+    trace longer than the model's ``max_length`` is not scored. Raises ``ValueError`` for an encoder model."""
+    import math
+
+    if not scorer.is_decoder:
+        raise ValueError(f"{scorer.name} is an encoder (bidirectional): a step's score is the reward of its prefix, "
+                         "which only a causal model reads off the whole trace; use a decoder reward model")
+    results = []
+    for prompt, completion, ends in traces:
+        trace = format_trace(scorer.tokenizer, prompt, completion, ends)
+        if scorer.max_length and len(trace.ids) > scorer.max_length:
+            results.append(StepScores(None, None, None, len(trace.ids), True, trace.step_positions))
+            if meter is not None:
+                meter.add(1)
+            continue
+        rewards = scorer.scores_at(trace.ids, trace.step_positions)
+        scores = [1 / (1 + math.exp(-r)) for r in rewards]
+        results.append(StepScores(rewards, scores, first_below(scores, threshold), len(trace.ids), False,
+                                  trace.step_positions))
+        if meter is not None:
+            meter.add(1)
+    return results
