@@ -75,6 +75,8 @@ PERMISSIONS: dict[str, tuple[str, str, Permission | None]] = {
     "core.labeling.actions.change_overlap": ("datasets", "change overlap", P.CHANGE_SETTINGS),
     "core.labeling.ranking.ranking_view_in": ("rankings", "show an item", LABEL_ONLY),
     "core.labeling.ranking.ranking_label_input": ("rankings", "check a ranking", LABEL_ONLY),
+    "core.labeling.steps.steps_view_in": ("step marks", "show a trace", LABEL_ONLY),
+    "core.labeling.steps.steps_label_input": ("step marks", "check marks", LABEL_ONLY),
     "core.labeling.team_stats.team_report": ("team", "agreement and bias", P.VIEW_TEAM),
     "core.loop.evaluation.loop_report": ("loop", "read", P.VIEW_TEAM),
     "core.loop.settings.configure_loop": ("loop", "configure", P.CHANGE_SETTINGS),

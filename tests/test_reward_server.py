@@ -227,6 +227,30 @@ def test_a_text_over_max_length_gets_a_null_reward_and_a_flag_never_a_truncated_
     assert body["rewards"] == [None] and body["extra_logs"]["over_max_length"] == [1.0]
 
 
+def test_score_with_steps_returns_each_steps_reward_equal_to_a_plain_forward_of_its_prefix(server, oracle):
+    import torch
+
+    completion = "<think>two plus two\n\nis four</think>\n\nIt is 4."
+    status, body = call(server + "/score", {"prompts": ["What is 2 + 2? "], "completions": [completion], "steps": True})
+    assert status == 200, body
+    assert body["steps"] == [["two plus two", "is four", "It is 4."]]
+    # the oracle: the text of each step's prefix (up to the next step), tokenized within the whole example, read by
+    # a plain forward of that token prefix (the model pools at its last token)
+    ids = oracle.tokenizer("What is 2 + 2? " + completion + oracle.tokenizer.eos_token, return_offsets_mapping=True)
+    prompt_chars = len("What is 2 + 2? ")
+    ends = [prompt_chars + completion.index("is four"), prompt_chars + completion.index("It is 4."),
+            prompt_chars + len(completion)]
+    expected = []
+    for end in ends:
+        last = max(k for k, (a, b) in enumerate(ids["offset_mapping"]) if a < b <= end)
+        with torch.inference_mode():
+            expected.append(oracle.model(input_ids=torch.tensor([ids["input_ids"][: last + 1]])).logits[0, 0].item())
+    assert body["step_rewards"][0] == pytest.approx(expected, abs=1e-4)
+    assert body["step_scores"][0] == pytest.approx([1 / (1 + math.exp(-r)) for r in expected], abs=1e-4)
+    status, refused = call(server + "/score", {"prompts": ["p"], "completions": ["a"], "step_separator": "text:###"})
+    assert status == 400 and "send it with" in refused["error"]
+
+
 def test_health_and_info_describe_the_served_model(server):
     assert call(server + "/health") == (200, {"status": "serving"})
     status, info = call(server + "/info")

@@ -43,17 +43,21 @@ class ScoringWork:
 
     sequences: list[list[list[int]]]
     trajectories: list[FormattedExample] = field(default_factory=list)
+    # per-step rewards (one-model server): each trace's token ids and the positions its steps are read at
+    step_reads: list[tuple[list[int], list[int]]] = field(default_factory=list)
     future: Future = field(default_factory=Future)
 
     @property
     def size(self) -> int:
-        return max((len(per_model) for per_model in self.sequences), default=0) + len(self.trajectories)
+        return (max((len(per_model) for per_model in self.sequences), default=0) + len(self.trajectories)
+                + len(self.step_reads))
 
 
 @dataclass(frozen=True)
 class ScoredWork:
     rewards: list[list[float]]  # per model, one per submitted sequence, in order
     trajectories: list[Trajectory]  # one per submitted trajectory example
+    step_rewards: list[list[float]] = field(default_factory=list)  # one list per submitted step read
 
 
 @dataclass
@@ -133,6 +137,9 @@ class DynamicBatcher:
                     per_work[k].append([next(rewards) for _ in work.sequences[m]])
             trajectories = [self.scorers[0].trajectories(work.trajectories) if work.trajectories else []
                             for work in batch]
+            # one causal forward per trace, the score head read at each step's position
+            step_rewards = [[self.scorers[0].scores_at(ids, positions) for ids, positions in work.step_reads]
+                            for work in batch]
         except Exception as error:  # noqa: BLE001 (every waiting request must hear of it; the log has the trace)
             log.exception("scoring a batch of %d requests failed", len(batch))
             for work in batch:
@@ -144,5 +151,5 @@ class DynamicBatcher:
         sequences = sum(len(work.sequences[0]) for work in batch if work.sequences)
         stats.sequences += sequences
         stats.largest_batch = max(stats.largest_batch, sequences)
-        for work, rewards, steps in zip(batch, per_work, trajectories, strict=True):
-            work.future.set_result(ScoredWork(rewards, steps))
+        for work, rewards, steps, step_scores in zip(batch, per_work, trajectories, step_rewards, strict=True):
+            work.future.set_result(ScoredWork(rewards, steps, step_scores))

@@ -23,6 +23,7 @@ from typing import Any
 from core.data.formats import CHAT_ROLES
 from core.limits import MAX_JSON_DEPTH, MAX_SERVE_CHARS, MAX_SERVE_MESSAGES, MAX_SERVE_TEXTS, MAX_SERVE_TRAJECTORY_TEXTS
 from core.scoring.engine import Prompt
+from core.steps import StepError, StepRule
 
 
 
@@ -40,6 +41,7 @@ class ScoreRequest:
     completions: list[str]
     segments: bool
     trajectory: bool
+    steps: StepRule | None = None  # per-step rewards asked for, with the rule that splits each completion
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ def _nesting_depth(text: str) -> int:
 
 
 def parse_score_request(body: dict[str, Any]) -> ScoreRequest:
-    """``{"prompts": [...], "completions": [...], "segments": false, "trajectory": false}``."""
+    """``{"prompts": [...], "completions": [...], "segments": false, "trajectory": false, "steps": false,
+    "step_separator": ""}``."""
     prompts = _list_field(body, "prompts")
     completions = _list_field(body, "completions")
     if len(prompts) != len(completions):
@@ -101,10 +104,21 @@ def parse_score_request(body: dict[str, Any]) -> ScoreRequest:
     if trajectory and len(completions) > MAX_SERVE_TRAJECTORY_TEXTS:
         raise BadRequest(f"trajectory: a request asking for trajectories may hold at most {MAX_SERVE_TRAJECTORY_TEXTS} "
                          f"completions, got {len(completions)}; split it")
+    steps = None
+    if _flag(body, "steps"):
+        separator = body.get("step_separator", "") or ""
+        if not isinstance(separator, str):
+            raise BadRequest(f"step_separator must be a string ('text:SEP' or 'regex:PATTERN'), got {_json_type(separator)}")
+        try:
+            steps = StepRule.parse(separator)
+        except StepError as error:
+            raise BadRequest(f"step_separator: {error}") from None
+    elif "step_separator" in body:
+        raise BadRequest("step_separator splits completions into steps: send it with \"steps\": true")
     return ScoreRequest(
         [_prompt(value, f"prompts[{i}]") for i, value in enumerate(prompts)],
         [_completion(value, f"completions[{i}]") for i, value in enumerate(completions)],
-        segments, trajectory,
+        segments, trajectory, steps,
     )
 
 

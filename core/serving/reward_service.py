@@ -24,6 +24,8 @@ from core.scoring.engine import FormattedExample, Prompt, SegmentedExample, segm
 from core.serving.reward_fn import combine_rewards
 from core.serving.served_models import ServedModel
 from core.serving.request_bodies import BadRequest, ClassifyRequest
+from core.scoring.steps import format_trace
+from core.steps import StepError, StepRule, prefix_ends, split_steps
 
 
 class ModelFailure(RuntimeError):
@@ -38,6 +40,8 @@ class CompletionScore:
     over_max_length: bool
     n_tokens: int | None  # of the formatted example, under the first model (None: over max_length by its prefix)
     trajectory: list[tuple[str, float]] | None = None
+    steps: list[str] | None = None  # the completion's steps, when per-step rewards were asked for
+    step_rewards: list[float] | None = None  # the reward on the prefix ending at each step (None: over max_length)
 
 
 @dataclass
@@ -48,6 +52,7 @@ class PreparedRequest:
     segments: bool
     trajectory: bool
     work: ScoringWork
+    steps: list[list[str]] | None = None  # per completion, its step texts (when asked)
 
 
 class RewardService:
@@ -58,10 +63,18 @@ class RewardService:
 
     # ----- formatting (run in a worker thread: tokenizing is CPU work) -----------------------------
     def prepare_completions(self, prompts: Sequence[Prompt], completions: Sequence[str], *, segments: bool = False,
-                            trajectory: bool = False) -> PreparedRequest:
-        """``prompts[i] + completions[i]`` formatted as each model was trained."""
-        if trajectory:
-            self._require_trajectories()
+                            trajectory: bool = False, steps: StepRule | None = None) -> PreparedRequest:
+        """``prompts[i] + completions[i]`` formatted as each model was trained; with ``steps``, each completion split
+        by the rule, and its step reads (``core.scoring.steps``)."""
+        if trajectory or steps is not None:
+            self._require_trajectories("steps" if steps is not None else "trajectory")
+        spans = []
+        if steps is not None:
+            for i, completion in enumerate(completions):
+                try:
+                    spans.append(split_steps(completion, steps))
+                except StepError as error:
+                    raise BadRequest(f"completions[{i}]: {error}") from None
         pairs = list(zip(prompts, completions, strict=True))
         surely_over = self._surely_over([[*_prompt_texts(p), c] for p, c in pairs])
         if segments:
@@ -70,7 +83,15 @@ class RewardService:
         else:
             examples = [[_NOT_FORMATTED if surely_over[i] else _whole(model.scorer.format(p, c))
                          for i, (p, c) in enumerate(pairs)] for model in self.models]
-        return self._prepare(examples, segments=segments, trajectory=trajectory, surely_over=surely_over)
+        prepared = self._prepare(examples, segments=segments, trajectory=trajectory, surely_over=surely_over)
+        if steps is not None:
+            tokenizer = self.models[0].scorer.tokenizer
+            for i in prepared.kept:
+                trace = format_trace(tokenizer, prompts[i], completions[i],
+                                     prefix_ends(len(completions[i]), spans[i]))
+                prepared.work.step_reads.append((trace.ids, trace.step_positions))
+            prepared.steps = [[c[s.start:s.end] for s in spans_i] for c, spans_i in zip(completions, spans, strict=True)]
+        return prepared
 
     def prepare_queries(self, queries: Sequence[str]) -> PreparedRequest:
         """Full texts (prompt and response joined, OpenRLHF's ``query``) formatted as standard examples:
@@ -108,12 +129,13 @@ class RewardService:
                                  f"(size {vocabulary})")
         return self._prepare([[_whole(FormattedExample(ids, "", None, [])) for ids in request.token_ids]])
 
-    def _require_trajectories(self) -> None:
+    def _require_trajectories(self, field: str = "trajectory") -> None:
         if len(self.models) > 1:
-            raise BadRequest(f"trajectory: trajectories are per model's tokens, and this server reduces {len(self.models)} "
-                             "models; ask a server of one model")
+            raise BadRequest(f"{field}: per-token and per-step rewards are per model's tokens, and this server reduces "
+                             f"{len(self.models)} models; ask a server of one model")
         if not self.models[0].scorer.is_decoder:
-            raise BadRequest("trajectory: the model is an encoder (bidirectional): it has no per-token trajectory")
+            raise BadRequest(f"{field}: the model is an encoder (bidirectional): a prefix's reward cannot be read off "
+                             "the whole text")
 
     def _prepare(self, examples: list[list[SegmentedExample]], *, segments: bool = False,
                  trajectory: bool = False, surely_over: list[bool] | None = None) -> PreparedRequest:
@@ -159,10 +181,14 @@ class RewardService:
         normalizer = self.normalizers[0]
         for i, (steps, _) in zip(prepared.kept, scored.trajectories, strict=False):
             trajectories[i] = [(token, normalizer(value) if normalizer else value) for token, value in steps]
+        step_rewards: list[list[float] | None] = [None] * count
+        for i, values in zip(prepared.kept, scored.step_rewards, strict=False):
+            step_rewards[i] = list(values)
         return [
             CompletionScore(rewards[i], thinking[i] if prepared.segments else None,
                             answers[i] if prepared.segments else None, prepared.over_max_length[i],
-                            _token_count(prepared.examples[0][i]), trajectories[i])
+                            _token_count(prepared.examples[0][i]), trajectories[i],
+                            prepared.steps[i] if prepared.steps is not None else None, step_rewards[i])
             for i in range(count)
         ]
 

@@ -148,7 +148,7 @@ def build_app(service: RewardService, *, api_key: str, state: ServerState,
     async def score(request: Request) -> JSONResponse:
         def prepare(parsed):  # noqa: ANN001, ANN202
             return service.prepare_completions(parsed.prompts, parsed.completions, segments=parsed.segments,
-                                               trajectory=parsed.trajectory)
+                                               trajectory=parsed.trajectory, steps=parsed.steps)
 
         parsed, results = await scores_of(request, parse_score_request, prepare)
         body: dict[str, Any] = {
@@ -162,6 +162,12 @@ def build_app(service: RewardService, *, api_key: str, state: ServerState,
             body["answer_rewards"] = [r.answer_reward for r in results]
         if parsed.trajectory:
             body["trajectories"] = [None if r.trajectory is None else [[t, v] for t, v in r.trajectory] for r in results]
+        if parsed.steps is not None:
+            # raw rewards on each step's prefix (not normalized: a process reward model's logit), and their sigmoid
+            body["steps"] = [r.steps for r in results]
+            body["step_rewards"] = [r.step_rewards for r in results]
+            body["step_scores"] = [None if r.step_rewards is None else [1 / (1 + math.exp(-v)) for v in r.step_rewards]
+                                   for r in results]
         return JSONResponse(body)
 
     @app.post("/get_reward")
