@@ -1,5 +1,6 @@
 """The Label tab: one comparison at a time, sides randomized, keyboard shortcuts, undo, history; for
-a ranking dataset, the K completions of a prompt to put in places (mouse) or order by letters (keys)."""
+a ranking dataset, the K completions of a prompt to put in places (mouse) or order by letters (keys); for a
+steps dataset, the steps of a reasoning trace to mark correct, neutral or wrong (mouse, or j/k and 1/2/3/f)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from app.rendering import SCROLL_BOXES_TO_TOP_JS, render_prompt, render_response
+from app.rendering import SCROLL_BOXES_TO_TOP_JS, render_prompt, render_response, render_steps
 from app.session import USER_ERRORS, current_actor
 from core.accounts import Permission
 from core.data.datasets import datasets_to_label
@@ -21,6 +22,7 @@ from core.labeling.actions import (
     guidelines,
     history,
     label_and_next,
+    mark_steps_and_next,
     open_labeling_screen,
     rank_and_next,
     screen_choice_of,
@@ -28,6 +30,7 @@ from core.labeling.actions import (
     update_guidelines,
 )
 from core.labeling.ranking import RankingView, groups_from_places, order_text, parse_order
+from core.labeling.steps import StepsView, marks_from_screen, screen_from_marks
 from core.preferences.rankings import LETTERS
 from storage.engine import Store
 
@@ -44,6 +47,71 @@ STRENGTH_KEYS = {"q": "slightly", "w": "clearly"}
 HISTORY_HEADERS = ["comparison", "labeled at (UTC)", "your choice", "strength", "comment", "prompt"]
 ALL_DATASETS = ""  # the dataset choice that means "any dataset I may label"
 ORDER_KEY = "o"  # focuses the typed order of a ranking item
+# A steps item: j/k move between steps, 1/2/3 mark the current one correct/neutral/wrong (and move on), f marks it
+# the first wrong step and leaves the rest unreviewed, Enter submits.
+STEP_KEYS = {"1": "+", "2": "0", "3": "-", "f": "f"}
+FINAL_CHOICES = (("answer correct", "correct"), ("answer wrong", "wrong"), ("not judged", ""))
+
+# The steps view's behaviour in the browser: the marks live in a hidden text field (#step-marks, one character a
+# step: + 0 - . unreviewed, ? not yet marked) that the Submit button sends; buttons and keys edit it, and every
+# step block is painted from it.
+STEPS_SCRIPT = """
+window.rlStepCurrent = 0;
+function rlMarksBox() { return document.querySelector('#step-marks textarea, #step-marks input'); }
+function rlStepsView() { const v = document.getElementById('steps-view'); return v && v.offsetParent !== null ? v : null; }
+window.rlPaintSteps = function () {
+  const view = document.getElementById('steps-view'), box = rlMarksBox();
+  if (!view || !box) return;
+  if (view.dataset.item !== window.rlStepItem) { window.rlStepItem = view.dataset.item; window.rlStepCurrent = 0; }
+  const marks = box.value || '';
+  const names = {'+': 'correct', '0': 'neutral', '-': 'wrong', '.': 'unreviewed', '?': ''};
+  view.querySelectorAll('.rl-step').forEach((step) => {
+    const i = Number(step.dataset.step), mark = marks[i] || '?';
+    step.dataset.mark = mark;
+    step.dataset.current = i === window.rlStepCurrent ? '1' : '0';
+    step.querySelector('.rl-step-state').textContent = names[mark] || '';
+  });
+};
+function rlMarkStep(i, mark) {
+  const view = rlStepsView(), box = rlMarksBox();
+  if (!view || !box) return;
+  const n = Number(view.dataset.n);
+  let marks = (box.value && box.value.length === n ? box.value : '?'.repeat(n)).split('');
+  if (mark === 'f') { marks[i] = '-'; for (let j = i + 1; j < n; j++) marks[j] = '.'; }
+  else { marks[i] = mark; for (let j = i + 1; j < n; j++) if (marks[j] === '.') marks[j] = '?'; }
+  const setter = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(box), 'value').set;
+  setter.call(box, marks.join(''));
+  box.dispatchEvent(new Event('input', {bubbles: true}));
+  window.rlStepCurrent = mark === 'f' ? i : Math.min(n - 1, i + 1);
+  window.rlPaintSteps();
+  const current = view.querySelector(`.rl-step[data-step="${window.rlStepCurrent}"]`);
+  if (current) current.scrollIntoView({block: 'nearest'});
+}
+document.addEventListener('click', (event) => {
+  const button = event.target.closest && event.target.closest('button.rl-mark');
+  if (!button) return;
+  event.preventDefault();
+  rlMarkStep(Number(button.dataset.step), button.dataset.mark);
+});
+function rlStepKey(event, key) {
+  const view = rlStepsView();
+  if (!view) return false;
+  const n = Number(view.dataset.n);
+  const marks = {STEP_MARKS};
+  if (key === 'j' || key === 'k') {
+    window.rlStepCurrent = Math.max(0, Math.min(n - 1, window.rlStepCurrent + (key === 'j' ? 1 : -1)));
+    window.rlPaintSteps();
+    const current = view.querySelector(`.rl-step[data-step="${window.rlStepCurrent}"]`);
+    if (current) current.scrollIntoView({block: 'nearest'});
+  } else if (marks[key]) {
+    rlMarkStep(window.rlStepCurrent, marks[key]);
+  } else if (key === 'enter') {
+    document.getElementById('btn-steps-submit').click();
+  } else return false;
+  event.preventDefault();
+  return true;
+}
+""".replace("{STEP_MARKS}", "{" + ", ".join(f"'{key}': '{mark}'" for key, mark in STEP_KEYS.items()) + "}")
 
 
 def shortcuts_script() -> str:
@@ -54,7 +122,7 @@ def shortcuts_script() -> str:
     # typed order, where letters and Enter rank without the mouse.
     mapping = ", ".join(f"'{key}': '{element_id}'" for key, element_id in keys.items())
     strengths = ", ".join(f"'{key}': '{value}'" for key, value in STRENGTH_KEYS.items())
-    return f"""<script>
+    return f"""<script>{STEPS_SCRIPT}
 document.addEventListener('keydown', (event) => {{
   const target = event.target;
   if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
@@ -65,6 +133,7 @@ document.addEventListener('keydown', (event) => {{
   const buttons = {{{mapping}}};
   const strengths = {{{strengths}}};
   const key = event.key.toLowerCase();
+  if (rlStepKey(event, key)) return;  // a steps item takes its own keys (1/2/3 mark steps there)
   if (key === '{ORDER_KEY}') {{
     const order = document.querySelector('#rank-order textarea, #rank-order input');
     if (order && order.offsetParent !== null) {{ event.preventDefault(); order.focus(); return; }}
@@ -80,7 +149,11 @@ document.addEventListener('keydown', (event) => {{
 </script>"""
 
 
-def shortcuts_legend(*, ranking: bool = False) -> str:
+def shortcuts_legend(*, ranking: bool = False, steps: bool = False) -> str:
+    if steps:
+        return ('<div class="rl-shortcuts">Keys: <kbd>j</kbd>/<kbd>k</kbd> next/previous step · <kbd>1</kbd> correct · '
+                '<kbd>2</kbd> neutral · <kbd>3</kbd> wrong · <kbd>f</kbd> first wrong step (the rest unreviewed) · '
+                f'<kbd>Enter</kbd> submit · <kbd>{UNDO_KEY}</kbd> undo · or the buttons on each step</div>')
     if ranking:
         return (f'<div class="rl-shortcuts">Keys: <kbd>{ORDER_KEY}</kbd> type the order (letters best first, '
                 f'<kbd>=</kbd> ties, <kbd>Enter</kbd> submits) · <kbd>{UNDO_KEY}</kbd> undo · places with the mouse</div>')
@@ -122,13 +195,19 @@ class LabelTab:
     order: gr.Textbox
     all_bad: gr.Checkbox
     legend: gr.HTML
+    steps_row: gr.Column  # the steps of a trace
+    steps_html: gr.HTML
+    steps_buttons: gr.Row
+    step_marks: gr.Textbox  # hidden: the marks, one character a step, edited by the page's script
+    final: gr.Radio
 
     @property
     def view_outputs(self) -> list:
         return [self.prompt, self.left, self.right, self.comment, self.strength, self.current, self.status, self.progress,
                 self.view, self.shown_at, self.history, self.change_it, self.keep_it, self.refused, self.guidelines,
                 self.pair_row, self.pair_buttons, self.rank_row, self.rank_buttons, *self.slots, *self.slot_texts,
-                *self.places, self.order, self.all_bad, self.legend]
+                *self.places, self.order, self.all_bad, self.legend, self.steps_row, self.steps_html,
+                self.steps_buttons, self.step_marks, self.final]
 
 
 def _message(text: str) -> str:
@@ -137,7 +216,7 @@ def _message(text: str) -> str:
 
 def _datasets_choices(summaries: list) -> list[tuple[str, str]]:
     return [("All my datasets", ALL_DATASETS)] + [
-        (f"{s.name} ({s.prompt_kind or 'empty'}{', ranking' if s.question == 'ranking' else ''}) · {s.waiting} waiting",
+        (f"{s.name} ({s.prompt_kind or 'empty'}{'' if s.question == 'pairwise' else ', ' + s.question}) · {s.waiting} waiting",
          s.name) for s in summaries if not s.archived
     ]
 
@@ -170,11 +249,13 @@ def _show(tab: LabelTab, actor, screen: LabelingScreen, status: str = "", store:
     if store is not None and view is not None and view.dataset:
         # The guidelines of the dataset being labeled, which may change from one comparison to the next.
         updates[tab.guidelines] = guidelines(store, view.dataset)
-    ranking = isinstance(view, RankingView)
-    updates.update({tab.legend: shortcuts_legend(ranking=ranking),
-                    tab.pair_row: gr.Row(visible=not ranking), tab.pair_buttons: gr.Row(visible=not ranking),
-                    tab.strength: gr.Radio(value="clearly", visible=not ranking),
-                    tab.rank_row: gr.Row(visible=ranking), tab.rank_buttons: gr.Row(visible=ranking)})
+    ranking, steps = isinstance(view, RankingView), isinstance(view, StepsView)
+    pair = not ranking and not steps
+    updates.update({tab.legend: shortcuts_legend(ranking=ranking, steps=steps),
+                    tab.pair_row: gr.Row(visible=pair), tab.pair_buttons: gr.Row(visible=pair),
+                    tab.strength: gr.Radio(value="clearly", visible=pair),
+                    tab.rank_row: gr.Row(visible=ranking), tab.rank_buttons: gr.Row(visible=ranking),
+                    tab.steps_row: gr.Column(visible=steps), tab.steps_buttons: gr.Row(visible=steps)})
     if view is None:
         updates[tab.prompt] = '<div class="rl-empty">Nothing left for you to label here. Thank you!</div>'
         updates[tab.left] = updates[tab.right] = updates[tab.current] = ""
@@ -184,6 +265,15 @@ def _show(tab: LabelTab, actor, screen: LabelingScreen, status: str = "", store:
     if ranking:
         updates.update(_show_ranking(tab, view))
         updates[tab.current] = f"Ranking item #{view.item_id} · {len(view.completions)} responses{changing}"
+        return updates
+    if steps:
+        existing = view.existing
+        updates[tab.steps_html] = render_steps(view)
+        updates[tab.step_marks] = screen_from_marks(existing.marks if existing else None, len(view.steps))
+        updates[tab.final] = (existing.final or "") if existing else ""
+        if existing is not None and existing.comment:
+            updates[tab.comment] = existing.comment
+        updates[tab.current] = f"Trace #{view.item_id} · {len(view.steps)} steps{changing}"
         return updates
     updates[tab.left] = render_response(view.left, "Left")
     updates[tab.right] = render_response(view.right, "Right")
@@ -297,6 +387,9 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
                 places.append(gr.Radio(choices=[], label=f"Place of {letter}", elem_id=f"rank-place-{letter}",
                                        elem_classes=["rl-place"]))
             slots.append(slot)
+    # A steps item: the trace's steps, numbered, each with its mark buttons (app/rendering.py render_steps).
+    with gr.Column(visible=False, elem_id="label-steps-box") as steps_row:
+        steps_html = gr.HTML(elem_id="label-steps")
     # Sticks to the bottom of the window (LABEL_CSS), so it is compact (at most ~110 px): one row of buttons, one of
     # options and the status line, whose messages are cut to one line (a refusal and "Change it" included).
     with gr.Column(elem_id="label-choice-bar"):
@@ -309,6 +402,13 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             rank_submit = gr.Button("Submit ranking", variant="primary", elem_id="btn-rank-submit", size="sm",
                                     min_width=120)
             rank_skip = gr.Button("Skip", elem_id="btn-rank-skip", size="sm", min_width=80)
+        with gr.Row(visible=False, equal_height=True, elem_id="steps-buttons") as steps_buttons:
+            final = gr.Radio(list(FINAL_CHOICES), value="", label="Final answer", show_label=False, container=False,
+                             elem_id="steps-final", min_width=300, scale=0)
+            step_marks = gr.Textbox(value="", show_label=False, container=False, elem_id="step-marks", max_lines=1)
+            steps_submit = gr.Button("Submit marks", variant="primary", elem_id="btn-steps-submit", size="sm",
+                                     min_width=120)
+            steps_skip = gr.Button("Skip", elem_id="btn-steps-skip", size="sm", min_width=80)
         with gr.Row(equal_height=True, elem_id="label-button-row") as pair_buttons:
             choice_buttons = {
                 choice: gr.Button(text, elem_id=element_id, size="sm", min_width=90,
@@ -344,11 +444,14 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
     for box in (prompt_html, left_html, right_html):
         box.change(None, js=SCROLL_BOXES_TO_TOP_JS)  # a new comparison starts at its top (the prompt at its last turn)
     guidelines_md.change(None, inputs=guidelines_md, js=GUIDELINES_SEEN_JS)
+    # paint the marks whenever a new trace or its stored marks arrive from the server
+    for painted in (steps_html, step_marks):
+        painted.change(None, js="() => { setTimeout(() => window.rlPaintSteps && window.rlPaintSteps(), 0); }")
     tab = LabelTab(
         dataset_choice, datasets_md, progress_md, guidelines_md, guidelines_editor, guidelines_save, prompt_html,
         left_html, right_html, strength, comment, current, status, history_table, change_it, keep_it, gr.State(None),
         gr.State(0.0), gr.State(None), pair_row, pair_buttons, rank_row, rank_buttons, slots, slot_texts, places,
-        order_box, all_bad, legend,
+        order_box, all_bad, legend, steps_row, steps_html, steps_buttons, step_marks, final,
     )
 
     def open_dataset(dataset: str | None, request: gr.Request) -> dict:
@@ -415,6 +518,9 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         if refused[0] == "ranking":
             _, groups, flagged, note = refused
             return submit_ranking(view, shown_at, groups, flagged, note, dataset, request, replace_existing=True)
+        if refused[0] == "steps":
+            _, marks, verdict, note = refused
+            return submit_marks(view, shown_at, marks, verdict, note, dataset, request, replace_existing=True)
         screen_choice, how_much, note = refused
         return submit(view, shown_at, screen_choice, how_much, note, dataset, request, replace_existing=True)
 
@@ -436,6 +542,43 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         done = "Saved" if screen.result.changed else "Already saved"
         what = "skipped" if groups is None else order_text(groups, view)
         return _show(tab, actor, screen, f"{done}: #{view.item_id} → {what}", store=store)
+
+    def submit_marks(view, shown_at, marks, verdict, note, dataset, request: gr.Request,  # noqa: ANN001
+                     replace_existing: bool = False) -> dict:
+        """Store the marks on screen (``marks`` None skips the trace) and show the next item."""
+        try:
+            actor = current_actor(store, request)
+            if not isinstance(view, StepsView):
+                return _show(tab, actor, open_labeling_screen(store, actor, dataset or None), store=store)
+            seconds = round(time.monotonic() - shown_at, 2) if shown_at else None
+            screen = mark_steps_and_next(store, actor, view, marks, final=verdict or None, comment=note,
+                                         seconds_spent=seconds, dataset=dataset or None,
+                                         replace_existing=replace_existing)
+        except StaleScreen as stale:
+            return {tab.status: _message(str(stale)), tab.change_it: gr.Button(visible=True),
+                    tab.keep_it: gr.Button(visible=True), tab.refused: ("steps", marks, verdict, note)}
+        except USER_ERRORS as error:
+            return {tab.status: _message(str(error))}
+        done = "Saved" if screen.result.changed else "Already saved"
+        what = "skipped" if marks is None else "".join("·" if m is None else m for m in marks)
+        return _show(tab, actor, screen, f"{done}: #{view.item_id} → {what}", store=store)
+
+    def marks_from_page(view, shown_at, marks_text, verdict, note, dataset, request: gr.Request) -> dict:  # noqa: ANN001
+        if not isinstance(view, StepsView):
+            return submit_marks(view, shown_at, None, None, note, dataset, request)
+        try:
+            marks = marks_from_screen(marks_text, len(view.steps))
+        except LABELING_ERRORS as error:
+            return {tab.status: _message(str(error))}
+        return submit_marks(view, shown_at, marks, verdict, note, dataset, request)
+
+    def skip_trace(view, shown_at, note, dataset, request: gr.Request) -> dict:  # noqa: ANN001
+        return submit_marks(view, shown_at, None, None, note, dataset, request)
+
+    steps_submit.click(marks_from_page, inputs=[tab.view, tab.shown_at, step_marks, final, comment, dataset_choice],
+                       outputs=tab.view_outputs, api_visibility="private", api_name="submit_marks")
+    steps_skip.click(skip_trace, inputs=[tab.view, tab.shown_at, comment, dataset_choice], outputs=tab.view_outputs,
+                     api_visibility="private", api_name="skip_trace")
 
     # One parameter per place (A to I): Gradio passes inputs positionally and a gr.Request by annotation.
     def rank_from_screen(view, shown_at, order, flagged, note, dataset, place_a, place_b, place_c, place_d,  # noqa: ANN001

@@ -35,6 +35,7 @@ from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
 
 from core.limits import MAX_HIGHLIGHT_CHARS, MAX_MARKDOWN_CHARS
+from core.labeling.steps import StepsView
 from core.labeling.actions import ComparisonView, ResponseView
 from core.segments import thinking_body
 
@@ -173,6 +174,32 @@ def render_response(response: ResponseView, title: str) -> str:
     return "".join(parts)
 
 
+STEP_MARK_BUTTONS = (("+", "✓ correct", "1"), ("0", "~ neutral", "2"), ("-", "✗ wrong", "3"),
+                     ("f", "first wrong: rest unreviewed", "f"))
+
+
+def render_steps(view: StepsView) -> str:
+    """A trace's steps as numbered blocks (thinking steps apart from the answer), each with its mark buttons; the
+    page's script (app/label_tab.py) reads the buttons' ``data-`` attributes and paints the marks."""
+    parts = [f'<div class="rl-steps" id="steps-view" data-item="{view.item_id}" data-n="{len(view.steps)}">']
+    answer_started = False
+    for step in view.steps:
+        if step.in_answer and not answer_started:
+            answer_started = True
+            parts.append('<div class="rl-steps-divider">Final answer</div>')
+        kind = "answer" if step.in_answer else "thinking"
+        buttons = "".join(
+            f'<button type="button" class="rl-mark rl-mark-{"f" if mark == "f" else {"+": "ok", "0": "neutral", "-": "bad"}[mark]}" '
+            f'data-step="{step.step_id}" data-mark="{mark}" title="key {key}">{html.escape(text)}</button>'
+            for mark, text, key in STEP_MARK_BUTTONS)
+        parts.append(f'<div class="rl-step rl-step-{kind}" data-step="{step.step_id}" data-mark="?">'
+                     f'<div class="rl-step-head"><span class="rl-step-number">Step {step.step_id + 1}</span>'
+                     f'<span class="rl-step-kind">{kind}</span><span class="rl-step-state"></span>'
+                     f'<span class="rl-mark-buttons">{buttons}</span></div>{_text(step.text)}</div>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
 # Only the token colours: Pygments' style sheet also restyles every `pre` and line-number cell on
 # the page, which is not ours to change.
 # Gradio patches a changed gr.HTML in place, so a scrolled box would keep its scroll position into
@@ -254,6 +281,27 @@ body:has(#label-raw input:checked) .rl-thinking { display: none; }
 .rl-thinking summary { cursor: pointer; font-size: 0.9em; }
 .rl-thinking .rl-text { font-size: 0.9em; border-left: 2px dashed var(--border-color-primary); padding-left: 8px; }
 .rl-empty { font-style: italic; opacity: 0.6; }
+/* Steps of a reasoning trace: a block each, the current one outlined (keys j/k), coloured by its mark. */
+.rl-steps { max-height: 58vh; overflow-y: auto; padding-right: 4px; }
+.rl-step { border: 1px solid var(--border-color-primary); border-left-width: 5px; border-radius: 6px; padding: 4px 10px;
+  margin: 4px 0; }
+.rl-step-answer { background: rgba(16, 185, 129, 0.05); }
+.rl-steps-divider { font-size: 0.8em; text-transform: uppercase; letter-spacing: 0.05em; opacity: 0.7; margin-top: 8px; }
+.rl-step[data-current="1"] { outline: 2px solid #3b82f6; }
+.rl-step[data-mark="+"] { border-left-color: #10b981; }
+.rl-step[data-mark="0"] { border-left-color: #a3a3a3; }
+.rl-step[data-mark="-"] { border-left-color: #ef4444; }
+.rl-step[data-mark="."] { opacity: 0.55; }
+.rl-step-head { display: flex; gap: 8px; align-items: center; font-size: 0.85em; }
+.rl-step-number { font-weight: 600; }
+.rl-step-kind { opacity: 0.6; }
+.rl-step-state { flex: 1; font-style: italic; opacity: 0.8; }
+.rl-mark-buttons { display: flex; gap: 4px; }
+.gradio-container button.rl-mark { padding: 0 6px; font-size: 0.85em; border: 1px solid var(--border-color-primary);
+  border-radius: 4px; background: var(--background-fill-secondary); cursor: pointer; }
+.rl-step[data-mark="+"] .rl-mark-ok, .rl-step[data-mark="0"] .rl-mark-neutral,
+.rl-step[data-mark="-"] .rl-mark-bad { font-weight: 700; background: var(--color-accent-soft, #dbeafe); }
+#step-marks { display: none; }
 .rl-shortcuts kbd { border: 1px solid var(--border-color-primary); border-radius: 3px; padding: 0 4px; font-size: 0.85em; }
 /* The choice buttons stay on screen however far the page scrolls. Sticky positioning needs every
    ancestor up to the page to be non-scrolling: Gradio's container has overflow: hidden (which makes

@@ -80,7 +80,7 @@ def test_the_public_api_is_next_next_in_dataset_label_and_rank_for_every_role_an
     for name in ROLES:
         client = Client(secured_app.url, auth=(name, PASSWORD), verbose=False)
         assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {
-            "/next", "/next_in_dataset", "/label", "/rank"}
+            "/next", "/next_in_dataset", "/label", "/rank", "/label_steps"}
         assert client.predict(api_name="/next") is not None
     anonymous = session_for(secured_app, None)
     assert anonymous.get("/config").status_code in (401, 403)
@@ -98,6 +98,7 @@ HANDLER_PERMISSIONS = {
     "show_loop": "VIEW_TEAM", "show_loop_1": "VIEW_TEAM", "evaluate_loop": "INSPECT",
     "save_loop_settings": "CHANGE_SETTINGS",
     "rank": "LABEL", "rank_from_screen": "LABEL", "rank_from_screen_1": "LABEL", "skip_ranking": "LABEL",
+    "label_steps": "LABEL", "submit_marks": "LABEL", "skip_trace": "LABEL",
     # the typed order of the places the caller has just clicked: reads nothing, writes nothing
     "order_from_places": None,
     "save_guidelines": "EDIT_GUIDELINES", "save_dataset_settings": "CHANGE_SETTINGS",
