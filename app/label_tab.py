@@ -404,11 +404,11 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             rank_skip = gr.Button("Skip", elem_id="btn-rank-skip", size="sm", min_width=80)
         with gr.Row(visible=False, equal_height=True, elem_id="steps-buttons") as steps_buttons:
             final = gr.Radio(list(FINAL_CHOICES), value="", label="Final answer", show_label=False, container=False,
-                             elem_id="steps-final", min_width=300, scale=0)
+                             elem_id="steps-final", min_width=340, scale=0)
             step_marks = gr.Textbox(value="", show_label=False, container=False, elem_id="step-marks", max_lines=1)
             steps_submit = gr.Button("Submit marks", variant="primary", elem_id="btn-steps-submit", size="sm",
-                                     min_width=120)
-            steps_skip = gr.Button("Skip", elem_id="btn-steps-skip", size="sm", min_width=80)
+                                     min_width=120, scale=1)
+            steps_skip = gr.Button("Skip", elem_id="btn-steps-skip", size="sm", min_width=80, scale=0)
         with gr.Row(equal_height=True, elem_id="label-button-row") as pair_buttons:
             choice_buttons = {
                 choice: gr.Button(text, elem_id=element_id, size="sm", min_width=90,

@@ -302,6 +302,11 @@ body:has(#label-raw input:checked) .rl-thinking { display: none; }
 .rl-step[data-mark="+"] .rl-mark-ok, .rl-step[data-mark="0"] .rl-mark-neutral,
 .rl-step[data-mark="-"] .rl-mark-bad { font-weight: 700; background: var(--color-accent-soft, #dbeafe); }
 #step-marks { display: none; }
+/* The steps bar is one short row like the pair buttons: the verdict as small inline choices, small buttons. */
+#steps-buttons { align-items: center; flex-wrap: nowrap; }
+#steps-buttons button { max-height: 34px; }
+#steps-final .wrap { flex-wrap: nowrap !important; gap: 4px !important; }
+#steps-final label { padding: 2px 8px !important; min-height: 0 !important; font-size: 0.85em; white-space: nowrap; }
 .rl-shortcuts kbd { border: 1px solid var(--border-color-primary); border-radius: 3px; padding: 0 4px; font-size: 0.85em; }
 /* The choice buttons stay on screen however far the page scrolls. Sticky positioning needs every
    ancestor up to the page to be non-scrolling: Gradio's container has overflow: hidden (which makes
