@@ -24,6 +24,7 @@ from core.accounts import (
 )
 from core.data.datasets import DatasetSettings, change_dataset_settings, datasets_for
 from core.labeling.team_stats import TeamReport, team_report
+from core.limits import MIN_AGREEMENT_STEPS, MIN_AGREEMENT_TRACES
 from core.scoring.inspection import allow_annotators_to_inspect, annotators_may_inspect
 from storage.engine import Store
 
@@ -49,6 +50,7 @@ def _summary(report: TeamReport, overlap: int | None) -> str:
         f"Cohen's kappa (mean over annotator pairs): **{_number(report.cohens_kappa)}** · Fleiss' kappa: **{fleiss}**\n\n"
         "A left-side pick rate far from 0.5 suggests position bias (sides are randomized per comparison)."
         + (_ranking_summary(report.ranking) if report.ranking is not None else "")
+        + (_steps_summary(report.steps) if report.steps is not None else "")
     )
 
 
@@ -65,6 +67,20 @@ def _ranking_summary(agreement) -> str:  # noqa: ANN001  (core.labeling.ranking_
             f"#{item.item_id} W {_number(item.w)} tau {_number(item.mean_tau)} ({item.raters} raters)"
             for item in agreement.per_item[:10]) if agreement.per_item else "")
     )
+
+
+def _steps_summary(agreement) -> str:  # noqa: ANN001  (core.labeling.step_agreement.StepAgreement)
+    kappa = (f"Fleiss' kappa **{_number(agreement.fleiss_kappa)}** · Cohen's kappa (pooled over pairs) "
+             f"**{_number(agreement.cohens_kappa)}** on {agreement.steps_with_overlap} step(s) reviewed by 2+ people"
+             if agreement.fleiss_kappa is not None or agreement.steps_with_overlap >= MIN_AGREEMENT_STEPS else
+             f"per-step kappa: withheld, {agreement.steps_with_overlap} step(s) reviewed by 2+ people, fewer than "
+             f"{MIN_AGREEMENT_STEPS}")
+    first = (f"first wrong step at the same step **{_number(agreement.first_error_exact)}**, within one step "
+             f"**{_number(agreement.first_error_within_one)}** (n = {agreement.annotator_pairs} pairs of annotators on "
+             f"{agreement.traces_with_overlap} traces)" if agreement.first_error_exact is not None else
+             f"first-error agreement: withheld, {agreement.traces_with_overlap} trace(s) marked by 2+ people, fewer "
+             f"than {MIN_AGREEMENT_TRACES}")
+    return f"\n\n### Steps\n{agreement.traces} marked trace(s) · {kappa} · {first}"
 
 
 def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:

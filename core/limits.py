@@ -62,6 +62,10 @@ MAX_FIELDS_PER_ROW = 1_000  # keys of one JSON row
 MAX_STEPS_PER_TRACE = 200
 MAX_STEP_CHARS = 50_000  # one step: a long paragraph of a proof, never a whole trace in one step
 MAX_STEP_RULE_CHARS = 200  # a dataset's step separator (a string or a regular expression)
+# Agreement on steps is withheld below these: kappa on fewer than 30 doubly-reviewed steps, or first-error
+# agreement on fewer than 10 doubly-marked traces, moves by more than 0.1 with one vote (noise, not a verdict).
+MIN_AGREEMENT_STEPS = 30
+MIN_AGREEMENT_TRACES = 10
 
 # --- import (CLI and upload): the file
 # Bytes a file may hold once decompressed. A compressed file is measured as a stream before it is
@@ -165,6 +169,8 @@ CAPS: dict[str, str] = {
     "MAX_FIELDS_PER_ROW": "line N: row has N fields; a preference row has a handful (at most 1,000)",
     "MAX_STEPS_PER_TRACE": "line N: the trace has N steps; the limit is 200 (split it into fewer, longer steps)",
     "MAX_STEP_CHARS": "line N: field 'steps[i]' is N characters long; the limit is 50,000",
+    "MIN_AGREEMENT_STEPS": "(withheld) Team tab: 'per-step kappa: withheld, N steps reviewed by 2+ people, fewer than 30'",
+    "MIN_AGREEMENT_TRACES": "(withheld) Team tab: 'first-error agreement: withheld, N traces marked by 2+ people, fewer than 10'",
     "MAX_STEP_RULE_CHARS": "the step separator is N characters long; the limit is 200",
     "MAX_IMPORT_BYTES": "FILE: decompresses to more than 512 MiB, the import limit ($REWARDLAB_MAX_IMPORT_MB)",
     "MAX_IMPORT_LINE_BYTES": "line N: the line is longer than 16 MiB",

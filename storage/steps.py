@@ -17,7 +17,7 @@ from sqlalchemy import select, tuple_
 from sqlmodel import Session
 
 from storage.bulk import chunked, insert_ignoring_conflicts
-from storage.models import Comparison, Completion, Dataset, Label, Prompt, TraceStep, User
+from storage.models import Comparison, Completion, Dataset, Label, Prompt, Role, TraceStep, User
 from storage.queue_counts import refresh_comparison_counts
 
 
@@ -119,8 +119,10 @@ class StepTrace:
 
 
 def step_traces(session: Session, dataset_ids: list[int], *, annotators: list[str] | None = None,
-                since: datetime | None = None, include_archived: bool = False) -> list[StepTrace]:
-    """Every steps item of the datasets with its marks (skips are not marks), in item order."""
+                since: datetime | None = None, include_archived: bool = False,
+                people_only: bool = False) -> list[StepTrace]:
+    """Every steps item of the datasets with its marks (skips are not marks), in item order; ``people_only`` leaves
+    out the marks of import sources (not people)."""
     query = (select(Comparison.id, Dataset.name, Prompt.text, Prompt.messages, Completion.text, Comparison.archived)
              .join(Dataset, Dataset.id == Comparison.dataset_id)
              .join(Prompt, Prompt.id == Comparison.prompt_id)
@@ -145,6 +147,8 @@ def step_traces(session: Session, dataset_ids: list[int], *, annotators: list[st
             label_query = label_query.where(User.name.in_(annotators))
         if since is not None:
             label_query = label_query.where(Label.updated_at >= since)
+        if people_only:
+            label_query = label_query.where(User.role != Role.SOURCE.value)
         for item_id, name, marks in session.execute(label_query).all():
             votes.setdefault(item_id, {})[name] = marks
     return [StepTrace(item_id, dataset, text, messages, completion, steps.get(item_id, []), votes.get(item_id, {}),

@@ -214,3 +214,60 @@ def test_a_trace_ends_at_its_last_labeled_step_after_first_error_labeling(steps_
     row = next(json.loads(line) for line in out.read_text().splitlines() if "2 + 3" in line)
     assert (row["completions"], row["labels"]) == (["3 * 4 = 12.", "2 + 12 = 15."], [True, False])
     assert report.left_out["steps after the last labeled one"] == 2
+
+
+def test_team_step_agreement_matches_statsmodels_kappa_and_first_error_agreement_worked_by_hand(store, tmp_path):
+    import numpy as np
+    from statsmodels.stats.inter_rater import cohens_kappa, fleiss_kappa
+
+    from core.labeling.team_stats import team_report
+
+    rows = [{"prompt": f"q{i}", "steps": [f"a{i}", f"b{i}", f"c{i}"]} for i in range(12)]
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "t.jsonl", rows), dataset="agree", question="steps"))
+    change_dataset_settings(store, _actor(store, "boss", "admin"), "agree", DatasetSettings(overlap=3))
+    people = [_actor(store, name) for name in ("p1", "p2", "p3")]
+    rng = __import__("random").Random(7)
+    given = {}
+    items = [row[0] for row in sql(store, "SELECT id FROM comparison ORDER BY id")]
+    for item in items:
+        for person in people:
+            marks = [rng.choice(["+", "+", "0", "-"]) for _ in range(3)]
+            label_steps(store, person, item, marks)
+            given[(item, person.name)] = marks
+    report = team_report(store, _actor_of(store, "boss"), dataset="agree").steps
+    table = np.array([[sum(given[(item, p.name)][step] == mark for p in people) for mark in "+0-"]
+                      for item in items for step in range(3)])
+    assert report.steps_with_overlap == 36 and report.fleiss_kappa == pytest.approx(fleiss_kappa(table), abs=1e-9)
+    pooled = np.zeros((3, 3))
+    index = {"+": 0, "0": 1, "-": 2}
+    for item in items:
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            for step in range(3):
+                pooled[index[given[(item, people[a].name)][step]], index[given[(item, people[b].name)][step]]] += 1
+    assert report.cohens_kappa == pytest.approx(cohens_kappa(pooled).kappa, abs=1e-9)
+
+    def first(marks):  # noqa: ANN001, ANN202
+        return next((k for k, m in enumerate(marks) if m == "-"), None)
+
+    pairs = [(first(given[(item, people[a].name)]), first(given[(item, people[b].name)]))
+             for item in items for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert report.annotator_pairs == 36
+    assert report.first_error_exact == pytest.approx(sum(a == b for a, b in pairs) / 36)
+    assert report.first_error_within_one == pytest.approx(
+        sum(a == b or (a is not None and b is not None and abs(a - b) <= 1) for a, b in pairs) / 36)
+
+
+def test_step_agreement_is_withheld_below_its_minimum_and_says_its_n(steps_store):
+    from core.labeling.team_stats import team_report
+
+    ann, bob = _actor(steps_store, "ann"), _actor(steps_store, "bob")
+    change_dataset_settings(steps_store, _actor(steps_store, "boss", "admin"), "proc", DatasetSettings(overlap=2))
+    item = next_comparison(steps_store, ann, "proc")
+    for person in (ann, bob):
+        label_steps(steps_store, person, item.item_id, ["+"] * len(item.steps))
+    report = team_report(steps_store, _actor_of(steps_store, "boss"), dataset="proc").steps
+    assert report.traces_with_overlap == 1 and report.fleiss_kappa is None and report.first_error_exact is None
+
+
+def _actor_of(store, name: str):  # noqa: ANN001, ANN202
+    return actor_for(store, name)

@@ -15,10 +15,12 @@ from itertools import combinations
 
 from core.accounts import Actor, Permission
 from core.labeling.ranking_agreement import RankingAgreement, agreement_of
+from core.labeling.step_agreement import StepAgreement, step_agreement
 from storage.datasets import open_dataset_ids, require_dataset
 from storage.engine import Store
 from storage.queries import human_labels
 from storage.ranking import ranking_dataset_ids, rankings_by_item
+from storage.steps import step_item_ids, step_traces
 
 CATEGORIES = ("a", "b", "tie", "both_bad")
 
@@ -57,6 +59,7 @@ class TeamReport:
     disagreements: list[Disagreement]
     comments: list[LabelComment] = ()  # newest first
     ranking: RankingAgreement | None = None  # for ranking datasets among those reported
+    steps: StepAgreement | None = None  # for steps datasets among those reported
 
 
 def _finite(value: float) -> float | None:
@@ -112,13 +115,15 @@ def team_report(store: Store, actor: Actor, *, dataset: str | None = None, max_d
         labels = human_labels(session, dataset_id)
         ranked_ids = ranking_dataset_ids(session, [dataset_id] if dataset_id else open_dataset_ids(session))
         rankings = rankings_by_item(session, ranked_ids) if ranked_ids else None
+        reported = [dataset_id] if dataset_id else open_dataset_ids(session)
+        traces = step_traces(session, reported, people_only=True) if step_item_ids(session, reported) else None
     per_person: dict[str, list] = defaultdict(list)
     by_comparison: dict[int, dict[str, str]] = defaultdict(dict)
     excerpts: dict[int, str] = {}
     for label in labels:
         per_person[label.annotator].append(label)
-        # Rankings have their own agreement statistics (core.labeling.ranking_agreement).
-        if label.choice not in ("skip", "ranked"):
+        # Rankings and step marks have their own agreement statistics (ranking_agreement, step_agreement).
+        if label.choice not in ("skip", "ranked", "steps"):
             by_comparison[label.comparison_id][label.annotator] = label.choice
             excerpts[label.comparison_id] = label.prompt_excerpt
 
@@ -158,4 +163,5 @@ def team_report(store: Store, actor: Actor, *, dataset: str | None = None, max_d
                                 key=lambda label: (label.updated_at, label.comparison_id), reverse=True)
         ][:max_comments],
         ranking=agreement_of(rankings) if rankings is not None else None,
+        steps=step_agreement(traces) if traces is not None else None,
     )
