@@ -88,9 +88,51 @@ def trajectory_figure(inspection: Inspection) -> go.Figure:
             figure.add_vline(x=score.result.think_end_token, line_dash="dash", line_color=color,
                              annotation_text=plot_text(f"</think> ({RESPONSE_NAMES[score.response_index]})"),
                              annotation_position="top")
-    figure.update_layout(title="Reward of each response prefix (closed like the whole response), token by token", xaxis_title="response token",
-                         yaxis_title="reward", height=420, margin={"t": 60, "l": 50, "r": 20, "b": 40})
+        if score.step_scores is not None:
+            _overlay_steps(figure, score, color, steps)
+    with_steps = any(score.step_scores is not None for score in inspection.scores)
+    figure.update_layout(title="Reward of each response prefix (closed like the whole response), token by token"
+                         + (" · step scores (P(step correct), right axis) at each step's end" if with_steps else ""),
+                         xaxis_title="response token", yaxis_title="reward", height=420,
+                         margin={"t": 60, "l": 50, "r": 50 if with_steps else 20, "b": 40})
+    if with_steps:
+        figure.update_layout(yaxis2={"title": "step score", "overlaying": "y", "side": "right", "range": [0, 1]})
     return figure
+
+
+def _overlay_steps(figure: go.Figure, score, color: str, trajectory: list) -> None:  # noqa: ANN001
+    """Step boundaries as dotted lines, and each step's score as a marker on the right axis: red under 0.5."""
+    name = f"{RESPONSE_NAMES[score.response_index]} · {score.model}"
+    values = score.step_scores.scores
+    for x in score.step_tokens:
+        figure.add_vline(x=x, line_dash="dot", line_width=1, line_color=color, opacity=0.5)
+    figure.add_trace(go.Scatter(
+        x=score.step_tokens, y=values, yaxis="y2", mode="markers+lines", name=plot_text(f"steps · {name}"),
+        line={"color": color, "dash": "dot"},
+        marker={"size": 9, "color": ["#ef4444" if v < 0.5 else "#10b981" for v in values], "line": {"color": color}},
+        hovertext=[f"step {k + 1}: {v:.3f}" for k, v in enumerate(values)],
+        hovertemplate="%{hovertext}<extra>" + plot_text(name) + "</extra>"))
+
+
+def steps_markdown(inspection: Inspection, human_first_errors: dict | None) -> str:
+    """Per response and model: the step scores, and the first step the model doubts against the humans'."""
+    lines = []
+    for score in inspection.scores:
+        if score.step_scores is None:
+            continue
+        steps = score.step_scores
+        doubted = steps.first_low_step
+        lines.append(f"- **{RESPONSE_NAMES[score.response_index]} · {inline_text(score.model)}**: "
+                     f"{len(steps.scores)} steps · first step the model doubts (score under 0.5): "
+                     f"**{'none' if doubted is None else f'step {doubted + 1}'}** · scores "
+                     + " ".join(f"{k + 1}:{v:.2f}" for k, v in enumerate(steps.scores)))
+    if not lines:
+        return ""
+    if human_first_errors:
+        said = " · ".join(f"{inline_text(name)}: {'none' if k is None else f'step {k + 1}'}"
+                          for name, k in human_first_errors.items())
+        lines.append(f"- **Humans' first wrong step**: {said}")
+    return "**Steps**\n" + "\n".join(lines)
 
 
 def model_view_markdown(inspection: Inspection) -> str:
@@ -117,6 +159,12 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = Non
         comparison_id = gr.Number(label="Load comparison #", precision=0)
         load = gr.Button("Load from store", size="sm")
         demo = gr.Button("Load a demo pair", size="sm", elem_id="inspect-demo")
+    with gr.Row():
+        score_steps_box = gr.Checkbox(value=False, label="Score steps (a process reward model: each step's score at "
+                                      "its end, over the curve; one response is enough)", elem_id="inspect-steps")
+        step_separator = gr.Textbox(label="Step separator", placeholder="empty = blank-line paragraphs, then the "
+                                    "answer; text:SEP or regex:PATTERN", elem_id="inspect-step-separator")
+    human_first_errors = gr.State(None)
     prompt = gr.Textbox(label="Prompt", lines=2, elem_id="inspect-prompt",
                         info="for a chat prompt: plain text (one user turn) or a JSON list of {\"role\", \"content\"} "
                              "messages, as Load from store fills it")
@@ -133,6 +181,7 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = Non
     status = gr.Markdown(elem_id="inspect-status")
     table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="inspect-table")
     flips = gr.Markdown(elem_id="inspect-flips")
+    steps_summary = gr.Markdown(elem_id="inspect-steps-summary")
     chart = gr.Plot(elem_id="inspect-chart")
     with gr.Accordion("What the model sees", open=False):
         model_view = gr.Markdown(elem_id="inspect-model-view")
@@ -174,35 +223,45 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = Non
         said = (f" Humans preferred **{verdict}**" if stored.human_verdict in ("a", "b") else
                 f" Humans said: **{verdict}**" if verdict else " No human label yet")
         said += f" ({inline_text(stored.votes)})." if stored.votes else "."
+        if stored.human_first_errors is not None:
+            # A trace of a steps dataset: one response, scored by steps, with the humans' first wrong steps.
+            said = (f" Humans' first wrong step: {inline_text(stored.votes)}." if stored.votes else " Not marked yet.")
+            return {prompt: text, response_a: record.a_text, response_b: "", **{box: "" for box in more_responses},
+                    chat: record.prompt_messages is not None, score_steps_box: True,
+                    step_separator: "" if stored.step_rule == "paragraphs" else stored.step_rule,
+                    human_first_errors: stored.human_first_errors,
+                    status: f"Loaded trace {int(number)} (dataset {inline_text(record.dataset)}).{said}"}
         if stored.ranked_responses:
             # A ranking item: all K completions, A, B, C... in imported order, and the humans' orders.
             texts = list(stored.ranked_responses) + [""] * (2 + len(more_responses) - len(stored.ranked_responses))
             said = (f" Humans' consensus: **{stored.consensus}** ({inline_text(stored.votes)})." if stored.consensus
                     else " No ranking yet.")
-            return {prompt: text, response_a: texts[0], response_b: texts[1],
+            return {prompt: text, response_a: texts[0], response_b: texts[1], human_first_errors: None,
                     **dict(zip(more_responses, texts[2:], strict=True)), more: gr.Accordion(open=True),
                     chat: record.prompt_messages is not None,
                     status: f"Loaded ranking item {int(number)} with {len(stored.ranked_responses)} responses "
                             f"(dataset {inline_text(record.dataset)}).{said}"}
-        return {prompt: text, response_a: record.a_text, response_b: record.b_text,
+        return {prompt: text, response_a: record.a_text, response_b: record.b_text, human_first_errors: None,
                 **{box: "" for box in more_responses},
                 chat: record.prompt_messages is not None,
                 status: f"Loaded comparison {int(number)} (dataset {inline_text(record.dataset)}).{said}"}
 
     load.click(from_store, inputs=comparison_id,
-               outputs=[prompt, response_a, response_b, *more_responses, more, chat, status], api_visibility="private")
+               outputs=[prompt, response_a, response_b, *more_responses, more, chat, status, score_steps_box,
+                        step_separator, human_first_errors], api_visibility="private")
 
     cancel_requests = CancelRequests()
 
-    def score(names: list[str], path: str, prompt_text: str, as_chat: bool, a: str, b: str, c: str, d: str, e: str,  # noqa: PLR0913
-              f: str, g: str, h: str, i: str, request: gr.Request,
-              progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 (Gradio's idiom)
+    def score(names: list[str], path: str, prompt_text: str, as_chat: bool, by_steps: bool, separator: str,  # noqa: PLR0913
+              humans, a: str, b: str, c: str, d: str, e: str, f: str, g: str, h: str, i: str,  # noqa: ANN001
+              request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 (Gradio's idiom)
         responses = [text for text in (a, b, c, d, e, f, g, h, i) if text and text.strip()]
         wanted = list(names or []) + ([path.strip()] if path and path.strip() else [])
         try:
             full_prompt = chat_prompt(prompt_text) if as_chat else (prompt_text or "")
             inspection = inspect_with_models(store, current_actor(store, request), wanted, full_prompt, responses,
-                                             progress=cancel_requests.reporter(request, progress, "scoring"))
+                                             progress=cancel_requests.reporter(request, progress, "scoring"),
+                                             step_rule=(separator or "paragraphs") if by_steps else None)
         except ScoringCancelled:
             return {status: "Cancelled."}
         except (*USER_ERRORS, InspectionRefused, ModelLoadError, UnknownModel) as error:
@@ -210,10 +269,12 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = Non
         no_trajectory = sorted({s.model for s in inspection.scores if s.result.trajectory is None})
         note = (" Encoder models have no trajectory: " + ", ".join(map(inline_text, no_trajectory))) if no_trajectory else ""
         return {table: results_table(inspection), flips: flips_markdown(inspection), chart: trajectory_figure(inspection),
-                model_view: model_view_markdown(inspection), status: f"Scored {len(responses)} responses.{note}"}
+                model_view: model_view_markdown(inspection), status: f"Scored {len(responses)} responses.{note}",
+                steps_summary: steps_markdown(inspection, humans) if by_steps else ""}
 
-    scoring = run.click(score, inputs=[models, model_path, prompt, chat, response_a, response_b, *more_responses],
-                        outputs=[table, flips, chart, model_view, status], api_visibility="private")
+    scoring = run.click(score, inputs=[models, model_path, prompt, chat, score_steps_box, step_separator,
+                                       human_first_errors, response_a, response_b, *more_responses],
+                        outputs=[table, flips, chart, model_view, status, steps_summary], api_visibility="private")
 
     def cancel_scoring(request: gr.Request) -> str:
         cancel_requests.cancel(request)

@@ -163,3 +163,9 @@ def step_item_ids(session: Session, dataset_ids: list[int] | None) -> list[int]:
     if dataset_ids is not None:
         query = query.where(Comparison.dataset_id.in_(dataset_ids))
     return list(session.execute(query).scalars())
+
+
+def step_rule_of(session: Session, item_id: int) -> str | None:
+    """The stored split rule of the dataset an item belongs to (None = paragraphs)."""
+    return session.execute(select(Dataset.step_separator).join(Comparison, Comparison.dataset_id == Dataset.id)
+                           .where(Comparison.id == item_id)).scalar()

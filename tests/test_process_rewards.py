@@ -189,3 +189,40 @@ def test_score_steps_writes_one_score_per_step_equal_to_the_sigmoid_of_a_plain_f
         low = next((k for k, score in enumerate(expected) if score < 0.5), None)
         assert row["first_low_step"] == low
         assert row["reward"] is not None and row["over_max_length"] is False
+
+
+def test_inspect_overlays_step_scores_at_step_ends_of_the_token_curve_and_loads_the_humans_first_errors(
+        tiny_prm, store, tmp_path):
+    import math
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from core.accounts import actor_for
+    from core.labeling.actions import label_steps, next_comparison
+    from core.scoring.engine import RewardScorer
+    from core.scoring.inspection import comparison_for_inspection, inspect_responses
+    from core.steps import StepRule
+
+    response = "<think>step 0: 4 plus 0 is 4\n\nstep 1: oops 4 plus 1 is 3</think>\n\nthree"
+    scorer = RewardScorer(tiny_prm)
+    inspection = inspect_responses({"prm": scorer}, "Add 4.", [response], step_rule=StepRule("paragraphs"))
+    (score,) = inspection.scores
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_prm).eval()
+    example = scorer.format("Add 4.", response)
+    start = example.response_tokens[0]
+    assert len(score.step_tokens) == 3 and score.step_tokens == sorted(score.step_tokens)
+    for x, value in zip(score.step_tokens, score.step_scores.scores, strict=True):
+        with torch.no_grad():
+            logit = model(input_ids=torch.tensor([example.ids[: start + x + 1]])).logits[0, 0].item()
+        assert value == pytest.approx(1 / (1 + math.exp(-logit)), abs=1e-4)
+    # the last step's score is read at the last response token, where the per-token curve ends
+    assert score.step_tokens[-1] == len(score.result.trajectory) - 1
+
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Add 4.", "completion": response}]),
+                                    dataset="prm", question="steps"))
+    ann = actor_for(store, None)
+    item = next_comparison(store, ann, "prm")
+    label_steps(store, ann, item.item_id, ["+", "-", None])
+    loaded = comparison_for_inspection(store, ann, item.item_id)
+    assert loaded.step_rule == "paragraphs" and list(loaded.human_first_errors.values()) == [1]

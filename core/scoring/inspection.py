@@ -8,13 +8,16 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any
 
 from core.accounts import Actor, Permission, PermissionDenied
 from core.preferences.votes import fold_votes
 from core.limits import MAX_CACHED_MODELS, MAX_INSPECT_CHARS, MAX_INSPECT_RESPONSES, MAX_INSPECT_TOKENS
 from core.model_folders import folder_under_models_root
 from core.scoring.engine import ModelLoadError, Progress, Prompt, RewardScorer, ScoreResult
+from core.scoring.steps import StepScores, score_steps
 from core.segments import split_thinking
+from core.steps import StepError, StepRule, first_error, prefix_ends, split_steps
 from core.scoring.model_names import (  # noqa: F401 (UnknownModel: re-exported)
     UnknownModel,
     model_folder_for,
@@ -29,6 +32,7 @@ from storage.queries import ComparisonContent, load_comparison, votes_by_compari
 from storage.ranking import completion_texts, rankings_by_item, slots_of
 from storage.registry import list_models
 from storage.settings import get_setting, set_setting
+from storage.steps import is_steps_item, step_rule_of, step_traces
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,10 @@ class StoredComparison:
     # humans' consensus order in those letters ("" without rankings); empty for a pair.
     ranked_responses: tuple[str, ...] = ()
     consensus: str = ""
+    # For a trace of a steps dataset: the dataset's split rule and each annotator's first wrong step (from 0;
+    # None = no step marked wrong), so Inspect can set the model's first doubted step against the humans'.
+    step_rule: str | None = None
+    human_first_errors: dict[str, int | None] | None = None
 
 
 def comparison_for_inspection(store: Store, actor: Actor, comparison_id: int) -> StoredComparison:
@@ -75,11 +83,21 @@ def comparison_for_inspection(store: Store, actor: Actor, comparison_id: int) ->
         record = load_comparison(session, comparison_id)
         votes = votes_by_comparison(session, comparison_ids=[comparison_id]).get(comparison_id, [])
         slots = slots_of(session, [comparison_id]).get(comparison_id)
+        trace = step_traces(session, [dataset_id_of(session, comparison_id)], people_only=True) \
+            if record is not None and is_steps_item(session, comparison_id) else None
+        rule = step_rule_of(session, comparison_id) if trace is not None else None
         if record is not None and slots:
             texts = completion_texts(session, slots)
             rankings = rankings_by_item(session, [dataset_id_of(session, comparison_id)]).get(comparison_id, [])
     if record is None:
         raise UnknownComparison(f"there is no comparison {comparison_id}")
+    if trace is not None:
+        votes_of = next((t.votes for t in trace if t.item_id == comparison_id), {})
+        firsts = {name: first_error(vote["marks"]) for name, vote in sorted(votes_of.items())}
+        said = " · ".join(f"{name}: {'step ' + str(k + 1) if k is not None else 'no wrong step'}"
+                          for name, k in firsts.items())
+        return StoredComparison(record, "steps" if firsts else "", said, step_rule=rule or "paragraphs",
+                                human_first_errors=firsts)
     if slots:
         letter = {completion_id: LETTERS[i] for i, completion_id in enumerate(slots)}
 
@@ -186,7 +204,8 @@ class InspectionRefused(ValueError):
 
 
 def inspect_with_models(store: Store, actor: Actor, model_names: list[str], prompt: Prompt,
-                        responses: list[str], *, progress: Progress | None = None) -> Inspection:
+                        responses: list[str], *, progress: Progress | None = None,
+                        step_rule: str | None = None) -> Inspection:
     """Score ``responses`` to ``prompt`` under each named model, within the caps of ``core.limits``
     (checked before any model runs). Raises ``PermissionDenied``, ``InspectionRefused``,
     ``UnknownModel``, ``ModelLoadError`` or ``ScoringCancelled`` (from ``progress``)."""
@@ -195,8 +214,19 @@ def inspect_with_models(store: Store, actor: Actor, model_names: list[str], prom
         raise InspectionRefused("choose a registered model or give a model folder")
     if len(model_names) > MAX_CACHED_MODELS:
         raise InspectionRefused(f"choose at most {MAX_CACHED_MODELS} models at once")
-    if len(responses) < 2:
-        raise InspectionRefused("give at least two responses")
+    if len(responses) < (1 if step_rule is not None else 2):
+        raise InspectionRefused("give at least two responses" if step_rule is None else "give a response")
+    rule = None
+    if step_rule is not None:
+        try:
+            rule = StepRule.parse(step_rule)
+        except StepError as error:
+            raise InspectionRefused(str(error)) from None
+        for index, response in enumerate(responses):
+            try:
+                split_steps(response, rule)
+            except StepError as error:
+                raise InspectionRefused(f"response {LETTERS[index]}: {error}") from None
     if len(responses) > MAX_INSPECT_RESPONSES:
         raise InspectionRefused(f"give at most {MAX_INSPECT_RESPONSES} responses at once")
     texts = [("the prompt", _prompt_text(prompt))] + [(f"response {i + 1}", r) for i, r in enumerate(responses)]
@@ -212,7 +242,7 @@ def inspect_with_models(store: Store, actor: Actor, model_names: list[str], prom
                     f"response {index + 1} is {n_tokens:,} tokens with its prompt under {name}; Inspect scores "
                     f"at most {MAX_INSPECT_TOKENS:,} tokens per response ($REWARDLAB_MAX_INSPECT_TOKENS)"
                 )
-    return inspect_responses(models, prompt, responses, progress=progress)
+    return inspect_responses(models, prompt, responses, progress=progress, step_rule=rule)
 
 
 def _prompt_text(prompt: Prompt) -> str:
@@ -229,6 +259,10 @@ class ResponseScore:
     # Over max_length only: the reward of prompt + answer alone when that fits, shown labelled as such and
     # used in no verdict (the whole response, what training would see, gets no reward).
     answer_alone_reward: float | None = None
+    # With steps asked for (a decoder model, within max_length): each step's score and where it is read, in
+    # response tokens (the trajectory's x axis).
+    step_scores: StepScores | None = None
+    step_tokens: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -249,12 +283,12 @@ class Inspection:
 
 
 def inspect_responses(models: dict[str, RewardScorer], prompt: Prompt, responses: list[str], *,
-                      progress: Progress | None = None) -> Inspection:
+                      progress: Progress | None = None, step_rule: StepRule | None = None) -> Inspection:
     """Score each response under each model. One rule for what a model can score, as ``score``, ``eval`` and
     the reward server apply it: a response whose example (prompt + response, formatted) is longer than the
     model's max_length gets no reward, no segment rewards and no trajectory, and is left out of every flip;
     ``left_out`` says which and why. Where its answer alone fits, that reward is given apart, labelled."""
-    if len(responses) < 2:
+    if len(responses) < (1 if step_rule is not None else 2):
         raise ValueError("give at least two responses to compare")
     scores, flips, left_out, compared = [], [], [], 0
     for number, (name, model) in enumerate(models.items()):
@@ -268,7 +302,9 @@ def inspect_responses(models: dict[str, RewardScorer], prompt: Prompt, responses
         for index, (response, example, ok) in enumerate(zip(responses, formatted, fits, strict=True)):
             if ok:
                 results.append(next(scored))
-                scores.append(ResponseScore(name, index, results[-1], example.text, model.max_length))
+                steps, at = _step_scores(model, prompt, response, example, step_rule)
+                scores.append(ResponseScore(name, index, results[-1], example.text, model.max_length,
+                                            step_scores=steps, step_tokens=at))
                 continue
             results.append(ScoreResult(None, None, None, len(example.ids), True))
             left_out.append(f"response {LETTERS[index]} under {name}: {len(example.ids):,} tokens with its prompt, "
@@ -285,6 +321,20 @@ def inspect_responses(models: dict[str, RewardScorer], prompt: Prompt, responses
             if whole != answer:
                 flips.append(Flip(name, i, j, whole, answer))
     return Inspection(scores, flips, compared, left_out)
+
+
+def _step_scores(model: RewardScorer, prompt: Prompt, response: str, example: Any,
+                 rule: StepRule | None) -> tuple[StepScores | None, list[int] | None]:
+    """The response's step scores under ``model`` (one forward) and their places in response tokens; None without
+    steps asked for, for an encoder, or for a response the model cannot take."""
+    if rule is None or not model.is_decoder or example.response_tokens is None:
+        return None, None
+    spans = split_steps(response, rule)
+    scored = score_steps(model, [(prompt, response, prefix_ends(len(response), spans))])[0]
+    if scored.over_max_length:
+        return None, None
+    start = example.response_tokens[0]
+    return scored, [position - start for position in scored.step_positions]
 
 
 def _answer_alone(model: RewardScorer, prompt: Prompt, response: str) -> float | None:
