@@ -238,13 +238,14 @@ class HistoryItem:
     updated_at: datetime
     prompt_excerpt: str
     ranking: dict | None = None  # a ranked label's order: {"groups", "shown", "all_bad"} (storage.ranking)
+    steps: dict | None = None  # step marks: {"marks", "final"} (storage.steps)
 
 
 def label_history(session: Session, *, annotator_id: int, limit: int = 50) -> list[HistoryItem]:
     """This annotator's labels, most recent first."""
     rows = session.execute(
         select(Label.comparison_id, Label.choice, Label.strength, Label.shown_left, Label.comment, Label.updated_at,
-               Prompt.text, Prompt.messages, Label.ranking)
+               Prompt.text, Prompt.messages, Label.ranking, Label.steps)
         .join(Comparison, Comparison.id == Label.comparison_id)
         .join(Prompt, Prompt.id == Comparison.prompt_id)
         .where(Label.annotator_id == annotator_id)
@@ -253,8 +254,8 @@ def label_history(session: Session, *, annotator_id: int, limit: int = 50) -> li
     ).all()
     return [
         HistoryItem(comparison_id, choice, strength, shown_left, comment, updated_at, prompt_excerpt(text, messages),
-                    ranking)
-        for comparison_id, choice, strength, shown_left, comment, updated_at, text, messages, ranking in rows
+                    ranking, steps)
+        for comparison_id, choice, strength, shown_left, comment, updated_at, text, messages, ranking, steps in rows
     ]
 
 

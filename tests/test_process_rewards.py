@@ -226,3 +226,15 @@ def test_inspect_overlays_step_scores_at_step_ends_of_the_token_curve_and_loads_
     label_steps(store, ann, item.item_id, ["+", "-", None])
     loaded = comparison_for_inspection(store, ann, item.item_id)
     assert loaded.step_rule == "paragraphs" and list(loaded.human_first_errors.values()) == [1]
+
+
+def test_check_data_on_a_steps_dataset_counts_traces_and_labeled_steps(step_store):
+    from core.accounts import actor_for
+    from core.jobs.scheduling import preview_training
+
+    config = TrainingConfig(dataset=["prm"], eval_fraction=0.25)
+    text = preview_training(step_store, actor_for(step_store, None), config)
+    rows = arithmetic_traces(40)
+    labels = [label for row in rows for label in row["labels"]]
+    assert "Process reward model: 30 traces train and 10 evaluate" in text
+    assert f"{len(labels)} labeled steps ({sum(labels)} correct, {len(labels) - sum(labels)} wrong)" in text

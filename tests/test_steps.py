@@ -271,3 +271,14 @@ def test_step_agreement_is_withheld_below_its_minimum_and_says_its_n(steps_store
 
 def _actor_of(store, name: str):  # noqa: ANN001, ANN202
     return actor_for(store, name)
+
+
+def test_my_labels_show_a_traces_marks_one_character_a_step(steps_store):
+    from core.labeling.actions import history, screen_choice_of
+
+    ann = _actor(steps_store, "ann")
+    view = next_comparison(steps_store, ann, "proc")
+    marks = ["+", "-"] + [None] * (len(view.steps) - 2)
+    label_steps(steps_store, ann, view.item_id, marks, final="wrong")
+    (item,) = history(steps_store, ann)
+    assert screen_choice_of(item) == "steps +-" + "." * (len(view.steps) - 2) + " (answer wrong)"

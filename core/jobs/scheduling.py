@@ -248,9 +248,12 @@ def preview_training(store: Store, actor: Actor, config: TrainingConfig) -> str:
     max_length drops, token lengths, and the suggested learning rate and batch size."""
     from core.training.config import DEMO_BASE, suggest_hyperparameters
     from core.training.grouped import group_summary, responses_per_group
+    from core.process.training import is_step_training, preview_step_training
     from core.training.trainer import length_report, preview_tokenizer, take_snapshot, use_separator_as_eos
 
     actor.require(Permission.TRAIN)
+    if is_step_training(store, config):
+        return preview_step_training(store, config)
     snapshot = take_snapshot(store, config)
     tokenizer = preview_tokenizer(config, snapshot)
     use_separator_as_eos(tokenizer, config.base_model)

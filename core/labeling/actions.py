@@ -508,6 +508,10 @@ def screen_choice_of(item: HistoryItem) -> str:
         letter = {completion: LETTERS[index] for index, completion in enumerate(shown[:len(LETTERS)])}
         order = " > ".join("=".join(sorted(letter.get(c, "?") for c in group)) for group in item.ranking["groups"])
         return order + (" (all bad)" if item.ranking.get("all_bad") else "")
+    if item.choice == "steps" and isinstance(item.steps, dict):
+        # one character a step, as the page marks them ("." unreviewed), and the final verdict
+        marks = "".join("." if mark is None else mark for mark in item.steps.get("marks") or [])
+        return f"steps {marks}" + (f" (answer {item.steps['final']})" if item.steps.get("final") else "")
     return _to_screen(item.choice, item.shown_left) if item.shown_left else item.choice
 
 

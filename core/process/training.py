@@ -164,6 +164,25 @@ def step_logits(model: Any, score_head: Any, inputs: dict[str, Any]) -> Any:
     return captured[-1].reshape(-1)[inputs["flat_positions"]].float()
 
 
+def preview_step_training(store: Store, config: TrainingConfig) -> str:
+    """What a process-reward-model job would train on: traces and steps, what max_length drops, lengths."""
+    from core.training.trainer import preview_tokenizer_for_texts
+
+    snapshot = take_step_snapshot(store, config)
+    tokenizer = preview_tokenizer_for_texts(config, snapshot.content_hash, [
+        t if isinstance(t, str) else json.dumps(t) for trace in snapshot.train + snapshot.eval
+        for t in (trace.prompt, trace.completion)])
+    train, dropped_train = tokenize_traces(tokenizer, snapshot.train, config.max_length)
+    held, dropped_eval = tokenize_traces(tokenizer, snapshot.eval, config.max_length)
+    lengths = sorted(len(e["input_ids"]) for e in train + held) or [0]
+    labels = [label for trace in snapshot.train + snapshot.eval for label in trace.labels]
+    left = ", ".join(f"{n} {why}" for why, n in sorted(snapshot.left_out.items())) or "none"
+    return (f"Process reward model: {len(snapshot.train)} traces train and {len(snapshot.eval)} evaluate, "
+            f"{len(labels)} labeled steps ({sum(labels)} correct, {len(labels) - sum(labels)} wrong); max_length "
+            f"{config.max_length} drops {dropped_train} train and {dropped_eval} eval step(s). Tokens per trace: "
+            f"median {lengths[len(lengths) // 2]}, longest {lengths[-1]}. Left out of the data: {left}.")
+
+
 def step_trainer_class() -> type:
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler

@@ -139,14 +139,19 @@ def preview_tokenizer(config: TrainingConfig, snapshot: DataSnapshot) -> Any:
     """The tokenizer a job with this config would use, for a preview: for ``demo``, the same BPE the
     job would train on the snapshot's texts, built once per data snapshot (no model weights, nothing
     written), so that "Check data" answers at once after the first time."""
+    return preview_tokenizer_for_texts(config, snapshot.content_hash, _snapshot_texts(snapshot))
+
+
+def preview_tokenizer_for_texts(config: TrainingConfig, content_hash: str, texts: list[str]) -> Any:
+    """``preview_tokenizer`` for any data: ``texts`` are what the demo tokenizer would be trained on."""
     if config.base_model != DEMO_BASE:
-        return load_tokenizer(config, snapshot, Path())
-    if snapshot.content_hash not in _preview_tokenizers:
+        return load_tokenizer_for_texts(config, lambda: texts, Path())
+    if content_hash not in _preview_tokenizers:
         from core.training.demo_model import build_demo_tokenizer
 
         _preview_tokenizers.clear()  # one snapshot at a time: the store's current data
-        _preview_tokenizers[snapshot.content_hash] = build_demo_tokenizer(_snapshot_texts(snapshot) * 2)
-    return _preview_tokenizers[snapshot.content_hash]
+        _preview_tokenizers[content_hash] = build_demo_tokenizer(texts * 2)
+    return _preview_tokenizers[content_hash]
 
 
 def load_tokenizer(config: TrainingConfig, snapshot: DataSnapshot, work_dir: Path) -> Any:
