@@ -16,9 +16,11 @@ Both models train through the app's own path: rows imported into steps datasets 
   final answer is right, read at the step ends of the test traces like the PRM;
 * **last step always wrong**: predicts the last step as the first error in every trace.
 
-A model's predicted first error is its ``first_low_step`` (the first step it scores under 0.5; none = the trace is
-correct). ProcessBench's metric: accuracy on erroneous traces (the predicted index equals the true one), accuracy
-on correct traces (no step predicted), and F1 = their harmonic mean.
+A model's predicted first error is the first step it scores under a threshold (none = the trace is correct): 0.5,
+and the threshold that maximizes F1 on separate validation traces (as PRM papers tune it; a model that learned
+only the share of correct steps scores every step above 0.5). ProcessBench's metric: accuracy on erroneous traces
+(the predicted index equals the true one), accuracy on correct traces (no step predicted), and F1 = their
+harmonic mean.
 
 Cost: per-step scoring with one forward per trace against the plain reward of the whole trace (one forward each)
 and against scoring each step's prefix in its own forward (what RewardBench-style prefix rescoring does), on the
@@ -74,6 +76,21 @@ def first_error_metrics(predicted: list[int | None], truth: list[int | None]) ->
     return acc_err, acc_ok, f1
 
 
+THRESHOLDS = [k / 100 for k in range(2, 99)]
+
+
+def as_traces(generated: list, join_steps, prefix_ends) -> list:  # noqa: ANN001
+    traces = []
+    for prompt, steps, _ in generated:
+        completion, spans = join_steps(steps)
+        traces.append((prompt, completion, prefix_ends(len(completion), spans)))
+    return traces
+
+
+def first_below_each(scores: list[list[float]], threshold: float) -> list[int | None]:
+    return [next((k for k, v in enumerate(values) if v < threshold), None) for values in scores]
+
+
 def train(store, rows: list[dict], dataset: str, steps: int, seed: int) -> str:  # noqa: ANN001
     from core.accounts import actor_for
     from core.data.importer import import_rows
@@ -96,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=int, default=400, help="training traces")
     parser.add_argument("--test", type=int, default=200, help="test traces (half with a planted error)")
+    parser.add_argument("--val", type=int, default=100, help="validation traces that choose the tuned threshold")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per model")
     parser.add_argument("--seed", type=int, default=0)
-    args = parse_with_smoke(parser, argv, train=40, test=20, steps=10)
+    args = parse_with_smoke(parser, argv, train=40, test=20, val=10, steps=10)
 
     from core.scoring.engine import RewardScorer
     from core.scoring.steps import format_trace, score_steps
@@ -108,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     train_traces = [make_trace(rng, i % 2 == 0) for i in range(args.train)]
     test_traces = [make_trace(rng, i % 2 == 0) for i in range(args.test)]
+    val_traces = [make_trace(rng, i % 2 == 0) for i in range(args.val)]
     prm_rows, orm_rows = [], []
     for prompt, steps, error in train_traces:
         kept = steps if error is None else steps[: error + 1]
@@ -120,16 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         prm_path = train(store, prm_rows, "prm", args.steps, args.seed)
         orm_path = train(store, orm_rows, "orm", args.steps, args.seed)
         train_seconds = time.perf_counter() - started
-        traces = []
-        for prompt, steps, _ in test_traces:
-            completion, spans = join_steps(steps)
-            traces.append((prompt, completion, prefix_ends(len(completion), spans)))
-        truth = [error for _, _, error in test_traces]
+        traces, val = as_traces(test_traces, join_steps, prefix_ends), as_traces(val_traces, join_steps, prefix_ends)
+        truth, val_truth = [error for _, _, error in test_traces], [error for _, _, error in val_traces]
         results = {}
         for name, path in (("PRM", prm_path), ("ORM read at step ends", orm_path)):
             scorer = RewardScorer(path, max_length=4096)
-            scored = score_steps(scorer, traces)
-            results[name] = first_error_metrics([s.first_low_step for s in scored], truth)
+            scored = [s.scores for s in score_steps(scorer, traces)]
+            results[f"{name}, threshold 0.5"] = first_error_metrics(first_below_each(scored, 0.5), truth)
+            val_scores = [s.scores for s in score_steps(scorer, val)]
+            tuned = max(THRESHOLDS, key=lambda t: first_error_metrics(first_below_each(val_scores, t), val_truth)[2])
+            results[f"{name}, threshold {tuned:.2f} (tuned on validation)"] = first_error_metrics(
+                first_below_each(scored, tuned), truth)
         results["last step always wrong"] = first_error_metrics([len(steps) - 1 for _, steps, _ in test_traces], truth)
 
         # cost, same model, this process: one forward per trace for every step score, against the plain reward of
@@ -148,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             timings[label] = time.perf_counter() - start
         store.dispose()
 
-    print(f"process rewards: {args.train} training traces, {args.test} test traces ({sum(t is not None for t in truth)} "
+    print(f"process rewards: {args.train} training traces, {args.val} validation and {args.test} test traces ({sum(t is not None for t in truth)} "
           f"with a planted error), {args.steps} optimizer steps per model, seed {args.seed}; training took "
           f"{train_seconds:.0f} s{' (smoke: the figures mean nothing)' if args.smoke else ''}")
     print("\n| first error found by | acc. on erroneous | acc. on correct | F1 (harmonic mean) |")
