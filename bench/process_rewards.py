@@ -3,7 +3,7 @@
     python bench/process_rewards.py [--train 400] [--test 200] [--steps 300] [--seed 0] [--smoke]
 
 Traces are generated, so the first wrong step is known: a running total, "start at a", then steps "add b: a + b = c"
-or "take b: a - b = c" with small numbers, then "The answer is c." A planted error (in half of the traces) puts a
+or "take b: a - b = c" with single-digit changes of a total kept within 0 to 19, then "The answer is c." A planted error (in half of the traces) puts a
 wrong result (off by 1 to 3) at a random step; later steps compute correctly from the wrong value, as a real
 model's mistakes propagate, so the answer is wrong too.
 
@@ -51,7 +51,8 @@ def make_trace(rng: random.Random, with_error: bool) -> tuple[str, list[str], in
     steps = [f"Start at {total}."]
     for k in range(n):
         amount = rng.randint(1, 9)
-        if total - amount >= 0 and rng.random() < 0.4:
+        # the total stays within 0..19, so the facts to learn are few (single-digit changes of a small total)
+        if total - amount >= 0 and (total + amount > 19 or rng.random() < 0.4):
             result, text = total - amount, f"Take {amount}: {total} - {amount} = {{}}."
         else:
             result, text = total + amount, f"Add {amount}: {total} + {amount} = {{}}."
