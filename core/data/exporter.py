@@ -26,6 +26,7 @@ import psutil
 
 from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
+from core.preferences.competence import AGGREGATES
 from core.preferences.pairs import NothingToExport, build_preference_rows, resolve_datasets, split_rows
 from core.preferences.rankings import RANKING_PAIRS, ranked_format_rows
 from storage.datasets import DatasetError
@@ -67,6 +68,13 @@ class ExportConfig:
         choices=RANKING_PAIRS)
     ranking_margin: bool = config_field(
         False, help="give pairs from rankings a margin: their place gap / (completions - 1)")
+    aggregate: str = config_field(
+        "majority", help="how several annotators' labels decide a pair: majority (vote count), dawid-skene or mace "
+        "(an annotator model fitted per dataset weighs each label by its author's estimated competence)",
+        choices=AGGREGATES)
+    soft_labels: bool = config_field(
+        False, help="with --aggregate dawid-skene or mace: a weight column holding each pair's net posterior "
+        "preference P(chosen) - P(rejected) (times a ranking pair's 1/pairs of its item)")
     with_metadata: bool = config_field(
         False, help="add the evidence behind each row: comparison id, dataset, source, the models of each side, and "
         "every label (annotator, vote, strength, comment, seconds, time); TRL ignores the extra columns"
@@ -78,6 +86,10 @@ class ExportConfig:
             raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
         if self.ranking_pairs not in RANKING_PAIRS:
             raise ConfigError(f"ranking_pairs must be one of {', '.join(RANKING_PAIRS)}, got {self.ranking_pairs!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if self.soft_labels and self.aggregate == "majority":
+            raise ConfigError("soft labels are an annotator model's posterior: add --aggregate dawid-skene or mace")
         if self.format == "ranked" and self.test_size:
             raise ConfigError("the ranked format writes one file; leave test_size at 0")
         if self.prompt_format not in PROMPT_FORMATS:
@@ -196,7 +208,7 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
     prepared = build_preference_rows(
         store, prompt_format=config.prompt_format, since=config.since, annotators=config.annotators,
         datasets=config.dataset, with_metadata=config.with_metadata, ranking_pairs=config.ranking_pairs,
-        ranking_margin=config.ranking_margin,
+        ranking_margin=config.ranking_margin, aggregate=config.aggregate, soft_labels=config.soft_labels,
     )
     if not prepared.rows:
         left = ", ".join(f"{n} {reason}" for reason, n in sorted(prepared.left_out.items())) or "no labels at all"

@@ -1,0 +1,132 @@
+"""Annotator competence: a planted spammer and a planted flipper among three simulated annotators.
+
+The oracle is independent of the code under test: the hidden truth the simulation planted, label counts
+by plain SQL, and the exported file read back as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from conftest import sql
+from test_import import write_jsonl
+
+from core.accounts import PermissionDenied, actor_for, add_user
+from core.data.exporter import ExportConfig, export_dataset
+from core.data.importer import ImportConfig, import_file
+from core.labeling.competence import annotator_competence
+from core.limits import MIN_COMPETENCE_LABELS
+from core.config_fields import ConfigError
+from storage.labels import LabelInput, ensure_user, upsert_label
+
+PAIRS = 60  # with hidden truth; the flipper joins for the last 40
+SPAMMER_ONLY = 4  # pairs only the spammer labeled: their direction is a coin
+
+
+def label(store, comparison_id: int, annotator: str, choice: str, shown_left: str) -> None:
+    with store.write() as session:
+        annotator_id = ensure_user(session, annotator)
+        upsert_label(session, LabelInput(comparison_id, annotator_id, choice, shown_left=shown_left))
+
+
+@pytest.fixture
+def planted(store, tmp_path):
+    """60 pairs with a hidden better side, labeled by a good annotator (always right, all 60), a spammer (a coin,
+    all 60 and 4 more) and a flipper (always wrong, the last 40). Returns (store, truth: comparison id -> the
+    better completion's text)."""
+    rows = [{"prompt": f"Question {i}?", "completions": [f" first {i}", f" second {i}"]}
+            for i in range(PAIRS + SPAMMER_ONLY)]
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "cands.jsonl", rows), dataset="team"))
+    texts = {cid: (a, b) for cid, a, b in sql(store, "SELECT c.id, a.text, b.text FROM comparison c "
+                                                     "JOIN completion a ON a.id = c.completion_a_id "
+                                                     "JOIN completion b ON b.id = c.completion_b_id ORDER BY c.id")}
+    ids = sorted(texts)
+    rng = random.Random(28)
+    truth = {}
+    for n, cid in enumerate(ids):
+        better = rng.choice("ab")
+        worse = "b" if better == "a" else "a"
+        if n < PAIRS:
+            truth[cid] = texts[cid][0 if better == "a" else 1]
+            label(store, cid, "good", better, rng.choice("ab"))
+            if n >= PAIRS - 40:
+                label(store, cid, "flipper", worse, rng.choice("ab"))
+        label(store, cid, "spammer", rng.choice("ab"), rng.choice("ab"))
+    return store, truth
+
+
+def exported(store, tmp_path, **flags) -> list[dict]:
+    out = tmp_path / f"export-{flags.get('aggregate', 'majority')}.jsonl"
+    export_dataset(store, ExportConfig(out, dataset=["team"], **flags))
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def right_rows(rows: list[dict], truth: dict[int, str]) -> int:
+    better = set(truth.values())
+    return sum(row["chosen"] in better for row in rows)
+
+
+def test_dawid_skene_export_matches_the_hidden_truth_where_majority_fails(planted, tmp_path):
+    store, truth = planted
+    majority = exported(store, tmp_path)
+    dawid_skene = exported(store, tmp_path, aggregate="dawid-skene")
+    # Majority: where all three voted the spammer decides, where two voted a split is dropped.
+    assert right_rows(majority, truth) <= 45
+    planted_rows = [row for row in dawid_skene if row["prompt"] != "" and int(row["prompt"].split()[1][:-1]) < PAIRS]
+    assert len(planted_rows) == PAIRS
+    assert right_rows(planted_rows, truth) == PAIRS
+    assert "weight" not in dawid_skene[0] and "weight" not in majority[0]  # TRL-clean without --soft-labels
+
+
+def test_soft_labels_weigh_pairs_by_the_posterior_and_need_a_model(planted, tmp_path):
+    store, truth = planted
+    rows = exported(store, tmp_path, aggregate="dawid-skene", soft_labels=True)
+    by_question = {int(row["prompt"].split()[1][:-1]): row for row in rows}
+    # The good annotator and the recognised flipper pin the planted pairs down; the spammer alone pins nothing.
+    assert all(by_question[i]["weight"] > 0.99 for i in range(PAIRS))
+    assert all(0 < by_question[i]["weight"] < 0.2 for i in range(PAIRS, PAIRS + SPAMMER_ONLY))
+    with pytest.raises(ConfigError, match="--aggregate dawid-skene or mace"):
+        ExportConfig(tmp_path / "x.jsonl", soft_labels=True)
+
+
+def test_the_flags_name_the_spammer_and_the_flipper_with_their_sample_sizes(planted):
+    store, _ = planted
+    add_user(store, "lead", "engineer", "long enough pw")
+    add_user(store, "ann", "annotator", "long enough pw")
+    with pytest.raises(PermissionDenied):
+        annotator_competence(store, actor_for(store, "ann"), dataset="team")
+    fit = annotator_competence(store, actor_for(store, "lead"), dataset="team")
+    by_name = {a.name: a for a in fit.annotators}
+    counts = dict(sql(store, "SELECT u.name, count(*) FROM label l JOIN user u ON u.id = l.annotator_id "
+                             "WHERE l.choice != 'skip' GROUP BY u.name"))
+    assert {name: a.n for name, a in by_name.items()} == counts == {"good": 60, "spammer": 64, "flipper": 40}
+    assert "near-random" in by_name["spammer"].flags and "inverted" not in by_name["spammer"].flags
+    assert "inverted" in by_name["flipper"].flags
+    assert by_name["good"].flags == ()
+    assert by_name["good"].side_accuracy > 0.99 and by_name["flipper"].side_accuracy < 0.01
+
+
+def test_position_and_tie_flags_and_the_minimum_below_which_flags_are_withheld(store, tmp_path):
+    rows = [{"prompt": f"Q{i}?", "completions": [f" x{i}", f" y{i}"]} for i in range(30)]
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "c.jsonl", rows), dataset="team"))
+    ids = [cid for (cid,) in sql(store, "SELECT id FROM comparison ORDER BY id")]
+    rng = random.Random(3)
+    for n, cid in enumerate(ids):
+        better = rng.choice("ab")
+        label(store, cid, "good", better, rng.choice("ab"))
+        shown = rng.choice("ab")
+        label(store, cid, "lefty", shown, shown)  # always the side shown on the left
+        label(store, cid, "tier", "tie", rng.choice("ab"))
+        if n < MIN_COMPETENCE_LABELS - 1:
+            label(store, cid, "newcomer", "b" if better == "a" else "a", rng.choice("ab"))
+    add_user(store, "lead", "engineer", "long enough pw")
+    fit = annotator_competence(store, actor_for(store, "lead"), dataset="team", method="mace")
+    by_name = {a.name: a for a in fit.annotators}
+    assert "position-biased" in by_name["lefty"].flags and by_name["lefty"].left_pick_rate == 1.0
+    assert by_name["lefty"].sided_n == 30
+    assert "always-tie" in by_name["tier"].flags and "position-biased" not in by_name["tier"].flags
+    # The newcomer was always wrong, on too few labels to be judged: withheld, saying n and the minimum.
+    assert by_name["newcomer"].flags == ()
+    assert f"inverted (n={MIN_COMPETENCE_LABELS - 1} < {MIN_COMPETENCE_LABELS})" in by_name["newcomer"].withheld
