@@ -23,7 +23,17 @@ from core.accounts import (
     set_password,
 )
 from core.data.datasets import DatasetSettings, change_dataset_settings, datasets_for
+from core.labeling.competence import MODELS as COMPETENCE_MODELS
+from core.labeling.competence import annotator_competence
 from core.labeling.team_stats import TeamReport, team_report
+from core.limits import MIN_COMPETENCE_LABELS
+from core.preferences.competence import (
+    ALWAYS_TIE_SHARE,
+    INVERTED_BELOW,
+    NEAR_RANDOM_BAND,
+    POSITION_BIAS_P,
+    CompetenceFit,
+)
 from core.scoring.inspection import allow_annotators_to_inspect, annotators_may_inspect
 from storage.engine import Store
 
@@ -97,6 +107,7 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
         inspect_allowed = gr.Checkbox(label="Annotators may use the Inspect tab on text they paste (never stored "
                                             "comparisons or diagnostics)", elem_id="team-annotators-inspect")
     settings_status = gr.Markdown(elem_id="team-settings-status")
+    render_competence_section(store, dataset)
     render_loop_panel(store, dataset, tab)
     settings_fields = [overlap, lease, default_priority, open_to_all, members, archived, dataset_guidelines]
 
@@ -163,6 +174,49 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
 
     inspect_allowed.input(save_inspect_setting, inputs=inspect_allowed, outputs=settings_status, api_visibility="private")
     return refresh
+
+
+# ----- Annotator competence: fitted on demand by one core function (core.labeling.competence).
+COMPETENCE_HEADERS = ["annotator", "labels (n)", "accuracy", "side accuracy (n)", "tie share", "left-side picks (n, p)",
+                      "flags", "withheld"]
+
+
+def _competence_rows(fit: CompetenceFit) -> list[list]:
+    return [[a.name, a.n, f"{a.accuracy:.2f}",
+             f"{_number(a.side_accuracy)} ({a.side_n})", f"{a.tie_share:.2f}",
+             f"{_number(a.left_pick_rate)} ({a.sided_n}, p={_number(a.left_pick_p, 3)})",
+             ", ".join(a.flags) or "none", "; ".join(a.withheld)] for a in fit.annotators]
+
+
+def _competence_summary(fit: CompetenceFit) -> str:
+    return (f"**{fit.method}** fitted on {fit.labels} label(s) of {len(fit.posteriors)} pair(s) in {fit.seconds:.1f} s"
+            + (" (mirrored: see docs/labeling.md)" if fit.mirrored else "") + ". Flags are judged on at least "
+            f"**{MIN_COMPETENCE_LABELS}** labels of the kind they read, else withheld with their n: near-random (side "
+            f"accuracy within 0.5 ± {NEAR_RANDOM_BAND}), inverted (below {INVERTED_BELOW:.2f}: the worse side more often "
+            f"than not), position-biased (left-side picks, binomial p < {POSITION_BIAS_P}), always-tie (ties ≥ "
+            f"{ALWAYS_TIE_SHARE:.0%} of labels).")
+
+
+def render_competence_section(store: Store, dataset: gr.Dropdown) -> None:
+    with gr.Accordion("Annotator competence", open=False, elem_id="team-competence"):
+        gr.Markdown("An annotator model weighs each label by its author's estimated competence; the export and "
+                    "training use the same fit with `--aggregate`.")
+        with gr.Row():
+            method = gr.Dropdown(choices=list(COMPETENCE_MODELS), value=COMPETENCE_MODELS[0], label="Model",
+                                 elem_id="team-competence-model")
+            fit_button = gr.Button("Fit", size="sm", elem_id="team-competence-fit")
+        status = gr.Markdown(elem_id="team-competence-status")
+        table = gr.Dataframe(headers=COMPETENCE_HEADERS, interactive=False, wrap=True, elem_id="team-competence-table")
+
+    def fit_competence(chosen: str | None, model: str, request: gr.Request) -> dict:
+        try:
+            fit = annotator_competence(store, current_actor(store, request), dataset=chosen or None, method=model)
+        except USER_ERRORS as error:
+            return {status: html.escape(str(error))}
+        return {status: _competence_summary(fit), table: _competence_rows(fit)}
+
+    fit_button.click(fit_competence, inputs=[dataset, method], outputs=[status, table], api_name="fit_competence",
+                     api_visibility="private")
 
 
 # ----- Users (admins): every button calls one core.accounts function, which checks MANAGE_USERS itself.

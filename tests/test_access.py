@@ -113,6 +113,7 @@ HANDLER_PERMISSIONS = {
     "choices": "INSPECT", "choices_1": "INSPECT", "choices_2": "INSPECT", "choices_3": "INSPECT", "choices_4": "INSPECT",
     "score": "INSPECT",
     "run_diagnosis": "INSPECT", "from_store": "INSPECT",
+    "fit_competence": "VIEW_TEAM",
     "send_back": "REQUEUE", "show_team": "VIEW_TEAM", "show_team_1": "VIEW_TEAM", "show_team_2": "VIEW_TEAM",
     "save_inspect_setting": "CHANGE_SETTINGS",
     "cancel_scoring": None, "cancel_diagnosis": None,  # only ever stop the caller's own session's work

@@ -130,3 +130,20 @@ def test_position_and_tie_flags_and_the_minimum_below_which_flags_are_withheld(s
     # The newcomer was always wrong, on too few labels to be judged: withheld, saying n and the minimum.
     assert by_name["newcomer"].flags == ()
     assert f"inverted (n={MIN_COMPETENCE_LABELS - 1} < {MIN_COMPETENCE_LABELS})" in by_name["newcomer"].withheld
+
+
+@pytest.mark.parametrize("group_by_prompt", [False, True])
+def test_a_training_snapshot_with_an_annotator_model_is_the_soft_labeled_export(planted, tmp_path, group_by_prompt):
+    from core.training.config import TrainingConfig
+    from core.training.trainer import take_snapshot
+
+    store, truth = planted
+    config = TrainingConfig(dataset=["team"], aggregate="dawid-skene", soft_labels=True, eval_fraction=0.0,
+                            group_by_prompt=group_by_prompt)
+    snapshot = take_snapshot(store, config)
+    file_rows = exported(store, tmp_path, aggregate="dawid-skene", soft_labels=True)
+    weight_of = {(row["chosen"], row["rejected"]): row["weight"] for row in file_rows}
+    assert {(row["chosen"], row["rejected"]): row["weight"] for row in snapshot.train + snapshot.eval} == weight_of
+    assert right_rows([row for row in snapshot.train if row["weight"] > 0.5], truth) == PAIRS
+    with pytest.raises(ConfigError, match="set aggregate to dawid-skene or mace"):
+        TrainingConfig(soft_labels=True)

@@ -74,6 +74,7 @@ PERMISSIONS: dict[str, tuple[str, str, Permission | None]] = {
     "core.labeling.ranking.ranking_view_in": ("rankings", "show an item", LABEL_ONLY),
     "core.labeling.ranking.ranking_label_input": ("rankings", "check a ranking", LABEL_ONLY),
     "core.labeling.team_stats.team_report": ("team", "agreement and bias", P.VIEW_TEAM),
+    "core.labeling.competence.annotator_competence": ("team", "fit an annotator model", P.VIEW_TEAM),
     "core.loop.evaluation.loop_report": ("loop", "read", P.VIEW_TEAM),
     "core.loop.settings.configure_loop": ("loop", "configure", P.CHANGE_SETTINGS),
     "core.scoring.diagnostics.run_diagnostics": ("models", "diagnose on stored labels", P.INSPECT),

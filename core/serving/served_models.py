@@ -165,7 +165,9 @@ def _snapshot_samples(store: Store | None, entries: list[RegistryEntry]) -> Refe
         since = config.get("labels_since")
         try:
             prepared = build_preference_rows(store, since=datetime.fromisoformat(since) if since else None,
-                                             annotators=config.get("annotators"), datasets=config.get("dataset"))
+                                             annotators=config.get("annotators"), datasets=config.get("dataset"),
+                                             aggregate=config.get("aggregate", "majority"),
+                                             soft_labels=config.get("soft_labels", False))
         except ValueError:  # a dataset renamed or a mix of kinds since: no snapshot to rebuild
             continue
         train, held_out = split_rows(prepared.rows, config["eval_fraction"], config["seed"])
