@@ -24,7 +24,12 @@ from core.accounts import (
 )
 from core.data.datasets import DatasetSettings, change_dataset_settings, datasets_for
 from core.labeling.competence import MODELS as COMPETENCE_MODELS
-from core.labeling.competence import annotator_competence
+from core.labeling.competence import (
+    annotator_competence,
+    competence_refit_every,
+    last_competence_fit,
+    set_competence_refit,
+)
 from core.labeling.team_stats import TeamReport, team_report
 from core.limits import MIN_COMPETENCE_LABELS
 from core.preferences.competence import (
@@ -198,7 +203,7 @@ def _competence_summary(fit: CompetenceFit) -> str:
 
 
 def render_competence_section(store: Store, dataset: gr.Dropdown) -> None:
-    with gr.Accordion("Annotator competence", open=False, elem_id="team-competence"):
+    with gr.Accordion("Annotator competence", open=False, elem_id="team-competence") as section:
         gr.Markdown("An annotator model weighs each label by its author's estimated competence; the export and "
                     "training use the same fit with `--aggregate`.")
         with gr.Row():
@@ -207,6 +212,10 @@ def render_competence_section(store: Store, dataset: gr.Dropdown) -> None:
             fit_button = gr.Button("Fit", size="sm", elem_id="team-competence-fit")
         status = gr.Markdown(elem_id="team-competence-status")
         table = gr.Dataframe(headers=COMPETENCE_HEADERS, interactive=False, wrap=True, elem_id="team-competence-table")
+        with gr.Row():
+            refit_every = gr.Number(label="Background refit (Dawid-Skene) every N new human labels per dataset, "
+                                          "0 = on demand only (admins)", precision=0, elem_id="team-competence-every")
+            save_refit = gr.Button("Save", size="sm", elem_id="team-competence-save")
 
     def fit_competence(chosen: str | None, model: str, request: gr.Request) -> dict:
         try:
@@ -215,7 +224,34 @@ def render_competence_section(store: Store, dataset: gr.Dropdown) -> None:
             return {status: html.escape(str(error))}
         return {status: _competence_summary(fit), table: _competence_rows(fit)}
 
+    def show_last_competence(chosen: str | None, request: gr.Request) -> dict:
+        try:
+            actor = current_actor(store, request)
+            kept = last_competence_fit(store, actor, dataset=chosen) if chosen else None
+        except USER_ERRORS as error:
+            return {status: html.escape(str(error))}
+        every = competence_refit_every(store)
+        if kept is None:
+            return {refit_every: every, table: [], status: "No kept fit of this dataset: choose a dataset and **Fit**"
+                    + (f", or wait for the background refit (every {every} human labels)." if every else ".")}
+        fit = CompetenceFit(kept["method"], annotators=kept["annotators"], labels=kept["labels"],
+                            seconds=kept["seconds"], mirrored=kept["mirrored"])
+        return {refit_every: every, table: _competence_rows(fit),
+                status: f"Background fit of {kept['fitted_at']} ({kept['pairs']} pair(s)): " + _competence_summary(fit)}
+
+    def save_competence_refit(every: float | None, request: gr.Request) -> dict:
+        try:
+            set_competence_refit(store, current_actor(store, request), int(every or 0))
+        except USER_ERRORS as error:
+            return {status: html.escape(str(error))}
+        return {status: f"Saved: annotator models refit every {int(every or 0)} new human labels." if every
+                else "Saved: annotator models are fitted on demand only."}
+
     fit_button.click(fit_competence, inputs=[dataset, method], outputs=[status, table], api_name="fit_competence",
+                     api_visibility="private")
+    section.expand(show_last_competence, inputs=dataset, outputs=[refit_every, table, status],
+                   api_name="show_last_competence", api_visibility="private")
+    save_refit.click(save_competence_refit, inputs=refit_every, outputs=status, api_name="save_competence_refit",
                      api_visibility="private")
 
 

@@ -54,6 +54,26 @@ def human_label_count(session: Session, dataset_id: int) -> int:
     ).scalar_one()
 
 
+def human_label_counts(session: Session) -> dict[str, int]:
+    """``human_label_count`` of every dataset that is not archived and has human labels, by name."""
+    return dict(session.execute(
+        select(Dataset.name, func.count()).select_from(Label)
+        .join(Comparison, Comparison.id == Label.comparison_id)
+        .join(Dataset, Dataset.id == Comparison.dataset_id)
+        .join(User, User.id == Label.annotator_id)
+        .where(Dataset.archived.is_(False), Label.choice != "skip", User.role != Role.SOURCE.value)
+        .group_by(Dataset.name)
+    ).all())
+
+
+def loop_job_active(session: Session, dataset: str, kind: str) -> bool:
+    """Whether a job of ``kind`` for ``dataset`` is queued or running."""
+    return any((job.config or {}).get("loop_dataset") == dataset for job in session.execute(
+        select(TrainingJob).where(TrainingJob.kind == kind,
+                                  TrainingJob.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+    ).scalars())
+
+
 def loop_datasets(session: Session) -> list[Dataset]:
     """Datasets whose loop retrains as labels arrive."""
     return list(session.execute(

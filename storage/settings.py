@@ -9,6 +9,8 @@ from sqlmodel import Session
 
 from storage.models import Setting
 
+MAX_COMPETENCE_REFIT_EVERY = 1_000_000  # the background refit's "every N human labels"
+
 
 @dataclass(frozen=True)
 class SettingSpec:
@@ -25,6 +27,12 @@ SETTINGS = {
             "annotators_may_inspect", "0",
             "1 lets annotators use the Inspect tab on text they paste, with registered models (never stored "
             "comparisons or diagnostics, which would show the model's opinion of their own queue); 0 (default) does not",
+            int,
+        ),
+        SettingSpec(
+            "competence_refit_every", "0",
+            "refit each dataset's annotator model (Dawid-Skene) in a background job after every N new human labels; "
+            "0 (default) fits on demand only (Team tab)",
             int,
         ),
     )
@@ -51,5 +59,8 @@ def set_setting(session: Session, key: str, value) -> None:  # noqa: ANN001
         raise SettingError(f"setting {key!r} must be {spec.kind.__name__}: {spec.help}") from None
     if key == "annotators_may_inspect" and typed not in (0, 1):
         raise SettingError("annotators_may_inspect must be 0 (no) or 1 (yes)")
+    if key == "competence_refit_every" and not 0 <= typed <= MAX_COMPETENCE_REFIT_EVERY:
+        raise SettingError(f"refit every N labels needs N from 1 to {MAX_COMPETENCE_REFIT_EVERY:,} (0 turns it off), "
+                           f"got {typed}")
     session.merge(Setting(key=key, value=str(typed)))
     session.flush()

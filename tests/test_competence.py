@@ -147,3 +147,27 @@ def test_a_training_snapshot_with_an_annotator_model_is_the_soft_labeled_export(
     assert right_rows([row for row in snapshot.train if row["weight"] > 0.5], truth) == PAIRS
     with pytest.raises(ConfigError, match="set aggregate to dawid-skene or mace"):
         TrainingConfig(soft_labels=True)
+
+
+def test_the_background_refit_runs_as_a_job_after_n_new_labels_and_keeps_its_fit(planted):
+    from core.jobs.worker import execute_job
+    from core.labeling.competence import set_competence_refit
+    from core.loop.competence_refit import competence_tick
+    from core.preferences.competence import fit_file
+
+    store, _ = planted
+    add_user(store, "boss", "admin", "long enough pw")
+    assert competence_tick(store) == []  # off by default: on demand only
+    set_competence_refit(store, actor_for(store, "boss"), 50)
+    queued = competence_tick(store)
+    assert len(queued) == 1 and competence_tick(store) == []  # one at a time
+    assert sql(store, "SELECT kind, status FROM trainingjob") == [("competence", "queued")]
+    assert execute_job(store, queued[0], log=lambda _: None) == 0
+    [(status, note)] = sql(store, "SELECT status, note FROM trainingjob")
+    assert status == "succeeded" and "spammer: near-random" in note and "flipper: inverted" in note
+    kept = json.loads(fit_file(store, "team").read_text())
+    [(humans,)] = sql(store, "SELECT count(*) FROM label l JOIN user u ON u.id = l.annotator_id "
+                             "WHERE u.role != 'source' AND l.choice != 'skip'")
+    assert kept["human_labels"] == humans == 164
+    assert {a["name"]: a["n"] for a in kept["annotators"]} == {"good": 60, "spammer": 64, "flipper": 40}
+    assert competence_tick(store) == []  # no new labels since the kept fit

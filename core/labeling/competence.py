@@ -7,9 +7,10 @@ with ``aggregate`` makes); this is the permission-checked entry point the page c
 from __future__ import annotations
 
 from core.accounts import Actor, Permission
-from core.preferences.competence import AGGREGATES, CompetenceFit, fit_store_competence
+from core.preferences.competence import AGGREGATES, CompetenceFit, fit_store_competence, load_fit
 from storage.datasets import DatasetError
 from storage.engine import Store
+from storage.settings import get_setting, set_setting
 
 MODELS = AGGREGATES[1:]  # the annotator models (majority vote has no competence to show)
 
@@ -23,3 +24,24 @@ def annotator_competence(store: Store, actor: Actor, *, dataset: str | None = No
     if method not in MODELS:
         raise DatasetError(f"the annotator model is one of {', '.join(MODELS)}, got {method!r}")
     return fit_store_competence(store, datasets=[dataset] if dataset else None, method=method)
+
+
+def last_competence_fit(store: Store, actor: Actor, *, dataset: str) -> dict | None:
+    """The dataset's last fit kept by the background refit (``core.preferences.competence.load_fit``), or None.
+    Raises ``PermissionDenied`` without VIEW_TEAM."""
+    actor.require(Permission.VIEW_TEAM)
+    return load_fit(store, dataset)
+
+
+def competence_refit_every(store: Store) -> int:
+    """The store's background refit setting: every N new human labels (0 = on demand only)."""
+    with store.read() as session:
+        return get_setting(session, "competence_refit_every")
+
+
+def set_competence_refit(store: Store, actor: Actor, every: int) -> None:
+    """Refit each dataset's annotator model in a background job after every ``every`` new human labels (0: off).
+    Raises ``PermissionDenied`` without CHANGE_SETTINGS, ``SettingError`` out of range."""
+    actor.require(Permission.CHANGE_SETTINGS)
+    with store.write() as session:
+        set_setting(session, "competence_refit_every", every)

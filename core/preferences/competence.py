@@ -236,3 +236,42 @@ def fit_store_competence(store: Store, *, datasets: list[str] | None = None,
                  **ranking_pair_tasks(session, rankings, sorted(ranking_items))}
         names = dataset_names_of(session, list(votes))
     return fit_by_dataset(tasks, names, method)
+
+
+# ----- the last fit of each dataset, kept as a JSON file beside the store (the background refit writes it, the Team
+# tab shows it): a file rather than a table, since a fit is a cache that any refit replaces whole.
+def fit_file(store: Store, dataset: str) -> Any:
+    # Dataset names are letters, digits, '.', '_' and '-' (storage.datasets), so safe as a file name.
+    return store.data_dir / "competence" / f"{dataset}.json"
+
+
+def save_fit(store: Store, dataset: str, fit: CompetenceFit, *, human_labels: int) -> None:
+    """Keep ``fit`` (without its per-pair posteriors) as the dataset's last fit, written whole or not at all;
+    ``human_labels``: the dataset's human labels when it was fitted (the background refit counts from it)."""
+    import json
+    import os
+    from dataclasses import asdict
+    from datetime import datetime, timezone
+
+    path = fit_file(store, dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"dataset": dataset, "method": fit.method, "labels": fit.labels, "pairs": len(fit.posteriors),
+              "seconds": fit.seconds, "mirrored": fit.mirrored, "human_labels": human_labels,
+              "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "annotators": [asdict(a) for a in fit.annotators]}
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps(record, default=float))
+    os.replace(staging, path)
+
+
+def load_fit(store: Store, dataset: str) -> dict[str, Any] | None:
+    """The dataset's last kept fit (``save_fit``'s record, annotators as ``AnnotatorCompetence``), or None."""
+    import json
+
+    path = fit_file(store, dataset)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    record["annotators"] = [AnnotatorCompetence(**{**a, "flags": tuple(a["flags"]), "withheld": tuple(a["withheld"])})
+                            for a in record["annotators"]]
+    return record
