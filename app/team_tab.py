@@ -227,7 +227,7 @@ def render_competence_section(store: Store, dataset: gr.Dropdown) -> None:
     def show_last_competence(chosen: str | None, request: gr.Request) -> dict:
         try:
             actor = current_actor(store, request)
-            kept = last_competence_fit(store, actor, dataset=chosen) if chosen else None
+            kept = last_competence_fit(store, actor, dataset=chosen or None)
         except USER_ERRORS as error:
             return {status: html.escape(str(error))}
         every = competence_refit_every(store)

@@ -171,3 +171,25 @@ def test_the_background_refit_runs_as_a_job_after_n_new_labels_and_keeps_its_fit
     assert kept["human_labels"] == humans == 164
     assert {a["name"]: a["n"] for a in kept["annotators"]} == {"good": 60, "spammer": 64, "flipper": 40}
     assert competence_tick(store) == []  # no new labels since the kept fit
+
+
+def test_metadata_rows_carry_the_posterior_in_the_rows_terms(planted, tmp_path):
+    store, truth = planted
+    rows = exported(store, tmp_path, aggregate="dawid-skene", soft_labels=True, with_metadata=True)
+    for row in rows:
+        posterior = row["posterior"]
+        assert set(posterior) == {"chosen", "rejected", "tie", "both_bad"}
+        assert sum(posterior.values()) == pytest.approx(1.0)
+        assert row["weight"] == pytest.approx(posterior["chosen"] - posterior["rejected"])
+    assert "posterior" not in exported(store, tmp_path, with_metadata=True)[0]  # majority has none
+
+
+def test_the_data_tab_download_takes_the_annotator_model(planted):
+    from core.data.exporter import export_for_download
+
+    store, truth = planted
+    add_user(store, "lead", "engineer", "long enough pw")
+    download, _ = export_for_download(store, actor_for(store, "lead"), format="jsonl", prompt_format="auto",
+                                      test_size=0.0, datasets=["team"], aggregate="dawid-skene", soft_labels=True)
+    rows = [json.loads(line) for line in download.read_text().splitlines()]
+    assert right_rows([row for row in rows if row["weight"] > 0.5], truth) == PAIRS

@@ -257,7 +257,8 @@ def _prune_downloads(folder: Path, *, keep_seconds: float) -> None:
 
 def export_for_download(store: Store, actor: Actor, *, format: str, prompt_format: str,  # noqa: A002
                         test_size: float, datasets: list[str] | None = None, with_metadata: bool = False,
-                        ranking_pairs: str = "all", ranking_margin: bool = False) -> tuple[Path, ExportReport]:
+                        ranking_pairs: str = "all", ranking_margin: bool = False, aggregate: str = "majority",
+                        soft_labels: bool = False) -> tuple[Path, ExportReport]:
     """Export for a user of the web app (who needs the export permission) into the store's
     ``downloads/`` folder, then give one file a browser can download: the file itself, or a .zip of
     a folder. Earlier downloads are removed once they are ``DOWNLOAD_KEEP_SECONDS`` old."""
@@ -275,7 +276,7 @@ def export_for_download(store: Store, actor: Actor, *, format: str, prompt_forma
     name = stem if format == "hf" or test_size > 0 else f"{stem}.{'jsonl' if format == 'ranked' else format}"
     config = ExportConfig(folder / name, format=format, prompt_format=prompt_format, test_size=test_size,
                           dataset=datasets, with_metadata=with_metadata, ranking_pairs=ranking_pairs,
-                          ranking_margin=ranking_margin)
+                          ranking_margin=ranking_margin, aggregate=aggregate, soft_labels=soft_labels)
     report = export_dataset(store, config)
     if not config.out.is_dir():
         return config.out, report

@@ -26,11 +26,11 @@ def annotator_competence(store: Store, actor: Actor, *, dataset: str | None = No
     return fit_store_competence(store, datasets=[dataset] if dataset else None, method=method)
 
 
-def last_competence_fit(store: Store, actor: Actor, *, dataset: str) -> dict | None:
-    """The dataset's last fit kept by the background refit (``core.preferences.competence.load_fit``), or None.
-    Raises ``PermissionDenied`` without VIEW_TEAM."""
+def last_competence_fit(store: Store, actor: Actor, *, dataset: str | None) -> dict | None:
+    """The dataset's last fit kept by the background refit (``core.preferences.competence.load_fit``), or None
+    (also for no dataset: fits are kept per dataset). Raises ``PermissionDenied`` without VIEW_TEAM."""
     actor.require(Permission.VIEW_TEAM)
-    return load_fit(store, dataset)
+    return load_fit(store, dataset) if dataset else None
 
 
 def competence_refit_every(store: Store) -> int:

@@ -179,6 +179,9 @@ def build_preference_rows(
             row["margin"] = verdict.margin if verdict.margin is not None else 0.0
         if with_metadata:
             row.update(_metadata(comparison_id, content, verdict.outcome, votes[comparison_id]))
+            if fit is not None:  # the annotator model's posterior over the pair's classes, in the row's terms
+                posterior = fit.posteriors[(comparison_id, None, None)]
+                row["posterior"] = {_vote_as_row_side(c, verdict.outcome): p for c, p in posterior.items()}
         built.append((comparison_id, row))
     for comparison_id, row in ranked.rows:
         content = contents[comparison_id]
