@@ -193,3 +193,39 @@ def test_the_data_tab_download_takes_the_annotator_model(planted):
                                       test_size=0.0, datasets=["team"], aggregate="dawid-skene", soft_labels=True)
     rows = [json.loads(line) for line in download.read_text().splitlines()]
     assert right_rows([row for row in rows if row["weight"] > 0.5], truth) == PAIRS
+
+
+def test_rankings_enter_through_their_pairs_and_dawid_skene_recovers_the_hidden_order(store, tmp_path):
+    from storage.ranking import ranking_json
+
+    items = 24
+    rows = [{"prompt": f"Rank {i}?", "completions": [f"one {i}", f"two {i}", f"three {i}"]} for i in range(items)]
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "r.jsonl", rows), dataset="ranked", question="ranking"))
+    slots: dict[int, list[int]] = {}
+    for item_id, completion_id in sql(store, "SELECT comparison_id, completion_id FROM rankingslot "
+                                             "ORDER BY comparison_id, position"):
+        slots.setdefault(item_id, []).append(completion_id)
+    texts = dict(sql(store, "SELECT id, text FROM completion"))
+    rng = random.Random(5)
+    true_place = {}  # completion text -> its place in the hidden order (0 best)
+    for n, (item_id, ids) in enumerate(sorted(slots.items())):
+        order = rng.sample(ids, len(ids))
+        true_place.update({texts[c]: place for place, c in enumerate(order)})
+        rankings = {"good": order, "spammer": rng.sample(ids, len(ids))}
+        if n >= items - 16:
+            rankings["flipper"] = order[::-1]
+        for name, ranked in rankings.items():
+            with store.write() as session:
+                upsert_label(session, LabelInput(item_id, ensure_user(session, name), "ranked",
+                                                 ranking=ranking_json([[c] for c in ranked], ids, False)))
+
+    def right(rows: list[dict]) -> int:
+        return sum(true_place[row["chosen"]] < true_place[row["rejected"]] for row in rows)
+
+    out = tmp_path / "ds.jsonl"
+    export_dataset(store, ExportConfig(out, dataset=["ranked"], aggregate="dawid-skene"))
+    dawid_skene = [json.loads(line) for line in out.read_text().splitlines()]
+    export_dataset(store, ExportConfig(out, dataset=["ranked"]))
+    majority = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(dawid_skene) == 3 * items and right(dawid_skene) == 3 * items
+    assert right(majority) <= 0.8 * 3 * items
