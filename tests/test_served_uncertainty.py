@@ -86,3 +86,26 @@ def test_heads_of_another_width_or_a_file_that_is_not_heads_are_refused(model_an
     with pytest.raises(ConfigError, match="not the loop's ensemble heads"):
         load_ensemble_heads(model, tmp_path / "junk.pt")
     assert model.heads is None
+
+
+def test_an_ensemble_of_models_gets_the_spread_over_their_rewards(model_and_heads, tmp_path):
+    import asyncio
+    import statistics
+
+    from core.serving.batching import DynamicBatcher
+    from core.serving.reward_service import RewardService
+
+    folders = [model_and_heads[0], build_demo_reward_model(tmp_path / "rm5", CORPUS, hidden_size=HIDDEN, num_layers=1,
+                                                           num_heads=2, seed=5)]
+    models = [ServedModel(str(folder), RewardScorer(folder, device="cpu"), None) for folder in folders]
+    batcher = DynamicBatcher([m.scorer for m in models], wait_seconds=0.0, max_batch_sequences=64, max_queue=4).start()
+    try:
+        service = RewardService(models, "mean", batcher)
+        prepared = service.prepare_completions([p for p, _ in ROWS], [r for _, r in ROWS])
+        results = asyncio.run(service.score(prepared))
+    finally:
+        batcher.close()
+    plain = [PlainForward(folder) for folder in folders]
+    expected = [statistics.pstdev([model.reward(p, r) for model in plain]) for p, r in ROWS]
+    assert [r.spread for r in results] == pytest.approx(expected, abs=1e-4)
+    assert min(expected) > 1e-3
