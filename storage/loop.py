@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, update
 from sqlmodel import Session
 
-from storage.bulk import execute_many
-from storage.models import Comparison, Dataset, JobStatus, Label, Role, TrainingJob, User
+from storage.bulk import chunked, execute_many
+from storage.models import Comparison, Dataset, JobStatus, Label, RankingSlot, Role, TrainingJob, User
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,17 @@ def open_item_ids(session: Session, dataset_id: int) -> list[int]:
         select(Comparison.id).where(Comparison.dataset_id == dataset_id, Comparison.done.is_(False),
                                     Comparison.archived.is_(False)).order_by(Comparison.id)
     ).scalars())
+
+
+def pair_completions(session: Session, item_ids: list[int]) -> dict[int, tuple[int, int, int]]:
+    """(prompt id, completion a id, completion b id) of each pairwise item among ``item_ids`` (ranking items, whose
+    completions are their slots, are left out)."""
+    found: dict[int, tuple[int, int, int]] = {}
+    for chunk in chunked(sorted(item_ids), 1):
+        statement = (select(Comparison.id, Comparison.prompt_id, Comparison.completion_a_id, Comparison.completion_b_id)
+                     .where(Comparison.id.in_(chunk), ~Comparison.id.in_(select(RankingSlot.comparison_id))))
+        found.update({cid: (prompt_id, a, b) for cid, prompt_id, a, b in session.execute(statement)})
+    return found
 
 
 def write_queue_keys(session: Session, keys: list[QueueKey]) -> None:
