@@ -125,3 +125,20 @@ def test_double_thompson_sampling_and_margin_pick_what_the_heads_and_the_model_s
     assert all(key < 1 for (key,) in sql(store, "SELECT c.queue_key FROM comparison c JOIN dataset d ON d.id = "
                                                 "c.dataset_id WHERE d.name = 'cands' AND c.done = false"))
     assert len(list(combinations(range(4), 2))) * PROMPTS == len(keys)
+
+
+def test_delta_ucb_prefers_an_uncertain_optimistic_gap_to_the_largest_mean_gap():
+    """Worked by hand: A is sure at 1, B sure at 0, C uncertain around 0.6 (two members: -1.4 and 2.6, population
+    std 2). Mean gaps: A-B 1.0, A-C 0.4, B-C 0.6; optimistic gaps (beta 1): A-B 1.0, A over C 1 - (0.6 - 2) = 2.4,
+    C over B (0.6 + 2) - 0 = 2.6. DeltaUCB asks about B and C; the margin rule about A and C (closest rewards)."""
+    from core.loop.acquisition import choose_pair
+
+    a, b, c = 1, 2, 3
+    members = torch.tensor([[1.0, 0.0, -1.4], [1.0, 0.0, 2.6]])
+    base = torch.tensor([1.0, 0.0, 0.6])
+    pairs = [(a, b), (a, c), (b, c)]
+    assert choose_pair("delta-ucb", [a, b, c], pairs, members, base).pair == (b, c)
+    assert choose_pair("margin", [a, b, c], pairs, None, base).pair == (a, c)
+    assert choose_pair("delta-ucb", [a, b, c], [(a, b), (a, c)], members, base).pair == (a, c)  # only open pairs
+    with pytest.raises(ValueError, match="needs the ensemble's heads"):
+        choose_pair("dts", [a, b, c], pairs, None, base)
