@@ -78,6 +78,7 @@ def rescore_with(store, rule: str) -> tuple[dict, dict, torch.Tensor]:  # noqa: 
     return keys, json.loads((folder / "acquisition.json").read_text()), torch.load(folder / "ensemble-heads.pt")["heads"]
 
 
+@pytest.mark.slow
 def test_delta_ucb_serves_each_prompts_largest_optimistic_gap_first_and_holds_the_rest_back(candidates_loop):
     store = candidates_loop
     keys, record, heads = rescore_with(store, "delta-ucb")
@@ -100,6 +101,7 @@ def test_delta_ucb_serves_each_prompts_largest_optimistic_gap_first_and_holds_th
     assert next_comparison(store, actor_for(store, "ann"), "cands").comparison_id in expected
 
 
+@pytest.mark.slow
 def test_double_thompson_sampling_and_margin_pick_what_the_heads_and_the_model_say(candidates_loop):
     store = candidates_loop
     keys, record, heads = rescore_with(store, "dts")
