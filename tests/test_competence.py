@@ -229,3 +229,16 @@ def test_rankings_enter_through_their_pairs_and_dawid_skene_recovers_the_hidden_
     majority = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(dawid_skene) == 3 * items and right(dawid_skene) == 3 * items
     assert right(majority) <= 0.8 * 3 * items
+
+
+def test_each_dataset_gets_its_own_fit_and_the_table_names_the_dataset(planted, tmp_path):
+    store, _ = planted
+    rows = [{"prompt": f"Other {i}?", "completions": [f" x{i}", f" y{i}"]} for i in range(3)]
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "o.jsonl", rows), dataset="other"))
+    for (cid,) in sql(store, "SELECT c.id FROM comparison c JOIN dataset d ON d.id = c.dataset_id WHERE d.name = 'other'"):
+        label(store, cid, "good", "a", "a")
+    add_user(store, "lead", "engineer", "long enough pw")
+    fit = annotator_competence(store, actor_for(store, "lead"))
+    assert {(a.name, a.n) for a in fit.annotators} == {
+        ("team/good", 60), ("team/spammer", 64), ("team/flipper", 40), ("other/good", 3)}
+    assert len(fit.posteriors) == PAIRS + SPAMMER_ONLY + 3

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.limits import MIN_COMPETENCE_LABELS
@@ -213,8 +213,7 @@ def fit_by_dataset(votes_by_task: dict[TaskKey, list[Vote]], dataset_of: dict[in
         merged.labels += fit.labels
         merged.seconds += fit.seconds
         merged.mirrored = merged.mirrored or fit.mirrored
-        merged.annotators += [a if len(by_dataset) == 1 else
-                              AnnotatorCompetence(**{**a.__dict__, "name": f"{name}/{a.name}"}) for a in fit.annotators]
+        merged.annotators += [a if len(by_dataset) == 1 else replace(a, name=f"{name}/{a.name}") for a in fit.annotators]
     return merged
 
 
