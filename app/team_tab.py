@@ -37,7 +37,7 @@ from core.preferences.competence import (
     INVERTED_BELOW,
     NEAR_RANDOM_BAND,
     POSITION_BIAS_P,
-    CompetenceFit,
+    AnnotatorCompetence,
 )
 from core.scoring.inspection import allow_annotators_to_inspect, annotators_may_inspect
 from storage.engine import Store
@@ -186,16 +186,15 @@ COMPETENCE_HEADERS = ["annotator", "labels (n)", "accuracy", "side accuracy (n)"
                       "flags", "withheld"]
 
 
-def _competence_rows(fit: CompetenceFit) -> list[list]:
+def _competence_rows(annotators: list[AnnotatorCompetence]) -> list[list]:
     return [[a.name, a.n, f"{a.accuracy:.2f}",
              f"{_number(a.side_accuracy)} ({a.side_n})", f"{a.tie_share:.2f}",
              f"{_number(a.left_pick_rate)} ({a.sided_n}, p={_number(a.left_pick_p, 3)})",
-             ", ".join(a.flags) or "none", "; ".join(a.withheld)] for a in fit.annotators]
+             ", ".join(a.flags) or "none", "; ".join(a.withheld)] for a in annotators]
 
 
-def _competence_summary(fit: CompetenceFit) -> str:
-    return (f"**{fit.method}** fitted on {fit.labels} label(s) of {len(fit.posteriors)} pair(s) in {fit.seconds:.1f} s"
-            + (" (mirrored: see docs/labeling.md)" if fit.mirrored else "") + ". Flags are judged on at least "
+def _competence_summary(description: str) -> str:
+    return (description + ". Flags are judged on at least "
             f"**{MIN_COMPETENCE_LABELS}** labels of the kind they read, else withheld with their n: near-random (side "
             f"accuracy within 0.5 ± {NEAR_RANDOM_BAND}), inverted (below {INVERTED_BELOW:.2f}: the worse side more often "
             f"than not), position-biased (left-side picks, binomial p < {POSITION_BIAS_P}), always-tie (ties ≥ "
@@ -222,7 +221,7 @@ def render_competence_section(store: Store, dataset: gr.Dropdown) -> None:
             fit = annotator_competence(store, current_actor(store, request), dataset=chosen or None, method=model)
         except USER_ERRORS as error:
             return {status: html.escape(str(error))}
-        return {status: _competence_summary(fit), table: _competence_rows(fit)}
+        return {status: _competence_summary(fit.description()), table: _competence_rows(fit.annotators)}
 
     def show_last_competence(chosen: str | None, request: gr.Request) -> dict:
         try:
@@ -234,10 +233,8 @@ def render_competence_section(store: Store, dataset: gr.Dropdown) -> None:
         if kept is None:
             return {refit_every: every, table: [], status: "No kept fit of this dataset: choose a dataset and **Fit**"
                     + (f", or wait for the background refit (every {every} human labels)." if every else ".")}
-        fit = CompetenceFit(kept["method"], annotators=kept["annotators"], labels=kept["labels"],
-                            seconds=kept["seconds"], mirrored=kept["mirrored"])
-        return {refit_every: every, table: _competence_rows(fit),
-                status: f"Background fit of {kept['fitted_at']} ({kept['pairs']} pair(s)): " + _competence_summary(fit)}
+        return {refit_every: every, table: _competence_rows(kept["annotators"]),
+                status: _competence_summary(f"Background fit of {kept['fitted_at']}: {kept['description']}")}
 
     def save_competence_refit(every: float | None, request: gr.Request) -> dict:
         try:

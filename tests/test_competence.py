@@ -242,3 +242,10 @@ def test_each_dataset_gets_its_own_fit_and_the_table_names_the_dataset(planted, 
     assert {(a.name, a.n) for a in fit.annotators} == {
         ("team/good", 60), ("team/spammer", 64), ("team/flipper", 40), ("other/good", 3)}
     assert len(fit.posteriors) == PAIRS + SPAMMER_ONLY + 3
+
+
+def test_the_export_summary_says_which_model_decided_the_pairs(planted, tmp_path):
+    store, _ = planted
+    report = export_dataset(store, ExportConfig(tmp_path / "s.jsonl", dataset=["team"], aggregate="dawid-skene"))
+    assert "pairs decided by dawid-skene fitted on 164 label(s) of 64 pair(s)" in report.summary()
+    assert "decided by" not in export_dataset(store, ExportConfig(tmp_path / "m.jsonl", dataset=["team"])).summary()

@@ -122,11 +122,13 @@ class ExportReport:
     test_rows: int
     left_out: dict[str, int]
     content_hash: str
+    decided_by: str | None = None  # the annotator model's fit, in words (None: majority vote)
 
     def summary(self) -> str:
         left = ", ".join(f"{n} {reason}" for reason, n in sorted(self.left_out.items())) or "none"
         split = f" + {self.test_rows} test" if self.test_rows else ""
-        return f"wrote {self.train_rows} train{split} rows to {self.out}; left out: {left}"
+        decided = f"; pairs decided by {self.decided_by}" if self.decided_by else ""
+        return f"wrote {self.train_rows} train{split} rows to {self.out}; left out: {left}{decided}"
 
 
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
@@ -223,7 +225,8 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
         if config.out.is_dir() and not config.out.is_symlink():
             shutil.rmtree(config.out)
         os.replace(written, config.out)
-    return ExportReport(config.out, len(train), len(test), dict(prepared.left_out), prepared.content_hash)
+    return ExportReport(config.out, len(train), len(test), dict(prepared.left_out), prepared.content_hash,
+                        prepared.fit.description() if prepared.fit is not None else None)
 
 
 def _export_ranked(store: Store, config: ExportConfig) -> ExportReport:

@@ -82,6 +82,11 @@ class CompetenceFit:
     seconds: float = 0.0
     mirrored: bool = False  # the EM's orientation was swapped (see the module's note on the mirror)
 
+    def description(self) -> str:
+        """The fit in words, for a summary: the model, its size and time, and a mirrored orientation."""
+        return (f"{self.method} fitted on {self.labels} label(s) of {len(self.posteriors)} pair(s) in {self.seconds:.1f} s"
+                + (" (orientation mirrored: the labels, counted, agree more that way)" if self.mirrored else ""))
+
     def verdict(self, key: TaskKey, votes: list[Vote]) -> Verdict:
         """The pair's outcome under the posterior: its most probable class (``no_majority`` when two
         classes share the top), with the winning votes' mean margin and the net preference
@@ -255,6 +260,7 @@ def save_fit(store: Store, dataset: str, fit: CompetenceFit, *, human_labels: in
     path = fit_file(store, dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"dataset": dataset, "method": fit.method, "labels": fit.labels, "pairs": len(fit.posteriors),
+              "description": fit.description(),
               "seconds": fit.seconds, "mirrored": fit.mirrored, "human_labels": human_labels,
               "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "annotators": [asdict(a) for a in fit.annotators]}

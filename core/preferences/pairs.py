@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core.preferences.competence import AGGREGATES, fit_by_dataset
+from core.preferences.competence import AGGREGATES, CompetenceFit, fit_by_dataset
 from core.preferences.rankings import ranking_pair_tasks, ranking_rows
 from core.preferences.votes import Verdict, fold_votes
 from storage.datasets import DatasetError, dataset_ids_for, open_dataset_ids
@@ -45,6 +45,7 @@ class PreferenceRows:
     rows: list[dict[str, Any]]
     left_out: Counter = field(default_factory=Counter)
     comparison_ids: list[int] = field(default_factory=list)
+    fit: CompetenceFit | None = None  # the annotator model that decided the pairs (None: majority vote)
 
     @property
     def content_hash(self) -> str:
@@ -125,7 +126,7 @@ def build_preference_rows(
         # With no dataset named, archived datasets are left out: say how much that was.
         in_archived_datasets = 0 if datasets else count_comparisons(session) + count_comparisons(
             session, archived=True) - total - archived
-    result = PreferenceRows(rows=[])
+    result = PreferenceRows(rows=[], fit=fit)
     if archived:
         result.left_out["archived"] = archived
     if in_archived_datasets:
