@@ -52,6 +52,7 @@ from core.scoring.evaluation import EvalConfig, InputRejected, ScoreConfig, eval
 from core.scoring.inspection import registered_models
 from core.scoring.model_names import model_references
 from core.serving.config import CheckServerConfig, ServerConfig
+from core.loop.acquisition import ACQUISITIONS
 from core.loop.settings import LoopError, LoopSettings, configure_loop
 from core.training.config import TrainingConfig
 from core.jobs.scheduling import recent_jobs, submit_job
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="what 'least certain' means: the model's margin |r(a) - r(b)| (default), or the "
                            "disagreement of an ensemble of bootstrap reward heads on the model's features")
     loop.add_argument("--ensemble-size", type=int, help="heads in the ensemble, 2 to 16 (default 5)")
+    loop.add_argument("--acquisition", choices=ACQUISITIONS,
+                      help="for prompts with 3+ candidates: serve every pair (all, default), or first the one pair per "
+                           "prompt a rule picks, holding the others back: margin, delta-ucb, dts (both on the ensemble's "
+                           "heads) or random")
     _add_db_argument(datasets)
     exporter = commands.add_parser("export", help="write a TRL-ready preference dataset")
     _add_db_argument(exporter)
@@ -385,12 +390,14 @@ def run_datasets(args: argparse.Namespace) -> int:
             change_dataset_settings(store, actor, args.name, settings)
         loop_settings = LoopSettings(order=args.order, model=args.model, random_fraction=args.random_fraction,
                                      retrain_every=args.retrain_every, promotion_tolerance=args.promotion_tolerance,
-                                     min_heldout_pairs=args.min_heldout_pairs, uncertainty=args.uncertainty, ensemble_size=args.ensemble_size)
+                                     min_heldout_pairs=args.min_heldout_pairs, uncertainty=args.uncertainty, ensemble_size=args.ensemble_size,
+                                     acquisition=args.acquisition)
         if loop_settings != LoopSettings():
             status = configure_loop(store, actor, args.name, loop_settings)
             print(f"loop of {status.dataset}: order {status.order}"
                   + (f" ({status.uncertainty}{f', {status.ensemble_size} heads' if status.uncertainty == 'ensemble' else ''})"
                      if status.order == "uncertainty" else "")
+                  + (f", acquisition {status.acquisition}" if status.acquisition != "all" else "")
                   + f", model {status.model or '-'} (promoted: "
                   f"{status.promoted_model or '-'}), random arm {status.random_fraction:.0%}, retrain every "
                   f"{status.retrain_every or '-'} label(s), {status.human_labels} human label(s) so far")

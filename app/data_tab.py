@@ -14,6 +14,7 @@ from app.session import USER_ERRORS, current_actor
 from core.config_fields import ConfigError
 from core.data.datasets import DEFAULT_DATASET, datasets_for
 from core.data.exporter import EXPORT_FORMATS, PROMPT_FORMATS, export_for_download
+from core.preferences.competence import AGGREGATES
 from core.preferences.pairs import NothingToExport
 from core.data.importer import QUESTIONS, ImportConfig, ImportRejected, import_upload, question_for_upload
 from core.preferences.rankings import RANKING_PAIRS
@@ -60,7 +61,8 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
             import_button = gr.Button("Import", variant="primary", elem_id="import-button")
             import_result = gr.Markdown(elem_id="import-result")
         with gr.Column():
-            gr.Markdown("### Export\nOne row per comparison, annotators folded by majority; ties, both-bad and skips left out.")
+            gr.Markdown("### Export\nOne row per comparison, annotators folded by majority (or an annotator model); ties, "
+                        "both-bad and skips left out.")
             export_datasets = gr.Dropdown(choices=[], multiselect=True, label="Datasets (one prompt kind; none = all)",
                                           elem_id="export-datasets")
             export_format = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Format")
@@ -72,6 +74,12 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
                 ranking_pairs = gr.Dropdown(list(RANKING_PAIRS), value="all", label="Pairs from rankings",
                                             info="each pair weighs 1/(pairs of its ranking)", elem_id="export-ranking-pairs")
                 ranking_margin = gr.Checkbox(label="Margin from the place gap (rankings)", value=False)
+            with gr.Row():
+                aggregate = gr.Dropdown(list(AGGREGATES), value="majority", label="Several annotators",
+                                        info="majority vote, or an annotator model weighing each by competence",
+                                        elem_id="export-aggregate")
+                soft_labels = gr.Checkbox(label="Soft labels: a weight column, the posterior's net preference "
+                                                "(with an annotator model)", value=False, elem_id="export-soft-labels")
             with_metadata = gr.Checkbox(label="With metadata: comparison id, dataset, source, models, every vote with its "
                                               "strength, comment, seconds and time (TRL ignores the extra columns)",
                                         elem_id="export-metadata")
@@ -153,12 +161,13 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
     upload.upload(suggest_question, inputs=upload, outputs=[question, import_result], api_visibility="private")
 
     def run_export(datasets: list[str] | None, format_name: str, prompts: str, test_fraction: float, metadata: bool,
-                   pairs_mode: str, margin: bool, request: gr.Request) -> tuple[str, str | None]:
+                   pairs_mode: str, margin: bool, folding: str, soft: bool, request: gr.Request) -> tuple[str, str | None]:
         try:
             download, report = export_for_download(store, current_actor(store, request), format=format_name,
                                                    prompt_format=prompts, test_size=float(test_fraction or 0),
                                                    datasets=list(datasets or []) or None, with_metadata=bool(metadata),
-                                                   ranking_pairs=pairs_mode or "all", ranking_margin=bool(margin))
+                                                   ranking_pairs=pairs_mode or "all", ranking_margin=bool(margin),
+                                                   aggregate=folding or "majority", soft_labels=bool(soft))
         except USER_ERRORS as error:
             return f"**Not allowed.** {error}", None
         except (NothingToExport, ConfigError) as error:
@@ -167,7 +176,7 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
 
     export_button.click(
         run_export, inputs=[export_datasets, export_format, prompt_format, test_size, with_metadata, ranking_pairs,
-                            ranking_margin],
+                            ranking_margin, aggregate, soft_labels],
         outputs=[export_result, export_file], api_visibility="private"
     )
     return counts

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from app.formatting import plot_text
 from app.session import USER_ERRORS, current_actor
 from core.scoring.engine import ModelLoadError
+from core.loop.acquisition import ACQUISITIONS
 from core.loop.evaluation import LoopReport, loop_report
 from core.data.datasets import DatasetError
 from core.loop.settings import LoopError, LoopSettings, configure_loop
@@ -27,12 +28,14 @@ def _status_markdown(report: LoopReport) -> str:
         f"Queue order: **{s.order}**" + (f" by **{html.escape(s.model)}**" if s.order == "uncertainty" and s.model else "")
         + ((" (" + (f"disagreement of **{s.ensemble_size}** bootstrap heads" if s.uncertainty == "ensemble"
                     else "smallest margin") + " first)") if s.order == "uncertainty" else "")
+        + (f" · pairs per prompt: one chosen by **{s.acquisition}** first" if s.acquisition != "all" else "")
         + f" · random control arm: **{s.random_fraction:.0%}** · retrain: {retrain} "
         f"({s.human_labels - s.labels_at_retrain} since the last) · promoted model: "
         f"**{html.escape(s.promoted_model or '-')}** (tolerance {s.promotion_tolerance}; judged on at least "
         f"{s.min_heldout_pairs} held-out pairs)\n\n"
         "Admins change these below, or with `python app.py datasets NAME --order uncertainty --model NAME|latest "
-        "--random-fraction F --retrain-every N --promotion-tolerance T --min-heldout-pairs N --uncertainty margin|ensemble`."
+        "--random-fraction F --retrain-every N --promotion-tolerance T --min-heldout-pairs N --uncertainty margin|ensemble "
+        "--acquisition all|margin|delta-ucb|dts|random`."
     )
 
 
@@ -87,6 +90,8 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
                 order = gr.Radio(["priority", "uncertainty"], label="queue order", elem_id="loop-order")
                 uncertainty = gr.Radio(["margin", "ensemble"], label="uncertainty", elem_id="loop-uncertainty")
                 model = gr.Textbox(label="model (a registered NAME or NAME@vN, or latest)", elem_id="loop-model")
+                acquisition = gr.Radio(list(ACQUISITIONS), label="pairs per prompt of 3+ candidates (acquisition)",
+                                       elem_id="loop-acquisition")
             with gr.Row():
                 random_fraction = gr.Number(label="random control arm (0 to 1)", elem_id="loop-random-fraction")
                 retrain_every = gr.Number(label="retrain every N human labels (0: off)", precision=0,
@@ -96,7 +101,7 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
                                         elem_id="loop-min-heldout")
             save = gr.Button("Save loop settings", size="sm", elem_id="loop-save")
             saved = gr.Markdown(elem_id="loop-saved")
-        form = [order, uncertainty, model, random_fraction, retrain_every, tolerance, min_heldout]
+        form = [order, uncertainty, model, random_fraction, retrain_every, tolerance, min_heldout, acquisition]
 
     def show(chosen: str | None, request: gr.Request, run_evaluation: bool = False) -> dict:
         try:
@@ -110,7 +115,8 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
                    arms: [[a.arm, a.labels, a.fresh_pairs, "n/a" if a.accuracy is None else f"{a.accuracy:.3f}"]
                           for a in report.arms],
                    order: s.order, uncertainty: s.uncertainty, model: s.model or "", random_fraction: s.random_fraction,
-                   retrain_every: s.retrain_every or 0, tolerance: s.promotion_tolerance, min_heldout: s.min_heldout_pairs}
+                   retrain_every: s.retrain_every or 0, tolerance: s.promotion_tolerance, min_heldout: s.min_heldout_pairs,
+                   acquisition: s.acquisition}
         if run_evaluation:
             updates[reliability] = _reliability(report)
             if report.evaluated_model is None:
@@ -124,14 +130,15 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
         return show(chosen, request, run_evaluation=True)
 
     def save_loop_settings(chosen, chosen_order, chosen_uncertainty, chosen_model, fraction, every, tolerance_value,  # noqa: ANN001
-                           minimum, request: gr.Request) -> dict:
+                           minimum, chosen_acquisition, request: gr.Request) -> dict:
         try:
             settings = LoopSettings(order=chosen_order or None, uncertainty=chosen_uncertainty or None,
                                     model=(chosen_model or "").strip() or None,
                                     random_fraction=None if fraction is None else float(fraction),
                                     retrain_every=None if every is None else int(every),
                                     promotion_tolerance=None if tolerance_value is None else float(tolerance_value),
-                                    min_heldout_pairs=None if minimum is None else int(minimum))
+                                    min_heldout_pairs=None if minimum is None else int(minimum),
+                                    acquisition=chosen_acquisition or None)
             # The permission is checked first (in core), whatever the form holds.
             result = configure_loop(store, current_actor(store, request), chosen or "", settings)
         except (*USER_ERRORS, LoopError, DatasetError) as error:

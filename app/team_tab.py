@@ -23,8 +23,23 @@ from core.accounts import (
     set_password,
 )
 from core.data.datasets import DatasetSettings, change_dataset_settings, datasets_for
+from core.labeling.competence import MODELS as COMPETENCE_MODELS
+from core.labeling.competence import (
+    annotator_competence,
+    competence_refit_every,
+    last_competence_fit,
+    set_competence_refit,
+)
 from core.labeling.team_stats import TeamReport, team_report
 from core.limits import MIN_AGREEMENT_STEPS, MIN_AGREEMENT_TRACES
+from core.limits import MIN_COMPETENCE_LABELS
+from core.preferences.competence import (
+    ALWAYS_TIE_SHARE,
+    INVERTED_BELOW,
+    NEAR_RANDOM_BAND,
+    POSITION_BIAS_P,
+    AnnotatorCompetence,
+)
 from core.scoring.inspection import allow_annotators_to_inspect, annotators_may_inspect
 from storage.engine import Store
 
@@ -113,6 +128,7 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
         inspect_allowed = gr.Checkbox(label="Annotators may use the Inspect tab on text they paste (never stored "
                                             "comparisons or diagnostics)", elem_id="team-annotators-inspect")
     settings_status = gr.Markdown(elem_id="team-settings-status")
+    render_competence_section(store, dataset)
     render_loop_panel(store, dataset, tab)
     settings_fields = [overlap, lease, default_priority, open_to_all, members, archived, dataset_guidelines]
 
@@ -179,6 +195,77 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
 
     inspect_allowed.input(save_inspect_setting, inputs=inspect_allowed, outputs=settings_status, api_visibility="private")
     return refresh
+
+
+# ----- Annotator competence: fitted on demand by one core function (core.labeling.competence).
+COMPETENCE_HEADERS = ["annotator", "labels (n)", "accuracy", "side accuracy (n)", "tie share", "left-side picks (n, p)",
+                      "flags", "withheld"]
+
+
+def _competence_rows(annotators: list[AnnotatorCompetence]) -> list[list]:
+    return [[a.name, a.n, f"{a.accuracy:.2f}",
+             f"{_number(a.side_accuracy)} ({a.side_n})", f"{a.tie_share:.2f}",
+             f"{_number(a.left_pick_rate)} ({a.sided_n}, p={_number(a.left_pick_p, 3)})",
+             ", ".join(a.flags) or "none", "; ".join(a.withheld)] for a in annotators]
+
+
+def _competence_summary(description: str) -> str:
+    return (description + ". Flags are judged on at least "
+            f"**{MIN_COMPETENCE_LABELS}** labels of the kind they read, else withheld with their n: near-random (side "
+            f"accuracy within 0.5 ± {NEAR_RANDOM_BAND}), inverted (below {INVERTED_BELOW:.2f}: the worse side more often "
+            f"than not), position-biased (left-side picks, binomial p < {POSITION_BIAS_P}), always-tie (ties ≥ "
+            f"{ALWAYS_TIE_SHARE:.0%} of labels).")
+
+
+def render_competence_section(store: Store, dataset: gr.Dropdown) -> None:
+    with gr.Accordion("Annotator competence", open=False, elem_id="team-competence") as section:
+        gr.Markdown("An annotator model weighs each label by its author's estimated competence; the export and "
+                    "training use the same fit with `--aggregate`.")
+        with gr.Row():
+            method = gr.Dropdown(choices=list(COMPETENCE_MODELS), value=COMPETENCE_MODELS[0], label="Model",
+                                 elem_id="team-competence-model")
+            fit_button = gr.Button("Fit", size="sm", elem_id="team-competence-fit")
+        status = gr.Markdown(elem_id="team-competence-status")
+        table = gr.Dataframe(headers=COMPETENCE_HEADERS, interactive=False, wrap=True, elem_id="team-competence-table")
+        with gr.Row():
+            refit_every = gr.Number(label="Background refit (Dawid-Skene) every N new human labels per dataset, "
+                                          "0 = on demand only (admins)", precision=0, elem_id="team-competence-every")
+            save_refit = gr.Button("Save", size="sm", elem_id="team-competence-save")
+
+    def fit_competence(chosen: str | None, model: str, request: gr.Request) -> dict:
+        try:
+            fit = annotator_competence(store, current_actor(store, request), dataset=chosen or None, method=model)
+        except USER_ERRORS as error:
+            return {status: html.escape(str(error))}
+        return {status: _competence_summary(fit.description()), table: _competence_rows(fit.annotators)}
+
+    def show_last_competence(chosen: str | None, request: gr.Request) -> dict:
+        try:
+            actor = current_actor(store, request)
+            kept = last_competence_fit(store, actor, dataset=chosen or None)
+        except USER_ERRORS as error:
+            return {status: html.escape(str(error))}
+        every = competence_refit_every(store)
+        if kept is None:
+            return {refit_every: every, table: [], status: "No kept fit of this dataset: choose a dataset and **Fit**"
+                    + (f", or wait for the background refit (every {every} human labels)." if every else ".")}
+        return {refit_every: every, table: _competence_rows(kept["annotators"]),
+                status: _competence_summary(f"Background fit of {kept['fitted_at']}: {kept['description']}")}
+
+    def save_competence_refit(every: float | None, request: gr.Request) -> dict:
+        try:
+            set_competence_refit(store, current_actor(store, request), int(every or 0))
+        except USER_ERRORS as error:
+            return {status: html.escape(str(error))}
+        return {status: f"Saved: annotator models refit every {int(every or 0)} new human labels." if every
+                else "Saved: annotator models are fitted on demand only."}
+
+    fit_button.click(fit_competence, inputs=[dataset, method], outputs=[status, table], api_name="fit_competence",
+                     api_visibility="private")
+    section.expand(show_last_competence, inputs=dataset, outputs=[refit_every, table, status],
+                   api_name="show_last_competence", api_visibility="private")
+    save_refit.click(save_competence_refit, inputs=refit_every, outputs=status, api_name="save_competence_refit",
+                     api_visibility="private")
 
 
 # ----- Users (admins): every button calls one core.accounts function, which checks MANAGE_USERS itself.

@@ -53,13 +53,18 @@ def _config_from_form(controls: dict, form: dict) -> TrainingConfig:
     return TrainingConfig.from_form({name: form[control] for name, control in controls.items()})
 
 
+JOB_KIND_NAMES = {"rescore": "(rescore queue)", "competence": "(annotator model)"}
+
+
 def _jobs_table(store: Store, actor) -> list[list]:  # noqa: ANN001
     rows = []
     for job in recent_jobs(store, actor):
         progress = f"{job.current_step}/{job.total_steps}" if job.total_steps else (str(job.current_step) if job.current_step else "")
-        # A rescore job of the loop scores a dataset's queue; it has no base model of its own.
-        base = "(rescore queue)" if job.kind == "rescore" else job.config.get("base_model", "")
-        datasets = [job.config["loop_dataset"]] if job.kind == "rescore" else job.config.get("dataset") or []
+        # A rescore job of the loop scores a dataset's queue, a competence job refits its annotator model: neither
+        # has a base model of its own.
+        loop_job = job.kind in JOB_KIND_NAMES
+        base = JOB_KIND_NAMES[job.kind] if loop_job else job.config.get("base_model", "")
+        datasets = [job.config["loop_dataset"]] if loop_job else job.config.get("dataset") or []
         said = job.error or job.note or ""
         rows.append([job.id, job.status, base, ", ".join(datasets) or "all", progress, job.reward_model_name or "",
                      said.splitlines()[0][:160] if said else ""])

@@ -98,6 +98,8 @@ MIN_HELDOUT_PAIRS, MAX_HELDOUT_PAIRS = 5, 100_000
 MIN_STEPS_FOR_ETA = 2  # measured training steps (after the first, which carries warm-up) before a job shows an ETA
 MIN_VERDICT_PAIRS = 30  # pairs below which the confound baselines are shown but no verdict is drawn
 MIN_ENSEMBLE_PAIRS = 8  # labeled prompts below which the heads would fit noise: margin order meanwhile
+# Labels an annotator needs (of the kind a flag reads) before the Team tab's competence flags judge them.
+MIN_COMPETENCE_LABELS = 20
 
 # --- training
 # Responses of one prompt scored together in grouped training (group_by_prompt): InstructGPT ranks
@@ -141,6 +143,7 @@ STORAGE_BOUNDS = (
     "storage.datasets.MIN_LEASE_SECONDS",
     "storage.datasets.MAX_LEASE_SECONDS",
     "storage.datasets.MAX_DEFAULT_PRIORITY",
+    "storage.settings.MAX_COMPETENCE_REFIT_EVERY",
     "storage.ranking.MIN_RANKED",
     "storage.ranking.MAX_RANKED",
 )
@@ -183,6 +186,8 @@ CAPS: dict[str, str] = {
     "MAX_DIAGNOSED_PAIRS": "(not refused) the diagnosis scores the newest 2,000 pairs and says so",
     "MAX_EVALUATED_PAIRS": "(not refused) a loop evaluation scores the newest 2,000 pairs",
     "MAX_RETRAIN_EVERY": "retrain every N labels needs N from 1 to 1000000 (0 turns it off)",
+    "MIN_COMPETENCE_LABELS": "(withheld) a competence flag on fewer labels shows as 'near-random (n=N < 20)' under withheld",
+    "storage.settings.MAX_COMPETENCE_REFIT_EVERY": "refit every N labels needs N from 1 to 1,000,000 (0 turns it off), got N",
     "MIN_STEPS_FOR_ETA": "(withheld) 'time left: measuring the first steps' until 2 steps are measured",
     "MIN_VERDICT_PAIRS": "(withheld) 'no verdict on confounds: N pair(s), fewer than 30'",
     "MIN_HELDOUT_PAIRS": "the minimum of held-out pairs is 5 to 100000 (a verdict on fewer is noise)",

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, update
 from sqlmodel import Session
 
-from storage.bulk import execute_many
-from storage.models import Comparison, Dataset, JobStatus, Label, Role, TrainingJob, User
+from storage.bulk import chunked, execute_many
+from storage.models import Comparison, Dataset, JobStatus, Label, RankingSlot, Role, TrainingJob, User
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,17 @@ def open_item_ids(session: Session, dataset_id: int) -> list[int]:
         select(Comparison.id).where(Comparison.dataset_id == dataset_id, Comparison.done.is_(False),
                                     Comparison.archived.is_(False)).order_by(Comparison.id)
     ).scalars())
+
+
+def pair_completions(session: Session, item_ids: list[int]) -> dict[int, tuple[int, int, int]]:
+    """(prompt id, completion a id, completion b id) of each pairwise item among ``item_ids`` (ranking items, whose
+    completions are their slots, are left out)."""
+    found: dict[int, tuple[int, int, int]] = {}
+    for chunk in chunked(sorted(item_ids), 1):
+        statement = (select(Comparison.id, Comparison.prompt_id, Comparison.completion_a_id, Comparison.completion_b_id)
+                     .where(Comparison.id.in_(chunk), ~Comparison.id.in_(select(RankingSlot.comparison_id))))
+        found.update({cid: (prompt_id, a, b) for cid, prompt_id, a, b in session.execute(statement)})
+    return found
 
 
 def write_queue_keys(session: Session, keys: list[QueueKey]) -> None:
@@ -52,6 +63,26 @@ def human_label_count(session: Session, dataset_id: int) -> int:
         .join(User, User.id == Label.annotator_id)
         .where(Comparison.dataset_id == dataset_id, Label.choice != "skip", User.role != Role.SOURCE.value)
     ).scalar_one()
+
+
+def human_label_counts(session: Session) -> dict[str, int]:
+    """``human_label_count`` of every dataset that is not archived and has human labels, by name."""
+    return dict(session.execute(
+        select(Dataset.name, func.count()).select_from(Label)
+        .join(Comparison, Comparison.id == Label.comparison_id)
+        .join(Dataset, Dataset.id == Comparison.dataset_id)
+        .join(User, User.id == Label.annotator_id)
+        .where(Dataset.archived.is_(False), Label.choice != "skip", User.role != Role.SOURCE.value)
+        .group_by(Dataset.name)
+    ).all())
+
+
+def loop_job_active(session: Session, dataset: str, kind: str) -> bool:
+    """Whether a job of ``kind`` for ``dataset`` is queued or running."""
+    return any((job.config or {}).get("loop_dataset") == dataset for job in session.execute(
+        select(TrainingJob).where(TrainingJob.kind == kind,
+                                  TrainingJob.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+    ).scalars())
 
 
 def loop_datasets(session: Session) -> list[Dataset]:

@@ -86,6 +86,16 @@ def count_comparisons(session: Session, dataset_ids: Iterable[int] | None = None
     return session.execute(statement).scalar_one()
 
 
+def dataset_names_of(session: Session, comparison_ids: list[int]) -> dict[int, str]:
+    """The dataset name of each comparison."""
+    names: dict[int, str] = {}
+    for chunk in chunked(sorted(comparison_ids), 1):
+        statement = (select(Comparison.id, Dataset.name).join(Dataset, Dataset.id == Comparison.dataset_id)
+                     .where(Comparison.id.in_(chunk)))
+        names.update({comparison_id: name for comparison_id, name in session.execute(statement)})
+    return names
+
+
 @dataclass(frozen=True)
 class ComparisonContent:
     """What one comparison shows: its prompt and its two completions (with the models that wrote them)."""

@@ -9,6 +9,8 @@ from sqlmodel import Session
 
 from storage.models import Setting
 
+MAX_COMPETENCE_REFIT_EVERY = 1_000_000  # the background refit's "every N human labels"
+
 
 @dataclass(frozen=True)
 class SettingSpec:
@@ -25,6 +27,17 @@ SETTINGS = {
             "annotators_may_inspect", "0",
             "1 lets annotators use the Inspect tab on text they paste, with registered models (never stored "
             "comparisons or diagnostics, which would show the model's opinion of their own queue); 0 (default) does not",
+            int,
+        ),
+        SettingSpec(
+            "loop_acquisition", "{}",
+            "per dataset, which pair of a prompt's candidates the loop serves first (core.loop.acquisition): a JSON "
+            "object of dataset name -> rule; a dataset not named serves every pair",
+        ),
+        SettingSpec(
+            "competence_refit_every", "0",
+            "refit each dataset's annotator model (Dawid-Skene) in a background job after every N new human labels; "
+            "0 (default) fits on demand only (Team tab)",
             int,
         ),
     )
@@ -51,5 +64,35 @@ def set_setting(session: Session, key: str, value) -> None:  # noqa: ANN001
         raise SettingError(f"setting {key!r} must be {spec.kind.__name__}: {spec.help}") from None
     if key == "annotators_may_inspect" and typed not in (0, 1):
         raise SettingError("annotators_may_inspect must be 0 (no) or 1 (yes)")
+    if key == "loop_acquisition" and not isinstance(_json_object(typed), dict):
+        raise SettingError("loop_acquisition must be a JSON object of dataset name -> rule")
+    if key == "competence_refit_every" and not 0 <= typed <= MAX_COMPETENCE_REFIT_EVERY:
+        raise SettingError(f"refit every N labels needs N from 1 to {MAX_COMPETENCE_REFIT_EVERY:,} (0 turns it off), "
+                           f"got {typed}")
     session.merge(Setting(key=key, value=str(typed)))
     session.flush()
+
+
+def _json_object(text: str):  # noqa: ANN202
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def acquisition_of(session: Session, dataset: str) -> str:
+    """The dataset's acquisition rule (``loop_acquisition``), or "all"."""
+    return _json_object(get_setting(session, "loop_acquisition")).get(dataset, "all")
+
+
+def set_acquisition(session: Session, dataset: str, rule: str) -> None:
+    """Set the dataset's acquisition rule ("all" removes it); the caller checks the rule's name."""
+    import json
+
+    rules = _json_object(get_setting(session, "loop_acquisition"))
+    rules.pop(dataset, None)
+    if rule != "all":
+        rules[dataset] = rule
+    set_setting(session, "loop_acquisition", json.dumps(rules, sort_keys=True))

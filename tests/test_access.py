@@ -114,6 +114,7 @@ HANDLER_PERMISSIONS = {
     "choices": "INSPECT", "choices_1": "INSPECT", "choices_2": "INSPECT", "choices_3": "INSPECT", "choices_4": "INSPECT",
     "score": "INSPECT",
     "run_diagnosis": "INSPECT", "from_store": "INSPECT",
+    "fit_competence": "VIEW_TEAM", "show_last_competence": "VIEW_TEAM", "save_competence_refit": "CHANGE_SETTINGS",
     "send_back": "REQUEUE", "show_team": "VIEW_TEAM", "show_team_1": "VIEW_TEAM", "show_team_2": "VIEW_TEAM",
     "save_inspect_setting": "CHANGE_SETTINGS",
     "cancel_scoring": None, "cancel_diagnosis": None,  # only ever stop the caller's own session's work
@@ -189,7 +190,8 @@ def test_every_handler_the_page_lists_checks_the_role_of_whoever_calls_it_over_h
     assert {h for (r, h), (allowed, _) in outcomes.items() if r == "annotator" and not allowed} == {
         h for h, p in HANDLER_PERMISSIONS.items() if p not in (None, "LABEL")}
     assert {h for (r, h), (allowed, _) in outcomes.items() if r == "engineer" and not allowed} == {
-        "save_guidelines", "save_dataset_settings", "save_inspect_setting", "save_loop_settings", *ACCOUNT_HANDLERS}
+        "save_guidelines", "save_dataset_settings", "save_inspect_setting", "save_loop_settings", "save_competence_refit",
+        *ACCOUNT_HANDLERS}
 
 
 def test_no_file_route_serves_the_store_or_model_folders(secured_app):

@@ -78,6 +78,10 @@ PERMISSIONS: dict[str, tuple[str, str, Permission | None]] = {
     "core.labeling.steps.steps_view_in": ("step marks", "show a trace", LABEL_ONLY),
     "core.labeling.steps.steps_label_input": ("step marks", "check marks", LABEL_ONLY),
     "core.labeling.team_stats.team_report": ("team", "agreement and bias", P.VIEW_TEAM),
+    "core.labeling.competence.annotator_competence": ("team", "fit an annotator model", P.VIEW_TEAM),
+    "core.labeling.competence.last_competence_fit": ("team", "read the kept annotator model", P.VIEW_TEAM),
+    "core.labeling.competence.set_competence_refit": ("settings", "background refit of annotator models",
+                                                      P.CHANGE_SETTINGS),
     "core.loop.evaluation.loop_report": ("loop", "read", P.VIEW_TEAM),
     "core.loop.settings.configure_loop": ("loop", "configure", P.CHANGE_SETTINGS),
     "core.scoring.diagnostics.run_diagnostics": ("models", "diagnose on stored labels", P.INSPECT),
@@ -100,7 +104,7 @@ NONSENSE = {  # inputs that would fail if used: the permission check must come f
     "markdown": "guidelines", "labels_needed": 2, "limit": 5, "first_name": "no-model", "second_name": None,
     "model_names": ["no-model"], "prompt": "p", "responses": ["a", "b"], "allowed": True, "stored_data": True,
     "format": "jsonl", "prompt_format": "auto", "test_size": 0.0, "with_metadata": False, "ranking_pairs": "all",
-    "ranking_margin": False, "question": None, "view": None, "screen_choice": "left", "choice": "a",
+    "ranking_margin": False, "question": None, "view": None, "screen_choice": "left", "choice": "a", "every": 0,
 }
 
 

@@ -26,6 +26,7 @@ import psutil
 
 from core.accounts import Actor, Permission
 from core.config_fields import ConfigError, config_field
+from core.preferences.competence import AGGREGATES
 from core.preferences.pairs import NothingToExport, build_preference_rows, resolve_datasets, split_rows
 from core.preferences.rankings import RANKING_PAIRS, ranked_format_rows
 from core.preferences.stepwise import NEUTRAL_RULES, build_stepwise_rows
@@ -73,6 +74,13 @@ class ExportConfig:
         choices=RANKING_PAIRS)
     ranking_margin: bool = config_field(
         False, help="give pairs from rankings a margin: their place gap / (completions - 1)")
+    aggregate: str = config_field(
+        "majority", help="how several annotators' labels decide a pair: majority (vote count), dawid-skene or mace "
+        "(an annotator model fitted per dataset weighs each label by its author's estimated competence)",
+        choices=AGGREGATES)
+    soft_labels: bool = config_field(
+        False, help="with --aggregate dawid-skene or mace: a weight column holding each pair's net posterior "
+        "preference P(chosen) - P(rejected) (times a ranking pair's 1/pairs of its item)")
     with_metadata: bool = config_field(
         False, help="add the evidence behind each row: comparison id, dataset, source, the models of each side, and "
         "every label (annotator, vote, strength, comment, seconds, time); TRL ignores the extra columns"
@@ -84,6 +92,10 @@ class ExportConfig:
             raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
         if self.ranking_pairs not in RANKING_PAIRS:
             raise ConfigError(f"ranking_pairs must be one of {', '.join(RANKING_PAIRS)}, got {self.ranking_pairs!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if self.soft_labels and self.aggregate == "majority":
+            raise ConfigError("soft labels are an annotator model's posterior: add --aggregate dawid-skene or mace")
         if self.format in ("ranked", "stepwise") and self.test_size:
             raise ConfigError(f"the {self.format} format writes one file; leave test_size at 0")
         if self.neutral not in NEUTRAL_RULES:
@@ -118,11 +130,13 @@ class ExportReport:
     test_rows: int
     left_out: dict[str, int]
     content_hash: str
+    decided_by: str | None = None  # the annotator model's fit, in words (None: majority vote)
 
     def summary(self) -> str:
         left = ", ".join(f"{n} {reason}" for reason, n in sorted(self.left_out.items())) or "none"
         split = f" + {self.test_rows} test" if self.test_rows else ""
-        return f"wrote {self.train_rows} train{split} rows to {self.out}; left out: {left}"
+        decided = f"; pairs decided by {self.decided_by}" if self.decided_by else ""
+        return f"wrote {self.train_rows} train{split} rows to {self.out}; left out: {left}{decided}"
 
 
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
@@ -206,7 +220,7 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
     prepared = build_preference_rows(
         store, prompt_format=config.prompt_format, since=config.since, annotators=config.annotators,
         datasets=config.dataset, with_metadata=config.with_metadata, ranking_pairs=config.ranking_pairs,
-        ranking_margin=config.ranking_margin,
+        ranking_margin=config.ranking_margin, aggregate=config.aggregate, soft_labels=config.soft_labels,
     )
     if not prepared.rows:
         left = ", ".join(f"{n} {reason}" for reason, n in sorted(prepared.left_out.items())) or "no labels at all"
@@ -221,7 +235,8 @@ def export_dataset(store: Store, config: ExportConfig) -> ExportReport:
         if config.out.is_dir() and not config.out.is_symlink():
             shutil.rmtree(config.out)
         os.replace(written, config.out)
-    return ExportReport(config.out, len(train), len(test), dict(prepared.left_out), prepared.content_hash)
+    return ExportReport(config.out, len(train), len(test), dict(prepared.left_out), prepared.content_hash,
+                        prepared.fit.description() if prepared.fit is not None else None)
 
 
 def build_stepwise_export(store: Store, config: ExportConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -290,7 +305,8 @@ def _prune_downloads(folder: Path, *, keep_seconds: float) -> None:
 
 def export_for_download(store: Store, actor: Actor, *, format: str, prompt_format: str,  # noqa: A002
                         test_size: float, datasets: list[str] | None = None, with_metadata: bool = False,
-                        ranking_pairs: str = "all", ranking_margin: bool = False) -> tuple[Path, ExportReport]:
+                        ranking_pairs: str = "all", ranking_margin: bool = False, aggregate: str = "majority",
+                        soft_labels: bool = False) -> tuple[Path, ExportReport]:
     """Export for a user of the web app (who needs the export permission) into the store's
     ``downloads/`` folder, then give one file a browser can download: the file itself, or a .zip of
     a folder. Earlier downloads are removed once they are ``DOWNLOAD_KEEP_SECONDS`` old."""
@@ -308,7 +324,7 @@ def export_for_download(store: Store, actor: Actor, *, format: str, prompt_forma
     name = stem if format == "hf" or test_size > 0 else f"{stem}.{'jsonl' if format in ('ranked', 'stepwise') else format}"
     config = ExportConfig(folder / name, format=format, prompt_format=prompt_format, test_size=test_size,
                           dataset=datasets, with_metadata=with_metadata, ranking_pairs=ranking_pairs,
-                          ranking_margin=ranking_margin)
+                          ranking_margin=ranking_margin, aggregate=aggregate, soft_labels=soft_labels)
     report = export_dataset(store, config)
     if not config.out.is_dir():
         return config.out, report

@@ -116,7 +116,7 @@ def start_next_job(store: Store) -> int | None:
             return None
         job_id = job.id
         if job.kind != "train":
-            gpus = min(gpus, 1)  # a rescore job scores in one process
+            gpus = min(gpus, 1)  # a rescore or competence job runs in one process
         folder = job_dir(store, job_id)
         log_path = folder / "train.log"
         mark_started(session, job_id, pid=None, log_path=str(log_path), output_dir=str(folder))
@@ -160,11 +160,13 @@ class JobScheduler:
         self._stop.set()
 
     def _loop(self) -> None:
+        from core.loop.competence_refit import competence_tick
         from core.loop.retraining import loop_tick
 
         while not self._stop.wait(self.interval):
             try:
                 loop_tick(self.store)  # datasets whose loop has enough new labels get a training job
+                competence_tick(self.store)  # and, when the store asks for it, a refit of their annotator model
                 start_next_job(self.store)
             except Exception as error:  # noqa: BLE001 (the scheduler must outlive one bad job)
                 print(f"job scheduler: {type(error).__name__}: {error}", file=sys.stderr)

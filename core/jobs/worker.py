@@ -12,6 +12,7 @@ import signal
 import sys
 import traceback
 
+from core.loop.competence_refit import REFIT_KIND, refit_competence
 from core.loop.evaluation import evaluate_before_retrain
 from core.loop.rescore import rescore_queue
 from core.loop.retraining import after_training
@@ -49,6 +50,8 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
             mark_started(session, job.id, pid=os.getpid(), log_path=str(folder / "train.log"), output_dir=str(folder))
     if job.kind == "rescore":
         return _rescore(store, job, log=log)
+    if job.kind == REFIT_KIND:
+        return _refit_competence(store, job, log=log)
     try:
         config = TrainingConfig.from_record(job.config)
         # A job on steps datasets trains a process reward model; on pairs (or rankings), a reward model.
@@ -95,9 +98,19 @@ def _rescore(store: Store, job, *, log=print) -> int:  # noqa: ANN001
     disagreement; the fitted heads are kept in the job's folder as ``ensemble-heads.pt``)."""
     from core.jobs.scheduling import job_dir
 
-    dataset = (job.config or {}).get("loop_dataset", "")
+    return _dataset_job(store, job, lambda dataset: rescore_queue(store, dataset, log=log,
+                                                                  work_dir=job_dir(store, job.id)))
+
+
+def _refit_competence(store: Store, job, *, log=print) -> int:  # noqa: ANN001
+    """The background refit of a dataset's annotator model (``core.loop.competence_refit``)."""
+    return _dataset_job(store, job, lambda dataset: refit_competence(store, dataset, log=log))
+
+
+def _dataset_job(store: Store, job, work) -> int:  # noqa: ANN001
+    """Run ``work(dataset)`` for the job's dataset and record its note, or the failure with its reason."""
     try:
-        note = rescore_queue(store, dataset, log=log, work_dir=job_dir(store, job.id))
+        note = work((job.config or {}).get("loop_dataset", ""))
     except Exception as error:  # noqa: BLE001 (any failure must end the job as failed, with its reason)
         traceback.print_exc()
         with store.write() as session:

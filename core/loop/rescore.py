@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from core.loop.acquisition import NEEDS_ENSEMBLE, choose_pair
 from core.loop.queue_keys import queue_keys
 from core.limits import MIN_ENSEMBLE_PAIRS
 from core.loop.settings import SCORE_CHUNK, LoopError, queue_model_of
 from storage.datasets import require_dataset
 from storage.engine import Store
-from storage.loop import open_item_ids, write_queue_keys
+from storage.loop import QueueKey, open_item_ids, pair_completions, write_queue_keys
+from storage.settings import acquisition_of
 from storage.queries import comparison_contents
 from storage.ranking import completion_texts, slots_of
 
@@ -127,10 +129,11 @@ def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = pr
         dataset_id, fraction = target.id, target.random_fraction
         uncertainty, ensemble_size = target.uncertainty, target.ensemble_size
         item_ids = open_item_ids(session, dataset_id)
+        acquisition = acquisition_of(session, dataset)
     scorer = scorer_for(store, model)
     fallback: list[str] = []
     heads = _ensemble_heads(store, dataset, dataset_id, scorer, ensemble_size, fallback.append) \
-        if uncertainty == "ensemble" else None
+        if uncertainty == "ensemble" or acquisition in NEEDS_ENSEMBLE else None
     for line in fallback:
         log(line)
     if heads is not None and work_dir is not None:
@@ -141,18 +144,73 @@ def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = pr
     log(f"scoring {len(item_ids)} open item(s) of {dataset} with {model}"
         + (f" and {len(heads)} ensemble heads" if heads is not None else ""))
     margins: dict[int, float | None] = {}
-    spreads: dict[int, float | None] | None = {} if heads is not None else None
+    spreads: dict[int, float | None] | None = {} if heads is not None and uncertainty == "ensemble" else None
     for start in range(0, len(item_ids), SCORE_CHUNK):
-        chunk_margins, chunk_spreads = _item_margins(store, scorer, item_ids[start:start + SCORE_CHUNK], heads)
+        chunk_margins, chunk_spreads = _item_margins(store, scorer, item_ids[start:start + SCORE_CHUNK],
+                                                     heads if spreads is not None else None)
         margins.update(chunk_margins)
         if spreads is not None:
             spreads.update(chunk_spreads)
         log(f"scored {min(start + SCORE_CHUNK, len(item_ids))}/{len(item_ids)}")
     keys = queue_keys(dataset_id, margins, fraction, spreads)
+    chosen_note = ""
+    if acquisition != "all":
+        keys, chosen_note = _acquire(store, scorer, heads, dataset_id, item_ids, keys, acquisition, work_dir, log)
     for start in range(0, len(keys), SCORE_CHUNK):  # short write transactions: labeling goes on meanwhile
         with store.write() as session:
             write_queue_keys(session, keys[start:start + SCORE_CHUNK])
-    how = (f"the disagreement of {len(heads)} ensemble heads on {model}" if heads is not None
-           else f"{model}'s margins" + (f" ({fallback[0]})" if fallback else ""))
+    how = (f"the disagreement of {len(heads)} ensemble heads on {model}" if spreads is not None
+           else f"{model}'s margins" + (f" ({fallback[0]})" if fallback else "")) + chosen_note
     log(f"queue of {dataset} ordered by {how}: {sum(k.arm == 'random' for k in keys)} item(s) in the random arm")
     return f"ordered the queue of {dataset} by {how}: {len(keys)} item(s) scored"
+
+
+def _acquire(store: Store, scorer: Any, heads: Any, dataset_id: int, item_ids: list[int], keys: list[QueueKey],
+             rule: str, work_dir: Path | None, log: Callable[[str], None]) -> tuple[list[QueueKey], str]:
+    """Per prompt with two or more open pairs, the pair ``rule`` picks keeps its key; the prompt's other open pairs
+    are held back (key + 1: after every chosen pair). The choices, with the rule, its parameters and each
+    completion's mean and spread, go to ``work_dir / "acquisition.json"``. Returns the keys and a note."""
+    import torch
+
+    from core.loop.ensemble import member_rewards
+
+    if rule in NEEDS_ENSEMBLE and heads is None:
+        log(f"the {rule} rule needs the ensemble's heads, which could not be fitted: every pair is served")
+        return keys, f"; {rule} needs the ensemble's heads: every pair served"
+    with store.read() as session:
+        pairs = pair_completions(session, item_ids)
+        texts = completion_texts(session, sorted({c for _, a, b in pairs.values() for c in (a, b)}))
+        contents = comparison_contents(session, sorted(pairs))
+    by_prompt: dict[int, list[int]] = {}
+    for item_id, (prompt_id, _, _) in sorted(pairs.items()):
+        by_prompt.setdefault(prompt_id, []).append(item_id)
+    held: set[int] = set()
+    record: dict[str, Any] = {}
+    for prompt_id, items in by_prompt.items():
+        if len(items) < 2:
+            continue
+        content = contents[items[0]]
+        prompt = content.prompt_messages if content.prompt_messages is not None else (content.prompt_text or "")
+        completion_ids = sorted({c for item in items for c in pairs[item][1:]})
+        features = scorer.reward_features([(prompt, texts[c][0]) for c in completion_ids])
+        usable = [c for c, f in zip(completion_ids, features, strict=True) if f is not None]
+        open_pairs = {tuple(sorted(pairs[item][1:])): item for item in items
+                      if all(c in usable for c in pairs[item][1:])}
+        if len(open_pairs) < 2:
+            continue
+        stacked = torch.stack([f for f in features if f is not None])
+        base = _head_rewards(scorer, stacked)
+        members = member_rewards(heads, stacked, base) if heads is not None else None
+        choice = choose_pair(rule, usable, sorted(open_pairs), members, base, seed_parts=(dataset_id, prompt_id))
+        chosen = open_pairs[choice.pair]
+        held.update(item for item in items if item != chosen)
+        record[str(chosen)] = {"prompt_id": prompt_id, "pair": list(choice.pair), "rule": rule, "params": choice.params,
+                               "mean": {str(c): v for c, v in choice.mean.items()},
+                               "std": {str(c): v for c, v in choice.std.items()},
+                               "held_back": sorted(item for item in items if item != chosen)}
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / "acquisition.json").write_text(json.dumps({"rule": rule, "chosen": record}, indent=1))
+    log(f"acquisition {rule}: one pair chosen on each of {len(record)} prompt(s), {len(held)} pair(s) held back")
+    return ([QueueKey(k.comparison_id, k.margin, k.key + 1.0 if k.comparison_id in held else k.key, k.arm)
+             for k in keys], f"; {rule} chose one pair on each of {len(record)} prompt(s), {len(held)} held back")

@@ -34,11 +34,13 @@ from core.limits import (
     MIN_ENSEMBLE_SIZE,
     MIN_HELDOUT_PAIRS,
 )
+from core.loop.acquisition import ACQUISITIONS
 from core.training.config import TrainingConfig
 from storage.datasets import require_dataset
 from storage.engine import Store
 from storage.loop import clear_queue_keys, human_label_count, last_training_config, queue_loop_job
 from storage.registry import find_model
+from storage.settings import acquisition_of, set_acquisition
 
 
 QUEUE_ORDERS = ("priority", "uncertainty")
@@ -63,6 +65,7 @@ class LoopSettings:
     min_heldout_pairs: int | None = None  # held-out pairs a new version is judged on, at least (MIN..MAX_HELDOUT_PAIRS)
     uncertainty: str | None = None  # "margin" or "ensemble"
     ensemble_size: int | None = None  # 2 to 16 heads
+    acquisition: str | None = None  # which pair of a prompt's candidates is served first (core.loop.acquisition)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class LoopStatus:
     uncertainty: str = "margin"
     ensemble_size: int = 5
     min_heldout_pairs: int = 30
+    acquisition: str = "all"
 
 
 def loop_status_of(session, dataset, queued_job: int | None = None) -> LoopStatus:  # noqa: ANN001
@@ -88,7 +92,7 @@ def loop_status_of(session, dataset, queued_job: int | None = None) -> LoopStatu
                       dataset.random_fraction, dataset.retrain_every, dataset.promotion_tolerance,
                       human_label_count(session, dataset.id), dataset.labels_at_retrain, queued_job,
                       uncertainty=dataset.uncertainty, ensemble_size=dataset.ensemble_size,
-                      min_heldout_pairs=dataset.min_heldout_pairs)
+                      min_heldout_pairs=dataset.min_heldout_pairs, acquisition=acquisition_of(session, dataset.name))
 
 
 def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSettings) -> LoopStatus:
@@ -109,6 +113,8 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
                         f"is noise); got {settings.min_heldout_pairs}")
     if settings.uncertainty is not None and settings.uncertainty not in UNCERTAINTY_KINDS:
         raise LoopError(f"uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, got {settings.uncertainty!r}")
+    if settings.acquisition is not None and settings.acquisition not in ACQUISITIONS:
+        raise LoopError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, got {settings.acquisition!r}")
     if settings.ensemble_size is not None and not MIN_ENSEMBLE_SIZE <= settings.ensemble_size <= MAX_ENSEMBLE_SIZE:
         raise LoopError(f"an ensemble has {MIN_ENSEMBLE_SIZE} to {MAX_ENSEMBLE_SIZE} heads; got {settings.ensemble_size}")
     with store.write() as session:
@@ -126,7 +132,7 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
         # What the queue order depends on, as it was: a setting given again unchanged (a form sends them all)
         # queues no rescore.
         ordering_before = (target.queue_order, target.queue_model, target.random_fraction, target.uncertainty,
-                           target.ensemble_size)
+                           target.ensemble_size, acquisition_of(session, dataset))
         for name, value in (("queue_order", settings.order), ("queue_model", settings.model),
                             ("random_fraction", settings.random_fraction),
                             ("promotion_tolerance", settings.promotion_tolerance),
@@ -134,6 +140,8 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
                             ("uncertainty", settings.uncertainty), ("ensemble_size", settings.ensemble_size)):
             if value is not None:
                 setattr(target, name, value)
+        if settings.acquisition is not None:
+            set_acquisition(session, dataset, settings.acquisition)
         notes = []
         if settings.retrain_every is not None and (settings.retrain_every or None) != target.retrain_every:
             target.retrain_every = settings.retrain_every or None
@@ -146,7 +154,7 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
         if target.queue_order == "priority":
             clear_queue_keys(session, target.id)
         elif ordering_before != (target.queue_order, target.queue_model, target.random_fraction, target.uncertainty,
-                                 target.ensemble_size):
+                                 target.ensemble_size, acquisition_of(session, dataset)):
             queued = queue_loop_job(session, dataset, "rescore", {})
             notes.append(f"rescore job {queued} queued: the queue is ordered by the new scores when it finishes")
         status = loop_status_of(session, target, queued)

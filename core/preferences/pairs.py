@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core.preferences.rankings import ranking_rows
+from core.preferences.competence import AGGREGATES, CompetenceFit, fit_by_dataset
+from core.preferences.rankings import ranking_pair_tasks, ranking_rows
 from core.preferences.votes import Verdict, fold_votes
 from storage.datasets import DatasetError, dataset_ids_for, open_dataset_ids
 from storage.engine import Store
@@ -45,6 +46,7 @@ class PreferenceRows:
     rows: list[dict[str, Any]]
     left_out: Counter = field(default_factory=Counter)
     comparison_ids: list[int] = field(default_factory=list)
+    fit: CompetenceFit | None = None  # the annotator model that decided the pairs (None: majority vote)
 
     @property
     def content_hash(self) -> str:
@@ -87,16 +89,22 @@ def _metadata(comparison_id: int, content: ComparisonContent, chosen_side: str, 
 def build_preference_rows(
     store: Store, *, prompt_format: str = "auto", since: datetime | None = None, annotators: list[str] | None = None,
     datasets: list[str] | None = None, with_metadata: bool = False, ranking_pairs: str = "all",
-    ranking_margin: bool = False,
+    ranking_margin: bool = False, aggregate: str = "majority", soft_labels: bool = False,
 ) -> PreferenceRows:
     """Fold the labels of ``datasets`` (every dataset not archived when None) into TRL preference rows, ordered by
     comparison id; ``with_metadata`` adds the evidence columns. Ranking items give the pairs
     ``ranking_pairs`` selects, with a ``weight`` column (``core.preferences.rankings``); pairwise rows
     then weigh 1.
 
+    ``aggregate`` decides each pair by majority vote, or by the posterior of an annotator model fitted per dataset
+    (``dawid-skene``, ``mace``: ``core.preferences.competence``); ``soft_labels`` (with a model) gives every row
+    a ``weight``: its net posterior preference P(chosen) - P(rejected), times a ranking pair's 1/(pairs of its item).
+
     Raises ``NothingToExport`` for an unknown dataset, datasets of different prompt kinds, or labels
-    that mix text and chat prompts under ``prompt_format='auto'``.
+    that mix text and chat prompts under ``prompt_format='auto'``; ``ValueError`` for an unknown aggregate.
     """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
     try:
         dataset_ids, _ = resolve_datasets(store, datasets)
     except DatasetError as error:
@@ -110,14 +118,20 @@ def build_preference_rows(
             del votes[item_id]
         rankings = rankings_by_item(session, dataset_ids, since=since, annotators=annotators) if ranking_items else {}
         contents = comparison_contents(session, list(votes))
+        fit = None if aggregate == "majority" else fit_by_dataset(
+            {**{(cid, None, None): votes[cid] for cid in set(votes) - ranking_items},
+             **ranking_pair_tasks(session, rankings, sorted(ranking_items))},
+            {cid: content.dataset for cid, content in contents.items()}, aggregate)
         ranked = ranking_rows(session, contents, rankings, sorted(ranking_items), mode=ranking_pairs,
-                              with_margin=ranking_margin, with_metadata=with_metadata)
+                              with_margin=ranking_margin, with_metadata=with_metadata,
+                              soft_labels=soft_labels and fit is not None,
+                              **({"fold": fit.verdict} if fit is not None else {}))
         total = count_comparisons(session, dataset_ids) - len(steps_items)
         archived = count_comparisons(session, dataset_ids, archived=True)
         # With no dataset named, archived datasets are left out: say how much that was.
         in_archived_datasets = 0 if datasets else count_comparisons(session) + count_comparisons(
             session, archived=True) - total - archived
-    result = PreferenceRows(rows=[])
+    result = PreferenceRows(rows=[], fit=fit)
     if steps_items:
         result.left_out["traces of steps datasets (--format stepwise)"] = len(steps_items)
     if archived:
@@ -129,7 +143,8 @@ def build_preference_rows(
     result.left_out.update(ranked.left_out)
     decided: list[tuple[int, Verdict]] = []
     for comparison_id in sorted(set(votes) - ranking_items):
-        verdict = fold_votes(votes[comparison_id])
+        verdict = fold_votes(votes[comparison_id]) if fit is None else fit.verdict(
+            (comparison_id, None, None), votes[comparison_id])
         if verdict.outcome in ("a", "b"):
             decided.append((comparison_id, verdict))
         else:
@@ -147,7 +162,8 @@ def build_preference_rows(
             "preference dataset holds one kind; choose datasets of one kind (--dataset NAME, or the Dataset choice)"
         )
     with_margin = any(verdict.margin is not None for _, verdict in decided) or (ranking_margin and bool(ranked.rows))
-    with_weight = bool(ranked.rows)
+    soft = soft_labels and fit is not None
+    with_weight = bool(ranked.rows) or soft
     built: list[tuple[int, dict[str, Any]]] = []
     for comparison_id, verdict in decided:
         content = contents[comparison_id]
@@ -165,12 +181,15 @@ def build_preference_rows(
         else:
             row = {"prompt": content.prompt_text, "chosen": chosen, "rejected": rejected}
         if with_weight:
-            row["weight"] = 1.0
+            row["weight"] = verdict.preference if soft and verdict.preference is not None else 1.0
         if with_margin:
             # TRL applies a margin column to every row; a row without one gets 0 (plain Bradley-Terry).
             row["margin"] = verdict.margin if verdict.margin is not None else 0.0
         if with_metadata:
             row.update(_metadata(comparison_id, content, verdict.outcome, votes[comparison_id]))
+            if fit is not None:  # the annotator model's posterior over the pair's classes, in the row's terms
+                posterior = fit.posteriors[(comparison_id, None, None)]
+                row["posterior"] = {_vote_as_row_side(c, verdict.outcome): p for c, p in posterior.items()}
         built.append((comparison_id, row))
     for comparison_id, row in ranked.rows:
         content = contents[comparison_id]

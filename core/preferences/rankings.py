@@ -24,11 +24,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+from typing import Any, Callable
 
 from sqlmodel import Session
 
-from core.preferences.votes import fold_votes
+from core.preferences.votes import Verdict, fold_votes
 from storage.queries import ComparisonContent, Vote
 from storage.ranking import StoredRanking, completion_texts, slots_of
 
@@ -85,9 +85,35 @@ class RankedPairs:
     left_out: Counter = field(default_factory=Counter)
 
 
+def votes_by_pair(given: list[StoredRanking], n_completions: int) -> dict[tuple[int, int], list[Vote]]:
+    """Every annotator's vote on each pair (low id, high id) of one item's completions."""
+    by_pair: dict[tuple[int, int], list[Vote]] = {}
+    for ranking in given:
+        for pair, vote in pair_votes(ranking, n_completions).items():
+            by_pair.setdefault(pair, []).append(vote)
+    return by_pair
+
+
+def ranking_pair_tasks(session: Session, rankings: dict[int, list[StoredRanking]],
+                       item_ids: list[int]) -> dict[tuple[int, int, int], list[Vote]]:
+    """The votes on every pair of every ranked item, keyed (item id, low id, high id): the tasks an
+    annotator model (``core.preferences.competence``) is fitted on."""
+    slots = slots_of(session, item_ids)
+    return {(item_id, low, high): votes for item_id in item_ids if rankings.get(item_id)
+            for (low, high), votes in votes_by_pair(rankings[item_id], len(slots[item_id])).items()}
+
+
+def _fold_by_majority(key: tuple[int, int, int], votes: list[Vote]) -> Verdict:
+    return fold_votes(votes)
+
+
 def ranking_rows(session: Session, contents: dict[int, ComparisonContent], rankings: dict[int, list[StoredRanking]],
-                 item_ids: list[int], *, mode: str, with_margin: bool, with_metadata: bool) -> RankedPairs:
-    """The preference rows of ranking items ``item_ids`` (those with at least one label)."""
+                 item_ids: list[int], *, mode: str, with_margin: bool, with_metadata: bool,
+                 fold: Callable[[tuple[int, int, int], list[Vote]], Verdict] = _fold_by_majority,
+                 soft_labels: bool = False) -> RankedPairs:
+    """The preference rows of ranking items ``item_ids`` (those with at least one label). ``fold`` decides
+    each pair from its key (item id, low id, high id) and votes (majority vote unless an annotator model's
+    verdicts are given); ``soft_labels`` multiplies each pair's weight by the verdict's net preference."""
 
     result = RankedPairs()
     slots = slots_of(session, item_ids)
@@ -97,26 +123,23 @@ def ranking_rows(session: Session, contents: dict[int, ComparisonContent], ranki
         if not given:
             result.left_out["skipped"] += 1
             continue
-        by_pair: dict[tuple[int, int], list[Vote]] = {}
-        for ranking in given:
-            for pair, vote in pair_votes(ranking, len(slots[item_id])).items():
-                by_pair.setdefault(pair, []).append(vote)
+        by_pair = votes_by_pair(given, len(slots[item_id]))
         wanted = set(selected_pairs(consensus_groups(given, slots[item_id]), mode))
         decided = []
         for (low, high), votes in sorted(by_pair.items()):
             if (low, high) not in wanted:
                 continue
-            verdict = fold_votes(votes)
+            verdict = fold((item_id, low, high), votes)
             if verdict.outcome in ("a", "b"):
                 chosen, rejected = (low, high) if verdict.outcome == "a" else (high, low)
-                decided.append((chosen, rejected, verdict.margin, votes, verdict.outcome))
+                decided.append((chosen, rejected, verdict.margin, votes, verdict.outcome, verdict.preference))
             else:
                 result.left_out[f"ranked pairs: {verdict.outcome}"] += 1
         if not decided:
             result.left_out["ranked items without a decided pair"] += 1
             continue
         content = contents[item_id]
-        for chosen, rejected, margin, votes, outcome in decided:
+        for chosen, rejected, margin, votes, outcome, preference in decided:
             chosen_text, rejected_text = texts[chosen][0], texts[rejected][0]
             if content.prompt_messages is not None:
                 row: dict[str, Any] = {"prompt": content.prompt_messages,
@@ -124,7 +147,7 @@ def ranking_rows(session: Session, contents: dict[int, ComparisonContent], ranki
                                        "rejected": [{"role": "assistant", "content": rejected_text}]}
             else:
                 row = {"prompt": content.prompt_text, "chosen": chosen_text, "rejected": rejected_text}
-            row["weight"] = 1.0 / len(decided)
+            row["weight"] = 1.0 / len(decided) * (preference if soft_labels and preference is not None else 1.0)
             if with_margin:
                 row["margin"] = margin if margin is not None else 0.0
             if with_metadata:

@@ -21,6 +21,9 @@ STRENGTH_MARGIN = {1: 1 / 3, 2: 1.0}
 class Verdict:
     outcome: str  # "a" | "b" | "tie" | "both_bad" | "skipped" | "no_majority"
     margin: float | None = None
+    # An annotator model's net preference for the outcome, P(outcome) - P(other side) under its posterior
+    # (``core.preferences.competence``); None under majority vote.
+    preference: float | None = None
 
 
 def _vote_margin(vote: Vote) -> float | None:
@@ -41,5 +44,10 @@ def fold_votes(votes: list[Vote]) -> Verdict:
     if len(tally) > 1 and tally[0][1] == tally[1][1]:
         return Verdict("no_majority")
     winner = tally[0][0]
-    margins = [m for m in (_vote_margin(v) for v in counted if v.choice == winner) if m is not None]
-    return Verdict(winner, sum(margins) / len(margins) if margins else None)
+    return Verdict(winner, winning_margin(counted, winner))
+
+
+def winning_margin(votes: list[Vote], winner: str) -> float | None:
+    """The mean margin of the votes for ``winner`` (None when none has one)."""
+    margins = [m for m in (_vote_margin(v) for v in votes if v.choice == winner) if m is not None]
+    return sum(margins) / len(margins) if margins else None

@@ -208,8 +208,9 @@ class RewardScorer:
         return False
 
     # ----- execution --------------------------------------------------------------------------
-    def _run(self, rows: list[Row], padding_side: str = "right") -> list[list[float]]:
-        """Forward ``rows`` as one padded batch; return the head's scores at each row's read_at."""
+    def _run(self, rows: list[Row], padding_side: str = "right", features_out: list | None = None) -> list[list[float]]:
+        """Forward ``rows`` as one padded batch; return the head's scores at each row's read_at. With
+        ``features_out``, also append each row's head inputs at its read_at (float32 vectors, one list per row)."""
         import torch
 
         if len(rows) == 1 and rows[0].plain_causal:
@@ -218,6 +219,8 @@ class RewardScorer:
             with torch.inference_mode():
                 hidden = self.backbone(input_ids=torch.tensor([rows[0].ids], device=self.device)).last_hidden_state
                 scores = self.head(hidden).squeeze(-1).float().cpu()
+                if features_out is not None:
+                    features_out.append([hidden[0, i].float().cpu() for i in rows[0].read_at])
             return [[scores[0, i].item() for i in rows[0].read_at]]
         width = max(len(row.ids) for row in rows)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
@@ -245,6 +248,9 @@ class RewardScorer:
                 position_ids=positions.to(self.device),
             ).last_hidden_state
             scores = self.head(hidden).squeeze(-1).float().cpu()
+            if features_out is not None:
+                features_out += [[hidden[b, offsets[b] + i].float().cpu() for i in row.read_at]
+                                 for b, row in enumerate(rows)]
         return [[scores[b, offsets[b] + i].item() for i in row.read_at] for b, row in enumerate(rows)]
 
     def scores_at(self, ids: list[int], positions: list[int]) -> list[float]:
@@ -263,17 +269,21 @@ class RewardScorer:
         return results
 
     def score_ids(self, sequences: Sequence[list[int]], *, strategy: str = "bucket", padding_side: str = "right",
-                  batch_size: int = 8, meter: _WorkMeter | None = None) -> list[float]:
+                  batch_size: int = 8, meter: _WorkMeter | None = None, features_out: list | None = None) -> list[float]:
         """Rewards of already formatted token sequences, in input order.
 
         ``bucket`` (the default) batches sequences of similar length, longest first, up to
         ``batch_tokens`` per batch; ``pad`` is a plain length-sorted batch of ``batch_size``.
         Either pads on ``padding_side``; a sequence alone in its batch gets no mask at all.
+        ``features_out`` (a list) receives, in input order, each sequence's score-head input at its reward
+        token (float32; what the loop's ensemble heads read), from the same forward pass: decoders only.
         """
         if strategy not in ("bucket", "pad"):
             raise ValueError(f"strategy must be 'bucket' or 'pad', got {strategy!r}")
         if not sequences:
             return []
+        if features_out is not None and not self.is_decoder:
+            raise ModelLoadError(f"{self.name} is an encoder (bidirectional) model: it has no reward-token features")
         if not self.is_decoder:
             return self._encoder_scores([FormattedExample(list(s), "", None, []) for s in sequences])
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
@@ -282,12 +292,18 @@ class RewardScorer:
         else:
             groups = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         rewards: list[float] = [0.0] * len(sequences)
+        features: list[Any] = [None] * len(sequences)
         for group in groups:
-            values = self._run([_causal_row(sequences[i]) for i in group], padding_side)
-            for i, value in zip(group, values, strict=True):
+            read: list | None = [] if features_out is not None else None
+            values = self._run([_causal_row(sequences[i]) for i in group], padding_side, read)
+            for k, (i, value) in enumerate(zip(group, values, strict=True)):
                 rewards[i] = value[0]
+                if read is not None:
+                    features[i] = read[k][0]
             if meter is not None:
                 meter.add(len(group))
+        if features_out is not None:
+            features_out += features
         return rewards
 
     # ----- what users call --------------------------------------------------------------------

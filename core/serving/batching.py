@@ -57,6 +57,8 @@ class ScoringWork:
 class ScoredWork:
     rewards: list[list[float]]  # per model, one per submitted sequence, in order
     trajectories: list[Trajectory]  # one per submitted trajectory example
+    # per model: each sequence's reward-token features (from the same pass) for models asked for them, else None
+    features: list[list | None] = field(default_factory=list)
     step_rewards: list[list[float]] = field(default_factory=list)  # one list per submitted step read
 
 
@@ -72,8 +74,11 @@ class DynamicBatcher:
     """One worker thread scoring the queued work of many requests in shared batches."""
 
     def __init__(self, scorers: Sequence[RewardScorer], *, wait_seconds: float, max_batch_sequences: int,
-                 max_queue: int) -> None:
+                 max_queue: int, with_features: Sequence[int] = ()) -> None:
+        """``with_features``: the indices of the scorers whose reward-token features every result carries
+        (a model served with ensemble heads)."""
         self.scorers = list(scorers)
+        self.with_features = frozenset(with_features)
         self.wait_seconds, self.max_batch_sequences = wait_seconds, max_batch_sequences
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._work, name="reward-batcher", daemon=True)
@@ -130,11 +135,18 @@ class DynamicBatcher:
             return
         try:
             per_work: list[list[list[float]]] = [[] for _ in batch]
+            per_work_features: list[list[list | None]] = [[] for _ in batch]
             for m, scorer in enumerate(self.scorers):
                 flat = [sequence for work in batch for sequence in work.sequences[m]]
-                rewards = iter(scorer.score_ids(flat) if flat else [])
+                read: list | None = [] if m in self.with_features else None
+                if not flat:
+                    rewards = iter([])
+                else:
+                    rewards = iter(scorer.score_ids(flat) if read is None else scorer.score_ids(flat, features_out=read))
+                features = iter(read or [])
                 for k, work in enumerate(batch):
                     per_work[k].append([next(rewards) for _ in work.sequences[m]])
+                    per_work_features[k].append([next(features) for _ in work.sequences[m]] if read is not None else None)
             trajectories = [self.scorers[0].trajectories(work.trajectories) if work.trajectories else []
                             for work in batch]
             # one causal forward per trace, the score head read at each step's position
@@ -151,5 +163,6 @@ class DynamicBatcher:
         sequences = sum(len(work.sequences[0]) for work in batch if work.sequences)
         stats.sequences += sequences
         stats.largest_batch = max(stats.largest_batch, sequences)
-        for work, rewards, steps, step_scores in zip(batch, per_work, trajectories, step_rewards, strict=True):
-            work.future.set_result(ScoredWork(rewards, steps, step_scores))
+        for work, rewards, steps, features, step_scores in zip(batch, per_work, trajectories, per_work_features,
+                                                               step_rewards, strict=True):
+            work.future.set_result(ScoredWork(rewards, steps, features=features, step_rewards=step_scores))

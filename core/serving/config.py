@@ -97,6 +97,10 @@ class ServerConfig(RewardModelsConfig):
     batch_tokens: int = config_field(2048, help="most tokens in one batched forward pass (speed and memory)")
     max_queue: int = config_field(64, help=f"requests waiting to be scored before the server answers 503 "
                                   f"(at most {MAX_SERVE_QUEUE})")
+    heads: Optional[Path] = config_field(None, help="the loop's ensemble heads of the one served model (a rescore "
+                                         "job's ensemble-heads.pt, data/jobs/job-N/): each reward's spread, the standard "
+                                         "deviation over the heads, comes back in /score's reward_spread and OpenRLHF's "
+                                         "extra_logs")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,6 +118,13 @@ class ServerConfig(RewardModelsConfig):
             raise ConfigError(f"max_batch_texts must be between 1 and 4096, got {self.max_batch_texts}")
         if self.batch_tokens < 16:
             raise ConfigError(f"batch_tokens must be at least 16, got {self.batch_tokens}")
+        if self.heads is not None:
+            self.heads = Path(self.heads)
+            if not self.heads.is_file():
+                raise ConfigError(f"--heads {self.heads}: no such file")
+            if len(self.model) > 1:
+                raise ConfigError("--heads belong to one model: serve that model alone (an ensemble of several models "
+                                  "has its spread over the models already)")
         if not 1 <= self.max_queue <= MAX_SERVE_QUEUE:
             raise ConfigError(f"max_queue must be between 1 and {MAX_SERVE_QUEUE}, got {self.max_queue}")
 

@@ -26,7 +26,7 @@ from core.limits import (
 from core.serving.batching import DynamicBatcher
 from core.serving.parity import ParityFailed, ParityReport, check_parity
 from core.serving.reward_service import RewardService
-from core.serving.served_models import ReferenceSamples, ServedModel, load_served_models
+from core.serving.served_models import ReferenceSamples, ServedModel, load_ensemble_heads, load_served_models
 from core.serving.routes import PARITY_HEADER, SCORING_APIS, ServerState, build_app, idle_closing_protocol
 from core.serving.config import CheckServerConfig, ServerConfig
 
@@ -70,11 +70,15 @@ def serve_reward_models(config: ServerConfig, *, say: Callable[[str], None] = pr
     import uvicorn
 
     models, reference = load_served_models(config, batch_tokens=config.batch_tokens)
+    if config.heads is not None:
+        load_ensemble_heads(models[0], config.heads)
+        say(f"ensemble heads: {models[0].heads_source}")
     for model in models:
         say(f"loaded {model.reference}: {type(model.scorer.hf_model).__name__}, max_length {model.scorer.max_length}"
             + (f", normalized (mean {model.normalizer.mean:.4f}, std {model.normalizer.std:.4f})" if model.normalizer else ""))
     batcher = DynamicBatcher([model.scorer for model in models], wait_seconds=config.batch_wait_ms / 1000,
-                             max_batch_sequences=config.max_batch_texts, max_queue=config.max_queue).start()
+                             max_batch_sequences=config.max_batch_texts, max_queue=config.max_queue,
+                             with_features=[m for m, model in enumerate(models) if model.heads is not None]).start()
     service = RewardService(models, config.reduction, batcher)
     state = ServerState()
     app = build_app(service, api_key=config.api_key, state=state, info=server_info(config, models, reference, batcher))

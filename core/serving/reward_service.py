@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -40,6 +41,8 @@ class CompletionScore:
     over_max_length: bool
     n_tokens: int | None  # of the formatted example, under the first model (None: over max_length by its prefix)
     trajectory: list[tuple[str, float]] | None = None
+    # The reward's spread over an ensemble (``RewardService.spread_kind``); None without one or without a reward.
+    spread: float | None = None
     steps: list[str] | None = None  # the completion's steps, when per-step rewards were asked for
     step_rewards: list[float] | None = None  # the reward on the prefix ending at each step (None: over max_length)
 
@@ -60,6 +63,9 @@ class RewardService:
         self.models, self.reduction, self.batcher = list(models), reduction, batcher
         self.normalizers = [model.normalizer for model in self.models]
         self.name = "+".join(model.reference for model in self.models)
+        # What a reward's spread is taken over: the one model's ensemble heads, or the models of an ensemble.
+        self.spread_kind = ("heads" if self.models[0].heads is not None else
+                            "models" if len(self.models) > 1 else None)
 
     # ----- formatting (run in a worker thread: tokenizing is CPU work) -----------------------------
     def prepare_completions(self, prompts: Sequence[Prompt], completions: Sequence[str], *, segments: bool = False,
@@ -177,6 +183,7 @@ class RewardService:
                                    self.normalizers)
 
         rewards, thinking, answers = combined(0), combined(1), combined(2)
+        spreads = self._spreads(prepared, scored, triples)
         trajectories: list[list[tuple[str, float]] | None] = [None] * count
         normalizer = self.normalizers[0]
         for i, (steps, _) in zip(prepared.kept, scored.trajectories, strict=False):
@@ -187,10 +194,33 @@ class RewardService:
         return [
             CompletionScore(rewards[i], thinking[i] if prepared.segments else None,
                             answers[i] if prepared.segments else None, prepared.over_max_length[i],
-                            _token_count(prepared.examples[0][i]), trajectories[i],
+                            _token_count(prepared.examples[0][i]), trajectories[i], spreads[i],
                             prepared.steps[i] if prepared.steps is not None else None, step_rewards[i])
             for i in range(count)
         ]
+
+    def _spreads(self, prepared: PreparedRequest, scored: ScoredWork, triples: list) -> list[float | None]:
+        """Each reward's spread: the population standard deviation over the ensemble's members of the reward they
+        give. Heads (``core.loop.ensemble``): member k's reward is r(x) + delta_k . f(x), so the spread is that of
+        delta_k . f(x) over k (f: the reward-token features of the same forward pass), divided by the normalizer's
+        std when rewards are normalized. Several models: over their (normalized) rewards."""
+        count = len(prepared.over_max_length)
+        spreads: list[float | None] = [None] * count
+        if self.spread_kind == "heads":
+            import torch
+
+            model, features = self.models[0], scored.features[0]
+            scale = model.normalizer.std if model.normalizer is not None else 1.0
+            # The whole examples' sequences come first, in the order of ``kept`` (``segment_sequences``).
+            for j, i in enumerate(prepared.kept):
+                offsets = model.heads @ features[j]
+                spreads[i] = float(offsets.std(unbiased=False)) / scale
+        elif self.spread_kind == "models":
+            for i in prepared.kept:
+                values = [full[i][0] for full in triples]
+                values = [n(v) if n is not None else v for n, v in zip(self.normalizers, values, strict=True)]
+                spreads[i] = statistics.pstdev(values)
+        return spreads
 
 
 # The place of an example found over max_length from a prefix: never tokenized in full, so no token count.

@@ -162,6 +162,8 @@ def build_app(service: RewardService, *, api_key: str, state: ServerState,
             body["answer_rewards"] = [r.answer_reward for r in results]
         if parsed.trajectory:
             body["trajectories"] = [None if r.trajectory is None else [[t, v] for t, v in r.trajectory] for r in results]
+        if service.spread_kind is not None:
+            body["reward_spread"] = [r.spread for r in results]
         if parsed.steps is not None:
             # raw rewards on each step's prefix (not normalized: a process reward model's logit), and their sigmoid
             body["steps"] = [r.steps for r in results]
@@ -174,9 +176,12 @@ def build_app(service: RewardService, *, api_key: str, state: ServerState,
     async def get_reward(request: Request) -> JSONResponse:
         _, results = await scores_of(request, parse_get_reward_request, service.prepare_queries)
         rewards = [r.reward for r in results]
-        # OpenRLHF logs each extra_logs key per sample as a number.
-        return JSONResponse({"rewards": rewards, "scores": rewards,
-                             "extra_logs": {"over_max_length": [float(r.over_max_length) for r in results]}})
+        # OpenRLHF logs each extra_logs key per sample as a number (so an unscored sample's spread is 0.0; its
+        # over_max_length is 1.0).
+        extra_logs = {"over_max_length": [float(r.over_max_length) for r in results]}
+        if service.spread_kind is not None:
+            extra_logs["reward_spread"] = [r.spread if r.spread is not None else 0.0 for r in results]
+        return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": extra_logs})
 
     @app.post("/classify")
     async def classify(request: Request) -> JSONResponse:

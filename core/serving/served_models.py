@@ -70,6 +70,8 @@ class ServedModel:
     scorer: RewardScorer
     registry: RegistryEntry | None
     normalizer: RewardNormalizer | None = None
+    heads: Any = None  # the loop's ensemble heads (members x features), or None: see ``load_ensemble_heads``
+    heads_source: str | None = None  # the file and the model the heads were fitted on, in words
 
     def info(self) -> dict[str, Any]:
         scorer = self.scorer
@@ -92,6 +94,7 @@ class ServedModel:
             "chat_template": bool(getattr(scorer.tokenizer, "chat_template", None)),
             "normalizer": None if self.normalizer is None else {
                 "mean": self.normalizer.mean, "std": self.normalizer.std, "clip": self.normalizer.clip},
+            "ensemble_heads": None if self.heads is None else {"members": len(self.heads), "source": self.heads_source},
         }
 
 
@@ -165,7 +168,9 @@ def _snapshot_samples(store: Store | None, entries: list[RegistryEntry]) -> Refe
         since = config.get("labels_since")
         try:
             prepared = build_preference_rows(store, since=datetime.fromisoformat(since) if since else None,
-                                             annotators=config.get("annotators"), datasets=config.get("dataset"))
+                                             annotators=config.get("annotators"), datasets=config.get("dataset"),
+                                             aggregate=config.get("aggregate", "majority"),
+                                             soft_labels=config.get("soft_labels", False))
         except ValueError:  # a dataset renamed or a mix of kinds since: no snapshot to rebuild
             continue
         train, held_out = split_rows(prepared.rows, config["eval_fraction"], config["seed"])
@@ -179,3 +184,31 @@ def _snapshot_samples(store: Store | None, entries: list[RegistryEntry]) -> Refe
                                 f"pairs, of {entry.name}'s training snapshot{changed}", True)
     return ReferenceSamples(list(BUILTIN_PROBES), f"{len(BUILTIN_PROBES)} built-in probes (no --samples, and no "
                             "registered model trained by RewardLab to take its held-out pairs from)", False)
+
+
+def load_ensemble_heads(model: ServedModel, path: Any) -> None:
+    """Attach the loop's bootstrap heads (``ensemble-heads.pt``, saved by a rescore job with ensemble
+    uncertainty: ``{"model", "heads"}``, members x features, ``core.loop.ensemble``) to ``model``, whose
+    rewards then carry their spread over the members. Raises ``ConfigError`` for a file that is not such heads,
+    heads of another width than the model's score head, or an encoder model."""
+    import pickle
+
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        heads = saved["heads"]
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        raise ConfigError(f"--heads {path}: not the loop's ensemble heads (a rescore job's ensemble-heads.pt): "
+                          f"{error}") from None
+    scorer = model.scorer
+    if not scorer.is_decoder:
+        raise ConfigError(f"--heads: {model.reference} is an encoder (bidirectional) model; the ensemble heads read "
+                          "a decoder's reward-token features")
+    width = scorer.head.in_features
+    if not isinstance(heads, torch.Tensor) or heads.dim() != 2 or heads.shape[1] != width or len(heads) < 2:
+        shape = tuple(heads.shape) if isinstance(heads, torch.Tensor) else type(heads).__name__
+        raise ConfigError(f"--heads {path}: heads of shape {shape} do not fit {model.reference}, whose score head "
+                          f"reads {width} features: give the heads fitted on this model (2 or more members)")
+    model.heads = heads.float()
+    model.heads_source = f"{path} ({len(heads)} heads fitted on {saved.get('model', 'an unnamed model')})"

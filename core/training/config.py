@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from core.config_fields import ConfigError, config_field
+from core.preferences.competence import AGGREGATES
 
 DEMO_BASE = "demo"
 # Presets from the reward-modeling guides; they need the hub (or a local copy) the first time.
@@ -95,6 +96,12 @@ class TrainingConfig:
     dataset: list[str] | None = config_field(
         None, help="train on these datasets (several of one prompt kind may be combined); empty = all datasets"
     )
+    aggregate: str = config_field(
+        "majority", help="how several annotators' labels decide a pair: majority, dawid-skene or mace (an annotator "
+        "model fitted per dataset weighs each label by its author's competence)", choices=AGGREGATES)
+    soft_labels: bool = config_field(
+        False, help="with aggregate dawid-skene or mace: weigh each pair's loss by its net posterior preference "
+        "P(chosen) - P(rejected)")
 
     def __post_init__(self) -> None:
         if not self.base_model.strip():
@@ -115,6 +122,10 @@ class TrainingConfig:
                 raise ConfigError(f"{name} cannot be negative")
         if self.max_steps == 0 and self.num_train_epochs == 0:
             raise ConfigError("set max_steps or num_train_epochs above 0")
+        if self.aggregate not in AGGREGATES:
+            raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if self.soft_labels and self.aggregate == "majority":
+            raise ConfigError("soft labels are an annotator model's posterior: set aggregate to dawid-skene or mace")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError("lora_dropout must be in [0, 1)")
 

@@ -75,7 +75,8 @@ class DataSnapshot:
 def take_snapshot(store: Store, config: TrainingConfig) -> DataSnapshot:
     try:
         prepared: PreferenceRows = build_preference_rows(store, since=config.labels_since, annotators=config.annotators,
-                                                         datasets=config.dataset)
+                                                         datasets=config.dataset, aggregate=config.aggregate,
+                                                         soft_labels=config.soft_labels)
     except ValueError as error:
         raise TrainingError(str(error)) from None
     if len(prepared.rows) < 2:
