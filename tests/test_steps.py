@@ -282,3 +282,17 @@ def test_my_labels_show_a_traces_marks_one_character_a_step(steps_store):
     label_steps(steps_store, ann, view.item_id, marks, final="wrong")
     (item,) = history(steps_store, ann)
     assert screen_choice_of(item) == "steps +-" + "." * (len(view.steps) - 2) + " (answer wrong)"
+
+
+def test_a_tied_step_folds_to_no_mark_and_the_exported_trace_ends_before_it(steps_store, tmp_path):
+    from core.data.exporter import ExportConfig, export_dataset
+
+    change_dataset_settings(steps_store, _actor(steps_store, "boss", "admin"), "proc", DatasetSettings(overlap=2))
+    item = sql(steps_store, "SELECT c.id FROM comparison c JOIN completion co ON co.id = c.completion_a_id "
+                            "WHERE co.text LIKE '1 + 1%'")[0][0]
+    label_steps(steps_store, _actor(steps_store, "ann"), item, ["+", "+"])
+    label_steps(steps_store, _actor(steps_store, "bob"), item, ["+", "-"])
+    out = tmp_path / "tie.jsonl"
+    export_dataset(steps_store, ExportConfig(out, format="stepwise", dataset=["proc"]))
+    row = next(json.loads(line) for line in out.read_text().splitlines() if "1 + 1" in line)
+    assert (row["completions"], row["labels"]) == (["1 + 1 = 2."], [True])
