@@ -137,7 +137,7 @@ class RewardService:
 
     def _require_trajectories(self, field: str = "trajectory") -> None:
         if len(self.models) > 1:
-            raise BadRequest(f"{field}: per-token and per-step rewards are per model's tokens, and this server reduces "
+            raise BadRequest(f"{field}: trajectories are per model's tokens (step rewards too), and this server reduces "
                              f"{len(self.models)} models; ask a server of one model")
         if not self.models[0].scorer.is_decoder:
             raise BadRequest(f"{field}: the model is an encoder (bidirectional): a prefix's reward cannot be read off "
