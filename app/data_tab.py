@@ -107,10 +107,10 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
         }
 
     count_outputs = [counts, datasets_md, import_dataset, export_datasets, records_dataset]
-    refresh.click(current_counts, outputs=count_outputs, api_visibility="private")
-    blocks.load(current_counts, outputs=count_outputs, api_visibility="private")
+    refresh.click(current_counts, outputs=count_outputs, api_visibility="private", api_name="current_counts")
+    blocks.load(current_counts, outputs=count_outputs, api_visibility="private", api_name="current_counts_on_load")
     if tab is not None:
-        tab.select(current_counts, outputs=count_outputs, api_visibility="private")
+        tab.select(current_counts, outputs=count_outputs, api_visibility="private", api_name="current_counts_on_tab")
 
     # Each import clears the upload box, so the next file (or the fixed one) can be dropped in.
     def run_import(path: str | None, dataset: str | None, asked: str | None, check_only: bool,
@@ -143,7 +143,7 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
                        keep_file=check_only)
 
     import_button.click(run_import, inputs=[upload, import_dataset, question, dry_run],
-                        outputs=[import_result, upload, question, *count_outputs], api_visibility="private")
+                        outputs=[import_result, upload, question, *count_outputs], api_visibility="private", api_name="run_import")
 
     def suggest_question(path: str | None, request: gr.Request) -> dict:
         """What the dropped file suggests: pairs are pairwise; candidates of 3 to 9 completions ask."""
@@ -158,7 +158,7 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
         return {question: "", import_result: "The file holds candidates of 3 to 9 completions: for a new dataset, "
                                              "choose the **Question**: pairwise (each pair of them) or ranking (one order)."}
 
-    upload.upload(suggest_question, inputs=upload, outputs=[question, import_result], api_visibility="private")
+    upload.upload(suggest_question, inputs=upload, outputs=[question, import_result], api_visibility="private", api_name="suggest_question")
 
     def run_export(datasets: list[str] | None, format_name: str, prompts: str, test_fraction: float, metadata: bool,
                    pairs_mode: str, margin: bool, folding: str, soft: bool, request: gr.Request) -> tuple[str, str | None]:
@@ -178,5 +178,5 @@ def render_data_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None) 
         run_export, inputs=[export_datasets, export_format, prompt_format, test_size, with_metadata, ranking_pairs,
                             ranking_margin, aggregate, soft_labels],
         outputs=[export_result, export_file], api_visibility="private"
-    )
+    , api_name="run_export")
     return counts

@@ -112,10 +112,10 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks, tab: gr.Tab | None
                                           value=chosen_dataset if chosen_dataset in datasets else "")}
 
     blocks.load(choices, inputs=[model, second, diag_dataset], outputs=[model, second, diag_dataset],
-                api_visibility="private")
+                api_visibility="private", api_name="diagnosis_models_on_load")
     if tab is not None:
         tab.select(choices, inputs=[model, second, diag_dataset], outputs=[model, second, diag_dataset],
-                   api_visibility="private")
+                   api_visibility="private", api_name="diagnosis_models_on_tab")
 
     cancel_requests = CancelRequests()
 
@@ -141,13 +141,13 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks, tab: gr.Tab | None
         }
 
     diagnosing = run.click(run_diagnosis, inputs=[model, second, diag_dataset, limit],
-                           outputs=[summary, margins, lengths, suspects, ties, flips, review_ids], api_visibility="private")
+                           outputs=[summary, margins, lengths, suspects, ties, flips, review_ids], api_visibility="private", api_name="run_diagnosis")
 
     def cancel_diagnosis(request: gr.Request) -> str:
         cancel_requests.cancel(request)
         return "Cancelling…"
 
-    stop.click(cancel_diagnosis, outputs=summary, api_visibility="private", cancels=[diagnosing])
+    stop.click(cancel_diagnosis, outputs=summary, api_visibility="private", cancels=[diagnosing], api_name="cancel_diagnosis")
 
     def send_back(ids_text: str, request: gr.Request) -> str:
         try:
@@ -160,4 +160,4 @@ def render_diagnostics_panel(store: Store, blocks: gr.Blocks, tab: gr.Tab | None
             return html.escape(str(error))
         return f"Sent {sent} comparison(s) back to the labeling queue at high priority, for one more label each."
 
-    send.click(send_back, inputs=review_ids, outputs=send_status, api_visibility="private")
+    send.click(send_back, inputs=review_ids, outputs=send_status, api_visibility="private", api_name="send_back")

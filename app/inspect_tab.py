@@ -195,16 +195,16 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = Non
         kept = [name for name in (chosen or []) if name in names]  # a refresh keeps what the user ticked
         return gr.CheckboxGroup(choices=names, value=kept or names[:1])
 
-    refresh.click(choices, inputs=models, outputs=models, api_visibility="private")
-    blocks.load(choices, inputs=models, outputs=models, api_visibility="private")
+    refresh.click(choices, inputs=models, outputs=models, api_visibility="private", api_name="inspect_models")
+    blocks.load(choices, inputs=models, outputs=models, api_visibility="private", api_name="inspect_models_on_load")
     if tab is not None:  # a model a job registered since the page opened is listed when the tab is opened
-        tab.select(choices, inputs=models, outputs=models, api_visibility="private")
+        tab.select(choices, inputs=models, outputs=models, api_visibility="private", api_name="inspect_models_on_tab")
 
     def demo_pair() -> tuple[str, str, str, bool]:
         pair = DEMO_PREFERENCES[0]
         return pair["prompt"], pair["chosen"], pair["rejected"], True
 
-    demo.click(demo_pair, outputs=[prompt, response_a, response_b, chat], api_visibility="private")
+    demo.click(demo_pair, outputs=[prompt, response_a, response_b, chat], api_visibility="private", api_name="demo_pair")
 
     def from_store(number: float | None, request: gr.Request) -> dict:
         if number is None:
@@ -248,7 +248,7 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = Non
 
     load.click(from_store, inputs=comparison_id,
                outputs=[prompt, response_a, response_b, *more_responses, more, chat, status, score_steps_box,
-                        step_separator, human_first_errors], api_visibility="private")
+                        step_separator, human_first_errors], api_visibility="private", api_name="from_store")
 
     cancel_requests = CancelRequests()
 
@@ -274,10 +274,10 @@ def render_inspect_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = Non
 
     scoring = run.click(score, inputs=[models, model_path, prompt, chat, score_steps_box, step_separator,
                                        human_first_errors, response_a, response_b, *more_responses],
-                        outputs=[table, flips, chart, model_view, status, steps_summary], api_visibility="private")
+                        outputs=[table, flips, chart, model_view, status, steps_summary], api_visibility="private", api_name="score")
 
     def cancel_scoring(request: gr.Request) -> str:
         cancel_requests.cancel(request)
         return "Cancelling…"
 
-    stop.click(cancel_scoring, outputs=status, api_visibility="private", cancels=[scoring])
+    stop.click(cancel_scoring, outputs=status, api_visibility="private", cancels=[scoring], api_name="cancel_scoring")

@@ -481,8 +481,8 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
 
     dataset_outputs = [*tab.view_outputs, dataset_choice, datasets_md, guidelines_editor, guidelines_save,
                        guidelines_edit_box]
-    blocks.load(open_dataset, inputs=dataset_choice, outputs=dataset_outputs, api_visibility="private")
-    dataset_choice.input(open_dataset, inputs=dataset_choice, outputs=dataset_outputs, api_visibility="private")
+    blocks.load(open_dataset, inputs=dataset_choice, outputs=dataset_outputs, api_visibility="private", api_name="open_dataset_on_load")
+    dataset_choice.input(open_dataset, inputs=dataset_choice, outputs=dataset_outputs, api_visibility="private", api_name="open_dataset")
 
     def submit(view, shown_at, screen_choice: str, how_much, note, dataset, request: gr.Request,  # noqa: ANN001
                replace_existing: bool = False) -> dict:
@@ -510,7 +510,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
 
     for screen_choice, button in choice_buttons.items():
         button.click(choose(screen_choice), inputs=[tab.view, tab.shown_at, strength, comment, dataset_choice],
-                     outputs=tab.view_outputs, api_visibility="private")
+                     outputs=tab.view_outputs, api_visibility="private", api_name=f"label_{screen_choice}")
 
     def change_it_now(view, shown_at, refused, dataset, request: gr.Request) -> dict:  # noqa: ANN001
         if not refused:
@@ -594,10 +594,10 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         return submit_ranking(view, shown_at, None, False, note, dataset, request)
 
     rank_inputs = [tab.view, tab.shown_at, order_box, all_bad, comment, dataset_choice, *places]
-    rank_submit.click(rank_from_screen, inputs=rank_inputs, outputs=tab.view_outputs, api_visibility="private")
-    order_box.submit(rank_from_screen, inputs=rank_inputs, outputs=tab.view_outputs, api_visibility="private")
+    rank_submit.click(rank_from_screen, inputs=rank_inputs, outputs=tab.view_outputs, api_visibility="private", api_name="rank_from_screen")
+    order_box.submit(rank_from_screen, inputs=rank_inputs, outputs=tab.view_outputs, api_visibility="private", api_name="rank_from_screen_on_submit")
     rank_skip.click(skip_ranking, inputs=[tab.view, tab.shown_at, comment, dataset_choice], outputs=tab.view_outputs,
-                    api_visibility="private")
+                    api_visibility="private", api_name="skip_ranking")
 
     def order_from_places(view, place_a, place_b, place_c, place_d, place_e, place_f, place_g, place_h,  # noqa: ANN001
                           place_i) -> str:
@@ -608,10 +608,10 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
     # order of an earlier click in the box.
     gr.on([place.input for place in places], order_from_places, inputs=[tab.view, *places], outputs=order_box,
           api_visibility="private", show_progress="hidden", trigger_mode="always_last", concurrency_limit=1,
-          concurrency_id="order-from-places")
+          concurrency_id="order-from-places", api_name="order_from_places")
 
     change_it.click(change_it_now, inputs=[tab.view, tab.shown_at, tab.refused, dataset_choice],
-                    outputs=tab.view_outputs, api_visibility="private")
+                    outputs=tab.view_outputs, api_visibility="private", api_name="change_it_now")
 
     def keep_stored_label(dataset, request: gr.Request) -> dict:  # noqa: ANN001
         # The stored label stays; the next comparison skips this one, which the actor has labeled.
@@ -622,7 +622,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             return {tab.status: _message(str(error))}
         return _show(tab, actor, screen, "Kept your stored label.", store=store)
 
-    keep_it.click(keep_stored_label, inputs=dataset_choice, outputs=tab.view_outputs, api_visibility="private")
+    keep_it.click(keep_stored_label, inputs=dataset_choice, outputs=tab.view_outputs, api_visibility="private", api_name="keep_stored_label")
 
     def undo_last_label(dataset: str | None, request: gr.Request) -> dict:
         try:
@@ -634,7 +634,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             return {tab.status: "Nothing to undo."}
         return _show(tab, actor, screen, f"Undone: #{screen.view.comparison_id} is back for you to label.", store=store)
 
-    undo.click(undo_last_label, inputs=dataset_choice, outputs=tab.view_outputs, api_visibility="private")
+    undo.click(undo_last_label, inputs=dataset_choice, outputs=tab.view_outputs, api_visibility="private", api_name="undo_last_label")
 
     def change_label(comparison_id: float | None, dataset: str | None, request: gr.Request) -> dict:
         try:
@@ -646,7 +646,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
             return {tab.status: _message(str(error))}
         return _show(tab, actor, screen, store=store)
 
-    change.click(change_label, inputs=[change_id, dataset_choice], outputs=tab.view_outputs, api_visibility="private")
+    change.click(change_label, inputs=[change_id, dataset_choice], outputs=tab.view_outputs, api_visibility="private", api_name="change_label")
 
     def change_from_row(event: gr.EventData, dataset: str | None, request: gr.Request) -> dict:
         # gr.EventData, not gr.SelectData, whose constructor fails on a call without a click (app/records_panel.py)
@@ -654,7 +654,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         row = data.get("row_value") if isinstance(data, dict) else None
         return change_label(row[0] if isinstance(row, list) and row else None, dataset, request)
 
-    history_table.select(change_from_row, inputs=dataset_choice, outputs=tab.view_outputs, api_visibility="private")
+    history_table.select(change_from_row, inputs=dataset_choice, outputs=tab.view_outputs, api_visibility="private", api_name="change_from_row_on_row")
 
     def refresh(request: gr.Request) -> dict:
         try:
@@ -663,7 +663,7 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         except USER_ERRORS as error:
             return {tab.status: _message(str(error))}
 
-    refresh_history.click(refresh, outputs=[history_table, status], api_visibility="private")
+    refresh_history.click(refresh, outputs=[history_table, status], api_visibility="private", api_name="refresh_history")
 
     def save_guidelines(text: str, view, dataset, request: gr.Request) -> dict:  # noqa: ANN001
         # The guidelines shown are those of the comparison on screen, else of the chosen dataset.
@@ -675,5 +675,5 @@ def render_label_tab(store: Store, blocks: gr.Blocks) -> LabelTab:
         return {tab.guidelines: text, tab.status: "Guidelines saved."}
 
     guidelines_save.click(save_guidelines, inputs=[guidelines_editor, tab.view, dataset_choice],
-                          outputs=[guidelines_md, status], api_visibility="private")
+                          outputs=[guidelines_md, status], api_visibility="private", api_name="save_guidelines")
     return tab

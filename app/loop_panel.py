@@ -146,8 +146,8 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
         return {**show(chosen, request), saved: "Saved." + "".join(f" {html.escape(n)}." for n in result.notes)}
 
     outputs = [status, curve, arms, reliability, *form]
-    save.click(save_loop_settings, inputs=[dataset, *form], outputs=[*outputs, saved], api_visibility="private")
-    dataset.input(show_loop, inputs=dataset, outputs=outputs, api_visibility="private")
+    save.click(save_loop_settings, inputs=[dataset, *form], outputs=[*outputs, saved], api_visibility="private", api_name="save_loop_settings")
+    dataset.input(show_loop, inputs=dataset, outputs=outputs, api_visibility="private", api_name="show_loop")
     if tab is not None:
-        tab.select(show_loop, inputs=dataset, outputs=outputs, api_visibility="private")
-    evaluate.click(evaluate_loop, inputs=dataset, outputs=outputs, api_visibility="private")
+        tab.select(show_loop, inputs=dataset, outputs=outputs, api_visibility="private", api_name="show_loop_on_tab")
+    evaluate.click(evaluate_loop, inputs=dataset, outputs=outputs, api_visibility="private", api_name="evaluate_loop")

@@ -111,7 +111,7 @@ def render_records_panel(store: Store, dataset_choices: gr.Dropdown) -> None:
         }
 
     filters = [dataset_choices, status, annotator, source, text, disagreement, has_comment, page]
-    search.click(show, inputs=filters, outputs=[found, table, page_ids], api_visibility="private")
+    search.click(show, inputs=filters, outputs=[found, table, page_ids], api_visibility="private", api_name="show_records")
 
     def open_record(comparison_id: int | None, selection: str, request: gr.Request) -> dict:
         try:
@@ -144,15 +144,15 @@ def render_records_panel(store: Store, dataset_choices: gr.Dropdown) -> None:
         return open_record(row[0] if isinstance(row, list) and row else None, selection, request)
 
     detail_outputs = [detail, labels, selected, shown, my_choice, action_result]
-    table.select(open_row, inputs=selected, outputs=detail_outputs, api_visibility="private")
+    table.select(open_row, inputs=selected, outputs=detail_outputs, api_visibility="private", api_name="open_row_on_row")
     def select_whole_page(ids: list[int]) -> str:
         return ", ".join(map(str, ids or []))
 
     def clear_selection() -> str:
         return ""
 
-    select_page.click(select_whole_page, inputs=page_ids, outputs=selected, api_visibility="private")
-    clear.click(clear_selection, outputs=selected, api_visibility="private")
+    select_page.click(select_whole_page, inputs=page_ids, outputs=selected, api_visibility="private", api_name="select_whole_page")
+    clear.click(clear_selection, outputs=selected, api_visibility="private", api_name="clear_selection")
 
     def bulk(action: str):  # noqa: ANN202
         def run_bulk(dataset, selection, priority_value, request: gr.Request) -> str:  # noqa: ANN001
@@ -175,8 +175,8 @@ def render_records_panel(store: Store, dataset_choices: gr.Dropdown) -> None:
                            ("archive", archive_button), ("restore", restore_button)):
         # Then show the page again, so the table says what the action changed.
         button.click(bulk(action), inputs=[dataset_choices, selected, priority], outputs=action_result,
-                     api_visibility="private").then(show, inputs=filters, outputs=[found, table, page_ids],
-                                                    api_visibility="private")
+                     api_visibility="private", api_name="bulk_" + action.replace(" ", "_")).then(show, inputs=filters, outputs=[found, table, page_ids],
+                                                    api_visibility="private", api_name="show_records_after_bulk_" + action.replace(" ", "_"))
 
     def save_my_label(comparison_id: int | None, choice: str | None, selection: str, request: gr.Request) -> dict:
         if comparison_id is None or not choice:
@@ -191,5 +191,5 @@ def render_records_panel(store: Store, dataset_choices: gr.Dropdown) -> None:
         return updates
 
     save_mine.click(save_my_label, inputs=[shown, my_choice, selected], outputs=detail_outputs,
-                    api_visibility="private").then(show, inputs=filters, outputs=[found, table, page_ids],
-                                                   api_visibility="private")
+                    api_visibility="private", api_name="save_my_label").then(show, inputs=filters, outputs=[found, table, page_ids],
+                                                   api_visibility="private", api_name="show_records_after_save_my_label")

@@ -164,10 +164,10 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
 
     team_outputs = [dataset, summary, annotators, disagreements, comments, inspect_allowed, dataset_settings,
                     store_settings, *settings_fields]
-    refresh.click(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private")
-    dataset.input(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private")
+    refresh.click(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private", api_name="show_team")
+    dataset.input(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private", api_name="show_team_for_dataset")
     if tab is not None:
-        tab.select(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private")
+        tab.select(show_team, inputs=dataset, outputs=team_outputs, api_visibility="private", api_name="show_team_on_tab")
 
     def save_dataset_settings(chosen, overlap_value, lease_value, priority_value, everyone, names, is_archived,  # noqa: ANN001
                               text, request: gr.Request) -> str:
@@ -183,7 +183,7 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
         return f"Saved the settings of dataset {chosen}."
 
     save_dataset.click(save_dataset_settings, inputs=[dataset, *settings_fields], outputs=settings_status,
-                       api_visibility="private")
+                       api_visibility="private", api_name="save_dataset_settings")
 
     def save_inspect_setting(allowed: bool, request: gr.Request) -> str:
         try:
@@ -193,7 +193,7 @@ def render_team_tab(store: Store, tab: gr.Tab | None = None) -> gr.Button:
         return ("Saved: annotators see the Inspect tab (after a reload), for text they paste."
                 if allowed else "Saved: annotators do not see the Inspect tab.")
 
-    inspect_allowed.input(save_inspect_setting, inputs=inspect_allowed, outputs=settings_status, api_visibility="private")
+    inspect_allowed.input(save_inspect_setting, inputs=inspect_allowed, outputs=settings_status, api_visibility="private", api_name="save_inspect_setting")
     return refresh
 
 
@@ -350,10 +350,10 @@ def render_users_section(store: Store) -> gr.Accordion:
             return {status: html.escape(str(error))}  # the message may quote what was typed
 
     outputs = [users, password, status]
-    section.expand(show_users, outputs=outputs, api_visibility="private")
-    add.click(add_account, inputs=[name, role, password], outputs=outputs, api_visibility="private")
-    set_role.click(change_account_role, inputs=[name, role], outputs=outputs, api_visibility="private")
-    reset.click(reset_account_password, inputs=[name, password], outputs=outputs, api_visibility="private")
-    disable.click(disable_login, inputs=name, outputs=outputs, api_visibility="private")
-    enable.click(enable_login, inputs=name, outputs=outputs, api_visibility="private")
+    section.expand(show_users, outputs=outputs, api_visibility="private", api_name="show_users_on_open")
+    add.click(add_account, inputs=[name, role, password], outputs=outputs, api_visibility="private", api_name="add_account")
+    set_role.click(change_account_role, inputs=[name, role], outputs=outputs, api_visibility="private", api_name="change_account_role")
+    reset.click(reset_account_password, inputs=[name, password], outputs=outputs, api_visibility="private", api_name="reset_account_password")
+    disable.click(disable_login, inputs=name, outputs=outputs, api_visibility="private", api_name="disable_login")
+    enable.click(enable_login, inputs=name, outputs=outputs, api_visibility="private", api_name="enable_login")
     return section

@@ -159,13 +159,13 @@ def render_train_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None)
                 log: code_block(report.log) if report and report.log else "", timer: gr.Timer(active=active)}
 
     outputs = [jobs, job_id, progress, chart, log, timer]
-    blocks.load(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
+    blocks.load(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private", api_name="show_jobs_on_load")
 
     def pick_job(event: gr.SelectData, request: gr.Request) -> dict:
         row = getattr(event, "row_value", None) or []  # no row when called without a click
         return show_jobs(row[0] if row else None, request)
 
-    jobs.select(pick_job, outputs=outputs, api_visibility="private")
+    jobs.select(pick_job, outputs=outputs, api_visibility="private", api_name="pick_job_on_row")
 
     def dataset_choices(request: gr.Request) -> dict:
         try:
@@ -177,13 +177,13 @@ def render_train_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None)
         return {controls["dataset"]: gr.Dropdown(choices=[(f"{s.name} ({s.prompt_kind or 'empty'})", s.name)
                                                           for s in summaries if s.labels])}
 
-    blocks.load(dataset_choices, outputs=[controls["dataset"], form_status], api_visibility="private")
+    blocks.load(dataset_choices, outputs=[controls["dataset"], form_status], api_visibility="private", api_name="dataset_choices_on_load")
     if tab is not None:  # labels given since the page loaded make more datasets trainable
-        tab.select(dataset_choices, outputs=[controls["dataset"], form_status], api_visibility="private")
-    timer.tick(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
-    job_id.submit(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
+        tab.select(dataset_choices, outputs=[controls["dataset"], form_status], api_visibility="private", api_name="dataset_choices_on_tab")
+    timer.tick(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private", api_name="show_jobs_on_timer")
+    job_id.submit(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private", api_name="show_jobs")
     if tab is not None:  # the active-learning loop queues jobs by itself: opening the tab shows them
-        tab.select(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private")
+        tab.select(show_jobs, inputs=job_id, outputs=outputs, api_visibility="private", api_name="show_jobs_on_tab")
 
     def preview(form: dict, request: gr.Request) -> str:
         try:
@@ -191,7 +191,7 @@ def render_train_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None)
         except (*USER_ERRORS, ConfigError, TrainingError, ValueError) as error:
             return f"**Cannot train yet.** {html.escape(str(error))}"
 
-    check.click(preview, inputs=form_inputs, outputs=form_status, api_visibility="private")
+    check.click(preview, inputs=form_inputs, outputs=form_status, api_visibility="private", api_name="preview_training")
 
     def submit(form: dict, request: gr.Request) -> dict:
         try:
@@ -203,7 +203,7 @@ def render_train_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None)
                 timer: gr.Timer(active=True)}
 
     start.click(submit, inputs=form_inputs, outputs=[*outputs, form_status],
-                api_visibility="private")
+                api_visibility="private", api_name="submit_job")
 
     def act(action):  # noqa: ANN001, ANN202
         def handler(selected: float | None, request: gr.Request) -> dict:
@@ -217,5 +217,5 @@ def render_train_tab(store: Store, blocks: gr.Blocks, tab: gr.Tab | None = None)
 
         return handler
 
-    cancel.click(act(cancel_job), inputs=job_id, outputs=outputs, api_visibility="private")
-    resume.click(act(resume_job), inputs=job_id, outputs=outputs, api_visibility="private")
+    cancel.click(act(cancel_job), inputs=job_id, outputs=outputs, api_visibility="private", api_name="cancel_job")
+    resume.click(act(resume_job), inputs=job_id, outputs=outputs, api_visibility="private", api_name="resume_job")

@@ -68,5 +68,5 @@ def build_ui(store: Store) -> gr.Blocks:
             }
 
         blocks.load(tabs_for, outputs=[data_tab, train_tab, inspect_tab, team_tab, users_section],
-                    api_visibility="private")
+                    api_visibility="private", api_name="tabs_for_on_load")
     return blocks

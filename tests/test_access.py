@@ -91,45 +91,45 @@ def test_the_public_api_is_next_next_in_dataset_label_and_rank_for_every_role_an
 # values that take it past its "fill in the form first" checks. A handler added to the page without
 # an entry here fails the test: nothing reaches users unclassified.
 HANDLER_PERMISSIONS = {
-    "open_dataset": "LABEL", "open_dataset_1": "LABEL", "change_it_now": "LABEL", "keep_stored_label": "LABEL", "change_from_row": "LABEL",
-    "handler": "LABEL", "handler_1": "LABEL", "handler_2": "LABEL", "handler_3": "LABEL",
-    "handler_4": "LABEL", "undo_last_label": "LABEL", "change_label": "LABEL", "refresh": "LABEL",
-    "next": "LABEL", "next_in_dataset": "LABEL", "label": "LABEL", "tabs_for": None, "demo_pair": None,
-    "show_loop": "VIEW_TEAM", "show_loop_1": "VIEW_TEAM", "evaluate_loop": "INSPECT",
+    "open_dataset_on_load": "LABEL", "open_dataset": "LABEL", "change_it_now": "LABEL", "keep_stored_label": "LABEL", "change_from_row_on_row": "LABEL",
+    "label_left": "LABEL", "label_right": "LABEL", "label_tie": "LABEL", "label_both_bad": "LABEL",
+    "label_skip": "LABEL", "undo_last_label": "LABEL", "change_label": "LABEL", "refresh_history": "LABEL",
+    "next": "LABEL", "next_in_dataset": "LABEL", "label": "LABEL", "tabs_for_on_load": None, "demo_pair": None,
+    "show_loop": "VIEW_TEAM", "show_loop_on_tab": "VIEW_TEAM", "evaluate_loop": "INSPECT",
     "save_loop_settings": "CHANGE_SETTINGS",
-    "rank": "LABEL", "rank_from_screen": "LABEL", "rank_from_screen_1": "LABEL", "skip_ranking": "LABEL",
+    "rank": "LABEL", "rank_from_screen": "LABEL", "rank_from_screen_on_submit": "LABEL", "skip_ranking": "LABEL",
     "label_steps": "LABEL", "submit_marks": "LABEL", "skip_trace": "LABEL",
     # the typed order of the places the caller has just clicked: reads nothing, writes nothing
     "order_from_places": None,
     "save_guidelines": "EDIT_GUIDELINES", "save_dataset_settings": "CHANGE_SETTINGS",
-    "current_counts": "EXPORT", "current_counts_1": "EXPORT", "current_counts_2": "EXPORT", "run_export": "EXPORT",
+    "current_counts": "EXPORT", "current_counts_on_load": "EXPORT", "current_counts_on_tab": "EXPORT", "run_export": "EXPORT",
     "run_import": "IMPORT", "suggest_question": "IMPORT",
-    "show": "VIEW_TEAM", "show_1": "VIEW_TEAM", "show_2": "VIEW_TEAM", "show_3": "VIEW_TEAM", "show_4": "VIEW_TEAM",
-    "show_5": "VIEW_TEAM", "open_row": "VIEW_TEAM", "run_bulk": "REQUEUE", "run_bulk_1": "REQUEUE",
-    "run_bulk_2": "REQUEUE", "run_bulk_3": "REQUEUE", "save_my_label": "LABEL",
+    "show_records": "VIEW_TEAM", "show_records_after_bulk_send_back": "VIEW_TEAM", "show_records_after_bulk_set_priority": "VIEW_TEAM", "show_records_after_bulk_archive": "VIEW_TEAM", "show_records_after_bulk_restore": "VIEW_TEAM",
+    "show_records_after_save_my_label": "VIEW_TEAM", "open_row_on_row": "VIEW_TEAM", "bulk_send_back": "REQUEUE", "bulk_set_priority": "REQUEUE",
+    "bulk_archive": "REQUEUE", "bulk_restore": "REQUEUE", "save_my_label": "LABEL",
     "select_whole_page": None, "clear_selection": None,  # echo the caller's own selection back; read nothing
-    "pick_job": "TRAIN", "dataset_choices": "TRAIN", "dataset_choices_1": "TRAIN",
-    "show_jobs": "TRAIN", "show_jobs_1": "TRAIN", "show_jobs_2": "TRAIN", "show_jobs_3": "TRAIN", "preview": "TRAIN", "submit": "TRAIN",
-    "handler_5": "TRAIN", "handler_6": "TRAIN",
-    "choices": "INSPECT", "choices_1": "INSPECT", "choices_2": "INSPECT", "choices_3": "INSPECT", "choices_4": "INSPECT",
+    "pick_job_on_row": "TRAIN", "dataset_choices_on_load": "TRAIN", "dataset_choices_on_tab": "TRAIN",
+    "show_jobs_on_load": "TRAIN", "show_jobs_on_timer": "TRAIN", "show_jobs": "TRAIN", "show_jobs_on_tab": "TRAIN", "preview_training": "TRAIN", "submit_job": "TRAIN",
+    "cancel_job": "TRAIN", "resume_job": "TRAIN",
+    "diagnosis_models_on_load": "INSPECT", "diagnosis_models_on_tab": "INSPECT", "inspect_models": "INSPECT", "inspect_models_on_load": "INSPECT", "inspect_models_on_tab": "INSPECT",
     "score": "INSPECT",
     "run_diagnosis": "INSPECT", "from_store": "INSPECT",
     "fit_competence": "VIEW_TEAM", "show_last_competence": "VIEW_TEAM", "save_competence_refit": "CHANGE_SETTINGS",
-    "send_back": "REQUEUE", "show_team": "VIEW_TEAM", "show_team_1": "VIEW_TEAM", "show_team_2": "VIEW_TEAM",
+    "send_back": "REQUEUE", "show_team": "VIEW_TEAM", "show_team_for_dataset": "VIEW_TEAM", "show_team_on_tab": "VIEW_TEAM",
     "save_inspect_setting": "CHANGE_SETTINGS",
     "cancel_scoring": None, "cancel_diagnosis": None,  # only ever stop the caller's own session's work
-    "show_users": "MANAGE_USERS", "add_account": "MANAGE_USERS", "change_account_role": "MANAGE_USERS",
+    "show_users_on_open": "MANAGE_USERS", "add_account": "MANAGE_USERS", "change_account_role": "MANAGE_USERS",
     "reset_account_password": "MANAGE_USERS", "disable_login": "MANAGE_USERS", "enable_login": "MANAGE_USERS",
 }
 # A click on the first row of a table, as the browser sends it with a .select event.
 ROW_CLICK = {"index": [0, 0], "value": 1, "row_value": [1], "col_value": [1], "selected": True}
-EVENT_DATA = {"open_row": ROW_CLICK, "change_from_row": ROW_CLICK, "pick_job": ROW_CLICK}
+EVENT_DATA = {"open_row_on_row": ROW_CLICK, "change_from_row_on_row": ROW_CLICK, "pick_job_on_row": ROW_CLICK}
 ACCOUNT_HANDLERS = {h for h, p in HANDLER_PERMISSIONS.items() if p == "MANAGE_USERS"}
 INPUT_OVERRIDES = {  # (component label or type, value)
     "change_label": {"number": 1}, "from_store": {"number": 1}, "send_back": {"textbox": "1, 2"},
-    "save_inspect_setting": {"checkbox": False}, "handler_5": {"number": 999}, "handler_6": {"number": 999},
+    "save_inspect_setting": {"checkbox": False}, "cancel_job": {"number": 999}, "resume_job": {"number": 999},
     "run_diagnosis": {"number": 10}, "save_guidelines": {"textbox": "# guidelines"},
-    "label": {"api": None}, "next_in_dataset": {"api": ""}, "submit": {"max steps": 1, "output name": "access-test"},
+    "label": {"api": None}, "next_in_dataset": {"api": ""}, "submit_job": {"max steps": 1, "output name": "access-test"},
 }
 
 
