@@ -251,11 +251,28 @@ def test_score_with_steps_returns_each_steps_reward_equal_to_a_plain_forward_of_
     assert status == 400 and "send it with" in refused["error"]
 
 
+def test_pooling_token_classify_returns_the_score_at_every_token_equal_to_a_plain_forward_of_each_prefix(server, oracle):
+    import torch
+
+    ids = oracle.ids("What is 2 + 2? ", "two plus two is four")
+    status, body = call(server + "/pooling", {"input": [ids], "task": "token_classify", "use_activation": False})
+    assert status == 200, body
+    per_token = [values[0] for values in body["data"][0]["data"]]
+    with torch.inference_mode():
+        expected = [oracle.model(input_ids=torch.tensor([ids[: k + 1]])).logits[0, 0].item() for k in range(len(ids))]
+    assert per_token == pytest.approx(expected, abs=1e-4)
+    status, squashed = call(server + "/pooling", {"input": [ids]})  # vLLM's default: the activation (sigmoid)
+    assert [v[0] for v in squashed["data"][0]["data"]] == pytest.approx([1 / (1 + math.exp(-r)) for r in expected],
+                                                                        abs=1e-4)
+    status, refused = call(server + "/pooling", {"input": "x", "task": "embed"})
+    assert status == 400 and "token_classify" in refused["error"]
+
+
 def test_health_and_info_describe_the_served_model(server):
     assert call(server + "/health") == (200, {"status": "serving"})
     status, info = call(server + "/info")
     assert status == 200
-    assert info["server"] == "rewardlab" and info["apis"] == ["/score", "/get_reward", "/classify"]
+    assert info["server"] == "rewardlab" and info["apis"] == ["/score", "/get_reward", "/classify", "/pooling"]
     (model,) = info["models"]
     assert (model["model"], model["registered_name"], model["version"]) == ("rm", "rm", 1)
     assert model["max_length"] == MAX_LENGTH and model["training_config"]["eval_fraction"] == 0.25

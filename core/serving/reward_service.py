@@ -135,6 +135,16 @@ class RewardService:
                                  f"(size {vocabulary})")
         return self._prepare([[_whole(FormattedExample(ids, "", None, [])) for ids in request.token_ids]])
 
+    def prepare_token_scores(self, request: ClassifyRequest) -> PreparedRequest:
+        """vLLM's ``/pooling`` with ``task: token_classify``: the inputs of ``prepare_classify``, and for each one the
+        score head's output at every token (one causal forward each), as PRM clients read step scores."""
+        self._require_trajectories("pooling")
+        prepared = self.prepare_classify(request)
+        for i in prepared.kept:
+            ids = prepared.examples[0][i].whole.ids
+            prepared.work.step_reads.append((ids, list(range(len(ids)))))
+        return prepared
+
     def _require_trajectories(self, field: str = "trajectory") -> None:
         if len(self.models) > 1:
             raise BadRequest(f"{field}: trajectories are per model's tokens (step rewards too), and this server reduces "

@@ -47,7 +47,7 @@ from core.serving.request_bodies import (
 
 log = logging.getLogger(__name__)
 PARITY_HEADER = "X-RewardLab-Parity"
-SCORING_APIS = ("/score", "/get_reward", "/classify")
+SCORING_APIS = ("/score", "/get_reward", "/classify", "/pooling")
 
 
 @dataclass
@@ -182,6 +182,26 @@ def build_app(service: RewardService, *, api_key: str, state: ServerState,
         if service.spread_kind is not None:
             extra_logs["reward_spread"] = [r.spread if r.spread is not None else 0.0 for r in results]
         return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": extra_logs})
+
+    @app.post("/pooling")
+    async def pooling(request: Request) -> JSONResponse:
+        """vLLM's pooling API for token classification (``task: token_classify``): a score per token, which PRM
+        clients read at their step separators."""
+        def parse(body: dict[str, Any]):  # noqa: ANN202
+            if body.get("task", "token_classify") != "token_classify":
+                raise BadRequest(f"task: this server answers token_classify (a score per token), got {body.get('task')!r};"
+                                 " use /classify or /score for one reward per input")
+            return parse_classify_request({key: value for key, value in body.items() if key != "task"})
+
+        parsed, results = await scores_of(request, parse, service.prepare_token_scores)
+        tokens = sum(r.n_tokens or 0 for r in results)
+        data = [{"index": i, "object": "pooling",
+                 "data": None if r.step_rewards is None else [[_activated(v, parsed.activation)] for v in r.step_rewards],
+                 "over_max_length": r.over_max_length} for i, r in enumerate(results)]
+        return JSONResponse({"id": f"pool-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+                             "model": service.name, "data": data,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
+                                       "prompt_tokens_details": None}})
 
     @app.post("/classify")
     async def classify(request: Request) -> JSONResponse:
