@@ -19,7 +19,7 @@ two other prompts' chosen answers as easy negatives (0 and 0: the annotators tos
 weights (bench/active_replay.py) give four distinct qualities.
 
 Annotators. ``clean``: three annotators each right with probability --accuracy; ``flipper``: two such annotators
-and one who always answers the opposite. Votes are folded by majority and by Dawid-Skene (crowd-kit, fitted on all
+and one who always answers the opposite. Votes are folded by majority and by Dawid-Skene (two-class EM, fitted on all
 votes so far after every round), each its own arm. A label here is one pair asked (answered by the three).
 
 Evaluation: each round's mean head on the test prompts' pairs of distinct quality (``hh``: 5 of 6 per prompt, one
@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import parse_with_smoke  # noqa: E402
 
 ARMS = ("random", "margin", "delta-ucb", "dts")
+DS_ITERATIONS = 50
 PAIRS = [(i, j) for i in range(4) for j in range(i + 1, 4)]
 
 
@@ -140,16 +141,29 @@ class Annotators:
 
 
 def aggregate(asked: list[list[int]], method: str) -> list[int]:
-    """Per asked pair, the folded label (1: first preferred)."""
-    if method == "majority":
-        return [int(sum(v) >= 2) for v in asked]
-    import pandas as pd
-    from crowdkit.aggregation import DawidSkene
+    """Per asked pair, the folded label (1: first preferred): majority, or two-class Dawid-Skene (EM on each
+    annotator's 2 x 2 confusion matrix, started from the vote share, as crowd-kit's DawidSkene; written out here
+    because crowd-kit's pandas implementation took ~5 s a fit on this loaded CPU, 20 fits a run)."""
+    import numpy as np
 
-    frame = pd.DataFrame([(t, w, v) for t, votes in enumerate(asked) for w, v in enumerate(votes)],
-                         columns=["task", "worker", "label"])
-    folded = DawidSkene(n_iter=50).fit_predict(frame)
-    return [int(folded[t]) for t in range(len(asked))]
+    votes = np.array(asked, dtype=float)  # pairs x annotators
+    posterior = (votes.mean(1) >= 0.5).astype(float) if method == "majority" else None
+    if method == "majority":
+        return posterior.astype(int).tolist()
+    posterior = votes.mean(1)  # P(first preferred), started from the vote share
+    for _ in range(DS_ITERATIONS):
+        prior = posterior.mean().clip(1e-6, 1 - 1e-6)
+        # confusion[w, t, v]: P(annotator w votes v | truth t), smoothed by one vote per cell
+        truth = np.stack([1 - posterior, posterior], 1)  # pairs x 2
+        confusion = np.stack([np.stack([truth[:, t] @ (votes == v) for v in (0, 1)], 1) for t in (0, 1)], 1) + 1.0
+        confusion /= confusion.sum(2, keepdims=True)
+        log_first = np.log(prior) + (np.log(confusion[:, 1, 1]) * votes + np.log(confusion[:, 1, 0]) * (1 - votes)).sum(1)
+        log_second = np.log(1 - prior) + (np.log(confusion[:, 0, 1]) * votes
+                                          + np.log(confusion[:, 0, 0]) * (1 - votes)).sum(1)
+        before, posterior = posterior, 1 / (1 + np.exp(log_second - log_first))
+        if np.abs(posterior - before).max() < 1e-6:
+            break
+    return (posterior >= 0.5).astype(int).tolist()
 
 
 def accuracy(head, test_features, test_prompts) -> tuple[float, float]:  # noqa: ANN001
@@ -269,6 +283,8 @@ def main() -> None:
     parser.add_argument("--accuracy", type=float, default=0.85, help="each honest annotator's chance to be right")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--noise", nargs="+", default=["clean", "flipper"], choices=["clean", "flipper"])
+    parser.add_argument("--methods", nargs="+", default=["majority", "dawid-skene"],
+                        choices=["majority", "dawid-skene"], help="how a flipper condition folds the votes")
     parser.add_argument("--hh-max-chars", type=int, default=1200)
     parser.add_argument("--encoder", type=Path, help="a transformers folder (default: the installed all-MiniLM-L6-v2)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "frozen-replay-features",
@@ -295,7 +311,7 @@ def main() -> None:
             test_features, pool_features = features[:args.test], features[args.test:args.test + args.pool]
             print(f"{name}: {len(kept)} prompts featurised in {time.perf_counter() - started:.0f} s", flush=True)
             for condition in args.noise:
-                for method in (["majority", "dawid-skene"] if condition == "flipper" else ["majority"]):
+                for method in (args.methods if condition == "flipper" else ["majority"]):
                     runs = {arm: [replay(arm, method, condition, seed, pool_features, pool, test_features, test, args)
                                   for seed in range(args.seeds)] for arm in args.arms}
                     summary = summarise(runs)
