@@ -189,7 +189,7 @@ def queue_refit_tick(store: Store) -> list[int]:
     """Queue a rescore for each dataset with a queue encoder and ``refit_every`` N whose human labels grew by N
     since its heads were last fitted, unless a rescore is queued or running (the job scheduler calls this).
     Returns the jobs queued."""
-    from storage.datasets import require_dataset
+    from storage.datasets import dataset_by_name
     from storage.loop import human_label_count, loop_job_active, queue_loop_job
     from storage.settings import queue_encoders
 
@@ -197,8 +197,8 @@ def queue_refit_tick(store: Store) -> list[int]:
         due = []
         for dataset, entry in sorted(queue_encoders(session).items()):
             every = int(entry.get("refit_every") or 0)
-            target = require_dataset(session, dataset)
-            if not every or target.archived or target.queue_order != "uncertainty":
+            target = dataset_by_name(session, dataset)  # a dataset renamed or gone since: nothing to refit
+            if target is None or not every or target.archived or target.queue_order != "uncertainty":
                 continue
             if human_label_count(session, target.id) - last_refit_labels(store, target.id) >= every:
                 due.append(dataset)
