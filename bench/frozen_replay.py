@@ -290,8 +290,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "frozen-replay-features",
                         help="folder of the feature caches (one file per data set and encoder)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the seeds")
     parser.add_argument("--out", type=Path, help="write the summary as JSON here")
-    args = parse_with_smoke(parser, data=["ladder"], seeds=2, rounds=2, per_round=4, pool=12, test=6, heads=2)
+    args = parse_with_smoke(parser, data=["ladder"], seeds=2, rounds=2, per_round=4, pool=12, test=6, heads=2,
+                            noise=["flipper"], resamples=100)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -314,7 +316,7 @@ def main() -> None:
                 for method in (args.methods if condition == "flipper" else ["majority"]):
                     runs = {arm: [replay(arm, method, condition, seed, pool_features, pool, test_features, test, args)
                                   for seed in range(args.seeds)] for arm in args.arms}
-                    summary = summarise(runs)
+                    summary = summarise(runs, args.resamples)
                     key = f"{name}, {condition} annotators, {method}"
                     results[key] = {**summary, "runs": runs}
                     print_table(key, summary)
