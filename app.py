@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="for prompts with 3+ candidates: serve every pair (all, default), or first the one pair per "
                            "prompt a rule picks, holding the others back: margin, delta-ucb, dts (both on the ensemble's "
                            "heads) or random")
+    loop.add_argument("--queue-encoder", metavar="FOLDER",
+                      help="rank the queue with this frozen encoder (a registered model, or a folder inside the models "
+                           "folder, e.g. all-MiniLM-L6-v2) plus bootstrap heads refitted on its cached features, instead "
+                           "of the reward model; '' goes back to the reward model")
+    loop.add_argument("--refit-every", type=int,
+                      help="with --queue-encoder: refit its heads and re-rank after this many new human labels (seconds "
+                           "each; 0: only when a rescore runs); full retrains keep --retrain-every")
     _add_db_argument(datasets)
     exporter = commands.add_parser("export", help="write a TRL-ready preference dataset")
     _add_db_argument(exporter)
@@ -391,13 +398,16 @@ def run_datasets(args: argparse.Namespace) -> int:
         loop_settings = LoopSettings(order=args.order, model=args.model, random_fraction=args.random_fraction,
                                      retrain_every=args.retrain_every, promotion_tolerance=args.promotion_tolerance,
                                      min_heldout_pairs=args.min_heldout_pairs, uncertainty=args.uncertainty, ensemble_size=args.ensemble_size,
-                                     acquisition=args.acquisition)
+                                     acquisition=args.acquisition, queue_encoder=args.queue_encoder,
+                                     refit_every=args.refit_every)
         if loop_settings != LoopSettings():
             status = configure_loop(store, actor, args.name, loop_settings)
             print(f"loop of {status.dataset}: order {status.order}"
                   + (f" ({status.uncertainty}{f', {status.ensemble_size} heads' if status.uncertainty == 'ensemble' else ''})"
                      if status.order == "uncertainty" else "")
                   + (f", acquisition {status.acquisition}" if status.acquisition != "all" else "")
+                  + (f", queue encoder {status.queue_encoder} (heads refit every {status.refit_every or '-'} label(s))"
+                     if status.queue_encoder else "")
                   + f", model {status.model or '-'} (promoted: "
                   f"{status.promoted_model or '-'}), random arm {status.random_fraction:.0%}, retrain every "
                   f"{status.retrain_every or '-'} label(s), {status.human_labels} human label(s) so far")

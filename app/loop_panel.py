@@ -29,13 +29,15 @@ def _status_markdown(report: LoopReport) -> str:
         + ((" (" + (f"disagreement of **{s.ensemble_size}** bootstrap heads" if s.uncertainty == "ensemble"
                     else "smallest margin") + " first)") if s.order == "uncertainty" else "")
         + (f" · pairs per prompt: one chosen by **{s.acquisition}** first" if s.acquisition != "all" else "")
+        + (f" · ranked by the frozen queue encoder **{html.escape(s.queue_encoder)}** + heads (refit every "
+           f"{s.refit_every or '-'} labels)" if s.queue_encoder else "")
         + f" · random control arm: **{s.random_fraction:.0%}** · retrain: {retrain} "
         f"({s.human_labels - s.labels_at_retrain} since the last) · promoted model: "
         f"**{html.escape(s.promoted_model or '-')}** (tolerance {s.promotion_tolerance}; judged on at least "
         f"{s.min_heldout_pairs} held-out pairs)\n\n"
         "Admins change these below, or with `python app.py datasets NAME --order uncertainty --model NAME|latest "
         "--random-fraction F --retrain-every N --promotion-tolerance T --min-heldout-pairs N --uncertainty margin|ensemble "
-        "--acquisition all|margin|delta-ucb|dts|random`."
+        "--acquisition all|margin|delta-ucb|dts|random --queue-encoder FOLDER --refit-every N`."
     )
 
 

@@ -35,6 +35,12 @@ SETTINGS = {
             "object of dataset name -> rule; a dataset not named serves every pair",
         ),
         SettingSpec(
+            "loop_queue_encoder", "{}",
+            "per dataset, the frozen encoder the loop's queue ranks with (core.loop.frozen_queue): a JSON object of "
+            "dataset name -> {\"folder\": registered model or folder under the models folder, \"refit_every\": N}; "
+            "a dataset not named ranks with its reward model",
+        ),
+        SettingSpec(
             "competence_refit_every", "0",
             "refit each dataset's annotator model (Dawid-Skene) in a background job after every N new human labels; "
             "0 (default) fits on demand only (Team tab)",
@@ -66,6 +72,8 @@ def set_setting(session: Session, key: str, value) -> None:  # noqa: ANN001
         raise SettingError("annotators_may_inspect must be 0 (no) or 1 (yes)")
     if key == "loop_acquisition" and not isinstance(_json_object(typed), dict):
         raise SettingError("loop_acquisition must be a JSON object of dataset name -> rule")
+    if key == "loop_queue_encoder" and not isinstance(_json_object(typed), dict):
+        raise SettingError("loop_queue_encoder must be a JSON object of dataset name -> {folder, refit_every}")
     if key == "competence_refit_every" and not 0 <= typed <= MAX_COMPETENCE_REFIT_EVERY:
         raise SettingError(f"refit every N labels needs N from 1 to {MAX_COMPETENCE_REFIT_EVERY:,} (0 turns it off), "
                            f"got {typed}")
@@ -96,3 +104,31 @@ def set_acquisition(session: Session, dataset: str, rule: str) -> None:
     if rule != "all":
         rules[dataset] = rule
     set_setting(session, "loop_acquisition", json.dumps(rules, sort_keys=True))
+
+
+def queue_encoders(session: Session) -> dict[str, dict]:
+    """Per dataset with a queue encoder (``loop_queue_encoder``): {"folder": ..., "refit_every": N}."""
+    return _json_object(get_setting(session, "loop_queue_encoder"))
+
+
+def queue_encoder_of(session: Session, dataset: str) -> dict | None:
+    """The dataset's queue encoder entry, or None (the queue ranks with its reward model)."""
+    return queue_encoders(session).get(dataset)
+
+
+def set_queue_encoder(session: Session, dataset: str, folder: str | None, refit_every: int | None) -> None:
+    """Set the dataset's queue encoder; ``folder`` "" removes it, None keeps it; ``refit_every`` None keeps it.
+    The caller checks the folder and the bound."""
+    import json
+
+    entries = queue_encoders(session)
+    entry = dict(entries.get(dataset) or {})
+    if folder is not None:
+        entry["folder"] = folder
+    if refit_every is not None:
+        entry["refit_every"] = refit_every
+    if not entry.get("folder"):
+        entries.pop(dataset, None)
+    else:
+        entries[dataset] = {"folder": entry["folder"], "refit_every": int(entry.get("refit_every") or 0)}
+    set_setting(session, "loop_queue_encoder", json.dumps(entries, sort_keys=True))

@@ -161,12 +161,14 @@ class JobScheduler:
 
     def _loop(self) -> None:
         from core.loop.competence_refit import competence_tick
+        from core.loop.frozen_queue import queue_refit_tick
         from core.loop.retraining import loop_tick
 
         while not self._stop.wait(self.interval):
             try:
                 loop_tick(self.store)  # datasets whose loop has enough new labels get a training job
                 competence_tick(self.store)  # and, when the store asks for it, a refit of their annotator model
+                queue_refit_tick(self.store)  # queues ranked by a frozen encoder refit their heads every few labels
                 start_next_job(self.store)
             except Exception as error:  # noqa: BLE001 (the scheduler must outlive one bad job)
                 print(f"job scheduler: {type(error).__name__}: {error}", file=sys.stderr)

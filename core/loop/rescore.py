@@ -14,7 +14,7 @@ from core.loop.settings import SCORE_CHUNK, LoopError, queue_model_of
 from storage.datasets import require_dataset
 from storage.engine import Store
 from storage.loop import QueueKey, open_item_ids, pair_completions, write_queue_keys
-from storage.settings import acquisition_of
+from storage.settings import acquisition_of, queue_encoder_of
 from storage.queries import comparison_contents
 from storage.ranking import completion_texts, slots_of
 
@@ -115,21 +115,30 @@ def _item_margins(store: Store, scorer: Any, item_ids: list[int],
     return margins, spreads
 
 
+def _queue_state(store: Store, dataset: str) -> tuple:
+    """(dataset id, random fraction, uncertainty, ensemble size, open item ids, acquisition rule, human labels)."""
+    from storage.loop import human_label_count
+
+    with store.read() as session:
+        target = require_dataset(session, dataset)
+        return (target.id, target.random_fraction, target.uncertainty, target.ensemble_size,
+                open_item_ids(session, target.id), acquisition_of(session, dataset), human_label_count(session, target.id))
+
+
 def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = print,
                   work_dir: Path | None = None) -> str:
     """Score the open items of ``dataset`` with its queue model and store their margins, arms and
     queue keys (the job of kind ``rescore``). With ensemble uncertainty, the heads are fitted first
     and saved to ``work_dir / "ensemble-heads.pt"`` when given. Returns the job's note: how many
     items were scored, by what (and why margin, when an ensemble was asked for but could not be fitted)."""
+    with store.read() as session:
+        encoder_entry = queue_encoder_of(session, dataset)
+    if encoder_entry is not None:
+        return _rescore_with_frozen_encoder(store, dataset, encoder_entry["folder"], log=log, work_dir=work_dir)
     model = queue_model_of(store, dataset)
     if not model:
         raise LoopError(f"dataset {dataset!r} has no model to score its queue (set one with --model)")
-    with store.read() as session:
-        target = require_dataset(session, dataset)
-        dataset_id, fraction = target.id, target.random_fraction
-        uncertainty, ensemble_size = target.uncertainty, target.ensemble_size
-        item_ids = open_item_ids(session, dataset_id)
-        acquisition = acquisition_of(session, dataset)
+    dataset_id, fraction, uncertainty, ensemble_size, item_ids, acquisition, _ = _queue_state(store, dataset)
     scorer = scorer_for(store, model)
     fallback: list[str] = []
     heads = _ensemble_heads(store, dataset, dataset_id, scorer, ensemble_size, fallback.append) \
@@ -155,7 +164,8 @@ def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = pr
     keys = queue_keys(dataset_id, margins, fraction, spreads)
     chosen_note = ""
     if acquisition != "all":
-        keys, chosen_note = _acquire(store, scorer, heads, dataset_id, item_ids, keys, acquisition, work_dir, log)
+        keys, chosen_note = _acquire(store, _model_rewards(scorer, heads), heads is not None, dataset_id, item_ids,
+                                     keys, acquisition, work_dir, log)
     for start in range(0, len(keys), SCORE_CHUNK):  # short write transactions: labeling goes on meanwhile
         with store.write() as session:
             write_queue_keys(session, keys[start:start + SCORE_CHUNK])
@@ -165,16 +175,107 @@ def rescore_queue(store: Store, dataset: str, *, log: Callable[[str], None] = pr
     return f"ordered the queue of {dataset} by {how}: {len(keys)} item(s) scored"
 
 
-def _acquire(store: Store, scorer: Any, heads: Any, dataset_id: int, item_ids: list[int], keys: list[QueueKey],
-             rule: str, work_dir: Path | None, log: Callable[[str], None]) -> tuple[list[QueueKey], str]:
+def _model_rewards(scorer: Any, heads: Any) -> Callable:
+    """(prompt, texts) -> (indices of the texts within max_length, the model's rewards, members' rewards or None)."""
+    def rewards(prompt: Any, responses: list[str]) -> tuple[list[int], Any, Any]:
+        import torch
+
+        from core.loop.ensemble import member_rewards
+
+        features = scorer.reward_features([(prompt, text) for text in responses])
+        usable = [i for i, f in enumerate(features) if f is not None]
+        if not usable:
+            return usable, None, None
+        stacked = torch.stack([features[i] for i in usable])
+        base = _head_rewards(scorer, stacked)
+        return usable, base, member_rewards(heads, stacked, base) if heads is not None else None
+
+    return rewards
+
+
+def _frozen_rewards(encoder: Any, heads: Any) -> Callable:
+    """Like ``_model_rewards`` on a frozen encoder: the members' rewards delta_k . f(x), their mean as the base."""
+    def rewards(prompt: Any, responses: list[str]) -> tuple[list[int], Any, Any]:
+        import torch
+
+        features = encoder.features([(prompt, text) for text in responses])
+        usable = [i for i, f in enumerate(features) if f is not None]
+        if not usable or heads is None:
+            return usable, None, None
+        members = heads @ torch.stack([features[i] for i in usable]).T
+        return usable, members.mean(0), members
+
+    return rewards
+
+
+def _rescore_with_frozen_encoder(store: Store, dataset: str, folder_name: str, *, log: Callable[[str], None],
+                                 work_dir: Path | None) -> str:
+    """The rescore job with a queue encoder (``core.loop.frozen_queue``): refit the heads on cached frozen
+    features, then key the open items by the heads' mean margins (or their disagreement, with ensemble
+    uncertainty) and apply the dataset's acquisition rule on the same members."""
+    from core.loop.ensemble import disagreement
+    from core.loop.frozen_queue import FrozenEncoder, encoder_folder, feature_cache_file, refit_queue_heads
+
+    folder = encoder_folder(store, folder_name)
+    if folder is None:
+        raise LoopError(f"the queue encoder {folder_name!r} of {dataset!r} is neither a registered model nor a folder "
+                        "inside the models folder any more: set another with --queue-encoder")
+    dataset_id, fraction, uncertainty, ensemble_size, item_ids, acquisition, labels = _queue_state(store, dataset)
+    encoder = FrozenEncoder(folder, feature_cache_file(store, dataset_id, folder))
+    heads = refit_queue_heads(store, dataset, dataset_id, encoder, ensemble_size, labels, log)
+    rewards = _frozen_rewards(encoder, heads)
+    margins: dict[int, float | None] = {}
+    spreads: dict[int, float | None] | None = {} if heads is not None and uncertainty == "ensemble" else None
+    for start in range(0, len(item_ids), SCORE_CHUNK):
+        chunk = item_ids[start:start + SCORE_CHUNK]
+        with store.read() as session:
+            slots = slots_of(session, chunk)
+            contents = comparison_contents(session, chunk)
+            texts = completion_texts(session, [c for ids in slots.values() for c in ids])
+        for item_id in chunk:
+            content = contents[item_id]
+            prompt = content.prompt_messages if content.prompt_messages is not None else (content.prompt_text or "")
+            responses = [texts[c][0] for c in slots[item_id]] if item_id in slots else [content.a_text, content.b_text]
+            usable, mean, members = rewards(prompt, responses)
+            if mean is None or len(usable) < len(responses):
+                margins[item_id] = None
+                if spreads is not None:
+                    spreads[item_id] = None
+                continue
+            ordered = sorted(mean.tolist())
+            margins[item_id] = min(b - a for a, b in zip(ordered, ordered[1:]))
+            if spreads is not None:
+                spreads[item_id] = max(disagreement(members[:, i], members[:, j])
+                                       for i in range(len(responses)) for j in range(i + 1, len(responses)))
+        log(f"scored {min(start + SCORE_CHUNK, len(item_ids))}/{len(item_ids)}")
+    keys = queue_keys(dataset_id, margins, fraction, spreads)
+    note = ""
+    if acquisition != "all":
+        keys, note = _acquire(store, rewards, heads is not None, dataset_id, item_ids, keys, acquisition, work_dir,
+                              log)
+    for start in range(0, len(keys), SCORE_CHUNK):
+        with store.write() as session:
+            write_queue_keys(session, keys[start:start + SCORE_CHUNK])
+    encoder.save_cache()
+    if heads is not None and work_dir is not None:
+        import torch
+
+        work_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"encoder": str(folder), "heads": heads, "human_labels": labels}, work_dir / "ensemble-heads.pt")
+    how = (f"{len(heads)} heads on frozen {folder.name} features ("
+           + ("their disagreement" if spreads is not None else "their mean margins") + ")" if heads is not None
+           else f"import order (too few labeled prompts for heads on frozen {folder.name} features)") + note
+    log(f"queue of {dataset} ordered by {how}: {sum(k.arm == 'random' for k in keys)} item(s) in the random arm")
+    return f"ordered the queue of {dataset} by {how}: {len(keys)} item(s) scored"
+
+
+def _acquire(store: Store, rewards_of: Callable, have_heads: bool, dataset_id: int, item_ids: list[int],
+             keys: list[QueueKey], rule: str, work_dir: Path | None,
+             log: Callable[[str], None]) -> tuple[list[QueueKey], str]:
     """Per prompt with two or more open pairs, the pair ``rule`` picks keeps its key; the prompt's other open pairs
     are held back (key + 1: after every chosen pair). The choices, with the rule, its parameters and each
     completion's mean and spread, go to ``work_dir / "acquisition.json"``. Returns the keys and a note."""
-    import torch
-
-    from core.loop.ensemble import member_rewards
-
-    if rule in NEEDS_ENSEMBLE and heads is None:
+    if rule in NEEDS_ENSEMBLE and not have_heads:
         log(f"the {rule} rule needs the ensemble's heads, which could not be fitted: every pair is served")
         return keys, f"; {rule} needs the ensemble's heads: every pair served"
     with store.read() as session:
@@ -192,15 +293,14 @@ def _acquire(store: Store, scorer: Any, heads: Any, dataset_id: int, item_ids: l
         content = contents[items[0]]
         prompt = content.prompt_messages if content.prompt_messages is not None else (content.prompt_text or "")
         completion_ids = sorted({c for item in items for c in pairs[item][1:]})
-        features = scorer.reward_features([(prompt, texts[c][0]) for c in completion_ids])
-        usable = [c for c, f in zip(completion_ids, features, strict=True) if f is not None]
+        usable_at, base, members = rewards_of(prompt, [texts[c][0] for c in completion_ids])
+        if base is None:
+            continue
+        usable = [completion_ids[i] for i in usable_at]
         open_pairs = {tuple(sorted(pairs[item][1:])): item for item in items
                       if all(c in usable for c in pairs[item][1:])}
         if len(open_pairs) < 2:
             continue
-        stacked = torch.stack([f for f in features if f is not None])
-        base = _head_rewards(scorer, stacked)
-        members = member_rewards(heads, stacked, base) if heads is not None else None
         choice = choose_pair(rule, usable, sorted(open_pairs), members, base, seed_parts=(dataset_id, prompt_id))
         chosen = open_pairs[choice.pair]
         held.update(item for item in items if item != chosen)

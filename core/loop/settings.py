@@ -40,7 +40,7 @@ from storage.datasets import require_dataset
 from storage.engine import Store
 from storage.loop import clear_queue_keys, human_label_count, last_training_config, queue_loop_job
 from storage.registry import find_model
-from storage.settings import acquisition_of, set_acquisition
+from storage.settings import acquisition_of, queue_encoder_of, set_acquisition, set_queue_encoder
 
 
 QUEUE_ORDERS = ("priority", "uncertainty")
@@ -66,6 +66,8 @@ class LoopSettings:
     uncertainty: str | None = None  # "margin" or "ensemble"
     ensemble_size: int | None = None  # 2 to 16 heads
     acquisition: str | None = None  # which pair of a prompt's candidates is served first (core.loop.acquisition)
+    queue_encoder: str | None = None  # a frozen encoder the queue ranks with (core.loop.frozen_queue); "" removes it
+    refit_every: int | None = None  # new human labels between refits of the queue encoder's heads; 0: on rescores only
 
 
 @dataclass
@@ -85,14 +87,18 @@ class LoopStatus:
     ensemble_size: int = 5
     min_heldout_pairs: int = 30
     acquisition: str = "all"
+    queue_encoder: str | None = None
+    refit_every: int = 0
 
 
 def loop_status_of(session, dataset, queued_job: int | None = None) -> LoopStatus:  # noqa: ANN001
+    encoder = queue_encoder_of(session, dataset.name)
     return LoopStatus(dataset.name, dataset.queue_order, dataset.queue_model, dataset.promoted_model,
                       dataset.random_fraction, dataset.retrain_every, dataset.promotion_tolerance,
                       human_label_count(session, dataset.id), dataset.labels_at_retrain, queued_job,
                       uncertainty=dataset.uncertainty, ensemble_size=dataset.ensemble_size,
-                      min_heldout_pairs=dataset.min_heldout_pairs, acquisition=acquisition_of(session, dataset.name))
+                      min_heldout_pairs=dataset.min_heldout_pairs, acquisition=acquisition_of(session, dataset.name),
+                      queue_encoder=(encoder or {}).get("folder"), refit_every=(encoder or {}).get("refit_every", 0))
 
 
 def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSettings) -> LoopStatus:
@@ -117,6 +123,15 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
         raise LoopError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, got {settings.acquisition!r}")
     if settings.ensemble_size is not None and not MIN_ENSEMBLE_SIZE <= settings.ensemble_size <= MAX_ENSEMBLE_SIZE:
         raise LoopError(f"an ensemble has {MIN_ENSEMBLE_SIZE} to {MAX_ENSEMBLE_SIZE} heads; got {settings.ensemble_size}")
+    if settings.refit_every is not None and not 0 <= settings.refit_every <= MAX_RETRAIN_EVERY:
+        raise LoopError(f"refit every N labels needs N from 1 to {MAX_RETRAIN_EVERY} (0 refits on rescores only); "
+                        f"got {settings.refit_every}")
+    if settings.queue_encoder:
+        from core.loop.frozen_queue import encoder_folder
+
+        if encoder_folder(store, settings.queue_encoder) is None:
+            raise LoopError(f"no registered model or folder inside the models folder named {settings.queue_encoder!r}: "
+                            "copy the encoder's folder (e.g. all-MiniLM-L6-v2) under the models folder and name it")
     with store.write() as session:
         target = require_dataset(session, dataset)
         if settings.model is not None and settings.model != LATEST and find_model(session, settings.model) is None:
@@ -124,15 +139,18 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
                             f"or '{LATEST}' for the loop's promoted version")
         order = settings.order or target.queue_order
         model = settings.model if settings.model is not None else target.queue_model
-        if order == "uncertainty" and (not model or (model == LATEST and not target.promoted_model)):
-            raise LoopError("uncertainty order needs a model to score the queue: --model NAME, or --model latest "
-                            "once the loop has promoted a version")
+        encoder = settings.queue_encoder if settings.queue_encoder is not None else \
+            (queue_encoder_of(session, dataset) or {}).get("folder")
+        if order == "uncertainty" and not encoder and (not model or (model == LATEST and not target.promoted_model)):
+            raise LoopError("uncertainty order needs a model to score the queue: --model NAME, --model latest "
+                            "once the loop has promoted a version, or --queue-encoder FOLDER")
         if settings.model not in (None, LATEST) and target.promoted_model is None:
             target.promoted_model = settings.model  # the loop starts from the model it is given
         # What the queue order depends on, as it was: a setting given again unchanged (a form sends them all)
         # queues no rescore.
         ordering_before = (target.queue_order, target.queue_model, target.random_fraction, target.uncertainty,
-                           target.ensemble_size, acquisition_of(session, dataset))
+                           target.ensemble_size, acquisition_of(session, dataset),
+                           (queue_encoder_of(session, dataset) or {}).get("folder"))
         for name, value in (("queue_order", settings.order), ("queue_model", settings.model),
                             ("random_fraction", settings.random_fraction),
                             ("promotion_tolerance", settings.promotion_tolerance),
@@ -142,6 +160,8 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
                 setattr(target, name, value)
         if settings.acquisition is not None:
             set_acquisition(session, dataset, settings.acquisition)
+        if settings.queue_encoder is not None or settings.refit_every is not None:
+            set_queue_encoder(session, dataset, settings.queue_encoder, settings.refit_every)
         notes = []
         if settings.retrain_every is not None and (settings.retrain_every or None) != target.retrain_every:
             target.retrain_every = settings.retrain_every or None
@@ -154,7 +174,8 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
         if target.queue_order == "priority":
             clear_queue_keys(session, target.id)
         elif ordering_before != (target.queue_order, target.queue_model, target.random_fraction, target.uncertainty,
-                                 target.ensemble_size, acquisition_of(session, dataset)):
+                                 target.ensemble_size, acquisition_of(session, dataset),
+                                 (queue_encoder_of(session, dataset) or {}).get("folder")):
             queued = queue_loop_job(session, dataset, "rescore", {})
             notes.append(f"rescore job {queued} queued: the queue is ordered by the new scores when it finishes")
         status = loop_status_of(session, target, queued)
