@@ -90,6 +90,7 @@ def test_heads_of_another_width_or_a_file_that_is_not_heads_are_refused(model_an
 
 def test_an_ensemble_of_models_gets_the_spread_over_their_rewards(model_and_heads, tmp_path):
     import asyncio
+    import concurrent.futures
     import statistics
 
     from core.serving.batching import DynamicBatcher
@@ -102,7 +103,10 @@ def test_an_ensemble_of_models_gets_the_spread_over_their_rewards(model_and_head
     try:
         service = RewardService(models, "mean", batcher)
         prepared = service.prepare_completions([p for p, _ in ROWS], [r for _, r in ROWS])
-        results = asyncio.run(service.score(prepared))
+        # In a thread of its own: the browser tests' Playwright (sync API, session-scoped) keeps an event loop
+        # running in the main thread for the rest of the session, where asyncio.run refuses to start another.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            results = pool.submit(asyncio.run, service.score(prepared)).result()
     finally:
         batcher.close()
     plain = [PlainForward(folder) for folder in folders]
