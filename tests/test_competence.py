@@ -99,7 +99,7 @@ def test_the_flags_name_the_spammer_and_the_flipper_with_their_sample_sizes(plan
         annotator_competence(store, actor_for(store, "ann"), dataset="team")
     fit = annotator_competence(store, actor_for(store, "lead"), dataset="team")
     by_name = {a.name: a for a in fit.annotators}
-    counts = dict(sql(store, "SELECT u.name, count(*) FROM label l JOIN user u ON u.id = l.annotator_id "
+    counts = dict(sql(store, "SELECT u.name, count(*) FROM label l JOIN \"user\" u ON u.id = l.annotator_id "
                              "WHERE l.choice != 'skip' GROUP BY u.name"))
     assert {name: a.n for name, a in by_name.items()} == counts == {"good": 60, "spammer": 64, "flipper": 40}
     assert "near-random" in by_name["spammer"].flags and "inverted" not in by_name["spammer"].flags
@@ -166,7 +166,7 @@ def test_the_background_refit_runs_as_a_job_after_n_new_labels_and_keeps_its_fit
     [(status, note)] = sql(store, "SELECT status, note FROM trainingjob")
     assert status == "succeeded" and "spammer: near-random" in note and "flipper: inverted" in note
     kept = json.loads(fit_file(store, "team").read_text())
-    [(humans,)] = sql(store, "SELECT count(*) FROM label l JOIN user u ON u.id = l.annotator_id "
+    [(humans,)] = sql(store, "SELECT count(*) FROM label l JOIN \"user\" u ON u.id = l.annotator_id "
                              "WHERE u.role != 'source' AND l.choice != 'skip'")
     assert kept["human_labels"] == humans == 164
     assert {a["name"]: a["n"] for a in kept["annotators"]} == {"good": 60, "spammer": 64, "flipper": 40}
