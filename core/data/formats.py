@@ -224,13 +224,19 @@ def _parse_candidate(item: Any, index: int) -> Candidate:
     raise RowError(f"field '{field}' must be a string or an object with 'text' (and 'model'), got {type(item).__name__}")
 
 
-def _parse_candidates(row: dict[str, Any]) -> ParsedRow:
+def _explicit_prompt(row: dict[str, Any]) -> tuple[str | None, list[dict[str, str]] | None]:
+    """A row's ``prompt`` field as (text, None) or (None, chat messages). Raises ``RowError``."""
     if "prompt" not in row:
         raise RowError("field 'prompt' is missing")
     prompt = row["prompt"]
-    chat = _is_chat(prompt)
-    prompt_messages = _check_messages(prompt, "prompt") if chat else None
-    prompt_text = None if chat else _check_text(prompt, "prompt")
+    if _is_chat(prompt):
+        return None, _check_messages(prompt, "prompt")
+    return _check_text(prompt, "prompt"), None
+
+
+def _parse_candidates(row: dict[str, Any]) -> ParsedRow:
+    prompt_text, prompt_messages = _explicit_prompt(row)
+    chat = prompt_messages is not None
     completions = row["completions"]
     if isinstance(completions, str):
         # CSV cells are strings: accept a JSON array there.
@@ -290,12 +296,8 @@ def parse_steps_row(row: Any, rule: StepRule) -> ParsedRow:
     if len(given) != 1:
         raise RowError("a steps row needs exactly one of 'completion' (split by the dataset's step rule), 'steps' "
                        f"(a list) or 'completions' with 'labels' (TRL's stepwise format); it has {given or 'none'}")
-    if "prompt" not in row:
-        raise RowError("field 'prompt' is missing")
-    prompt = row["prompt"]
-    chat = _is_chat(prompt)
-    prompt_messages = _check_messages(prompt, "prompt") if chat else None
-    prompt_text = None if chat else _check_text(prompt, "prompt")
+    prompt_text, prompt_messages = _explicit_prompt(row)
+    chat = prompt_messages is not None
     field, = given
     marks = None
     try:

@@ -7,7 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from core.config_fields import ConfigError, config_field
 from core.scoring.confounds import Confounds, ScoredPair, confound_baselines
@@ -98,8 +98,9 @@ def _trace_of(row: dict[str, Any], rule: StepRule) -> tuple[str, list]:
     return text, split_steps(text, rule)
 
 
-def read_step_rows(path: Path, rule: StepRule) -> list[tuple[dict[str, Any], Any, str, list]]:
-    """Rows of ``score --steps``: (row, prompt, completion, step spans). Raises ``InputRejected`` naming each bad row."""
+def _read_checked_rows(path: Path, check: Callable[[dict[str, Any]], tuple]) -> list[tuple]:
+    """``check(row)`` of every row of ``path`` (it raises ``RowError`` or ``StepError`` for a bad one). Raises
+    ``InputRejected`` naming each bad row, or for a file without rows; nothing is scored then."""
     rows, problems = [], []
     try:
         for raw in read_rows(path):
@@ -107,18 +108,7 @@ def read_step_rows(path: Path, rule: StepRule) -> list[tuple[dict[str, Any], Any
                 problems.append(f"{raw.location}: {raw.error}")
                 continue
             try:
-                row = raw.value
-                if not isinstance(row, dict):
-                    raise RowError(f"a row must be an object with 'prompt' and 'completion' or 'steps', got "
-                                   f"{type(row).__name__}")
-                if "prompt" not in row:
-                    raise RowError("field 'prompt' is missing")
-                if not any(field in row for field in ("completion", "response", "steps")):
-                    raise RowError("a --steps row needs 'completion' (split into steps) or 'steps' (a list)")
-                prompt = row["prompt"]
-                prompt = _check_messages(prompt, "prompt") if isinstance(prompt, list) else _check_text(prompt, "prompt")
-                completion, spans = _trace_of(row, rule)
-                rows.append((row, prompt, completion, spans))
+                rows.append(check(raw.value))
             except (RowError, StepError) as error:
                 problems.append(f"{raw.location}: {error}")
     except UnreadableFile as error:
@@ -130,35 +120,41 @@ def read_step_rows(path: Path, rule: StepRule) -> list[tuple[dict[str, Any], Any
     return rows
 
 
+def _row_prompt(row: dict[str, Any]) -> Any:
+    prompt = row["prompt"]
+    return _check_messages(prompt, "prompt") if isinstance(prompt, list) else _check_text(prompt, "prompt")
+
+
+def read_step_rows(path: Path, rule: StepRule) -> list[tuple[dict[str, Any], Any, str, list]]:
+    """Rows of ``score --steps``: (row, prompt, completion, step spans). Raises ``InputRejected`` naming each bad row."""
+    def check(row: Any) -> tuple:
+        if not isinstance(row, dict):
+            raise RowError(f"a row must be an object with 'prompt' and 'completion' or 'steps', got {type(row).__name__}")
+        if "prompt" not in row:
+            raise RowError("field 'prompt' is missing")
+        if not any(field in row for field in ("completion", "response", "steps")):
+            raise RowError("a --steps row needs 'completion' (split into steps) or 'steps' (a list)")
+        prompt = _row_prompt(row)
+        completion, spans = _trace_of(row, rule)
+        return row, prompt, completion, spans
+
+    return _read_checked_rows(path, check)
+
+
 def read_score_rows(path: Path) -> list[tuple[dict[str, Any], Any, str]]:
-    rows, problems = [], []
-    try:
-        for raw in read_rows(path):
-            if raw.error:
-                problems.append(f"{raw.location}: {raw.error}")
-                continue
-            try:
-                row = raw.value
-                if not isinstance(row, dict):
-                    raise RowError(f"a row must be an object with 'prompt' and 'response', got {type(row).__name__}")
-                for field in ("prompt", "response"):
-                    if field not in row:
-                        raise RowError(f"field '{field}' is missing")
-                prompt = row["prompt"]
-                prompt = _check_messages(prompt, "prompt") if isinstance(prompt, list) else _check_text(prompt, "prompt")
-                response = row["response"]
-                if not isinstance(response, str):
-                    raise RowError(f"field 'response' must be a string, got {type(response).__name__}")
-                rows.append((row, prompt, response))
-            except RowError as error:
-                problems.append(f"{raw.location}: {error}")
-    except UnreadableFile as error:
-        problems.append(str(error))
-    if problems:
-        raise InputRejected("\n".join(problems[:50]) + (f"\n... and {len(problems) - 50} more" if len(problems) > 50 else ""))
-    if not rows:
-        raise InputRejected(f"{path}: no rows to score")
-    return rows
+    def check(row: Any) -> tuple:
+        if not isinstance(row, dict):
+            raise RowError(f"a row must be an object with 'prompt' and 'response', got {type(row).__name__}")
+        for field in ("prompt", "response"):
+            if field not in row:
+                raise RowError(f"field '{field}' is missing")
+        prompt = _row_prompt(row)
+        response = row["response"]
+        if not isinstance(response, str):
+            raise RowError(f"field 'response' must be a string, got {type(response).__name__}")
+        return row, prompt, response
+
+    return _read_checked_rows(path, check)
 
 
 def _within_limit(model: RewardScorer, examples: list[tuple[Any, str]]) -> list[bool]:
