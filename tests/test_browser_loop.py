@@ -9,6 +9,7 @@ import re
 import time
 
 import pytest
+from playwright.sync_api import expect
 from conftest import run_cli, save_screenshot, sql
 from test_browser_datasets import _choose
 from test_import import write_jsonl
@@ -92,8 +93,12 @@ def test_labels_trigger_a_retrain_and_the_loop_page_shows_versions_and_reliabili
         page.locator("#loop-min-heldout input").fill("40")
         page.locator("#loop-random-fraction input").fill("0.5")
         page.locator("#loop-tolerance input").fill("0.05")
+        for field, typed in (("min-heldout", "40"), ("random-fraction", "0.5"), ("tolerance", "0.05")):
+            expect(page.locator(f"#loop-{field} input")).to_have_value(typed)
         page.locator("#loop-save").click()
-        page.locator("#loop-saved").get_by_text("Saved.").wait_for()
+        # The page says what changed, read back from the store.
+        page.locator("#loop-saved").get_by_text("held-out pairs at least 5 → 40").wait_for()
+        assert "random arm 0.2 → 0.5" in page.locator("#loop-saved").inner_text()
         assert sql(store, "SELECT min_heldout_pairs, random_fraction, promotion_tolerance FROM dataset "
                           "WHERE name = 'loop'") == [(40, 0.5, 0.05)]
         page.locator("#loop-saved").get_by_text("rescore job").wait_for()  # the arms changed: the queue is re-scored

@@ -241,6 +241,18 @@ def test_loop_settings_are_checked_and_need_the_settings_permission(loop_store):
     assert sql(store, "SELECT queue_order, retrain_every FROM dataset WHERE name = 'loop'") == [("priority", None)]
 
 
+def test_saving_loop_settings_says_what_changed_and_nothing_when_the_form_is_sent_unchanged(loop_store):
+    store = loop_store
+    admin = actor_for(store, None)
+    first = configure_loop(store, admin, "loop", LoopSettings(random_fraction=0.5, min_heldout_pairs=40))
+    (fraction, heldout), = sql(store, "SELECT random_fraction, min_heldout_pairs FROM dataset WHERE name = 'loop'")
+    assert (fraction, heldout) == (0.5, 40)
+    assert first.notes[0].startswith("changed: ")
+    assert "random arm 0.1 → 0.5" in first.notes[0] and "held-out pairs at least 30 → 40" in first.notes[0]
+    again = configure_loop(store, admin, "loop", LoopSettings(random_fraction=0.5, min_heldout_pairs=40))
+    assert again.notes == ["nothing changed"]
+
+
 def _wait_for_sql(store, statement: str, expected, seconds: float = 300, app=None):  # noqa: ANN001, ANN201
     import time
 

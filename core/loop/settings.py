@@ -148,6 +148,7 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
             target.promoted_model = settings.model  # the loop starts from the model it is given
         # What the queue order depends on, as it was: a setting given again unchanged (a form sends them all)
         # queues no rescore.
+        shown_before = _shown_settings(session, target)
         ordering_before = (target.queue_order, target.queue_model, target.random_fraction, target.uncertainty,
                            target.ensemble_size, acquisition_of(session, dataset),
                            (queue_encoder_of(session, dataset) or {}).get("folder"))
@@ -178,9 +179,24 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
                                  (queue_encoder_of(session, dataset) or {}).get("folder")):
             queued = queue_loop_job(session, dataset, "rescore", {})
             notes.append(f"rescore job {queued} queued: the queue is ordered by the new scores when it finishes")
+        shown_after = _shown_settings(session, target)
+        changed = [f"{label} {shown_before[label]} → {value}" for label, value in shown_after.items()
+                   if value != shown_before[label]]
+        # Say what changed, so a form sent with stale values reads "nothing changed" rather than a bare "saved".
+        notes.insert(0, "changed: " + ", ".join(changed) if changed else "nothing changed")
         status = loop_status_of(session, target, queued)
         status.notes = notes
         return status
+
+
+def _shown_settings(session, dataset) -> dict[str, object]:  # noqa: ANN001
+    """The loop settings of ``dataset`` by the names the page and the command line show them under."""
+    encoder = queue_encoder_of(session, dataset.name) or {}
+    return {"order": dataset.queue_order, "model": dataset.queue_model, "random arm": dataset.random_fraction,
+            "retrain every": dataset.retrain_every or 0, "promotion tolerance": dataset.promotion_tolerance,
+            "held-out pairs at least": dataset.min_heldout_pairs, "uncertainty": dataset.uncertainty,
+            "ensemble heads": dataset.ensemble_size, "acquisition": acquisition_of(session, dataset.name),
+            "queue encoder": encoder.get("folder"), "refit every": encoder.get("refit_every", 0)}
 
 
 
