@@ -321,7 +321,7 @@ def main() -> None:
                         "largest disagreement first (the random and uncertainty arms are always run)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "active")
     # Smoke: enough seed labels that a fifth of them held out reaches the loop's minimum to judge a retrain.
-    args = parse_with_smoke(parser, seeds=2, seed_labels=24, rounds=1, per_round=4, pool=8, test=16, steps=2)
+    args = parse_with_smoke(parser, seeds=1, seed_labels=24, rounds=1, per_round=4, pool=8, test=16, steps=2)
     args.arms = ["uncertainty", "random"] + [arm for arm in args.arms if arm not in ("uncertainty", "random")]
     import torch
 

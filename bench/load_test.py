@@ -286,7 +286,7 @@ def main() -> int:
     parser.add_argument("--postgres", help="a PostgreSQL server URL (default: start a throwaway one)")
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "load")
-    args = parse_with_smoke(parser, seconds=2.0, annotators=[1, 2], comparisons=300, databases=["sqlite"], out=None)
+    args = parse_with_smoke(parser, seconds=2.0, annotators=[2], comparisons=300, databases=["sqlite"], out=None)
     if args.out is None:  # a smoke run's figures are not results: they go to a temporary folder
         args.out = Path(tempfile.mkdtemp(prefix="rewardlab-load-smoke-"))
     results: list[dict] = []

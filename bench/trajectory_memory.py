@@ -63,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[1_000, 4_000, 16_000, 32_000])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "trajectory", help="where the JSON and chart go")
-    args = parse_with_smoke(parser, tokens=[300, 1_200])
+    args = parse_with_smoke(parser, tokens=[300])
     from core.training.demo_model import build_demo_reward_model
 
     with tempfile.TemporaryDirectory() as folder:
