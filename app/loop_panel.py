@@ -19,6 +19,16 @@ from core.loop.settings import LoopError, LoopSettings, configure_loop
 from storage.engine import Store
 
 ARM_HEADERS = ["arm", "human labels", "fresh pairs (labeled after the model)", "accuracy on them"]
+CHOSEN_HEADERS = ["comparison", "prompt", "pair", "rule", "why it is served first", "held back", "state"]
+
+
+def _chosen_note(report: LoopReport) -> str:
+    if report.chosen_by_job is None:
+        return ("Pairs per prompt: every pair is served." if report.status.acquisition == "all" else
+                "No rescore has chosen pairs yet.")
+    shown = len(report.chosen_pairs)
+    return (f"Rescore job {report.chosen_by_job} chose one pair on each of {report.chosen_total} prompt(s)"
+            + (f"; the newest {shown} are listed" if shown < report.chosen_total else "") + ".")
 
 
 def _status_markdown(report: LoopReport) -> str:
@@ -86,6 +96,8 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
         curve = gr.Plot(elem_id="loop-curve")
         evaluate = gr.Button("Evaluate the promoted model on labels it has not seen", size="sm", elem_id="loop-evaluate")
         arms = gr.Dataframe(headers=ARM_HEADERS, interactive=False, elem_id="loop-arms")
+        chosen_note = gr.Markdown(elem_id="loop-chosen-note")
+        chosen = gr.Dataframe(headers=CHOSEN_HEADERS, interactive=False, elem_id="loop-chosen")
         reliability = gr.Plot(elem_id="loop-reliability")
         with gr.Accordion("Loop settings (admins)", open=False, elem_id="loop-settings"):
             with gr.Row():
@@ -101,9 +113,16 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
                 tolerance = gr.Number(label="promotion tolerance (0 to 1)", elem_id="loop-tolerance")
                 min_heldout = gr.Number(label="judge on at least N held-out pairs", precision=0,
                                         elem_id="loop-min-heldout")
+            with gr.Row():
+                queue_encoder = gr.Textbox(label="queue encoder: a frozen model that ranks the queue with bootstrap heads "
+                                           "(a registered NAME or a folder under the models folder; empty: the model "
+                                           "above)", elem_id="loop-queue-encoder")
+                refit_every = gr.Number(label="refit the encoder's heads every N human labels (0: on rescores only)",
+                                        precision=0, elem_id="loop-refit-every")
             save = gr.Button("Save loop settings", size="sm", elem_id="loop-save")
             saved = gr.Markdown(elem_id="loop-saved")
-        form = [order, uncertainty, model, random_fraction, retrain_every, tolerance, min_heldout, acquisition]
+        form = [order, uncertainty, model, random_fraction, retrain_every, tolerance, min_heldout, acquisition,
+                queue_encoder, refit_every]
 
     def show(chosen: str | None, request: gr.Request, run_evaluation: bool = False) -> dict:
         try:
@@ -116,9 +135,12 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
         updates = {status: _status_markdown(report), curve: _curve(report),
                    arms: [[a.arm, a.labels, a.fresh_pairs, "n/a" if a.accuracy is None else f"{a.accuracy:.3f}"]
                           for a in report.arms],
+                   chosen_note: _chosen_note(report),
+                   chosen: [[f"#{c.item_id}", c.prompt_id, f"#{c.pair[0]} vs #{c.pair[1]}", c.rule, c.why, c.held_back,
+                             "open" if c.still_open else "labeled"] for c in report.chosen_pairs],
                    order: s.order, uncertainty: s.uncertainty, model: s.model or "", random_fraction: s.random_fraction,
                    retrain_every: s.retrain_every or 0, tolerance: s.promotion_tolerance, min_heldout: s.min_heldout_pairs,
-                   acquisition: s.acquisition}
+                   acquisition: s.acquisition, queue_encoder: s.queue_encoder or "", refit_every: s.refit_every}
         if run_evaluation:
             updates[reliability] = _reliability(report)
             if report.evaluated_model is None:
@@ -132,7 +154,7 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
         return show(chosen, request, run_evaluation=True)
 
     def save_loop_settings(chosen, chosen_order, chosen_uncertainty, chosen_model, fraction, every, tolerance_value,  # noqa: ANN001
-                           minimum, chosen_acquisition, request: gr.Request) -> dict:
+                           minimum, chosen_acquisition, encoder, refit, request: gr.Request) -> dict:
         try:
             settings = LoopSettings(order=chosen_order or None, uncertainty=chosen_uncertainty or None,
                                     model=(chosen_model or "").strip() or None,
@@ -140,14 +162,18 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
                                     retrain_every=None if every is None else int(every),
                                     promotion_tolerance=None if tolerance_value is None else float(tolerance_value),
                                     min_heldout_pairs=None if minimum is None else int(minimum),
-                                    acquisition=chosen_acquisition or None)
+                                    acquisition=chosen_acquisition or None,
+                                    # The form always sends the field: empty removes the encoder, as '' does on the
+                                    # command line.
+                                    queue_encoder=(encoder or "").strip(),
+                                    refit_every=None if refit is None else int(refit))
             # The permission is checked first (in core), whatever the form holds.
             result = configure_loop(store, current_actor(store, request), chosen or "", settings)
         except (*USER_ERRORS, LoopError, DatasetError) as error:
             return {saved: f"**Not saved.** {html.escape(str(error))}"}
         return {**show(chosen, request), saved: "Saved." + "".join(f" {html.escape(n)}." for n in result.notes)}
 
-    outputs = [status, curve, arms, reliability, *form]
+    outputs = [status, curve, arms, chosen_note, chosen, reliability, *form]
     save.click(save_loop_settings, inputs=[dataset, *form], outputs=[*outputs, saved], api_visibility="private", api_name="save_loop_settings")
     dataset.input(show_loop, inputs=dataset, outputs=outputs, api_visibility="private", api_name="show_loop")
     if tab is not None:

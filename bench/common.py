@@ -73,31 +73,37 @@ def start_app_server(url: str, log_path: Path | None = None) -> tuple[subprocess
 def line_chart_svg(panels: list[dict], path: Path, width: int = 420, height: int = 300) -> None:
     """Side-by-side line charts as a small SVG by hand (matplotlib is not installed and plotly's static
     export needs kaleido). Each panel: ``title``, ``x_label``, ``y_label`` and ``series``, a dict of
-    name -> (colour, [(x, y), ...]); a name starting with "goal" is drawn dashed."""
+    name -> (colour, [(x, y), ...]); a name starting with "goal" is drawn dashed. Optional: ``y_low`` (where the
+    y axis starts, 0 unless given: accuracies that differ by 0.02 need a cut axis, which the tick labels show) and
+    ``y_format`` (the tick labels' format, ",.0f" unless given)."""
     pad, parts = 55, []
     for index, panel in enumerate(panels):
         x0 = index * width
         points = [p for _, values in panel["series"].values() for p in values]
         x_high, y_top = max(x for x, _ in points), max(y for _, y in points)
-        y_high = y_top * 1.3  # headroom: the legend sits above the highest line
+        y_low = panel.get("y_low", 0)
+        y_high = y_low + (y_top - y_low) * 1.3  # headroom: the legend sits above the highest line
+        y_format = panel.get("y_format", ",.0f")
 
         def x_of(x: float, x0: int = x0, x_high: float = x_high) -> float:
             return x0 + pad + x / x_high * (width - 1.4 * pad)
 
-        def y_of(y: float, y_high: float = y_high) -> float:
-            return height - pad - y / y_high * (height - 1.7 * pad)
+        def y_of(y: float, y_high: float = y_high, y_low: float = y_low) -> float:
+            return height - pad - (y - y_low) / (y_high - y_low) * (height - 1.7 * pad)
 
         parts += [f'<text x="{x0 + width / 2}" y="18" text-anchor="middle" font-size="13">{panel["title"]}</text>',
                   f'<polyline fill="none" stroke="#888" points="{x_of(0):.1f},{y_of(y_high):.1f} {x_of(0):.1f},'
-                  f'{y_of(0):.1f} {x_of(x_high):.1f},{y_of(0):.1f}"/>',
+                  f'{y_of(y_low):.1f} {x_of(x_high):.1f},{y_of(y_low):.1f}"/>',
                   f'<text x="{x_of(x_high / 2):.1f}" y="{height - 12}" text-anchor="middle" font-size="11">'
                   f'{panel["x_label"]}</text>',
-                  f'<text x="{x0 + 12}" y="{y_of(y_high / 2):.1f}" font-size="11" text-anchor="middle" '
-                  f'transform="rotate(-90 {x0 + 12} {y_of(y_high / 2):.1f})">{panel["y_label"]}</text>']
-        parts += [f'<text x="{x_of(0) - 4:.1f}" y="{y_of(t) + 4:.1f}" text-anchor="end" font-size="10">{t:,.0f}</text>'
-                  for t in (0, y_top / 2, y_top)]
-        parts += [f'<text x="{x_of(x):.1f}" y="{y_of(0) + 14:.1f}" text-anchor="middle" font-size="10">{x:,.0f}</text>'
-                  for x in sorted({x for x, _ in points})]
+                  f'<text x="{x0 + 12}" y="{y_of((y_low + y_high) / 2):.1f}" font-size="11" text-anchor="middle" '
+                  f'transform="rotate(-90 {x0 + 12} {y_of((y_low + y_high) / 2):.1f})">{panel["y_label"]}</text>']
+        parts += [f'<text x="{x_of(0) - 4:.1f}" y="{y_of(t) + 4:.1f}" text-anchor="end" font-size="10">'
+                  f'{format(t, y_format)}</text>' for t in (y_low, (y_low + y_top) / 2, y_top)]
+        xs = sorted({x for x, _ in points})
+        shown = xs[len(xs) % 2 - 1::2] if len(xs) > 10 else xs  # every other label when crowded, the last one kept
+        parts += [f'<text x="{x_of(x):.1f}" y="{y_of(y_low) + 14:.1f}" text-anchor="middle" font-size="10">{x:,.0f}</text>'
+                  for x in shown]
         for row, (name, (colour, values)) in enumerate(panel["series"].items()):
             dash = ' stroke-dasharray="5,4"' if name.startswith("goal") else ""
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="'

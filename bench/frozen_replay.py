@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import parse_with_smoke  # noqa: E402
+from common import line_chart_svg, parse_with_smoke  # noqa: E402
 
 ARMS = ("random", "margin", "delta-ucb", "dts")
 DS_ITERATIONS = 50
@@ -271,6 +271,24 @@ def print_table(name: str, summary: dict) -> None:
               f"{s['seeds_for_0.03'] if s['seeds_for_0.03'] is not None else '—'} |")
 
 
+ARM_COLOURS = {"random": "#7f7f7f", "margin": "#1f77b4", "delta-ucb": "#d62728", "dts": "#2ca02c"}
+
+
+def write_plot(results: dict, path: Path) -> None:
+    """One panel per condition: each arm's mean test accuracy over seeds against labels asked, with the random arm's
+    final accuracy (the target) dashed; the axis starts near the lowest point, since the arms differ by ~0.02."""
+    panels = []
+    for key, summary in results.items():
+        series = {f"{arm} ({len(summary['runs'][arm])} seeds)": (ARM_COLOURS[arm], list(zip(summary["labels"], s["curve"])))
+                  for arm, s in summary["arms"].items()}
+        series["goal: random's final"] = ("#000000", [(summary["labels"][0], summary["target"]),
+                                                      (summary["labels"][-1], summary["target"])])
+        low = min(y for _, values in series.values() for _, y in values)
+        panels.append({"title": key, "x_label": "labels (pairs asked)", "y_label": "test accuracy",
+                       "y_low": max(0.0, round(low - 0.05, 1)), "y_format": ".2f", "series": series})
+    line_chart_svg(panels, path, width=460)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", default=["hh"], choices=["hh", "ladder"])
@@ -291,7 +309,7 @@ def main() -> None:
                         help="folder of the feature caches (one file per data set and encoder)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the seeds")
-    parser.add_argument("--out", type=Path, help="write the summary as JSON here")
+    parser.add_argument("--out", type=Path, help="write the summary as JSON here, and its plot beside it (.svg)")
     args = parse_with_smoke(parser, data=["ladder"], seeds=2, rounds=2, per_round=4, pool=12, test=6, heads=2,
                             noise=["flipper"], resamples=100)
     import torch
@@ -322,11 +340,16 @@ def main() -> None:
                     print_table(key, summary)
                     print("mean curves: " + "; ".join(f"{arm} " + " ".join(f"{a:.3f}" for a in s["curve"])
                                                      for arm, s in summary["arms"].items()), flush=True)
+        # A smoke run writes its files into the scratch folder (thrown away), so the writing does not rot either.
+        out = Path(scratch) / "replay.json" if args.smoke else args.out
+        if out:
+            out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "results": results},
+                                      indent=1) + "\n")
+            write_plot(results, out.with_suffix(".svg"))
+            print(f"wrote {out} and {out.with_suffix('.svg')}")
+
     print(f"\n{args.seeds} seeds, {args.rounds} rounds of {args.per_round}, pool {args.pool}, test {args.test}, "
           f"{args.heads} heads; {time.perf_counter() - started:.0f} s on {torch.get_num_threads()} torch thread(s)")
-    if args.out and not args.smoke:
-        args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                       indent=1) + "\n")
 
 
 if __name__ == "__main__":

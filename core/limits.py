@@ -90,6 +90,7 @@ MAX_NAMES_LISTED = 30  # registered model names listed in an "unknown model" err
 # --- diagnostics and the loop
 MAX_DIAGNOSED_PAIRS = 2_000  # most recent labeled pairs scored in one diagnosis
 MAX_EVALUATED_PAIRS = 2_000  # the newest labeled pairs a loop evaluation scores
+MAX_ACQUISITION_ROWS_SHOWN = 50  # the loop page lists why each chosen pair is served: the newest prompts' first
 MAX_RETRAIN_EVERY = 1_000_000  # the loop's "retrain every N labels"
 MIN_ENSEMBLE_SIZE, MAX_ENSEMBLE_SIZE = 2, 16  # bootstrap heads of the loop's ensemble
 # Held-out pairs the loop judges a new version on (both models scoring the same pairs): the dataset's
@@ -185,6 +186,7 @@ CAPS: dict[str, str] = {
     "MAX_NAMES_LISTED": "(not refused) the unknown-model error lists the first 30 names",
     "MAX_DIAGNOSED_PAIRS": "(not refused) the diagnosis scores the newest 2,000 pairs and says so",
     "MAX_EVALUATED_PAIRS": "(not refused) a loop evaluation scores the newest 2,000 pairs",
+    "MAX_ACQUISITION_ROWS_SHOWN": "(not refused) the loop page lists 50 chosen pairs and says how many more there are",
     "MAX_RETRAIN_EVERY": "retrain every N labels needs N from 1 to 1000000 (0 turns it off)",
     "MIN_COMPETENCE_LABELS": "(withheld) a competence flag on fewer labels shows as 'near-random (n=N < 20)' under withheld",
     "storage.settings.MAX_COMPETENCE_REFIT_EVERY": "refit every N labels needs N from 1 to 1,000,000 (0 turns it off), got N",

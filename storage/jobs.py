@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from sqlalchemy import select, update
@@ -12,8 +13,16 @@ from sqlmodel import Session
 from storage.bulk import dialect_insert
 from storage.models import JobStatus, TrainingJob, TrainingMetric, utc_now
 
+if TYPE_CHECKING:
+    from storage.engine import Store
+
 # A job claimed by the scheduler runs without a pid until its child process has started.
 STARTING_GRACE = timedelta(seconds=60)
+
+
+def job_dir(store: Store, job_id: int) -> Path:
+    """The job's folder under the store's data folder: its log, checkpoints and the loop's records."""
+    return store.data_dir / "jobs" / f"job-{job_id}"
 
 
 def create_job(session: Session, config: dict[str, Any]) -> int:

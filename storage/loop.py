@@ -103,6 +103,25 @@ def pending_loop_job(session: Session, dataset: str, kind: str) -> TrainingJob |
     return None
 
 
+def last_succeeded_loop_job(session: Session, dataset: str, kind: str) -> TrainingJob | None:
+    """The loop's newest job of ``kind`` for ``dataset`` that succeeded, if any."""
+    for job in session.execute(
+        select(TrainingJob).where(TrainingJob.status == JobStatus.SUCCEEDED.value, TrainingJob.kind == kind)
+        .order_by(TrainingJob.id.desc())
+    ).scalars():
+        if (job.config or {}).get("loop_dataset") == dataset:
+            return job
+    return None
+
+
+def open_item_flags(session: Session, item_ids: list[int]) -> dict[int, bool]:
+    """Per comparison id: whether it still waits for a label (not done and not archived)."""
+    if not item_ids:
+        return {}
+    return {row.id: not row.done and not row.archived for row in session.execute(
+        select(Comparison.id, Comparison.done, Comparison.archived).where(Comparison.id.in_(item_ids)))}
+
+
 def queue_loop_job(session: Session, dataset: str, kind: str, config: dict[str, Any]) -> int:
     """Queue the loop's job of ``kind`` for ``dataset``; a queued one is replaced (its config updated),
     so there is never more than one waiting."""

@@ -15,7 +15,8 @@ from test_training import separable_pairs
 
 from core.accounts import actor_for
 from core.data.importer import import_rows
-from core.jobs.scheduling import job_dir, submit_job
+from core.jobs.scheduling import submit_job
+from storage.jobs import job_dir
 from core.jobs.worker import execute_job
 from core.labeling.actions import next_comparison
 from core.loop.settings import LoopError, LoopSettings, configure_loop
@@ -82,13 +83,14 @@ def rescore_with(store, rule: str) -> tuple[dict, dict, torch.Tensor]:  # noqa: 
 def test_delta_ucb_serves_each_prompts_largest_optimistic_gap_first_and_holds_the_rest_back(candidates_loop):
     store = candidates_loop
     keys, record, heads = rescore_with(store, "delta-ucb")
-    expected = set()
+    expected, gaps = set(), {}
     for entry in by_hand(store, heads).values():
         members = entry["members"]
         upper = {c: (m.mean() + m.std(unbiased=False)).item() for c, m in members.items()}
         lower = {c: (m.mean() - m.std(unbiased=False)).item() for c, m in members.items()}
         best = max(entry["pairs"], key=lambda p: max(upper[p[0]] - lower[p[1]], upper[p[1]] - lower[p[0]]))
         expected.add(entry["pairs"][best])
+        gaps[entry["pairs"][best]] = max(upper[best[0]] - lower[best[1]], upper[best[1]] - lower[best[0]])
     assert len(expected) == PROMPTS and len(keys) == 6 * PROMPTS
     assert {cid for cid, key in keys.items() if key < 1} == expected
     assert set(map(int, record["chosen"])) == expected
@@ -98,7 +100,16 @@ def test_delta_ucb_serves_each_prompts_largest_optimistic_gap_first_and_holds_th
     from core.accounts import add_user
 
     add_user(store, "ann", "annotator", "long enough pw")
-    assert next_comparison(store, actor_for(store, "ann"), "cands").comparison_id in expected
+    served = next_comparison(store, actor_for(store, "ann"), "cands").comparison_id
+    assert served in expected
+    # The loop page says why each chosen pair is served, in the rule's numbers (the gap worked by hand above).
+    from core.loop.evaluation import loop_report
+
+    report = loop_report(store, actor_for(store, None), "cands")
+    assert {c.item_id for c in report.chosen_pairs} == expected and report.chosen_total == PROMPTS
+    for chosen in report.chosen_pairs:
+        assert chosen.rule == "delta-ucb" and chosen.held_back == 5 and chosen.still_open
+        assert f"largest optimistic gap {gaps[chosen.item_id]:.3f} (beta 1.0) of 6 open pairs" in chosen.why
 
 
 @pytest.mark.slow

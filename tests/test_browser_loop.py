@@ -5,6 +5,7 @@ the promoted model on labels it has not seen. Oracles: SQL on the store and the 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -103,6 +104,20 @@ def test_labels_trigger_a_retrain_and_the_loop_page_shows_versions_and_reliabili
                           "WHERE name = 'loop'") == [(40, 0.5, 0.05)]
         page.locator("#loop-saved").get_by_text("rescore job").wait_for()  # the arms changed: the queue is re-scored
         page.locator("#loop-status").get_by_text("judged on at least 40 held-out pairs").wait_for()
+
+        # The queue encoder is set from the page too, with the command line's check of the folder.
+        page.locator("#loop-queue-encoder textarea").fill("no-such-encoder")
+        page.locator("#loop-save").click()
+        page.locator("#loop-saved").get_by_text("no registered model or folder inside the models folder").wait_for()
+        assert sql(store, "SELECT count(*) FROM setting WHERE key = 'loop_queue_encoder'") == [(0,)]
+        page.locator("#loop-queue-encoder textarea").fill("seed-rm")
+        page.locator("#loop-refit-every input").fill("2")
+        expect(page.locator("#loop-refit-every input")).to_have_value("2")
+        page.locator("#loop-save").click()
+        page.locator("#loop-saved").get_by_text("queue encoder None → seed-rm").wait_for()
+        (stored,), = sql(store, "SELECT value FROM setting WHERE key = 'loop_queue_encoder'")
+        assert json.loads(stored) == {"loop": {"folder": "seed-rm", "refit_every": 2}}
+        page.locator("#loop-status").get_by_text("ranked by the frozen queue encoder seed-rm").wait_for()
     finally:
         app.process.terminate()
         app.process.wait(timeout=10)

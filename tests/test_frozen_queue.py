@@ -15,7 +15,7 @@ from conftest import sql
 
 from core.accounts import actor_for, add_user
 from core.data.importer import import_rows
-from core.jobs.scheduling import job_dir
+from storage.jobs import job_dir
 from core.jobs.worker import execute_job
 from core.labeling.actions import label_stored, next_comparison
 from core.loop.ensemble import L2
@@ -96,13 +96,23 @@ def test_the_queue_encoders_heads_refit_after_n_labels_equal_heads_fitted_by_han
         label_stored(store, annotator, view.comparison_id, "a")
     refit, = queue_refit_tick(store)
     assert queue_refit_tick(store) == []  # one waits at a time
+    (dataset_id,), = sql(store, "SELECT id FROM dataset WHERE name = 'cands'")
+    caches = store.data_dir / "queue-features"
+    (cache_file,) = caches.glob(f"{dataset_id}-*.pt")
+    stale = caches / f"{dataset_id}-0123456789abcdef.pt"  # as another encoder's cache of this dataset would be
+    torch.save({"x": torch.zeros(3)}, stale)
     lines: list[str] = []
     assert execute_job(store, refit, log=lambda line: lines.append(str(line))) == 0
     assert any("(0 text(s) encoded, the rest cached" in line for line in lines), lines  # every text seen before
+    # The cache holds what the dataset needs now, one entry per (prompt, completion) of its comparisons, and the
+    # other encoder's cache is gone.
+    texts = sql(store, "SELECT DISTINCT c.prompt_id, s.completion_id FROM comparison c JOIN (SELECT id, "
+                       "completion_a_id AS completion_id FROM comparison UNION SELECT id, completion_b_id FROM "
+                       f"comparison) s ON s.id = c.id WHERE c.dataset_id = {dataset_id}")
+    assert len(torch.load(cache_file)) == len(texts) and not stale.exists()
 
     saved = torch.load(job_dir(store, refit) / "ensemble-heads.pt")
     assert saved["human_labels"] == 3
-    (dataset_id,), = sql(store, "SELECT id FROM dataset WHERE name = 'cands'")
     rows = build_preference_rows(store, datasets=["cands"]).rows
     assert len(rows) == 15
     differences = np.stack([features_by_hand(store, r["prompt"], response_text(r["chosen"]))

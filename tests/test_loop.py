@@ -340,7 +340,7 @@ def test_ensemble_uncertainty_orders_the_queue_by_the_saved_heads_disagreement_o
     fits the labeled pairs at least as well as the model's head alone."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from core.jobs.scheduling import job_dir
+    from storage.jobs import job_dir
 
     store = loop_store
     admin = actor_for(store, None)

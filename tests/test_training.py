@@ -14,7 +14,8 @@ from sqlalchemy import text
 from core.accounts import actor_for
 from core.data.importer import import_rows
 from core.training.config import ConfigError, TrainingConfig, suggest_hyperparameters
-from core.jobs.scheduling import cancel_job, job_dir, resume_job, start_next_job, submit_job, worker_command
+from storage.jobs import job_dir
+from core.jobs.scheduling import cancel_job, resume_job, start_next_job, submit_job, worker_command
 from core.training.trainer import TrainingError, latest_complete_checkpoint, length_report, take_snapshot
 from storage.jobs import get_job, mark_orphans_interrupted, metrics_of
 from storage.registry import model_by_name

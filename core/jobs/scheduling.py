@@ -27,6 +27,7 @@ from storage.jobs import (
     create_job,
     finish_job,
     get_job,
+    job_dir,
     mark_orphans_interrupted,
     mark_started,
     next_queued_job,
@@ -42,10 +43,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # core/jobs/scheduling.py ->
 
 class JobError(ValueError):
     pass
-
-
-def job_dir(store: Store, job_id: int) -> Path:
-    return store.data_dir / "jobs" / f"job-{job_id}"
 
 
 def worker_command(job_id: int, *, gpus: int) -> list[str]:

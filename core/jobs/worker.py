@@ -17,7 +17,7 @@ from core.loop.evaluation import evaluate_before_retrain
 from core.loop.rescore import rescore_queue
 from core.loop.retraining import after_training
 from core.training.config import TrainingConfig
-from core.jobs.scheduling import job_dir
+from storage.jobs import job_dir
 from core.process.training import is_step_training, run_step_training
 from core.training.trainer import TrainingError, run_training
 from storage.engine import Store
@@ -96,8 +96,6 @@ def execute_job(store: Store, job_id: int, *, cancel_flag: list[bool] | None = N
 def _rescore(store: Store, job, *, log=print) -> int:  # noqa: ANN001
     """A rescore job of the loop: order a dataset's queue by its model's margins (or its ensemble's
     disagreement; the fitted heads are kept in the job's folder as ``ensemble-heads.pt``)."""
-    from core.jobs.scheduling import job_dir
-
     return _dataset_job(store, job, lambda dataset: rescore_queue(store, dataset, log=log,
                                                                   work_dir=job_dir(store, job.id)))
 

@@ -87,3 +87,23 @@ def choose_pair(rule: str, completion_ids: list[int], open_pairs: list[tuple[int
         raise ValueError(f"acquisition must be one of {', '.join(ACQUISITIONS[1:])} to choose a pair, got {rule!r}")
     return PairChoice(pair, rule, params, {c: float(mean[column[c]]) for c in completion_ids},
                       {c: float(std[column[c]]) for c in completion_ids})
+
+
+def explain_choice(entry: dict[str, Any]) -> str:
+    """Why the rescore served this pair, in the rule's own numbers, from one entry of a rescore job's
+    acquisition.json (``pair``, ``rule``, ``params``, ``mean`` and ``std`` per completion, ``held_back``)."""
+    a, b = entry["pair"]
+    mean = {int(c): v for c, v in entry["mean"].items()}
+    std = {int(c): v for c, v in entry["std"].items()}
+    others = len(entry.get("held_back", []))
+    side = f"#{a}: mean {mean[a]:+.3f} ± {std[a]:.3f}, #{b}: mean {mean[b]:+.3f} ± {std[b]:.3f}"
+    if entry["rule"] == "margin":
+        return f"smallest margin |{mean[a]:+.3f} − {mean[b]:+.3f}| = {abs(mean[a] - mean[b]):.3f} of {others + 1} open pairs"
+    if entry["rule"] == "delta-ucb":
+        beta = entry["params"].get("beta", DELTA_UCB_BETA)
+        gap = max(mean[a] + beta * std[a] - (mean[b] - beta * std[b]), mean[b] + beta * std[b] - (mean[a] - beta * std[a]))
+        return f"largest optimistic gap {gap:.3f} (beta {beta}) of {others + 1} open pairs; {side}"
+    if entry["rule"] == "dts":
+        first, second = entry["params"].get("members", [None, None])
+        return f"Thompson draws: head {first} ranks one side highest, head {second} its best open partner; {side}"
+    return f"a seeded random pick of {others + 1} open pairs (the control)"

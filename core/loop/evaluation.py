@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.limits import MAX_EVALUATED_PAIRS
+from core.limits import MAX_ACQUISITION_ROWS_SHOWN, MAX_EVALUATED_PAIRS
 from core.accounts import Actor, Permission
 from core.loop.rescore import scorer_for
 from core.loop.settings import LoopStatus, loop_status_of
@@ -45,6 +45,21 @@ class LoopReport:
     calibration: list[dict[str, float]] = field(default_factory=list)  # {"predicted", "observed", "pairs"}
     human_ceiling: float | None = None  # agreement of two humans on pairs with 2+ votes
     history: list[dict[str, Any]] = field(default_factory=list)  # earlier evaluations
+    # Why the last rescore served each chosen pair (acquisition set): the newest MAX_ACQUISITION_ROWS_SHOWN prompts.
+    chosen_pairs: list[ChosenPair] = field(default_factory=list)
+    chosen_total: int = 0  # chosen pairs in that rescore, shown or not
+    chosen_by_job: int | None = None  # the rescore job that chose them
+
+
+@dataclass(frozen=True)
+class ChosenPair:
+    item_id: int
+    prompt_id: int
+    pair: tuple[int, int]  # completion ids
+    rule: str
+    why: str  # the rule's numbers (core.loop.acquisition.explain_choice)
+    held_back: int  # the prompt's other open pairs, served after every chosen pair
+    still_open: bool  # not labeled (or archived) since
 
 
 def loop_report(store: Store, actor: Actor, dataset: str | None, *, evaluate: bool = False) -> LoopReport | None:
@@ -71,9 +86,34 @@ def loop_report(store: Store, actor: Actor, dataset: str | None, *, evaluate: bo
     versions = [VersionPoint(r.name, r.n_pairs or 0, r.eval_accuracy, r.name == current, r.created_at.isoformat())
                 for r in records]
     report = LoopReport(status, versions, [ArmResult(arm, n, 0, None) for arm, n in counts.items()], history=history)
+    _read_chosen_pairs(store, dataset, report)
     if evaluate and current:
         _evaluate(store, target.id, dataset, current, report)
     return report
+
+
+def _read_chosen_pairs(store: Store, dataset: str, report: LoopReport) -> None:
+    """The last rescore job's choices (its acquisition.json), newest prompts first, with whether each is still open."""
+    import json
+
+    from storage.jobs import job_dir
+    from core.loop.acquisition import explain_choice
+    from storage.loop import last_succeeded_loop_job, open_item_flags
+
+    with store.read() as session:
+        job = last_succeeded_loop_job(session, dataset, "rescore")
+    record_file = None if job is None else job_dir(store, job.id) / "acquisition.json"
+    if record_file is None or not record_file.is_file():
+        return  # no rescore yet, or one that served every pair
+    chosen = json.loads(record_file.read_text())["chosen"]
+    newest = sorted(chosen.items(), key=lambda kv: -kv[1]["prompt_id"])[:MAX_ACQUISITION_ROWS_SHOWN]
+    with store.read() as session:
+        still_open = open_item_flags(session, [int(item) for item, _ in newest])
+    report.chosen_by_job, report.chosen_total = job.id, len(chosen)
+    report.chosen_pairs = [ChosenPair(int(item), entry["prompt_id"], tuple(entry["pair"]), entry["rule"],
+                                      explain_choice(entry), len(entry.get("held_back", [])),
+                                      still_open.get(int(item), False))
+                           for item, entry in newest]
 
 
 def evaluate_before_retrain(store: Store, dataset: str) -> str | None:

@@ -50,6 +50,7 @@ class FrozenEncoder:
         if cache_file is not None and cache_file.exists():
             self.cache = torch.load(cache_file)
         self.cache_misses = 0
+        self.asked: set[str] = set()  # the keys this job asked for: what the dataset still needs
 
     @staticmethod
     def key(prompt: Any, response: str) -> str:
@@ -62,6 +63,7 @@ class FrozenEncoder:
 
         missing = list(dict.fromkeys(self.key(p, r) for p, r in examples if self.key(p, r) not in self.cache))
         todo = {self.key(p, r): (p, r) for p, r in examples}
+        self.asked.update(todo)
         for start in range(0, len(missing), ENCODE_BATCH):
             batch = [todo[k] for k in missing[start:start + ENCODE_BATCH]]
             pairs = [(prompt_text(p), r) for p, r in batch]
@@ -78,15 +80,21 @@ class FrozenEncoder:
         return [self.cache[self.key(p, r)] for p, r in examples]
 
     def save_cache(self) -> None:
-        """Write the cache whole (a temporary file renamed over the old one)."""
+        """Write the features this job asked for (a temporary file renamed over the old one). A rescore asks for
+        every open item's and every labeled pair's texts, so what it did not ask for (items labeled away, archived or
+        deleted since) is dropped: the cache follows the dataset instead of growing with every text it ever held."""
         import torch
 
         if self.cache_file is None:
             return
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         staging = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(self.cache, staging)
+        torch.save({k: v for k, v in self.cache.items() if k in self.asked}, staging)
         staging.replace(self.cache_file)
+        # Another encoder's cache of this dataset is stale once this one ranks the queue.
+        for other in self.cache_file.parent.glob(self.cache_file.name.split("-")[0] + "-*.pt"):
+            if other != self.cache_file:
+                other.unlink(missing_ok=True)
 
 
 def prompt_text(prompt: Any) -> str:
