@@ -198,6 +198,19 @@ def run_cli(*args: str, db_url: str, stdin: str | None = None) -> subprocess.Com
     )
 
 
+def add_users(db_url: str, roles: dict[str, str], password: str) -> None:
+    """Accounts for a test's setup, made in this process by the function ``adduser`` calls (a process per
+    account cost ~3 s of interpreter start each; tests/test_accounts_admin.py runs the command itself)."""
+    from core.accounts import add_user
+
+    store = Store(db_url)
+    try:
+        for name, role in roles.items():
+            add_user(store, name, role, password)
+    finally:
+        store.dispose()
+
+
 def run_worker_on_two_processes(db_url: str, job_id: int) -> subprocess.CompletedProcess:
     """Job ``job_id``'s worker launched as two ranks, ``python -m torch.distributed.run --nproc_per_node 2``
     (gloo on CPU, one thread each), as several GPUs run it."""

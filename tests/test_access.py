@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import run_cli, start_app
+from conftest import add_users, run_cli, start_app
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -30,8 +30,7 @@ def secured_app(tmp_path_factory, module_db_url):
     (folder / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
     for source in ("c.jsonl", "p.jsonl"):
         assert run_cli("import", str(folder / source), db_url=db_url).returncode == 0
-    for name, role in ROLES.items():
-        assert run_cli("adduser", name, "--role", role, "--password", PASSWORD, db_url=db_url).returncode == 0
+    add_users(db_url, ROLES, PASSWORD)
     (folder / "models" / "secret-model").mkdir(parents=True)
     (folder / "models" / "secret-model" / "config.json").write_text('{"secret": true}')
     from storage.engine import Store

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import run_cli, sql, start_app
+from conftest import add_users, run_cli, sql, start_app
 
 from core.accounts import (
     AccountError,
@@ -180,8 +180,7 @@ def test_an_admin_can_add_change_reset_disable_and_re_enable_an_account(store):
 @pytest.fixture(scope="module")
 def accounts_app(tmp_path_factory, module_db_url):
     folder = tmp_path_factory.mktemp("accounts-app")
-    for name, role in (("boss", "admin"), ("ann", "annotator"), ("bob", "annotator")):
-        assert run_cli("adduser", name, "--role", role, "--password", PASSWORD, db_url=module_db_url).returncode == 0
+    add_users(module_db_url, {"boss": "admin", "ann": "annotator", "bob": "annotator"}, PASSWORD)
     rows = [{"prompt": f"Q{i}?", "completions": [f"a{i}", f"b{i}"]} for i in range(5)]
     (folder / "c.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert run_cli("import", str(folder / "c.jsonl"), db_url=module_db_url).returncode == 0

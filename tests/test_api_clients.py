@@ -6,7 +6,7 @@ import json
 import threading
 
 import pytest
-from conftest import run_cli, start_app
+from conftest import add_users, run_cli, start_app
 from sqlalchemy import func, select
 
 from storage.engine import Store
@@ -23,8 +23,7 @@ def api_app(db_url, tmp_path):
     source = tmp_path / "queue.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert run_cli("import", str(source), db_url=db_url).returncode == 0
-    for name in ("ann", "bob"):
-        assert run_cli("adduser", name, "--role", "annotator", "--password", PASSWORD, db_url=db_url).returncode == 0
+    add_users(db_url, {"ann": "annotator", "bob": "annotator"}, PASSWORD)
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")
     yield app
     app.process.terminate()
@@ -107,8 +106,7 @@ def ranking_app(db_url, tmp_path):
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert run_cli("import", str(source), "--dataset", "rk", "--question", "ranking", db_url=db_url).returncode == 0
     assert run_cli("datasets", "rk", "--overlap", "2", db_url=db_url).returncode == 0
-    for name in ("ann", "bob"):
-        assert run_cli("adduser", name, "--role", "annotator", "--password", PASSWORD, db_url=db_url).returncode == 0
+    add_users(db_url, {"ann": "annotator", "bob": "annotator"}, PASSWORD)
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")
     yield app
     app.process.terminate()

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import run_cli, save_screenshot, start_app
+from conftest import add_users, run_cli, save_screenshot, start_app
 from sqlalchemy import select
 
 from storage.engine import Store
@@ -23,9 +23,7 @@ def _prepare(db_url: str, tmp_path: Path, rows: list[dict]) -> None:
     source = tmp_path / "candidates.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert run_cli("import", str(source), db_url=db_url).returncode == 0
-    for name, role in (("ann", "annotator"), ("bob", "annotator"), ("boss", "admin")):
-        done = run_cli("adduser", name, "--role", role, "--password", PASSWORD, db_url=db_url)
-        assert done.returncode == 0, done.stderr
+    add_users(db_url, {"ann": "annotator", "bob": "annotator", "boss": "admin"}, PASSWORD)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import run_cli, start_app
+from conftest import add_users, run_cli, start_app
 
 from storage.engine import Store
 from storage.models import Label, User
@@ -42,8 +42,7 @@ def test_sigkill_while_labeling_loses_no_acknowledged_label(db_url, tmp_path, ca
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert run_cli("import", str(source), db_url=db_url).returncode == 0
     names = [f"annotator{n}" for n in range(CLIENTS)]
-    for name in names:
-        assert run_cli("adduser", name, "--role", "annotator", "--password", PASSWORD, db_url=db_url).returncode == 0
+    add_users(db_url, dict.fromkeys(names, "annotator"), PASSWORD)
 
     acknowledged: set[tuple[str, int]] = set()
     lock = threading.Lock()

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import run_cli, sql, start_app
+from conftest import add_users, run_cli, sql, start_app
 
 from core.accounts import AccountError, add_user, change_role, disable_account, operator_actor, set_password
 from core.sessions import session_user, start_session
@@ -131,9 +131,8 @@ def test_every_gradio_route_that_names_an_event_or_a_session_is_guarded(store):
 @pytest.fixture(scope="module")
 def sessions_app(tmp_path_factory, module_db_url):
     folder = tmp_path_factory.mktemp("sessions-app")
-    for name, role in (("boss", "admin"), ("ann", "annotator"), ("bob", "annotator"), ("cid", "annotator"),
-                       ("eve", "engineer")):
-        assert run_cli("adduser", name, "--role", role, "--password", PASSWORD, db_url=module_db_url).returncode == 0
+    add_users(module_db_url, {"boss": "admin", "ann": "annotator", "bob": "annotator", "cid": "annotator",
+                              "eve": "engineer"}, PASSWORD)
     rows = [{"prompt": f"Q{i}?", "completions": [f"a{i}", f"b{i}"]} for i in range(6)]
     (folder / "c.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert run_cli("import", str(folder / "c.jsonl"), db_url=module_db_url).returncode == 0
