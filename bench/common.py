@@ -101,7 +101,7 @@ def line_chart_svg(panels: list[dict], path: Path, width: int = 420, height: int
         parts += [f'<text x="{x_of(0) - 4:.1f}" y="{y_of(t) + 4:.1f}" text-anchor="end" font-size="10">'
                   f'{format(t, y_format)}</text>' for t in (y_low, (y_low + y_top) / 2, y_top)]
         xs = sorted({x for x, _ in points})
-        shown = xs[len(xs) % 2 - 1::2] if len(xs) > 10 else xs  # every other label when crowded, the last one kept
+        shown = xs[(len(xs) - 1) % 2::2] if len(xs) > 10 else xs  # every other label when crowded, the last one kept
         parts += [f'<text x="{x_of(x):.1f}" y="{y_of(y_low) + 14:.1f}" text-anchor="middle" font-size="10">{x:,.0f}</text>'
                   for x in shown]
         for row, (name, (colour, values)) in enumerate(panel["series"].items()):
