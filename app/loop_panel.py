@@ -97,7 +97,8 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
         evaluate = gr.Button("Evaluate the promoted model on labels it has not seen", size="sm", elem_id="loop-evaluate")
         arms = gr.Dataframe(headers=ARM_HEADERS, interactive=False, elem_id="loop-arms")
         chosen_note = gr.Markdown(elem_id="loop-chosen-note")
-        chosen = gr.Dataframe(headers=CHOSEN_HEADERS, interactive=False, elem_id="loop-chosen")
+        chosen_table = gr.Dataframe(headers=CHOSEN_HEADERS, interactive=False, wrap=True, elem_id="loop-chosen",
+                                    column_widths=["9%", "7%", "11%", "9%", "46%", "8%", "10%"])
         reliability = gr.Plot(elem_id="loop-reliability")
         with gr.Accordion("Loop settings (admins)", open=False, elem_id="loop-settings"):
             with gr.Row():
@@ -136,7 +137,7 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
                    arms: [[a.arm, a.labels, a.fresh_pairs, "n/a" if a.accuracy is None else f"{a.accuracy:.3f}"]
                           for a in report.arms],
                    chosen_note: _chosen_note(report),
-                   chosen: [[f"#{c.item_id}", c.prompt_id, f"#{c.pair[0]} vs #{c.pair[1]}", c.rule, c.why, c.held_back,
+                   chosen_table: [[f"#{c.item_id}", c.prompt_id, f"#{c.pair[0]} vs #{c.pair[1]}", c.rule, c.why, c.held_back,
                              "open" if c.still_open else "labeled"] for c in report.chosen_pairs],
                    order: s.order, uncertainty: s.uncertainty, model: s.model or "", random_fraction: s.random_fraction,
                    retrain_every: s.retrain_every or 0, tolerance: s.promotion_tolerance, min_heldout: s.min_heldout_pairs,
@@ -173,7 +174,7 @@ def render_loop_panel(store: Store, dataset: gr.Dropdown, tab: gr.Tab | None = N
             return {saved: f"**Not saved.** {html.escape(str(error))}"}
         return {**show(chosen, request), saved: "Saved." + "".join(f" {html.escape(n)}." for n in result.notes)}
 
-    outputs = [status, curve, arms, chosen_note, chosen, reliability, *form]
+    outputs = [status, curve, arms, chosen_note, chosen_table, reliability, *form]
     save.click(save_loop_settings, inputs=[dataset, *form], outputs=[*outputs, saved], api_visibility="private", api_name="save_loop_settings")
     dataset.input(show_loop, inputs=dataset, outputs=outputs, api_visibility="private", api_name="show_loop")
     if tab is not None:

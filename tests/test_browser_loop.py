@@ -114,7 +114,7 @@ def test_labels_trigger_a_retrain_and_the_loop_page_shows_versions_and_reliabili
         page.locator("#loop-refit-every input").fill("2")
         expect(page.locator("#loop-refit-every input")).to_have_value("2")
         page.locator("#loop-save").click()
-        page.locator("#loop-saved").get_by_text("queue encoder None → seed-rm").wait_for()
+        page.locator("#loop-saved").get_by_text("queue encoder none → seed-rm").wait_for()
         (stored,), = sql(store, "SELECT value FROM setting WHERE key = 'loop_queue_encoder'")
         assert json.loads(stored) == {"loop": {"folder": "seed-rm", "refit_every": 2}}
         page.locator("#loop-status").get_by_text("ranked by the frozen queue encoder seed-rm").wait_for()

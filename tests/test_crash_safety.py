@@ -1,6 +1,6 @@
 """Nothing acknowledged is lost: the real server is killed with SIGKILL while 8 clients label through
 the API, then restarted; every label whose submit returned is there exactly once, the database
-passes its integrity check, and the queue carries on. Five kills, at different moments after labels start
+passes its integrity check, and the queue carries on. Three kills, at different moments after labels start
 flowing; each run must have acknowledged labels, so a run that checked nothing fails."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from storage.models import Label, User
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 PASSWORD = "correct horse battery"
 CLIENTS = 8
-KILL_AFTER_SECONDS = (1.0, 2.0, 3.0, 4.5, 6.0)
+KILL_AFTER_SECONDS = (1.0, 3.0, 6.0)  # early, middle and late in a run (five kills cost ~40 s more per pass for no new case)
 
 
 def _labels(db_url: str) -> list[tuple[str, int]]:

@@ -96,7 +96,7 @@ def explain_choice(entry: dict[str, Any]) -> str:
     mean = {int(c): v for c, v in entry["mean"].items()}
     std = {int(c): v for c, v in entry["std"].items()}
     others = len(entry.get("held_back", []))
-    side = f"#{a}: mean {mean[a]:+.3f} ± {std[a]:.3f}, #{b}: mean {mean[b]:+.3f} ± {std[b]:.3f}"
+    side = f"#{a} {mean[a]:+.3f} ± {std[a]:.3f} vs #{b} {mean[b]:+.3f} ± {std[b]:.3f} (mean ± spread of the heads)"
     if entry["rule"] == "margin":
         return f"smallest margin |{mean[a]:+.3f} − {mean[b]:+.3f}| = {abs(mean[a] - mean[b]):.3f} of {others + 1} open pairs"
     if entry["rule"] == "delta-ucb":

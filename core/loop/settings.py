@@ -180,7 +180,8 @@ def configure_loop(store: Store, actor: Actor, dataset: str, settings: LoopSetti
             queued = queue_loop_job(session, dataset, "rescore", {})
             notes.append(f"rescore job {queued} queued: the queue is ordered by the new scores when it finishes")
         shown_after = _shown_settings(session, target)
-        changed = [f"{label} {shown_before[label]} → {value}" for label, value in shown_after.items()
+        changed = [f"{label} {'none' if shown_before[label] is None else shown_before[label]} → "
+                   f"{'none' if value is None else value}" for label, value in shown_after.items()
                    if value != shown_before[label]]
         # Say what changed, so a form sent with stale values reads "nothing changed" rather than a bare "saved".
         notes.insert(0, "changed: " + ", ".join(changed) if changed else "nothing changed")
