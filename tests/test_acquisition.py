@@ -105,7 +105,8 @@ def test_delta_ucb_serves_each_prompts_largest_optimistic_gap_first_and_holds_th
     # The loop page says why each chosen pair is served, in the rule's numbers (the gap worked by hand above).
     from core.loop.evaluation import loop_report
 
-    report = loop_report(store, actor_for(store, None), "cands")
+    add_user(store, "lead", "engineer", "long enough pw")
+    report = loop_report(store, actor_for(store, "lead"), "cands")
     assert {c.item_id for c in report.chosen_pairs} == expected and report.chosen_total == PROMPTS
     for chosen in report.chosen_pairs:
         assert chosen.rule == "delta-ucb" and chosen.held_back == 5 and chosen.still_open

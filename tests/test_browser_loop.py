@@ -109,7 +109,7 @@ def test_labels_trigger_a_retrain_and_the_loop_page_shows_versions_and_reliabili
         page.locator("#loop-queue-encoder textarea").fill("no-such-encoder")
         page.locator("#loop-save").click()
         page.locator("#loop-saved").get_by_text("no registered model or folder inside the models folder").wait_for()
-        assert sql(store, "SELECT count(*) FROM setting WHERE key = 'loop_queue_encoder'") == [(0,)]
+        assert "loop" not in json.loads(sql(store, "SELECT value FROM setting WHERE key = 'loop_queue_encoder'")[0][0])
         page.locator("#loop-queue-encoder textarea").fill("seed-rm")
         page.locator("#loop-refit-every input").fill("2")
         expect(page.locator("#loop-refit-every input")).to_have_value("2")
