@@ -77,12 +77,19 @@ def human_label_counts(session: Session) -> dict[str, int]:
     ).all())
 
 
+def _loop_jobs(session: Session, dataset: str, kind: str, statuses: list[JobStatus], *, newest_first: bool = False):  # noqa: ANN202
+    """The loop's jobs of ``kind`` for ``dataset`` in one of ``statuses``, oldest first unless ``newest_first``
+    (the dataset is in the job's config, so the filter on it runs here)."""
+    order = TrainingJob.id.desc() if newest_first else TrainingJob.id
+    return (job for job in session.execute(
+        select(TrainingJob).where(TrainingJob.kind == kind, TrainingJob.status.in_([s.value for s in statuses]))
+        .order_by(order)
+    ).scalars() if (job.config or {}).get("loop_dataset") == dataset)
+
+
 def loop_job_active(session: Session, dataset: str, kind: str) -> bool:
     """Whether a job of ``kind`` for ``dataset`` is queued or running."""
-    return any((job.config or {}).get("loop_dataset") == dataset for job in session.execute(
-        select(TrainingJob).where(TrainingJob.kind == kind,
-                                  TrainingJob.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
-    ).scalars())
+    return next(_loop_jobs(session, dataset, kind, [JobStatus.QUEUED, JobStatus.RUNNING]), None) is not None
 
 
 def loop_datasets(session: Session) -> list[Dataset]:
@@ -94,24 +101,12 @@ def loop_datasets(session: Session) -> list[Dataset]:
 
 def pending_loop_job(session: Session, dataset: str, kind: str) -> TrainingJob | None:
     """The loop's queued job of ``kind`` for ``dataset``, if one waits."""
-    for job in session.execute(
-        select(TrainingJob).where(TrainingJob.status == JobStatus.QUEUED.value, TrainingJob.kind == kind)
-        .order_by(TrainingJob.id)
-    ).scalars():
-        if (job.config or {}).get("loop_dataset") == dataset:
-            return job
-    return None
+    return next(_loop_jobs(session, dataset, kind, [JobStatus.QUEUED]), None)
 
 
 def last_succeeded_loop_job(session: Session, dataset: str, kind: str) -> TrainingJob | None:
     """The loop's newest job of ``kind`` for ``dataset`` that succeeded, if any."""
-    for job in session.execute(
-        select(TrainingJob).where(TrainingJob.status == JobStatus.SUCCEEDED.value, TrainingJob.kind == kind)
-        .order_by(TrainingJob.id.desc())
-    ).scalars():
-        if (job.config or {}).get("loop_dataset") == dataset:
-            return job
-    return None
+    return next(_loop_jobs(session, dataset, kind, [JobStatus.SUCCEEDED], newest_first=True), None)
 
 
 def open_item_flags(session: Session, item_ids: list[int]) -> dict[int, bool]:
