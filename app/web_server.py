@@ -43,7 +43,7 @@ def start_demo_model_training(store: Store) -> None:
     out = model_folder(store, DEMO_MODEL_NAME)
     log = open(store.data_dir / "demo-model.log", "w")  # noqa: SIM115 (the child writes to it)
     subprocess.Popen(
-        [sys.executable, "-m", "core.training.demo_model", "--out", str(out)],
+        [sys.executable, "-m", "core.training.demo_model", "--out", str(out), "--parent-pid", str(os.getpid())],
         cwd=PROJECT_ROOT, env=worker_environment(store), stdout=log, stderr=subprocess.STDOUT,
     )
     print(f"training the demo reward model in the background (log: {log.name})")

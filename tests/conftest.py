@@ -289,15 +289,57 @@ def start_app(db_url: str, log_path: Path, *extra: str, env: dict[str, str] | No
     raise RuntimeError(f"the app did not start within 90 s:\n{app.log()}")
 
 
-@pytest.fixture
-def running_app(db_url: str, tmp_path: Path) -> RunningApp:
-    app = start_app(db_url, tmp_path / "app.log")
-    yield app
+@pytest.fixture(scope="session")
+def trained_demo_model(tmp_path_factory) -> tuple[Path, dict[str, float]]:  # noqa: ANN001
+    """The demo reward model exactly as a fresh app trains it (``train_demo_reward_model``), trained once per
+    session (~25 CPU-s) and returned with its metrics: the apps the browser tests start get a registered copy
+    (``install_demo_model``) instead of training one each in the background.
+    tests/test_browser_inspect.py::test_inspect_a_demo_pair keeps the fresh start's own training."""
+    from core.training.demo_model import DEMO_MODEL_NAME, train_demo_reward_model
+
+    folder = tmp_path_factory.mktemp("demo-model") / DEMO_MODEL_NAME
+    return folder, train_demo_reward_model(folder)
+
+
+def install_demo_model(db_url: str, trained: tuple[Path, dict[str, float]]) -> None:
+    """Copy the session's demo model into the store's models folder and register it, as the app's
+    background training ends (``register_demo_model``)."""
+    from core.model_folders import model_folder
+    from core.training.demo_model import DEMO_MODEL_NAME, register_demo_model
+
+    folder, metrics = trained
+    store = Store(db_url)
+    try:
+        target = model_folder(store, DEMO_MODEL_NAME)
+        shutil.copytree(folder, target, ignore=shutil.ignore_patterns("run"))
+        assert register_demo_model(store, target, metrics)
+    finally:
+        store.dispose()
+
+
+def stop_app(app: RunningApp) -> None:
     app.process.terminate()
     try:
         app.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         app.process.kill()
+
+
+@pytest.fixture
+def running_app(db_url: str, tmp_path: Path, trained_demo_model) -> RunningApp:  # noqa: ANN001
+    """The app as a user starts it (demo data, the demo model), on the test's store."""
+    install_demo_model(db_url, trained_demo_model)
+    app = start_app(db_url, tmp_path / "app.log")
+    yield app
+    stop_app(app)
+
+
+@pytest.fixture
+def fresh_app(db_url: str, tmp_path: Path) -> RunningApp:
+    """The app's first start on an empty store: it loads the demo data and trains the demo model itself."""
+    app = start_app(db_url, tmp_path / "app.log")
+    yield app
+    stop_app(app)
 
 
 @pytest.fixture(scope="session")

@@ -27,8 +27,8 @@ def wait_for_demo_model(db_url: str, seconds: float = 240) -> str:
     raise AssertionError("the demo reward model was not registered in time")
 
 
-def test_inspect_a_demo_pair(running_app, page, db_url):
-    page.goto(running_app.url)  # before the demo model is registered: opening the tab lists it, no button needed
+def test_inspect_a_demo_pair(fresh_app, page, db_url):
+    page.goto(fresh_app.url)  # before the demo model is registered: opening the tab lists it, no button needed
     page.get_by_role("tab", name="Label").wait_for()
     name = wait_for_demo_model(db_url)
     page.get_by_role("tab", name="Inspect").click()

@@ -11,16 +11,13 @@ from core.data.importer import import_rows
 from core.labeling.actions import next_comparison
 from core.scoring.diagnostics import Diagnostics, _health, compare_models, diagnose, send_for_review
 from core.scoring.engine import RewardScorer
-from core.training.demo_model import train_demo_reward_model
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> RewardScorer:
-    folder = tmp_path_factory.mktemp("demo") / "model"
-    train_demo_reward_model(folder, steps=60)
-    return RewardScorer(folder, device="cpu")
+def trained(trained_demo_model) -> RewardScorer:  # noqa: ANN001
+    return RewardScorer(trained_demo_model[0], device="cpu")
 
 
 def swapped(row: dict) -> dict:

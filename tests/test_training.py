@@ -322,3 +322,26 @@ def test_the_train_charts_have_axes_and_say_what_an_empty_panel_waits_for():
     assert figure.layout.xaxis.title.text == "step" and figure.layout.yaxis.title.text == "loss"
     assert [a.text for a in _figure({}).layout.annotations if a.text.startswith("waiting")][0] == \
         "waiting for the first logged step"
+
+
+def test_the_demo_training_stops_when_the_app_that_started_it_is_gone(tmp_path):
+    """The app trains the demo model in a child process; stopped, the app leaves no orphan running on.
+    Here the starting process exits at once: the child must end on its own well before training could."""
+    import subprocess
+
+    from conftest import PROJECT_ROOT
+
+    out = tmp_path / "demo"
+    starter = ("import os, subprocess, sys; "
+               "child = subprocess.Popen([sys.executable, '-m', 'core.training.demo_model', '--db', sys.argv[1], "
+               "'--out', sys.argv[2], '--parent-pid', str(os.getpid())]); print(child.pid)")
+    done = subprocess.run([sys.executable, "-c", starter, f"sqlite:///{tmp_path / 's.db'}", str(out)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    child = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child}") and \
+            not open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{child}") or \
+        open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", "the demo training outlived its app"
+    assert not (out / "model.safetensors").exists()

@@ -136,29 +136,56 @@ def train_demo_reward_model(out_dir: Path, *, steps: int = 80, seed: int = 0) ->
     return {"accuracy": float(metrics["eval_accuracy"]), "margin": float(metrics.get("eval_margin", 0.0))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m core.training.demo_model --db URL --out DIR``: train the demo model and register it."""
-    import argparse
-
-    from storage.engine import Store
+def register_demo_model(store, folder: Path, metrics: dict[str, float]) -> bool:  # noqa: ANN001
+    """Register the trained demo model at ``folder`` in ``store``; False when a model of that name is
+    already there (a second app start raced this one)."""
     from storage.registry import RegistryError, register_model
 
-    parser = argparse.ArgumentParser(description="Train and register the offline demo reward model.")
-    parser.add_argument("--db", default=None, help="store URL (default: $REWARDLAB_DB, which the app sets)")
-    parser.add_argument("--out", required=True, type=Path)
-    args = parser.parse_args(argv)
-    metrics = train_demo_reward_model(args.out)
     try:
-        with Store(args.db).write() as session:
+        with store.write() as session:
             register_model(
-                session, name=DEMO_MODEL_NAME, path=str(args.out.resolve()), base_model="tiny Qwen3 built locally",
+                session, name=DEMO_MODEL_NAME, path=str(Path(folder).resolve()), base_model="tiny Qwen3 built locally",
                 config={"trained_on": "demo preference pairs", "note": "a demo model, trained on its evaluation data"},
                 n_pairs=14, eval_accuracy=metrics["accuracy"], eval_margin=metrics["margin"],
             )
     except RegistryError as error:
         print(f"not registered: {error}")
-        return 0
-    print(f"registered {DEMO_MODEL_NAME} at {args.out} ({metrics})")
+        return False
+    return True
+
+
+def _exit_when_parent_exits(parent_pid: int) -> None:
+    """The app starts this training in the background; once the app stops, the training stops too instead
+    of running on as an orphan (the next start trains again, since nothing was registered)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-app", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m core.training.demo_model --db URL --out DIR``: train the demo model and register it."""
+    import argparse
+
+    from storage.engine import Store
+
+    parser = argparse.ArgumentParser(description="Train and register the offline demo reward model.")
+    parser.add_argument("--db", default=None, help="store URL (default: $REWARDLAB_DB, which the app sets)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="stop when the process with this id (the app that started the training) stops")
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        _exit_when_parent_exits(args.parent_pid)
+    metrics = train_demo_reward_model(args.out)
+    if register_demo_model(Store(args.db), args.out, metrics):
+        print(f"registered {DEMO_MODEL_NAME} at {args.out} ({metrics})")
     return 0
 
 
