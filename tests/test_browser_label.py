@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import add_users, run_cli, save_screenshot, start_app
+from conftest import add_users, run_cli, save_screenshot, start_app, stop_app
 from sqlalchemy import select
 
 from storage.engine import Store
@@ -19,21 +19,28 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.postgres]
 PASSWORD = "correct horse battery"
 
 
-def _prepare(db_url: str, tmp_path: Path, rows: list[dict]) -> None:
-    source = tmp_path / "candidates.jsonl"
+def _prepare(db_url: str, folder: Path, rows: list[dict], roles: dict[str, str]) -> None:
+    source = folder / "candidates.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert run_cli("import", str(source), db_url=db_url).returncode == 0
-    add_users(db_url, {"ann": "annotator", "bob": "annotator", "boss": "admin"}, PASSWORD)
+    add_users(db_url, roles, PASSWORD)
 
 
-@pytest.fixture
-def team_app(db_url, tmp_path):
-    rows = [{"prompt": f"Question {i}?", "completions": [f"Answer A{i}", f"Answer B{i}"]} for i in range(30)]
-    _prepare(db_url, tmp_path, rows)
-    app = start_app(db_url, tmp_path / "app.log", "--no-demo")
+# One app for the team tests: each test logs in as accounts of its own, since labels, leases and the
+# guidelines' "first visit" are per account (an app start costs ~10 CPU-s; CI has a budget).
+TEAM = {"ann": "annotator", "cara": "annotator", "dan": "annotator", "eve": "annotator", "fay": "annotator",
+        "boss": "admin"}
+
+
+@pytest.fixture(scope="module")
+def team_app(module_db_url, tmp_path_factory):  # noqa: ANN001
+    folder = tmp_path_factory.mktemp("team")
+    rows = [{"prompt": f"Question {i}?", "completions": [f"Answer A{i}", f"Answer B{i}"]} for i in range(40)]
+    _prepare(module_db_url, folder, rows, TEAM)
+    app = start_app(module_db_url, folder / "app.log", "--no-demo", env={"REWARDLAB_DATA_DIR": str(folder / "data")})
+    app.db_url = module_db_url
     yield app
-    app.process.terminate()
-    app.process.wait(timeout=10)
+    stop_app(app)
 
 
 def login(page, url: str, name: str, password: str = PASSWORD) -> None:  # noqa: ANN001
@@ -75,8 +82,8 @@ def test_login_is_required_and_a_wrong_password_is_refused(team_app, page):
     assert "ann" in page.locator("#label-progress").inner_text()
 
 
-def test_label_with_clicks_and_keys_undo_and_change_from_history(team_app, page, db_url):
-    login(page, team_app.url, "ann")
+def test_label_with_clicks_and_keys_undo_and_change_from_history(team_app, page):
+    login(page, team_app.url, "cara")
     page.locator("#label-left .rl-response").wait_for()
     first = shown_comparison(page)
     page.locator("#btn-left").click()
@@ -96,7 +103,7 @@ def test_label_with_clicks_and_keys_undo_and_change_from_history(team_app, page,
     fourth = wait_for_next(page, third)
     save_screenshot(page, "label-tab")
 
-    labels = stored_labels(db_url, "ann")
+    labels = stored_labels(team_app.db_url, "cara")
     assert set(labels) == {first, second, third}
     assert labels[first].choice == labels[first].shown_left
     assert labels[second].choice != labels[second].shown_left and labels[second].strength == 1
@@ -105,11 +112,11 @@ def test_label_with_clicks_and_keys_undo_and_change_from_history(team_app, page,
 
     page.keyboard.press("u")
     page.locator("#label-status").get_by_text(f"Undone: #{third}").wait_for()
-    assert set(stored_labels(db_url, "ann")) == {first, second}
+    assert set(stored_labels(team_app.db_url, "cara")) == {first, second}
     page.locator("#btn-both-bad").click()
     after_undo = wait_for_next(page, third)
     assert after_undo == fourth
-    assert stored_labels(db_url, "ann")[third].choice == "both_bad"
+    assert stored_labels(team_app.db_url, "cara")[third].choice == "both_bad"
 
     page.get_by_text("My labels").click()
     page.locator("#label-history").get_by_text(str(first), exact=True).first.wait_for()
@@ -118,35 +125,35 @@ def test_label_with_clicks_and_keys_undo_and_change_from_history(team_app, page,
     page.locator("#label-current").get_by_text("changing your label").wait_for()
     page.locator("#btn-tie").click()
     page.locator("#label-status").get_by_text(f"Saved: #{first} → tie").wait_for()
-    labels = stored_labels(db_url, "ann")
+    labels = stored_labels(team_app.db_url, "cara")
     assert labels[first].choice == "tie" and len(labels) == 3
 
 
-def test_two_annotators_never_see_the_same_comparison(team_app, chromium, db_url):
+def test_two_annotators_never_see_the_same_comparison(team_app, chromium):
     pages = {}
-    for name in ("ann", "bob"):
+    for name in ("dan", "eve"):
         context = chromium.new_context(viewport={"width": 1300, "height": 900})
         pages[name] = context.new_page()
         login(pages[name], team_app.url, name)
         pages[name].locator("#label-left .rl-response").wait_for()
-    seen: dict[str, list[int]] = {"ann": [], "bob": []}
+    seen: dict[str, list[int]] = {"dan": [], "eve": []}
     for _ in range(6):
         current = {name: shown_comparison(page) for name, page in pages.items()}
-        assert current["ann"] != current["bob"]
+        assert current["dan"] != current["eve"]
         for name, page in pages.items():
             seen[name].append(current[name])
             page.locator("#btn-right").click()
         for name, page in pages.items():
             wait_for_next(page, current[name])
-    assert not set(seen["ann"]) & set(seen["bob"])
-    ann, bob = stored_labels(db_url, "ann"), stored_labels(db_url, "bob")
-    assert len(ann) == len(bob) == 6 and not set(ann) & set(bob)
+    assert not set(seen["dan"]) & set(seen["eve"])
+    dan, eve = stored_labels(team_app.db_url, "dan"), stored_labels(team_app.db_url, "eve")
+    assert len(dan) == len(eve) == 6 and not set(dan) & set(eve)
     for page in pages.values():
         page.context.close()
 
 
 def test_each_role_sees_its_tabs(team_app, page, chromium):
-    login(page, team_app.url, "ann")
+    login(page, team_app.url, "fay")
     page.locator("#label-left .rl-response").wait_for()
     page.wait_for_timeout(500)
     assert page.get_by_role("tab", name="Data").count() == 0
@@ -189,7 +196,7 @@ HOSTILE = [
 def test_hostile_completions_show_as_text_and_do_nothing(db_url, tmp_path, page):
     rows = [{"prompt": "<b onmouseover=alert(3)>Which is safer?</b>", "completions": [HOSTILE[i], HOSTILE[i + 1]]}
             for i in range(0, len(HOSTILE), 2)]
-    _prepare(db_url, tmp_path, rows)
+    _prepare(db_url, tmp_path, rows, {"ann": "annotator"})
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")
     try:
         dialogs, outside = [], []
