@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
-from conftest import add_users, run_cli, start_app
+from conftest import add_users, run_cli, start_app, stop_app
 from sqlalchemy import func, select
 
 from storage.engine import Store
@@ -15,19 +16,45 @@ from storage.models import Label, User
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 PASSWORD = "correct horse battery"
 COMPARISONS = 200
+RANKED_ITEMS = 12
+RANKERS = ("rank-ann", "rank-bob")
+
+
+def _queue_file(folder: Path) -> Path:
+    rows = [{"prompt": f"Prompt {i}", "completions": [f"first {i}", f"second {i}"]} for i in range(COMPARISONS)]
+    source = folder / "queue.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return source
 
 
 @pytest.fixture
-def api_app(db_url, tmp_path):
-    rows = [{"prompt": f"Prompt {i}", "completions": [f"first {i}", f"second {i}"]} for i in range(COMPARISONS)]
-    source = tmp_path / "queue.jsonl"
-    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert run_cli("import", str(source), db_url=db_url).returncode == 0
+def queue_app(db_url, tmp_path):
+    """An app whose whole queue the test labels: its own, since another test's lease would hold a comparison."""
+    assert run_cli("import", str(_queue_file(tmp_path)), db_url=db_url).returncode == 0
     add_users(db_url, {"ann": "annotator", "bob": "annotator"}, PASSWORD)
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")
     yield app
-    app.process.terminate()
-    app.process.wait(timeout=10)
+    stop_app(app)
+
+
+@pytest.fixture(scope="module")
+def api_app(module_db_url, tmp_path_factory):  # noqa: ANN001
+    """One app for the tests that take a few items each (an app start costs ~10 CPU-s): the pairs queue
+    (comparisons 1 to 200, imported first) and a ranking dataset "rk" of four completions per item, overlap 2,
+    for the rankers, who are accounts of their own."""
+    folder = tmp_path_factory.mktemp("api")
+    assert run_cli("import", str(_queue_file(folder)), db_url=module_db_url).returncode == 0
+    rows = [{"prompt": f"Rank {i}", "completions": [f"w{i}", f"x{i}", f"y{i}", f"z{i}"]} for i in range(RANKED_ITEMS)]
+    (folder / "rank.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert run_cli("import", str(folder / "rank.jsonl"), "--dataset", "rk", "--question", "ranking",
+                   db_url=module_db_url).returncode == 0
+    assert run_cli("datasets", "rk", "--overlap", "2", db_url=module_db_url).returncode == 0
+    add_users(module_db_url, {"ann": "annotator", "bob": "annotator", **dict.fromkeys(RANKERS, "annotator")},
+              PASSWORD)
+    app = start_app(module_db_url, folder / "app.log", "--no-demo", env={"REWARDLAB_DATA_DIR": str(folder / "data")})
+    app.db_url = module_db_url
+    yield app
+    stop_app(app)
 
 
 def client_for(app, name: str):  # noqa: ANN001, ANN201
@@ -36,13 +63,13 @@ def client_for(app, name: str):  # noqa: ANN001, ANN201
     return Client(app.url, auth=(name, PASSWORD), verbose=False)
 
 
-def test_two_clients_label_a_queue_concurrently_and_each_comparison_gets_one_label(api_app, db_url):
+def test_two_clients_label_a_queue_concurrently_and_each_comparison_gets_one_label(queue_app, db_url):
     labeled: dict[str, list[int]] = {"ann": [], "bob": []}
     errors: list[BaseException] = []
 
     def work(name: str) -> None:
         try:
-            client = client_for(api_app, name)
+            client = client_for(queue_app, name)
             while True:
                 item = client.predict(api_name="/next")
                 if item is None:
@@ -96,38 +123,21 @@ def test_the_api_needs_a_login(api_app):
         Client(api_app.url, auth=("ann", "wrong password"), verbose=False)
 
 
-RANKED_ITEMS = 12
-
-
-@pytest.fixture
-def ranking_app(db_url, tmp_path):
-    rows = [{"prompt": f"Rank {i}", "completions": [f"w{i}", f"x{i}", f"y{i}", f"z{i}"]} for i in range(RANKED_ITEMS)]
-    source = tmp_path / "rank.jsonl"
-    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert run_cli("import", str(source), "--dataset", "rk", "--question", "ranking", db_url=db_url).returncode == 0
-    assert run_cli("datasets", "rk", "--overlap", "2", db_url=db_url).returncode == 0
-    add_users(db_url, {"ann": "annotator", "bob": "annotator"}, PASSWORD)
-    app = start_app(db_url, tmp_path / "app.log", "--no-demo")
-    yield app
-    app.process.terminate()
-    app.process.wait(timeout=10)
-
-
-def test_two_clients_rank_the_same_items_concurrently_and_each_item_gets_both_rankings_once(ranking_app, db_url):
-    ranked: dict[str, dict[int, list[list[int]]]] = {"ann": {}, "bob": {}}
+def test_two_clients_rank_the_same_items_concurrently_and_each_item_gets_both_rankings_once(api_app):
+    ranked: dict[str, dict[int, list[list[int]]]] = {name: {} for name in RANKERS}
     errors: list[BaseException] = []
 
     def work(name: str) -> None:
         try:
-            client = client_for(ranking_app, name)
+            client = client_for(api_app, name)
             while True:
                 item = client.predict(api_name="/next_in_dataset", dataset="rk")
                 if item is None:
                     return
                 assert set(item) == {"item_id", "dataset", "prompt", "completions"} and len(item["completions"]) == 4
                 by_text = {c["text"][0]: c["id"] for c in item["completions"]}
-                # ann puts w first and ties y and z; bob orders z, y, x, w
-                groups = ([[by_text["w"]], [by_text["x"]], [by_text["y"], by_text["z"]]] if name == "ann"
+                # the first ranker puts w first and ties y and z; the second orders z, y, x, w
+                groups = ([[by_text["w"]], [by_text["x"]], [by_text["y"], by_text["z"]]] if name == RANKERS[0]
                           else [[by_text[t]] for t in "zyxw"])
                 assert client.predict(item["item_id"], groups, "", False, api_name="/rank")["changed"] is True
                 assert client.predict(item["item_id"], groups, "", False, api_name="/rank")["changed"] is False
@@ -142,14 +152,17 @@ def test_two_clients_rank_the_same_items_concurrently_and_each_item_gets_both_ra
         thread.join(timeout=600)
     assert errors == []
     # Overlap 2: each annotator ranked every item once, and the store holds exactly those rankings.
-    assert sorted(ranked["ann"]) == sorted(ranked["bob"]) == list(range(1, RANKED_ITEMS + 1))
-    store = Store(db_url)
+    # The items come after the 200 pairs of the queue.
+    items = list(range(COMPARISONS + 1, COMPARISONS + RANKED_ITEMS + 1))
+    assert sorted(ranked[RANKERS[0]]) == sorted(ranked[RANKERS[1]]) == items
+    store = Store(api_app.db_url)
     with store.read() as session:
         rows = session.execute(select(User.name, Label.comparison_id, Label.choice, Label.ranking)
-                               .join(User, User.id == Label.annotator_id)).all()
+                               .join(User, User.id == Label.annotator_id).where(User.name.in_(RANKERS))).all()
     store.dispose()
     assert len(rows) == 2 * RANKED_ITEMS
     for name, item_id, choice, ranking in rows:
         assert choice == "ranked" and ranking["groups"] == ranked[name][item_id]
     with pytest.raises(Exception, match=r"groups\[1\]\[0\]: 99999 is not a completion"):
-        client_for(ranking_app, "ann").predict(1, [ranked["ann"][1][0], [99999]], "", False, api_name="/rank")
+        client_for(api_app, RANKERS[0]).predict(items[0], [ranked[RANKERS[0]][items[0]][0], [99999]], "", False,
+                                                api_name="/rank")
