@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import add_users, run_cli, start_app
+from conftest import add_users, run_cli, setup_cli, start_app
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -29,7 +29,7 @@ def secured_app(tmp_path_factory, module_db_url):
     pairs = [{"prompt": f"Q{i}? ", "chosen": " good", "rejected": " bad"} for i in range(4)]
     (folder / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
     for source in ("c.jsonl", "p.jsonl"):
-        assert run_cli("import", str(folder / source), db_url=db_url).returncode == 0
+        assert setup_cli("import", str(folder / source), db_url=db_url).returncode == 0
     add_users(db_url, ROLES, PASSWORD)
     (folder / "models" / "secret-model").mkdir(parents=True)
     (folder / "models" / "secret-model" / "config.json").write_text('{"secret": true}')

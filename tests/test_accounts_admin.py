@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import add_users, run_cli, sql, start_app
+from conftest import add_users, run_cli, setup_cli, sql, start_app
 
 from core.accounts import (
     AccountError,
@@ -183,7 +183,7 @@ def accounts_app(tmp_path_factory, module_db_url):
     add_users(module_db_url, {"boss": "admin", "ann": "annotator", "bob": "annotator"}, PASSWORD)
     rows = [{"prompt": f"Q{i}?", "completions": [f"a{i}", f"b{i}"]} for i in range(5)]
     (folder / "c.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert run_cli("import", str(folder / "c.jsonl"), db_url=module_db_url).returncode == 0
+    assert setup_cli("import", str(folder / "c.jsonl"), db_url=module_db_url).returncode == 0
     app = start_app(module_db_url, folder / "app.log", "--no-demo")
     app.db_url = module_db_url
     yield app

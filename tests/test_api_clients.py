@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import add_users, run_cli, start_app, stop_app
+from conftest import add_users, setup_cli, start_app, stop_app
 from sqlalchemy import func, select
 
 from storage.engine import Store
@@ -30,7 +30,7 @@ def _queue_file(folder: Path) -> Path:
 @pytest.fixture
 def queue_app(db_url, tmp_path):
     """An app whose whole queue the test labels: its own, since another test's lease would hold a comparison."""
-    assert run_cli("import", str(_queue_file(tmp_path)), db_url=db_url).returncode == 0
+    assert setup_cli("import", str(_queue_file(tmp_path)), db_url=db_url).returncode == 0
     add_users(db_url, {"ann": "annotator", "bob": "annotator"}, PASSWORD)
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")
     yield app
@@ -43,12 +43,12 @@ def api_app(module_db_url, tmp_path_factory):  # noqa: ANN001
     (comparisons 1 to 200, imported first) and a ranking dataset "rk" of four completions per item, overlap 2,
     for the rankers, who are accounts of their own."""
     folder = tmp_path_factory.mktemp("api")
-    assert run_cli("import", str(_queue_file(folder)), db_url=module_db_url).returncode == 0
+    assert setup_cli("import", str(_queue_file(folder)), db_url=module_db_url).returncode == 0
     rows = [{"prompt": f"Rank {i}", "completions": [f"w{i}", f"x{i}", f"y{i}", f"z{i}"]} for i in range(RANKED_ITEMS)]
     (folder / "rank.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert run_cli("import", str(folder / "rank.jsonl"), "--dataset", "rk", "--question", "ranking",
+    assert setup_cli("import", str(folder / "rank.jsonl"), "--dataset", "rk", "--question", "ranking",
                    db_url=module_db_url).returncode == 0
-    assert run_cli("datasets", "rk", "--overlap", "2", db_url=module_db_url).returncode == 0
+    assert setup_cli("datasets", "rk", "--overlap", "2", db_url=module_db_url).returncode == 0
     add_users(module_db_url, {"ann": "annotator", "bob": "annotator", **dict.fromkeys(RANKERS, "annotator")},
               PASSWORD)
     app = start_app(module_db_url, folder / "app.log", "--no-demo", env={"REWARDLAB_DATA_DIR": str(folder / "data")})

@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import run_cli, save_screenshot, sql
+from conftest import save_screenshot, setup_cli, sql
 from test_import import write_jsonl
 
 from storage.engine import Store
@@ -61,7 +61,7 @@ def test_two_datasets_of_different_kinds_are_labeled_trained_exported_and_browse
     from conftest import start_app
 
     for rows, dataset in ((TEXT_ROWS, "texts"), (CHAT_ROWS, "chats")):
-        done = run_cli("import", str(write_jsonl(tmp_path / f"{dataset}.jsonl", rows)), "--dataset", dataset, db_url=db_url)
+        done = setup_cli("import", str(write_jsonl(tmp_path / f"{dataset}.jsonl", rows)), "--dataset", dataset, db_url=db_url)
         assert done.returncode == 0, done.stderr
     store = Store(db_url)
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")

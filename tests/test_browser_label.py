@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import add_users, run_cli, save_screenshot, start_app, stop_app
+from conftest import add_users, save_screenshot, setup_cli, start_app, stop_app
 from sqlalchemy import select
 
 from storage.engine import Store
@@ -22,7 +22,7 @@ PASSWORD = "correct horse battery"
 def _prepare(db_url: str, folder: Path, rows: list[dict], roles: dict[str, str]) -> None:
     source = folder / "candidates.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert run_cli("import", str(source), db_url=db_url).returncode == 0
+    assert setup_cli("import", str(source), db_url=db_url).returncode == 0
     add_users(db_url, roles, PASSWORD)
 
 

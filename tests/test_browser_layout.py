@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli, save_screenshot, start_app
+from conftest import save_screenshot, setup_cli, start_app
 from test_browser_datasets import _choose
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -56,7 +56,7 @@ def layout_app(tmp_path_factory, module_db_url):
         path = folder / f"{name}.jsonl"
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         extra = ["--question", "ranking"] if name == "rank4" else []
-        done = run_cli("import", str(path), "--dataset", name, *extra, db_url=module_db_url)
+        done = setup_cli("import", str(path), "--dataset", name, *extra, db_url=module_db_url)
         assert done.returncode == 0, done.stderr
     app = start_app(module_db_url, folder / "app.log", "--no-demo")
     yield app

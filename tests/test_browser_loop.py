@@ -11,7 +11,7 @@ import time
 
 import pytest
 from playwright.sync_api import expect
-from conftest import run_cli, save_screenshot, sql
+from conftest import run_cli, save_screenshot, setup_cli, sql
 from test_browser_datasets import _choose
 from test_import import write_jsonl
 from test_training import separable_pairs
@@ -37,19 +37,19 @@ def test_labels_trigger_a_retrain_and_the_loop_page_shows_versions_and_reliabili
             for r in rows[18:]]
     # 18 seed pairs + 3 labels: a quarter held out fills the loop's minimum of 5 pairs to judge the retrain.
     for name, data in (("seed", rows[:18]), ("pool", pool)):
-        done = run_cli("import", str(write_jsonl(tmp_path / f"{name}.jsonl", data)), "--dataset", "loop", db_url=db_url)
+        done = setup_cli("import", str(write_jsonl(tmp_path / f"{name}.jsonl", data)), "--dataset", "loop", db_url=db_url)
         assert done.returncode == 0, done.stderr
     trained = run_cli("train", "--dataset", "loop", "--max-steps", "20", "--output-name", "seed-rm", "--eval-fraction",
                       "0.25", db_url=db_url)
     assert trained.returncode == 0, trained.stderr
-    configured = run_cli("datasets", "loop", "--order", "uncertainty", "--model", "latest", "--random-fraction", "0.2",
+    configured = setup_cli("datasets", "loop", "--order", "uncertainty", "--model", "latest", "--random-fraction", "0.2",
                          "--retrain-every", "3", "--promotion-tolerance", "1", db_url=db_url)
     assert configured.returncode == 2 and "needs a model" in configured.stderr  # nothing promoted yet
-    configured = run_cli("datasets", "loop", "--order", "uncertainty", "--model", "seed-rm", "--random-fraction", "0.2",
+    configured = setup_cli("datasets", "loop", "--order", "uncertainty", "--model", "seed-rm", "--random-fraction", "0.2",
                          "--retrain-every", "3", "--promotion-tolerance", "1", "--min-heldout-pairs", "5", db_url=db_url)
     assert configured.returncode == 0, configured.stderr
     assert "rescore job" in configured.stdout
-    run_cli("datasets", "loop", "--model", "latest", db_url=db_url)
+    setup_cli("datasets", "loop", "--model", "latest", db_url=db_url)
     store = Store(db_url)
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")
     try:

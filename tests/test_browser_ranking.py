@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import run_cli, save_screenshot, sql
+from conftest import save_screenshot, setup_cli, sql
 from test_import import write_jsonl
 
 from storage.engine import Store
@@ -45,7 +45,7 @@ def _words_of(store: Store, groups: list[list[int]]) -> list[list[str]]:
 def test_an_annotator_ranks_four_completions_with_the_mouse_and_with_keys(db_url, tmp_path, page):
     from conftest import start_app
 
-    done = run_cli("import", str(write_jsonl(tmp_path / "rank.jsonl", ROWS)), "--dataset", "rk", "--question",
+    done = setup_cli("import", str(write_jsonl(tmp_path / "rank.jsonl", ROWS)), "--dataset", "rk", "--question",
                    "ranking", db_url=db_url)
     assert done.returncode == 0, done.stderr
     store = Store(db_url)

@@ -31,7 +31,7 @@ def long_answer(name: str) -> str:
 def markdown_app(db_url, tmp_path):
     rows = [{"prompt": f"Explain Fibonacci, take {i}.", "completions": [long_answer(f"{i}a"), long_answer(f"{i}b"),
                                                                            long_answer(f"{i}c")]} for i in range(2)]
-    _prepare(db_url, tmp_path, rows)
+    _prepare(db_url, tmp_path, rows, {"ann": "annotator"})
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")
     yield app
     app.process.terminate()

@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import run_cli, save_screenshot, sql, start_app
+from conftest import save_screenshot, setup_cli, sql, start_app
 from test_import import write_jsonl
 
 from storage.engine import Store
@@ -42,7 +42,7 @@ def _wait_marks(page, want: str) -> None:  # noqa: ANN001
 
 def test_an_annotator_marks_steps_with_the_mouse_and_the_keys_undoes_and_is_refused_on_a_stale_tab(
         db_url, tmp_path, page):
-    done = run_cli("import", str(write_jsonl(tmp_path / "steps.jsonl", TRACES)), "--dataset", "proc", "--question",
+    done = setup_cli("import", str(write_jsonl(tmp_path / "steps.jsonl", TRACES)), "--dataset", "proc", "--question",
                    "steps", db_url=db_url)
     assert done.returncode == 0, done.stderr
     store = Store(db_url)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli, save_screenshot, sql, start_app
+from conftest import run_cli, save_screenshot, setup_cli, sql, start_app
 
 from storage.engine import Store
 
@@ -19,7 +19,7 @@ NEW_PASSWORD = "a brand new password"
 def accounts_app(db_url, tmp_path):
     rows = [{"prompt": f"Question {i}?", "completions": [f"Answer A{i}", f"Answer B{i}"]} for i in range(5)]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert run_cli("import", str(tmp_path / "c.jsonl"), db_url=db_url).returncode == 0
+    assert setup_cli("import", str(tmp_path / "c.jsonl"), db_url=db_url).returncode == 0
     assert run_cli("adduser", "boss", "--role", "admin", "--password", PASSWORD, db_url=db_url).returncode == 0
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")
     yield app

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import add_users, run_cli, start_app
+from conftest import add_users, setup_cli, start_app
 
 from storage.engine import Store
 from storage.models import Label, User
@@ -40,7 +40,7 @@ def test_sigkill_while_labeling_loses_no_acknowledged_label(db_url, tmp_path, ca
     rows = [{"prompt": f"Prompt {i}", "completions": [f"one {i}", f"two {i}"]} for i in range(2000)]
     source = tmp_path / "queue.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert run_cli("import", str(source), db_url=db_url).returncode == 0
+    assert setup_cli("import", str(source), db_url=db_url).returncode == 0
     names = [f"annotator{n}" for n in range(CLIENTS)]
     add_users(db_url, dict.fromkeys(names, "annotator"), PASSWORD)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli, start_app
+from conftest import run_cli, setup_cli, start_app
 from test_training import separable_pairs, wait_for
 
 from core.accounts import actor_for
@@ -38,7 +38,7 @@ def test_labels_are_served_while_a_job_trains(db_url, tmp_path, store):
     rows = [{"prompt": f"P{i}", "completions": [f"x{i}", f"y{i}"]} for i in range(20)]
     source = tmp_path / "c.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert run_cli("import", str(source), "--dataset", "to-label", db_url=db_url).returncode == 0
+    assert setup_cli("import", str(source), "--dataset", "to-label", db_url=db_url).returncode == 0
     assert run_cli("adduser", "ann", "--role", "annotator", "--password", "long enough pw", db_url=db_url).returncode == 0
     app = start_app(db_url, tmp_path / "app.log", "--no-demo")
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import add_users, run_cli, sql, start_app
+from conftest import add_users, run_cli, setup_cli, sql, start_app
 
 from core.accounts import AccountError, add_user, change_role, disable_account, operator_actor, set_password
 from core.sessions import session_user, start_session
@@ -135,7 +135,7 @@ def sessions_app(tmp_path_factory, module_db_url):
                               "eve": "engineer"}, PASSWORD)
     rows = [{"prompt": f"Q{i}?", "completions": [f"a{i}", f"b{i}"]} for i in range(6)]
     (folder / "c.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert run_cli("import", str(folder / "c.jsonl"), db_url=module_db_url).returncode == 0
+    assert setup_cli("import", str(folder / "c.jsonl"), db_url=module_db_url).returncode == 0
     holder = {"app": start_app(module_db_url, folder / "app.log", "--no-demo"), "folder": folder, "db": module_db_url}
     yield holder
     holder["app"].process.terminate()

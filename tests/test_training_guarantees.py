@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, run_app, run_cli, run_worker_on_two_processes, sql
+from conftest import PROJECT_ROOT, run_app, run_worker_on_two_processes, setup_cli, sql
 from test_import import write_jsonl
 
 from core.data.importer import ImportConfig, import_file
@@ -138,7 +138,7 @@ def test_score_and_eval_report_inputs_past_an_encoders_positions_instead_of_cras
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_foreground_train_ends_cancelled_never_running(signum, db_url, tmp_path):
     rows = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
-    assert run_cli("import", str(rows), db_url=db_url).returncode == 0
+    assert setup_cli("import", str(rows), db_url=db_url).returncode == 0
     process = subprocess.Popen([sys.executable, "app.py", "train", "--max-steps", "100000", "--logging-steps", "50",
                                 "--db", db_url], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -203,7 +203,7 @@ def test_the_registry_accuracy_is_per_pair_over_the_whole_held_out_split(store, 
 def test_two_processes_train_one_job_and_only_the_main_one_writes(db_url, tmp_path):
     """``python -m torch.distributed.run --nproc_per_node 2`` (gloo on CPU) runs the real worker: one job
     row, one registered model, metrics once per step; both ranks trained (an epoch takes half the steps)."""
-    assert run_cli("import", str(write_jsonl(tmp_path / "pairs.jsonl", PAIRS)), db_url=db_url).returncode == 0
+    assert setup_cli("import", str(write_jsonl(tmp_path / "pairs.jsonl", PAIRS)), db_url=db_url).returncode == 0
     from core.accounts import operator_actor
     from core.jobs.scheduling import submit_job
     from storage.engine import Store

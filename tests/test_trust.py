@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, run_app_measuring_peak_rss, run_cli, sql
+from conftest import PROJECT_ROOT, run_app_measuring_peak_rss, run_cli, setup_cli, sql
 from test_import import write_jsonl
 
 from core.accounts import LoginThrottle, PermissionDenied, actor_for, add_user, operator_actor
@@ -70,7 +70,7 @@ def test_the_models_folder_lock_holds_even_for_a_name_that_skipped_the_config_ch
 @pytest.mark.postgres
 def test_training_twice_under_one_name_registers_a_second_version_and_keeps_the_first(db_url, tmp_path):
     rows = [{"prompt": f"Q{i}? ", "chosen": f" good answer {i}", "rejected": f" bad {i}"} for i in range(12)]
-    assert run_cli("import", str(write_jsonl(tmp_path / "p.jsonl", rows)), db_url=db_url).returncode == 0
+    assert setup_cli("import", str(write_jsonl(tmp_path / "p.jsonl", rows)), db_url=db_url).returncode == 0
     for _ in range(2):
         done = run_cli("train", "--output-name", "same", "--max-steps", "2", "--eval-fraction", "0", db_url=db_url)
         assert done.returncode == 0, done.stderr[-2000:]
