@@ -17,10 +17,8 @@ if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 
-# The two passes run side by side, and the SQLite pass in two pytest-xdist workers that take whole test files
-# as they free up (--dist loadfile: a file's module fixtures, such as a shared app, stay in one worker). Each
-# stream is mostly one process waiting on its children (apps, job workers, Chromium); one or two streams left
-# this machine's two cores a third idle (user+sys 3574 CPU-s over 2773 s), three keep them busy. The PostgreSQL
+# The two passes run side by side: each is mostly one process waiting on its children (apps, workers,
+# Chromium) and together they fill this machine's two cores better than one after the other. The PostgreSQL
 # pass writes to a log that is printed after the SQLite pass; the script fails if either fails.
 pg_dir=$(mktemp -d)
 chmod 755 "$pg_dir"
@@ -39,9 +37,9 @@ started=$SECONDS
 ) &
 pass2_pid=$!
 
-echo "=== pass 1 of 2: every test on SQLite, two workers (pass 2, on PostgreSQL, runs beside it; its log follows) ==="
+echo "=== pass 1 of 2: every test on SQLite (pass 2, on PostgreSQL, runs beside it; its log follows) ==="
 pass1_rc=0
-.venv/bin/python -m pytest -n 2 --dist loadfile --durations=25 || pass1_rc=$?
+.venv/bin/python -m pytest --durations=25 || pass1_rc=$?
 echo "pass 1 (SQLite) took $((SECONDS - started)) s"
 wait "$pass2_pid" || true
 
