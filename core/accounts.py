@@ -9,6 +9,7 @@ page and API call needs a login, and the user is known from the session, never f
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import threading
 import time
@@ -130,7 +131,7 @@ def authenticate(store: Store, name: str, password: str) -> bool:
         ).scalar_one_or_none()
     if stored is None:
         # Spend the same time as a real check, so timing does not tell which names exist.
-        stored = _DUMMY_HASH
+        stored = unknown_name_hash()
         name = ""
     try:
         return _hasher.verify(stored, password) and bool(name)
@@ -138,7 +139,12 @@ def authenticate(store: Store, name: str, password: str) -> bool:
         return False
 
 
-_DUMMY_HASH = _hasher.hash("rewardlab-no-such-user")
+@functools.cache
+def unknown_name_hash() -> str:
+    """The hash a login with an unknown name is checked against. Made on first use rather than at import
+    (~0.2 CPU-s that every command, job worker and app paid, logins or not); the web app makes it as it
+    starts (``login_check``), so even the first unknown name costs what a real check costs."""
+    return _hasher.hash("rewardlab-no-such-user")
 
 
 def actor_for(store: Store, username: str | None) -> Actor:
