@@ -4,8 +4,9 @@ Every ``import gradio`` re-derives a ``.pyi`` type stub for each of its ~80 comp
 class's source with ``ast`` and renders a template) and writes it into Gradio's own package folder:
 ``gradio.component_meta.create_or_modify_pyi``, called by the components' metaclass as each class is made.
 The stubs are for type checkers, never read at run time; making them was ~3 of the ~7 CPU-s an app start
-spent importing Gradio on this machine (``python -c "import gradio"``: 7.2 s; with this module, 4.3 s). It is also the app writing into its own installation, which
-fails (and is then silenced) where site-packages is read-only. Upstream: the stubs are a side effect of the
+spent importing Gradio on this machine (``python -c "import gradio"``: 7.2 s; with this module, 4.3 s). It
+is also the app writing into its own installation, which fails (and is then silenced) where site-packages
+is read-only. Upstream: the stubs are a side effect of the
 import (https://github.com/gradio-app/gradio/issues/10121, https://github.com/gradio-app/gradio/pull/13799);
 import time in general: https://github.com/gradio-app/gradio/issues/7791.
 
