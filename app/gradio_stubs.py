@@ -55,11 +55,7 @@ class _SkipStubWriter(importlib.abc.MetaPathFinder):
         return spec
 
 
-def skip_gradio_stub_writing() -> bool:
-    """Install the finder unless Gradio is already imported (then it is too late, and harmless). Returns
-    whether it is in place."""
-    if STUB_WRITER_MODULE in sys.modules:
-        return False
-    if not any(isinstance(finder, _SkipStubWriter) for finder in sys.meta_path):
+def skip_gradio_stub_writing() -> None:
+    """Install the finder unless Gradio is already imported (then it is too late, and harmless)."""
+    if STUB_WRITER_MODULE not in sys.modules and not any(isinstance(f, _SkipStubWriter) for f in sys.meta_path):
         sys.meta_path.insert(0, _SkipStubWriter())
-    return True
