@@ -242,9 +242,13 @@ def test_deluser_keeps_the_labels_refuses_the_login_and_ends_the_open_session(ac
     store.dispose()
 
 
-def test_adduser_says_to_restart_the_app_only_for_the_first_account(db_url):
+def test_adduser_says_to_restart_the_app_only_for_the_first_account_and_stores_a_full_strength_hash(db_url, store):
     first = run_cli("adduser", "boss", "--role", "admin", "--password", PASSWORD, db_url=db_url)
     second = run_cli("adduser", "ann", "--role", "annotator", "--password", PASSWORD, db_url=db_url)
     assert first.returncode == second.returncode == 0
     assert "restart" in first.stdout and "restart" not in second.stdout
     assert second.stdout.strip() == "created annotator 'ann'"
+    # The command's own process hashes with the real parameters (the tests' own accounts use cheap ones:
+    # conftest.py): Argon2id with RFC 9106's low-memory set, 64 MiB, 3 passes, 4 lanes.
+    hashes = [row[0] for row in sql(store, 'SELECT password_hash FROM "user" ORDER BY name')]
+    assert len(hashes) == 2 and all(h.startswith("$argon2id$v=19$m=65536,t=3,p=4$") for h in hashes), hashes
