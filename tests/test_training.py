@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import signal
 import sys
 import time
 
 import pytest
 import torch
+from conftest import PROJECT_ROOT
 from sqlalchemy import text
 
 from core.accounts import actor_for
@@ -345,3 +347,33 @@ def test_the_demo_training_stops_when_the_app_that_started_it_is_gone(tmp_path):
     assert not os.path.exists(f"/proc/{child}") or \
         open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", "the demo training outlived its app"
     assert not (out / "model.safetensors").exists()
+
+
+_SCHEDULER_TICKS = """
+import subprocess, sys
+from storage.engine import Store
+from storage.jobs import create_job, get_job
+from core.jobs.scheduling import start_next_job
+store = Store(sys.argv[1])
+start_next_job(store)
+print("idle tick imported torch:", "torch" in sys.modules)
+with store.write() as session:
+    job_id = create_job(session, {"base_model": "none"})
+def no_child(*args, **kwargs):  # the GPU count is the point here, not the worker
+    raise OSError("no worker in this test")
+subprocess.Popen = no_child
+start_next_job(store)
+with store.read() as session:
+    print("job:", get_job(session, job_id).status)
+print("tick with a waiting job imported torch:", "torch" in sys.modules)
+"""
+
+
+def test_the_scheduler_imports_torch_to_count_gpus_only_once_a_job_waits(db_url):
+    """An app nobody trains in never loads torch for the scheduler (~3.5 CPU-s and ~300 MB per app); the oracle is
+    a fresh interpreter's ``sys.modules``, and the second tick is the control that the check can see torch."""
+    done = subprocess.run([sys.executable, "-c", _SCHEDULER_TICKS, db_url], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["idle tick imported torch: False", "job: failed",
+                                        "tick with a waiting job imported torch: True"], done.stdout

@@ -101,11 +101,15 @@ def start_next_job(store: Store) -> int | None:
     The write transaction only claims the job (marks it running, with no process yet): counting
     GPUs imports torch (~2 s) and starting the child takes longer still, and a transaction held that
     long would make every label write wait. A claimed job without a pid is "starting" for
-    ``STARTING_GRACE``; if the child cannot be started the job fails with the reason.
+    ``STARTING_GRACE``; if the child cannot be started the job fails with the reason. GPUs are counted
+    only once a job waits: an app nobody trains in never imports torch for it (~3.5 CPU-s and ~300 MB).
     """
-    gpus = visible_gpus()
     with store.write() as session:
         mark_orphans_interrupted(session)
+        if running_job(session) is not None or next_queued_job(session) is None:
+            return None
+    gpus = visible_gpus()
+    with store.write() as session:
         if running_job(session) is not None:
             return None
         job = next_queued_job(session)
