@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need (the Python stack, pytest, Playwright, Debian's Chromium) and run
-# every test, the slow ones (training, browser) included, on a SQLite file; then run the storage
-# and API tests again on a real PostgreSQL server started here on loopback (scripts/postgres.sh)
-# and stopped at the end. Extra arguments go to pytest and run the SQLite pass only.
+# every test, the slow ones (training, browser) included, on a SQLite file, and the tests that open a
+# store again on a real PostgreSQL server started here on loopback (scripts/postgres.sh) and stopped
+# at the end. Extra arguments go to pytest and run the SQLite tests only, in one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh requirements-test.txt
@@ -17,34 +17,58 @@ if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 
-# The two passes run side by side: each is mostly one process waiting on its children (apps, workers,
-# Chromium) and together they fill this machine's two cores better than one after the other. The PostgreSQL
-# pass writes to a log that is printed after the SQLite pass; the script fails if either fails.
+# Two processes fill this machine's two cores: the PostgreSQL pass runs beside the SQLite tests, and then takes
+# SQLite test files from the end of the list while the first process goes on from the start; each file runs in
+# whichever reaches it first (tests/conftest.py, SHARED_FILES_ENV), so neither waits for the other at the end.
+# The second process writes to logs printed after the first finishes; the script fails if any part fails.
 pg_dir=$(mktemp -d)
 chmod 755 "$pg_dir"
+shared_files="$pg_dir/sqlite-files-claimed"
+mkdir "$shared_files"
 pg_port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 trap 'bash scripts/postgres.sh stop "$pg_dir/data" || true; rm -rf "$pg_dir"' EXIT
 postgres_url=$(bash scripts/postgres.sh start "$pg_dir/data" "$pg_port")
 started=$SECONDS
 
-# Pass 2: every test that opens a store, chosen in tests/conftest.py (runs_on_postgres) by the fixtures it uses.
 (
-  export REWARDLAB_TEST_POSTGRES=$postgres_url
+  # The PostgreSQL pass: every test that opens a store, chosen in tests/conftest.py (runs_on_postgres) by the
+  # fixtures it uses.
   pass2_rc=0
-  .venv/bin/python -m pytest --durations=10 > "$pg_dir/pass2.log" 2>&1 || pass2_rc=$?
+  REWARDLAB_TEST_POSTGRES=$postgres_url .venv/bin/python -m pytest --durations=10 > "$pg_dir/pass2.log" 2>&1 \
+    || pass2_rc=$?
   echo "$pass2_rc" > "$pg_dir/pass2.rc"
   echo "$((SECONDS - started))" > "$pg_dir/pass2.seconds"
+  tail_rc=0
+  REWARDLAB_TEST_SHARED_FILES=$shared_files REWARDLAB_TEST_SHARED_FILES_FROM_END=1 \
+    .venv/bin/python -m pytest --durations=10 > "$pg_dir/tail.log" 2>&1 || tail_rc=$?
+  # pytest exits 5 when it ran no test: every file was taken by the first process already
+  [ "$tail_rc" -eq 5 ] && tail_rc=0
+  echo "$tail_rc" > "$pg_dir/tail.rc"
+  echo "$((SECONDS - started))" > "$pg_dir/tail.seconds"
 ) &
-pass2_pid=$!
+second_pid=$!
 
-echo "=== pass 1 of 2: every test on SQLite (pass 2, on PostgreSQL, runs beside it; its log follows) ==="
+echo "=== SQLite tests from the first file on (the PostgreSQL pass and the SQLite tests from the last file back run beside it; their logs follow) ==="
 pass1_rc=0
-.venv/bin/python -m pytest --durations=25 || pass1_rc=$?
-echo "pass 1 (SQLite) took $((SECONDS - started)) s"
-wait "$pass2_pid" || true
+REWARDLAB_TEST_SHARED_FILES=$shared_files .venv/bin/python -m pytest --durations=25 || pass1_rc=$?
+echo "SQLite tests from the first file on took $((SECONDS - started)) s"
+wait "$second_pid" || true
 
-echo "=== pass 2 of 2: storage and API tests on PostgreSQL ==="
+echo "=== PostgreSQL pass: the tests that open a store, on PostgreSQL ==="
 cat "$pg_dir/pass2.log"
 pass2_rc=$(cat "$pg_dir/pass2.rc" 2>/dev/null || echo 1)
-echo "pass 2 (PostgreSQL) took $(cat "$pg_dir/pass2.seconds" 2>/dev/null || echo '?') s; both passes $((SECONDS - started)) s"
-[ "$pass1_rc" -eq 0 ] && [ "$pass2_rc" -eq 0 ]
+echo "PostgreSQL pass took $(cat "$pg_dir/pass2.seconds" 2>/dev/null || echo '?') s"
+echo "=== SQLite tests from the last file back (after the PostgreSQL pass) ==="
+cat "$pg_dir/tail.log"
+tail_rc=$(cat "$pg_dir/tail.rc" 2>/dev/null || echo 1)
+echo "it ended at $(cat "$pg_dir/tail.seconds" 2>/dev/null || echo '?') s; all tests took $((SECONDS - started)) s"
+
+# Every test file ran on SQLite in one process or the other.
+unclaimed=0
+for file in tests/test_*.py; do
+  if [ ! -d "$shared_files/tests__$(basename "$file")" ]; then
+    echo "no process ran $file on SQLite"
+    unclaimed=1
+  fi
+done
+[ "$pass1_rc" -eq 0 ] && [ "$pass2_rc" -eq 0 ] && [ "$tail_rc" -eq 0 ] && [ "$unclaimed" -eq 0 ]

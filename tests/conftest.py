@@ -57,11 +57,47 @@ def runs_on_postgres(item) -> bool:  # noqa: ANN001
     return item.get_closest_marker("slow") is None or item.get_closest_marker("postgres") is not None
 
 
+# CI runs the SQLite tests in two pytest processes that share them file by file (scripts/test.sh): one goes
+# through the files from the first, the other (after the PostgreSQL pass) from the last, and each runs a file only
+# if it is the first to claim it in the folder named here, so the two meet wherever the work balances.
+SHARED_FILES_ENV = "REWARDLAB_TEST_SHARED_FILES"
+SHARED_FILES_FROM_END_ENV = "REWARDLAB_TEST_SHARED_FILES_FROM_END"
+
+
+def claim_name(nodeid: str) -> str:
+    """The claim folder's entry for the test file of ``nodeid`` (tests/test_x.py -> tests__test_x.py)."""
+    return nodeid.split("::")[0].replace("/", "__")
+
+
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001
     if os.environ.get(TEST_POSTGRES_ENV):
         kept = [item for item in items if runs_on_postgres(item)]
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
+    elif os.environ.get(SHARED_FILES_ENV) and os.environ.get(SHARED_FILES_FROM_END_ENV):
+        files = list(dict.fromkeys(claim_name(item.nodeid) for item in items))
+        position = {name: index for index, name in enumerate(reversed(files))}
+        items.sort(key=lambda item: position[claim_name(item.nodeid)])  # stable: a file keeps its own order
+
+
+_claims: dict[str, bool] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):  # noqa: ANN001, ARG001
+    """With ``SHARED_FILES_ENV`` set, a file the other process claimed first is left to it: its tests are
+    neither run nor reported here (that process reports them)."""
+    folder = os.environ.get(SHARED_FILES_ENV)
+    if not folder or os.environ.get(TEST_POSTGRES_ENV):
+        return None
+    name = claim_name(item.nodeid)
+    if name not in _claims:
+        try:
+            os.mkdir(Path(folder) / name)  # atomic: exactly one process creates it
+            _claims[name] = True
+        except FileExistsError:
+            _claims[name] = False
+    return None if _claims[name] else True
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -176,6 +212,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN0
                 counts[backend] = counts.get(backend, 0) + 1
     if counts:
         terminalreporter.write_line("tests by database: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    left = sorted(name for name, ours in _claims.items() if not ours)
+    if left:
+        terminalreporter.write_line(f"{len(left)} test files ran in the other process (claimed first there): "
+                                    + ", ".join(name.replace("__", "/") for name in left))
     _write_time_per_file(terminalreporter)
 
 
