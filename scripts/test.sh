@@ -48,7 +48,7 @@ started=$SECONDS
 ) &
 second_pid=$!
 
-echo "=== SQLite tests from the first file on (the PostgreSQL pass and the SQLite tests from the last file back run beside it; their logs follow) ==="
+echo "=== SQLite tests from the first file on (beside it: the PostgreSQL pass, then SQLite files from the last back) ==="
 pass1_rc=0
 REWARDLAB_TEST_SHARED_FILES=$shared_files .venv/bin/python -m pytest --durations=25 || pass1_rc=$?
 echo "SQLite tests from the first file on took $((SECONDS - started)) s"

@@ -170,9 +170,9 @@ def test_cli_refuses_a_bad_option_value_with_the_fix(db_url, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
 def test_reward_trainer_trains_on_the_export_as_is(store, tmp_path):
-    """A conversational export with <think> blocks, read by datasets and trained by TRL unchanged."""
+    """A conversational export with <think> blocks, read by datasets and trained by TRL unchanged. (On SQLite only:
+    the tests above check the exported rows on PostgreSQL too, and training on a file does not touch the store.)"""
     import datasets
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
