@@ -442,18 +442,6 @@ def page(chromium, tmp_path: Path):
     context.close()
 
 
-def wait_visible(locator, seconds: float, every: float = 0.5) -> None:  # noqa: ANN001
-    """``locator.wait_for()`` for waits of tens of seconds (a job training, a model scoring): Playwright's own wait
-    re-runs the selector in the page on every animation frame, which kept about a core busy for as long as it waited
-    (measured: 5.4 CPU-s in 5 s, against 1.0 with the page left alone), beside the very job it waits for. This looks
-    every ``every`` seconds and sleeps in between; the first match must become visible within ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not locator.first.is_visible():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not visible after {seconds:.0f} s: {locator}")
-        time.sleep(every)
-
-
 def save_screenshot(page, name: str) -> None:  # noqa: ANN001
     """Keep a screenshot when REWARDLAB_SCREENSHOTS names a folder (for a human to look at)."""
     folder = os.environ.get("REWARDLAB_SCREENSHOTS")

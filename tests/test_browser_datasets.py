@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import save_screenshot, setup_cli, sql, wait_visible
+from conftest import save_screenshot, setup_cli, sql
 from test_import import write_jsonl
 
 from storage.engine import Store
@@ -92,7 +92,7 @@ def test_two_datasets_of_different_kinds_are_labeled_trained_exported_and_browse
             _choose(page, "train-datasets", dataset)
             page.locator("#train-start").click()
             page.locator("#train-form-status").get_by_text(f"Job {job} queued").wait_for()
-            wait_visible(page.locator("#train-progress").get_by_text(re.compile(rf"Job {job}\b.*succeeded")), 300)
+            page.locator("#train-progress").get_by_text(re.compile(rf"Job {job}\b.*succeeded")).wait_for(timeout=300_000)
         save_screenshot(page, "datasets-trained")
         trained = dict(sql(store, "SELECT name, n_pairs FROM rewardmodel ORDER BY name"))
         assert set(trained) == {"rm-chats", "rm-texts"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import save_screenshot, wait_visible
+from conftest import save_screenshot
 
 from storage.engine import Store
 from storage.registry import list_models
@@ -36,7 +36,7 @@ def test_inspect_a_demo_pair(fresh_app, page, db_url):
     page.locator("#inspect-demo").click()
     page.wait_for_function("() => document.querySelector('#inspect-a textarea').value.includes('</think>')")
     page.locator("#inspect-run").click()
-    wait_visible(page.locator("#inspect-status").get_by_text("Scored 2 responses."), 60)
+    page.locator("#inspect-status").get_by_text("Scored 2 responses.").wait_for(timeout=60_000)
     rows = page.locator("#inspect-table [role=row]").filter(has_text=name)
     assert rows.count() == 2
     first = rows.nth(0).inner_text()
@@ -57,7 +57,7 @@ def test_inspect_a_demo_pair(fresh_app, page, db_url):
     page.locator("#inspect-run").click()
     # The status reads "Scored 2 responses." after either run: wait for the new table itself.
     page.wait_for_function("() => document.querySelector('#inspect-table')?.innerText.includes('yes: no reward')",
-                           timeout=120_000, polling=500)  # every 500 ms, not every frame (conftest.wait_visible)
+                           timeout=120_000)
     rows = page.locator("#inspect-table [role=row]").filter(has_text=name)
     over = rows.nth(1).inner_text()
     assert "yes: no reward" in over and "answer alone" in over
@@ -75,7 +75,7 @@ def test_diagnose_the_demo_pairs_and_send_one_back(running_app, page, db_url):
     page.get_by_text("Dataset diagnostics").click()
     page.wait_for_function("(n) => document.querySelector('#diag-model input')?.value === n", arg=name)
     page.locator("#diag-run").click()
-    wait_visible(page.locator("#diag-summary").get_by_text("labeled comparisons"), 60)
+    page.locator("#diag-summary").get_by_text("labeled comparisons").wait_for(timeout=60_000)
     text = page.locator("#diag-summary").inner_text()
     assert name in text and "accuracy" in text
     page.locator("#diag-review-ids input, #diag-review-ids textarea").first.fill("20")

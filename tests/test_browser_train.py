@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import save_screenshot, wait_visible
+from conftest import save_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -15,7 +15,7 @@ def test_start_a_job_watch_it_learn_and_finish(running_app, page):
     page.goto(running_app.url)
     page.get_by_role("tab", name="Train").click()
     page.locator("#train-check").click()
-    wait_visible(page.locator("#train-form-status").get_by_text(re.compile(r"pairs train and \d+ evaluate")), 60)
+    page.locator("#train-form-status").get_by_text(re.compile(r"pairs train and \d+ evaluate")).wait_for(timeout=60_000)
     assert "suggested learning rate" in page.locator("#train-form-status").inner_text()
 
     steps = page.get_by_label("max steps")
@@ -25,11 +25,11 @@ def test_start_a_job_watch_it_learn_and_finish(running_app, page):
     page.locator("#train-form-status").get_by_text(re.compile(r"Job \d+ queued")).wait_for()
 
     # The chart grows while the job runs: more points appear between two refreshes.
-    wait_visible(page.locator("#train-progress").get_by_text("running"), 60)
-    wait_visible(page.locator("#train-chart .scatterlayer .trace"), 90)
+    page.locator("#train-progress").get_by_text("running").wait_for(timeout=60_000)
+    page.locator("#train-chart .scatterlayer .trace").first.wait_for(timeout=90_000)
     first = page.locator("#train-chart .scatterlayer .point").count()
     save_screenshot(page, "train-running")
-    wait_visible(page.locator("#train-progress").get_by_text("succeeded"), 240)
+    page.locator("#train-progress").get_by_text("succeeded").wait_for(timeout=240_000)
     last = page.locator("#train-chart .scatterlayer .point").count()
     assert last > first > 0
     assert "browser-rm" in page.locator("#train-progress").inner_text()
