@@ -32,10 +32,10 @@ from storage.engine import Store  # noqa: E402
 
 
 # Gradio's queue looks for new events every 1 ms while it has none, and for progress to send every 10 ms
-# (gradio/queueing.py, Queue.__init__: sleep_when_free, progress_update_sleep_when_free, on every platform
-# but Windows): an idle app spent ~0.1 CPU-s every second on it (measured: 0.53 CPU-s per 5 idle s) on a
-# machine that also trains. 5 ms and 50 ms keep a click's wait for its handler to start below what anyone
-# sees and a progress bar smooth. (Gradio once busy-looped outright: https://github.com/gradio-app/gradio/issues/228)
+# (gradio/queueing.py, Queue.__init__: sleep_when_free, progress_update_sleep_when_free, on every platform but
+# Windows): an idle app spent ~0.1 CPU-s every second on it (measured: 0.54 CPU-s per 5 idle s; 0.27 with the
+# values below) on a machine that also trains. 5 ms and 50 ms keep a click's wait for its handler to start below
+# what anyone sees and a progress bar smooth. (Gradio once busy-looped outright: gradio-app/gradio#228)
 QUEUE_IDLE_POLL_SECONDS = 0.005
 QUEUE_PROGRESS_POLL_SECONDS = 0.05
 

@@ -103,11 +103,12 @@ def pytest_runtest_protocol(item, nextitem):  # noqa: ANN001, ARG001
 @pytest.fixture(autouse=True, scope="session")
 def _cheapest_password_hashes_in_this_process() -> None:
     """Accounts a test makes in this process (``add_user``, ``add_users``) are hashed with argon2-cffi's
-    ``CHEAPEST`` parameters, meant for tests: the real ones cost ~0.3 CPU-s a hash and as much a login, and the
-    suite made some 500 accounts. A stored hash carries its parameters, so the apps the tests start check these
-    logins cheaply too, while every account they or the commands make (``run_cli("adduser")``, the Users tab) gets
-    the real parameters, which tests/test_accounts_admin.py reads back from the store. Django's test docs advise
-    the same: https://docs.djangoproject.com/en/stable/topics/testing/overview/#password-hashing"""
+    ``CHEAPEST`` parameters, meant for tests: the real ones cost ~0.3 CPU-s a hash and as much a login, and
+    tests/test_permissions.py alone makes 130 accounts a pass. A stored hash carries its parameters, so the apps
+    the tests start check these logins cheaply too, while every account they or the commands make
+    (``run_cli("adduser")``, the Users tab) gets the real parameters, which tests/test_accounts_admin.py reads back
+    from the store. Django's test docs advise the same:
+    https://docs.djangoproject.com/en/stable/topics/testing/overview/#password-hashing"""
     from argon2 import PasswordHasher, profiles
 
     import core.accounts
