@@ -370,7 +370,7 @@ print("tick with a waiting job imported torch:", "torch" in sys.modules)
 
 
 def test_the_scheduler_imports_torch_to_count_gpus_only_once_a_job_waits(db_url):
-    """An app nobody trains in never loads torch for the scheduler (~3.5 CPU-s and ~300 MB per app); the oracle is
+    """An app nobody trains in never loads torch for the scheduler (~3 CPU-s and ~200 MB per app); the oracle is
     a fresh interpreter's ``sys.modules``, and the second tick is the control that the check can see torch."""
     done = subprocess.run([sys.executable, "-c", _SCHEDULER_TICKS, db_url], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=120)
