@@ -13,6 +13,12 @@ if [ ! -x /usr/bin/chromium ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
 fi
+# One OpenMP thread per process: the tests run torch in pytest itself, in job workers and in commands beside each
+# other (and beside a second pytest process below) on a 2-core machine, and torch's default of one thread per core
+# then has its threads spin at every barrier waiting for one another while other processes hold the cores: the
+# killed-job test took 384 s wall next to one busy process with 2 threads and 39 s with 1 (30 s alone). torchrun
+# sets OMP_NUM_THREADS=1 per process for the same reason. The app and the commands keep torch's default elsewhere.
+export OMP_NUM_THREADS=1
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
