@@ -267,8 +267,9 @@ def _wait_for_sql(store, statement: str, expected, seconds: float = 300, app=Non
                          + (app.log()[-3000:] if app is not None else ""))
 
 
+# SQLite only: what this adds to the loop test above (PostgreSQL pass too) is the app's scheduler and HTTP API
+# running it, which do not depend on the database; the store writes are the same ones.
 @pytest.mark.slow
-@pytest.mark.postgres
 def test_the_whole_loop_runs_in_the_app_labels_through_the_api_retrain_and_promotion_reorder_the_queue(
         loop_store, db_url, tmp_path):
     """Import, a seed model, then the running app: an annotator labels through the HTTP API (gradio_client)

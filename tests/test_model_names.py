@@ -20,7 +20,7 @@ from core.scoring.evaluation import EvalConfig, ScoreConfig, evaluate_pairs, mod
 from core.scoring.inspection import resolve_model
 from core.scoring.model_names import UnknownModel
 from core.training.demo_model import build_demo_reward_model
-from storage.registry import register_model
+from storage.registry import next_version_name, register_model
 
 CORPUS = ["What is 2 + 2? It is 4.", "Name a color. Blue is a color.", "good answer bad"] * 20
 PAIRS = [{"prompt": f"Q{i}? ", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(6)]
@@ -51,6 +51,13 @@ def _refuse_network(monkeypatch) -> list:  # noqa: ANN001
     monkeypatch.setattr(socket, "create_connection", refused)
     monkeypatch.setattr(socket.socket, "connect", lambda self, *a: refused(*a))
     return attempts
+
+
+def test_the_next_version_of_a_name_follows_its_highest_version(store, versions):
+    with store.write() as session:
+        names = [next_version_name(session, name) for name in ("rm", "other", "new", "r_")]
+    # "r_" is free: the underscore is a character of the name, not LIKE's any-one-character wildcard (rm@v2).
+    assert names == ["rm@v4", "other@v2", "new", "r_"]
 
 
 def test_a_versioned_name_loads_that_version_and_a_plain_name_the_newest(store, db_url, versions):

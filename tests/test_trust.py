@@ -66,8 +66,9 @@ def test_the_models_folder_lock_holds_even_for_a_name_that_skipped_the_config_ch
     assert model_folder(store, "rm-1").parent == (store.data_dir / "models").resolve()
 
 
+# SQLite only: the version naming it relies on runs on PostgreSQL in tests/test_model_names.py
+# (test_the_next_version_of_a_name_follows_its_highest_version); two trainings add nothing database-specific.
 @pytest.mark.slow
-@pytest.mark.postgres
 def test_training_twice_under_one_name_registers_a_second_version_and_keeps_the_first(db_url, tmp_path):
     rows = [{"prompt": f"Q{i}? ", "chosen": f" good answer {i}", "rejected": f" bad {i}"} for i in range(12)]
     assert setup_cli("import", str(write_jsonl(tmp_path / "p.jsonl", rows)), db_url=db_url).returncode == 0
