@@ -39,7 +39,7 @@ CHROMIUM_ARGS = [
 
 # The storage and API tests run twice in CI: on a SQLite file, and on a real PostgreSQL server when
 # REWARDLAB_TEST_POSTGRES names one (scripts/test.sh starts it with scripts/postgres.sh). Each test
-# then gets a database of its own, copied from a template that is migrated once per session.
+# then gets a database of its own in the state of a template migrated once per session (database_url).
 TEST_POSTGRES_ENV = "REWARDLAB_TEST_POSTGRES"
 
 
