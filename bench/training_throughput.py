@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--long-pairs", type=int, default=60, help="synthetic reasoning pairs (long)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=8)
-    args = parse_with_smoke(parser, pairs=40, long_pairs=6, steps=4)
+    args = parse_with_smoke(parser, pairs=40, long_pairs=4, steps=4, batch=2)
     from core.training.config import TrainingConfig
 
     with tempfile.TemporaryDirectory() as tmp:
