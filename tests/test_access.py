@@ -14,7 +14,10 @@ from conftest import add_users, run_cli, setup_cli, start_app
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+# Slow (an app): of these, the tests whose point is the store (sessions read by every request) also run in the
+# PostgreSQL pass; the rest check routes, headers and the handlers' role checks, which tests/test_permissions.py
+# runs on PostgreSQL at the core level.
+pytestmark = [pytest.mark.slow]
 PASSWORD = "long enough pw"
 ROLES = {"ann": "annotator", "eng": "engineer", "boss": "admin"}
 
@@ -73,6 +76,7 @@ def call(client: httpx.Client, fn_id: int, data: list, headers: dict | None = No
     raise AssertionError("no result")
 
 
+@pytest.mark.postgres
 def test_the_public_api_is_next_next_in_dataset_label_and_rank_for_every_role_and_nobody_without_login(secured_app):
     from gradio_client import Client
 
@@ -246,6 +250,7 @@ def test_a_state_changing_request_from_another_origin_is_refused_even_with_the_a
     call(admin, fn, [False], headers={"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"})
 
 
+@pytest.mark.postgres
 def test_another_users_session_hash_reads_nothing_of_theirs(secured_app):
     engineer, annotator = session_for(secured_app, "eng"), session_for(secured_app, "ann")
     ids = handler_ids(engineer)

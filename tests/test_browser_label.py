@@ -15,7 +15,9 @@ from sqlalchemy import select
 from storage.engine import Store
 from storage.models import Label, User
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.postgres]
+# The tests whose point is the store (logins, labels and undo written, two annotators at once) also run in the
+# PostgreSQL pass; which tabs a role sees and how hostile text renders do not depend on the database.
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PASSWORD = "correct horse battery"
 
 
@@ -73,6 +75,7 @@ def stored_labels(db_url: str, name: str) -> dict[int, Label]:
     return labels
 
 
+@pytest.mark.postgres
 def test_login_is_required_and_a_wrong_password_is_refused(team_app, page):
     login(page, team_app.url, "ann", "not the password")
     page.get_by_text(re.compile("Incorrect|invalid", re.I)).first.wait_for()
@@ -82,6 +85,7 @@ def test_login_is_required_and_a_wrong_password_is_refused(team_app, page):
     assert "ann" in page.locator("#label-progress").inner_text()
 
 
+@pytest.mark.postgres
 def test_label_with_clicks_and_keys_undo_and_change_from_history(team_app, page):
     login(page, team_app.url, "cara")
     page.locator("#label-left .rl-response").wait_for()
@@ -129,6 +133,7 @@ def test_label_with_clicks_and_keys_undo_and_change_from_history(team_app, page)
     assert labels[first].choice == "tie" and len(labels) == 3
 
 
+@pytest.mark.postgres
 def test_two_annotators_never_see_the_same_comparison(team_app, chromium):
     pages = {}
     for name in ("dan", "eve"):
