@@ -174,39 +174,36 @@ _SCHEMA_FINGERPRINT = text("""
     ) AS items""")
 
 
-def _database_state(url: str) -> tuple[str, list[str], list[str]]:
-    """A database's schema fingerprint, its tables with rows to delete (all but alembic_version) and sequences."""
+def _schema_fingerprint(url: str) -> str:
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            fingerprint = connection.execute(_SCHEMA_FINGERPRINT).scalar_one()
-            tables = connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                                             "AND tablename <> 'alembic_version'")).scalars().all()
-            sequences = connection.execute(text("SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'"))
-            return fingerprint, list(tables), list(sequences.scalars())
+            return connection.execute(_SCHEMA_FINGERPRINT).scalar_one()
     finally:
         engine.dispose()
 
 
 @functools.lru_cache(maxsize=None)
 def _template_fingerprint(server: str, template: str) -> str:
-    return _database_state(make_url(server).set(database=template).render_as_string(hide_password=False))[0]
+    return _schema_fingerprint(make_url(server).set(database=template).render_as_string(hide_password=False))
 
 
 def _empty_back_to_template(server: str, template: str, name: str) -> bool:
-    """Delete every row and restart every sequence of database ``name`` if its schema is the template's (True);
-    False (nothing changed) when a test altered the schema."""
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    fingerprint, tables, sequences = _database_state(url)
-    if fingerprint != _template_fingerprint(server, template):
-        return False
-    engine = create_engine(url, poolclass=NullPool)
+    """Delete every row (but alembic_version's) and restart every sequence of database ``name`` if its schema is
+    the template's (True); False, with nothing changed, when a test altered the schema."""
+    expected = _template_fingerprint(server, template)
+    engine = create_engine(make_url(server).set(database=name).render_as_string(hide_password=False), poolclass=NullPool)
     try:
         with engine.begin() as connection:
+            if connection.execute(_SCHEMA_FINGERPRINT).scalar_one() != expected:
+                return False
+            tables = connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                                             "AND tablename <> 'alembic_version'")).scalars().all()
+            sequences = connection.execute(text("SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'"))
             connection.execute(text("SET LOCAL session_replication_role = replica"))  # no foreign-key order to follow
             for table in tables:
                 connection.execute(text(f'DELETE FROM "{table}"'))
-            for sequence in sequences:
+            for sequence in sequences.scalars().all():
                 connection.execute(text(f'ALTER SEQUENCE "{sequence}" RESTART'))
     finally:
         engine.dispose()
