@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from conftest import save_screenshot, setup_cli, start_app
 from test_browser_datasets import _choose
 
@@ -36,7 +37,8 @@ FIRST_LINES = """(selectors) => {
         const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
         return {selector, text: node.textContent.slice(0, 12), top: r.top, bottom: r.bottom,
                 inside: r.top >= 0 && r.bottom <= window.innerHeight && r.left >= 0 && r.right <= window.innerWidth,
-                onTop: !!hit && md.contains(hit), barTop: bar.top, barHeight: bar.height};
+                onTop: !!hit && md.contains(hit), barTop: bar.top, barHeight: bar.height,
+                coveredBy: hit && !md.contains(hit) ? `${hit.tagName} #${hit.id} .${hit.className}` : null};
     });
 }"""
 
@@ -80,7 +82,15 @@ def test_the_first_lines_of_every_answer_are_on_screen_above_the_choice_bar(layo
             page.locator("#label-current").get_by_text("#").wait_for()
             _choose(page, "label-dataset", dataset)
             page.locator(selectors[0]).get_by_text("Paragraph 0" if "rank" not in dataset else ":").first.wait_for()
-            page.wait_for_timeout(800)  # the layout settles (fonts, scroll positions)
+            # The layout settles (fonts, scroll positions, the loading overlays of events still running, which
+            # take longer on a busy machine): the check below runs once every line is on screen and on top, or
+            # after 15 s, whichever comes first.
+            try:
+                page.wait_for_function(f"(selectors) => ({FIRST_LINES})(selectors).every("
+                                       "(line) => !line.missing && line.inside && line.onTop)", arg=selectors,
+                                       timeout=15_000)
+            except PlaywrightTimeoutError:
+                pass  # the assertions below say which line and what covers it
             save_screenshot(page, f"layout-{dataset}-{width}x{height}")
             found = page.evaluate(FIRST_LINES, selectors)
             for line in found:
