@@ -199,11 +199,12 @@ def _empty_back_to_template(server: str, template: str, name: str) -> bool:
                 return False
             tables = connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
                                              "AND tablename <> 'alembic_version'")).scalars().all()
-            sequences = connection.execute(text("SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'"))
+            sequences = connection.execute(text("SELECT sequencename FROM pg_sequences "
+                                                "WHERE schemaname = 'public'")).scalars().all()
             connection.execute(text("SET LOCAL session_replication_role = replica"))  # no foreign-key order to follow
             for table in tables:
                 connection.execute(text(f'DELETE FROM "{table}"'))
-            for sequence in sequences.scalars().all():
+            for sequence in sequences:
                 connection.execute(text(f'ALTER SEQUENCE "{sequence}" RESTART'))
     finally:
         engine.dispose()
@@ -239,9 +240,11 @@ def database_url(folder: Path, postgres_template: str | None, label: str, sqlite
             others = text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name "
                           "AND pid <> pg_backend_pid()")
             deadline = time.monotonic() + 30
-            while connection.execute(others, {"name": name}).first() is not None and time.monotonic() < deadline:
+            while (still_connected := connection.execute(others, {"name": name}).first() is not None) \
+                    and time.monotonic() < deadline:
                 time.sleep(0.05)
-        if _empty_back_to_template(server, postgres_template, name):
+        # A database something still holds after 30 s is dropped (FORCE) rather than emptied under it.
+        if not still_connected and _empty_back_to_template(server, postgres_template, name):
             _POOLED_DATABASES.append(name)
         else:
             with admin.connect() as connection:
