@@ -2,7 +2,8 @@
 
 Each job runs in a child process started with an argument list (never a shell string):
 ``python -m core.jobs.worker --job ID`` (store URL in ``$REWARDLAB_DB``), or ``accelerate launch --num_processes N -m
-core.jobs.worker ...`` when several GPUs are visible. Its state (status, pid, heartbeat, progress,
+core.jobs.worker ...`` when several GPUs are visible; on a machine without a GPU the same process is forked from a
+warm one that has imported the training stack already (``core.jobs.forking``), and started fresh if that fails. Its state (status, pid, heartbeat, progress,
 log file, error) lives in the store, so a restarted app knows what was running; a job marked running
 whose process is gone is marked interrupted, and can be resumed from its last complete checkpoint.
 The process exits when the job ends, which frees its GPU memory.
@@ -19,10 +20,12 @@ from pathlib import Path
 
 from core.limits import MIN_STEPS_FOR_ETA
 from core.accounts import Actor, Permission
+from core.jobs.forking import ForkerError, JobForker
 from core.preferences.pairs import resolve_datasets
 from core.training.config import TrainingConfig
 from core.training.trainer import STEP_CLOCK_METRIC
-from storage.engine import DB_URL_ENV, Store
+from core.model_folders import MODELS_ROOT_ENV
+from storage.engine import DATA_DIR_ENV, DB_URL_ENV, Store
 from storage.jobs import (
     create_job,
     finish_job,
@@ -58,6 +61,11 @@ def worker_environment(store: Store) -> dict[str, str]:
     # A URL may carry a password: in the environment only the same user (and root) can read it,
     # where a process's arguments are visible to every user of the machine.
     return {**os.environ, DB_URL_ENV: store.url}
+
+
+# One per app process (the scheduler's thread starts one job at a time; JobForker also locks). The store's URL, its
+# data folder and the models' root are read when a job runs, so a forker serves any store.
+JOB_FORKER = JobForker(per_job_variables=(DB_URL_ENV, DATA_DIR_ENV, MODELS_ROOT_ENV))
 
 
 def visible_gpus() -> int:
@@ -123,18 +131,31 @@ def start_next_job(store: Store) -> int | None:
         mark_started(session, job_id, pid=None, log_path=str(log_path), output_dir=str(folder))
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as log:
-            process = subprocess.Popen(
-                worker_command(job_id, gpus=gpus), cwd=PROJECT_ROOT, env=worker_environment(store), stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
+        pid = start_worker_process(job_id, gpus=gpus, environment=worker_environment(store), log_path=log_path)
     except OSError as error:
         with store.write() as session:
             finish_job(session, job_id, JobStatus.FAILED, error=f"could not start the training process: {error}")
         return None
     with store.write() as session:
-        record_pid(session, job_id, process.pid)
+        record_pid(session, job_id, pid)
     return job_id
+
+
+def start_worker_process(job_id: int, *, gpus: int, environment: dict[str, str], log_path: Path) -> int:
+    """The job's process, its pid: forked from the warm forker where no GPU is visible, else (or if the forker
+    fails, which the job's log says) a fresh interpreter running ``worker_command``."""
+    if gpus == 0:
+        try:
+            return JOB_FORKER.start_job(job_id, environment=environment, log_path=log_path)
+        except ForkerError as error:
+            with open(log_path, "a") as log:
+                print(f"{error}; starting the job in a fresh process", file=log)
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(
+            worker_command(job_id, gpus=gpus), cwd=PROJECT_ROOT, env=environment, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    return process.pid
 
 
 def recover_orphaned_jobs(store: Store, actor: Actor) -> list[int]:
