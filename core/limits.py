@@ -145,6 +145,7 @@ MAX_REFERENCE_SAMPLES = 256  # samples a server fits its normalizers and parity 
 
 # --- where each cap is enforced lives in storage/ (dataset settings): named there, listed here
 STORAGE_BOUNDS = (
+    "storage.queue.MAX_CLAIM_LOCK_WAIT_MS",
     "storage.datasets.MAX_GUIDELINES_CHARS",
     "storage.datasets.MIN_OVERLAP",
     "storage.datasets.MAX_OVERLAP",
@@ -222,6 +223,8 @@ CAPS: dict[str, str] = {
     "storage.datasets.MAX_GUIDELINES_CHARS": "the guidelines are N characters; the limit is 100,000",
     "storage.datasets.MIN_OVERLAP": "overlap must be between 1 and 10 annotators per comparison",
     "storage.datasets.MAX_OVERLAP": "overlap must be between 1 and 10 annotators per comparison",
+    "storage.queue.MAX_CLAIM_LOCK_WAIT_MS": "(not refused) on PostgreSQL a claim waits at most 500 ms for a comparison "
+                                            "another annotator holds this instant, then says nothing is left",
     "storage.datasets.MIN_LEASE_SECONDS": "the lease must be between 10 and 86400 seconds",
     "storage.datasets.MAX_LEASE_SECONDS": "the lease must be between 10 and 86400 seconds",
     "storage.datasets.MAX_DEFAULT_PRIORITY": "the default priority must be between -1000000 and 1000000",

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, exists, func, select, update
+from sqlalchemy import case, delete, exists, func, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from storage.bulk import chunked, dialect_insert
@@ -30,6 +31,10 @@ from storage.datasets import labelable_dataset_ids
 from storage.models import Comparison, Dataset, Label, Lease, Prompt, utc_now
 from storage.queries import prompt_excerpt
 from storage.queue_counts import labels_needed, refresh_comparison_counts
+
+
+# How long a claim that found only comparisons other transactions hold waits for one of them (PostgreSQL).
+MAX_CLAIM_LOCK_WAIT_MS = 500
 
 
 class QueueError(ValueError):
@@ -86,6 +91,7 @@ def claim_next_comparison(
     )
     has_room = Comparison.label_count + reserved_by_others < labels_needed()
     passed_over: list[int] = []
+    wait_for_locked = False
     while True:
         # On PostgreSQL, FOR UPDATE SKIP LOCKED lets concurrent claims pass over a comparison that
         # another annotator is claiming or labeling this instant instead of queueing behind it.
@@ -95,12 +101,18 @@ def claim_next_comparison(
         )
         if passed_over:
             candidates = candidates.where(Comparison.id.not_in(passed_over))
-        next_id = session.execute(
-            candidates
-            .order_by(Comparison.done, Comparison.priority.desc(), func.coalesce(Comparison.queue_key, 0), Comparison.id)
-            .limit(1)
-            .with_for_update(of=Comparison, skip_locked=True)
-        ).scalar()
+        candidates = candidates.order_by(
+            Comparison.done, Comparison.priority.desc(), func.coalesce(Comparison.queue_key, 0), Comparison.id
+        ).limit(1)
+        if wait_for_locked:
+            next_id = _wait_for_locked_candidate(session, candidates)
+        else:
+            next_id = session.execute(candidates.with_for_update(of=Comparison, skip_locked=True)).scalar()
+        if next_id is None and not wait_for_locked and session.get_bind().dialect.name != "sqlite":
+            # Skipped rows may be all that is left for this annotator (the last item of a queue, which another
+            # annotator is labeling this instant): "nothing left" would be wrong, so wait for them briefly.
+            wait_for_locked = True
+            continue
         if next_id is None or _still_has_room(session, next_id, has_room):
             break
         passed_over.append(next_id)
@@ -108,6 +120,22 @@ def claim_next_comparison(
     if next_id is not None:
         _lease(session, next_id, annotator_id, now + timedelta(seconds=_lease_seconds_of(session, next_id)))
     return next_id
+
+
+def _wait_for_locked_candidate(session: Session, candidates):  # noqa: ANN001, ANN202
+    """The first candidate, waiting at most ``MAX_CLAIM_LOCK_WAIT_MS`` for a row another transaction holds; None if
+    none is left or the wait ran out. The wait is shorter than PostgreSQL's ``deadlock_timeout`` (1 s by default),
+    so a claim that gives up never makes the server abort the other transaction (a label being submitted) as a
+    deadlock; it runs in a savepoint, so a timeout leaves this transaction usable."""
+    try:
+        with session.begin_nested():
+            previous = session.execute(text("SELECT current_setting('lock_timeout')")).scalar()
+            session.execute(text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": f"{MAX_CLAIM_LOCK_WAIT_MS}ms"})
+            next_id = session.execute(candidates.with_for_update(of=Comparison)).scalar()
+            session.execute(text("SELECT set_config('lock_timeout', :previous, true)"), {"previous": previous})
+            return next_id
+    except OperationalError:  # lock_timeout: the other transaction still holds it
+        return None
 
 
 def _still_has_room(session: Session, comparison_id: int, has_room) -> bool:  # noqa: ANN001

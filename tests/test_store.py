@@ -172,6 +172,49 @@ def test_concurrent_annotators_through_the_queue_label_each_comparison_exactly_o
     _assert_each_labeled_once(store, 80)
 
 
+def test_a_claim_waits_for_the_last_comparison_another_transaction_holds_instead_of_saying_none_is_left(
+        store, tmp_path):
+    """Overlap 2, one comparison left: while another annotator's transaction holds its row (as a submit does), a
+    claim got None from SKIP LOCKED and a client stopped with work left (caught by the PostgreSQL pass of
+    tests/test_api_clients.py). Now it waits for the row (at most storage.queue.MAX_CLAIM_LOCK_WAIT_MS) and gets it;
+    held longer, the claim says none is left without an error. On SQLite one write transaction runs at a time."""
+    import time
+
+    from storage.queue import MAX_CLAIM_LOCK_WAIT_MS, claim_next_comparison
+
+    if store.is_sqlite:
+        pytest.skip("PostgreSQL only (the PostgreSQL pass): SQLite's writers never run side by side")
+    import_file(store, ImportConfig(write_jsonl(tmp_path / "c.jsonl", [{"prompt": "Q?", "completions": [" a", " b"]}])))
+    with store.write() as session:
+        second = ensure_user(session, "second")
+        session.execute(text("UPDATE dataset SET overlap = 2"))
+    (comparison_id,) = sql(store, "SELECT id FROM comparison")[0]
+
+    def claim_while_held(hold_seconds: float) -> int | None:
+        holding, released = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with store.write() as session:  # the other annotator's submit, mid-transaction
+                session.execute(text("SELECT id FROM comparison WHERE id = :id FOR UPDATE"), {"id": comparison_id})
+                holding.set()
+                time.sleep(hold_seconds)
+            released.set()
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        holding.wait(10)
+        try:
+            with store.write() as session:
+                return claim_next_comparison(session, annotator_id=second)
+        finally:
+            thread.join()
+
+    assert claim_while_held(MAX_CLAIM_LOCK_WAIT_MS / 1000 * 3) is None  # held too long: none, and no error
+    assert sql(store, "SELECT count(*) FROM lease") == [(0,)]
+    assert claim_while_held(0.1) == comparison_id  # released within the wait: the claim gets it
+    assert sql(store, "SELECT comparison_id, annotator_id FROM lease") == [(comparison_id, second)]
+
+
 def test_a_postgresql_store_points_to_pg_dump_for_backups(tmp_path, postgres_template):
     """Runs on a real PostgreSQL store only (the PostgreSQL pass); the SQLite backup has its own tests."""
     from conftest import database_url
