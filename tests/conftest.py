@@ -120,6 +120,20 @@ def _cheapest_password_hashes_in_this_process() -> None:
     core.accounts._hasher = real
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_job_forker_across_tests() -> None:
+    """Jobs this process starts (``start_next_job``) are forked from one warm forker for the whole session, as in
+    an app: pytest sets ``PYTEST_CURRENT_TEST`` anew for every test, and the forker would start over (~9 CPU-s of
+    imports) whenever a variable changed, so that one is passed per job like the store's URL; nothing reads it at
+    import. Every other change (a test's ``monkeypatch.setenv``) still starts a new forker."""
+    from core.jobs import scheduling
+
+    real = scheduling.JOB_FORKER.per_job_variables
+    scheduling.JOB_FORKER.per_job_variables = real | {"PYTEST_CURRENT_TEST"}
+    yield
+    scheduling.JOB_FORKER.per_job_variables = real
+
+
 @pytest.fixture(scope="session")
 def postgres_template() -> str | None:
     server = os.environ.get(TEST_POSTGRES_ENV)
