@@ -62,9 +62,10 @@ def fork_refusal() -> str | None:
     return None
 
 
-def _run_child(request: dict, private_fds: list[int]) -> int:
+def _run_child(request: dict, private_fds: list[int], session_made_fd: int) -> int:
     """In the forked child: become the job's process (see the module's docstring) and run the worker."""
     os.setsid()
+    os.close(session_made_fd)  # the forker answers with our pid only now: a cancel can signal our whole group
     for fd in private_fds:
         os.close(fd)
     # The dispositions a fresh interpreter starts with (Python itself ignores SIGPIPE, so that stays).
@@ -110,11 +111,13 @@ def serve(requests_fd: int, replies_fd: int) -> int:
         request = json.loads(line)
         sys.stdout.flush()
         sys.stderr.flush()
+        session_made_read, session_made_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = _run_child(request, [requests_fd, replies_fd])
+                os.close(session_made_read)
+                code = _run_child(request, [requests_fd, replies_fd], session_made_write)
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else 1
             except BaseException:  # noqa: BLE001 (the child must end here, never return into the forker's loop)
@@ -130,6 +133,9 @@ def serve(requests_fd: int, replies_fd: int) -> int:
                     sys.stderr.flush()
                 finally:
                     os._exit(code)
+        os.close(session_made_write)
+        os.read(session_made_read, 1)  # end of file once the child is in its own session (or died)
+        os.close(session_made_read)
         replies.write(json.dumps({"pid": pid}) + "\n")
 
 
