@@ -92,7 +92,8 @@ def _run_child(request: dict, private_fds: list[int], session_made_fd: int) -> i
 
 
 def serve(requests_fd: int, replies_fd: int) -> int:
-    """The forker's loop: one JSON request per line in, one JSON reply (``{"pid": N}`` or ``{"error": ...}``) out."""
+    """The forker's loop: first one line saying whether it will fork (``{"ready": ..., "error": ...}``), then for each
+    JSON request line in (a job), one reply line out with the forked child's pid (``{"pid": N}``)."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our children: a finished job leaves no zombie
     import_training_stack()
     refusal = fork_refusal()
