@@ -110,9 +110,9 @@ MAX_GROUP_RESPONSES = 16
 # The job forker (core/jobs/forking.py, machines without a GPU): it exits after this long without a job, so its
 # ~600 MB of imported modules do not sit beside an app nobody trains in; the loop's rounds come well within it.
 MAX_FORKER_IDLE_SECONDS = 600
-# How long the scheduler waits for the forker's answer (its imports on the first job: ~9 CPU-s, longer on a busy
-# machine) before starting the job fresh; well under storage.jobs.STARTING_GRACE (60 s), after which a claimed job
-# with no process counts as interrupted.
+# How long the scheduler waits in all for the forker's answer (its imports on the first job: ~9 CPU-s, longer on a
+# busy machine; a second forker included if the first died) before starting the job fresh; under
+# storage.jobs.STARTING_GRACE (60 s), after which a claimed job with no process counts as interrupted.
 MAX_FORKER_REPLY_SECONDS = 45
 
 # --- reward server (python app.py serve-rm): what one HTTP request may carry
@@ -205,7 +205,7 @@ CAPS: dict[str, str] = {
     "MIN_ENSEMBLE_SIZE": "an ensemble has 2 to 16 heads",
     "MAX_ENSEMBLE_SIZE": "an ensemble has 2 to 16 heads",
     "MAX_FORKER_IDLE_SECONDS": "(not refused) an idle job forker exits after 10 minutes; the next job starts a new one",
-    "MAX_FORKER_REPLY_SECONDS": "(not refused) a forker silent for 45 s is stopped and the job starts in a fresh process",
+    "MAX_FORKER_REPLY_SECONDS": "(not refused) a forker (and its one replacement) silent for 45 s in all is stopped; the job starts fresh",
     "MAX_GROUP_RESPONSES": "(not refused) a prompt with more responses is cut into groups of 16",
     "MAX_SERVE_TEXTS": "HTTP 413: completions: N items; a request holds at most 256 ($REWARDLAB_MAX_SERVE_TEXTS): split it",
     "MAX_SERVE_CHARS": "HTTP 413: completions[i]: N characters; at most 200,000 per text",

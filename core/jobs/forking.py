@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from core.limits import MAX_FORKER_IDLE_SECONDS, MAX_FORKER_REPLY_SECONDS
@@ -62,12 +63,18 @@ def fork_refusal() -> str | None:
     return None
 
 
-def _run_child(request: dict, private_fds: list[int], session_made_fd: int) -> int:
-    """In the forked child: become the job's process (see the module's docstring) and run the worker."""
+def _run_child(request: dict, private_fds: list[int], session_made_fd: int, go_fd: int) -> int:
+    """In the forked child: become the job's process (see the module's docstring) and run the worker, once the
+    forker says the app has our pid; if the forker died first (the app then retries or starts the job fresh), end
+    without running the job, so a job never runs twice."""
     os.setsid()
     os.close(session_made_fd)  # the forker answers with our pid only now: a cancel can signal our whole group
     for fd in private_fds:
         os.close(fd)
+    go = os.read(go_fd, 1)
+    os.close(go_fd)
+    if go != b"1":
+        return 1
     # The dispositions a fresh interpreter starts with (Python itself ignores SIGPIPE, so that stays).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -86,6 +93,9 @@ def _run_child(request: dict, private_fds: list[int], session_made_fd: int) -> i
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()  # a fresh interpreter seeds numpy's global generator from the OS; so does each job
+    fingerprint = sys.modules.get("datasets.fingerprint")
+    if fingerprint is not None:
+        fingerprint.fingerprint_rng.seed()  # datasets' own generator for random fingerprints, made at import
     from core.jobs.worker import main
 
     return main(["--job", str(request["job"])])
@@ -113,14 +123,19 @@ def serve(requests_fd: int, replies_fd: int) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         session_made_read, session_made_write = os.pipe()
+        go_read, go_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 os.close(session_made_read)
-                code = _run_child(request, [requests_fd, replies_fd], session_made_write)
-            except SystemExit as stop:
-                code = stop.code if isinstance(stop.code, int) else 1
+                os.close(go_write)
+                code = _run_child(request, [requests_fd, replies_fd], session_made_write, go_read)
+            except SystemExit as stop:  # as a fresh interpreter ends on it: None is 0, a message is printed and 1
+                if stop.code is None or isinstance(stop.code, int):
+                    code = stop.code or 0
+                else:
+                    print(stop.code, file=sys.stderr)
             except BaseException:  # noqa: BLE001 (the child must end here, never return into the forker's loop)
                 import traceback
 
@@ -135,9 +150,12 @@ def serve(requests_fd: int, replies_fd: int) -> int:
                 finally:
                     os._exit(code)
         os.close(session_made_write)
+        os.close(go_read)
         os.read(session_made_read, 1)  # end of file once the child is in its own session (or died)
         os.close(session_made_read)
         replies.write(json.dumps({"pid": pid}) + "\n")
+        os.write(go_write, b"1")  # the app has the pid: the job may run
+        os.close(go_write)
 
 
 class JobForker:
@@ -172,36 +190,39 @@ class JobForker:
             if self._process is not None and (self._process.poll() is not None or base != self._environment):
                 self.close()
             # A forker that died since its last job (killed, out of memory) may not be reaped yet: one more try,
-            # with a new one, before the job is left to a fresh process.
+            # with a new one, before the job is left to a fresh process. Either way a child forked without its pid
+            # reaching us never runs the job (it waits for the forker's go), so a job cannot run twice. All of it
+            # within MAX_FORKER_REPLY_SECONDS, well inside the starting grace of a claimed job.
+            deadline = time.monotonic() + MAX_FORKER_REPLY_SECONDS
             for attempt in range(2):
                 started_now = self._process is None
                 try:
                     if started_now:
-                        self._start(base)
+                        self._start(base, deadline)
                     self._process.stdin.write(json.dumps(request) + "\n")
                     self._process.stdin.flush()
-                    return int(self._read_reply(MAX_FORKER_REPLY_SECONDS)["pid"])
+                    return int(self._read_reply(deadline)["pid"])
                 except (OSError, ValueError, KeyError, ForkerError) as error:
                     self.close()
                     if started_now or attempt == 1:
                         raise ForkerError(f"the job forker failed: {error}") from error
         raise AssertionError("unreachable")
 
-    def _start(self, environment: dict[str, str]) -> None:
+    def _start(self, environment: dict[str, str], deadline: float) -> None:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "core.jobs.forking"], cwd=PROJECT_ROOT, env=environment, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, start_new_session=True,
         )
         self._environment = environment
-        ready = self._read_reply(MAX_FORKER_REPLY_SECONDS)
+        ready = self._read_reply(deadline)
         if not ready.get("ready"):
             self._refusal = ready.get("error") or "no reason given"
             raise ForkerError(f"it refuses to fork: {self._refusal}")
 
-    def _read_reply(self, timeout: float) -> dict:
-        readable, _, _ = select.select([self._process.stdout], [], [], timeout)
+    def _read_reply(self, deadline: float) -> dict:
+        readable, _, _ = select.select([self._process.stdout], [], [], max(0.0, deadline - time.monotonic()))
         if not readable:
-            raise ForkerError(f"no answer within {timeout:.0f} s")
+            raise ForkerError(f"no answer within {MAX_FORKER_REPLY_SECONDS} s")
         line = self._process.stdout.readline()
         if not line:
             raise ForkerError(f"it exited (code {self._process.wait()})")
@@ -217,7 +238,7 @@ class JobForker:
             except OSError:
                 pass
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=2)  # it exits at the end of its pipe; a hung or stopped one is killed
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
