@@ -83,9 +83,12 @@ def claim_next_comparison(
         _lease(session, held, annotator_id, now + timedelta(seconds=_lease_seconds_of(session, held)))
         return held
 
+    # A lease counts only while its holder has not labeled the comparison yet: after a submit, the holder's lease
+    # lasts until their next claim, and counting it then took the room of the comparison's last label away.
     reserved_by_others = (
         select(func.count())
-        .where(Lease.comparison_id == Comparison.id, Lease.annotator_id != annotator_id)
+        .where(Lease.comparison_id == Comparison.id, Lease.annotator_id != annotator_id,
+               ~exists().where(Label.comparison_id == Lease.comparison_id, Label.annotator_id == Lease.annotator_id))
         .correlate(Comparison)
         .scalar_subquery()
     )
